@@ -1,0 +1,10 @@
+"""Modules and model surgery: no file I/O, no argument parsing."""
+from models.attention import MultiHeadAttention
+from models.bert import IGNORE_INDEX, SimplifiedBert
+from models.layers import TransformerLayer
+from models.surgery import assemble, copy_attention, merged_layer, student_attention
+
+__all__ = [
+    "IGNORE_INDEX", "MultiHeadAttention", "SimplifiedBert", "TransformerLayer",
+    "assemble", "copy_attention", "merged_layer", "student_attention",
+]  # fmt: skip

@@ -1,0 +1,89 @@
+"""Model surgery: derive simplified models from a teacher-shaped :class:`SimplifiedBert`.
+
+Layer indices always refer to positions in the ``base`` model (for a model made with
+``SimplifiedBert.from_teacher`` these are the teacher's layer numbers). Every function returns a new
+model that shares the untouched modules with ``base``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+from models.attention import MultiHeadAttention
+from models.bert import SimplifiedBert
+from models.layers import TransformerLayer, init_linear_weights
+
+
+def assemble(
+    base: SimplifiedBert,
+    attentions: dict[int, MultiHeadAttention] | None = None,
+    merged: dict[int, TransformerLayer] | None = None,
+    dropped: set[int] | frozenset[int] = frozenset(),
+) -> SimplifiedBert:
+    """``base`` with ``attentions[i]`` in layer i, ``merged[i]`` in place of layers i and i+1, ``dropped`` removed."""
+    attentions, merged = attentions or {}, merged or {}
+    count = len(base.layers)
+    for index in [*attentions, *dropped]:
+        if not 0 <= index < count:
+            raise IndexError(f"layer {index} is out of range 0..{count - 1}")
+    for index in merged:
+        if not 0 <= index < count - 1:
+            raise IndexError(f"merging layers {index} and {index + 1}: needs 0 <= first < {count - 1}")
+    layers, index = [], 0
+    while index < count:
+        if index in merged:
+            layers.append(merged[index])
+            index += 2
+            continue
+        if index not in dropped:
+            layer = base.layers[index]
+            layers.append(layer.with_attention(attentions[index]) if index in attentions else layer)
+        index += 1
+    return SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head)
+
+
+def student_attention(base: SimplifiedBert, heads: int, d_k: int, dropout: float) -> MultiHeadAttention:
+    """A randomly initialised attention of the teacher's hidden size (BERT's N(0, 0.02) init)."""
+    attention = MultiHeadAttention(base.config.hidden_size, heads, d_k, dropout)
+    return init_linear_weights(attention, base.config.initializer_range)
+
+
+def merged_layer(
+    base: SimplifiedBert,
+    first: int,
+    heads: int,
+    d_k: int,
+    dropout: float,
+    init: Literal["random", "first", "second"] = "random",
+) -> TransformerLayer:
+    """One layer meant to replace ``base.layers[first]`` and ``base.layers[first + 1]``.
+
+    Feed-forward as wide as the teacher's (4x hidden in BERT). ``init`` = ``first``/``second`` copies that teacher layer's norms and
+    feed-forward, and its attention too when the shapes (heads and d_k) agree.
+    """
+    if not 0 <= first < len(base.layers) - 1:
+        raise IndexError(f"merging layers {first} and {first + 1}: needs 0 <= first < {len(base.layers) - 1}")
+    config = base.config
+    origin = {"kind": "merged", "teacher_layers": [first, first + 1]}
+    layer = TransformerLayer.fresh(config, heads, d_k, dropout, config.intermediate_size, origin)
+    if init == "random":
+        return layer
+    source = base.layers[first if init == "first" else first + 1]
+    names = ["attention_norm", "ffn_norm"]
+    if source.ffn_in.out_features == layer.ffn_in.out_features:
+        names += ["ffn_in", "ffn_out"]
+    if (source.attention.heads, source.attention.d_k) == (heads, d_k):
+        names.append("attention")
+    for name in names:
+        getattr(layer, name).load_state_dict(getattr(source, name).state_dict())
+    return layer
+
+
+def copy_attention(attention: MultiHeadAttention, dropout: float | None = None) -> MultiHeadAttention:
+    """An independent (trainable) copy, e.g. to start a student from the teacher's weights."""
+    clone = copy.deepcopy(attention)
+    for parameter in clone.parameters():
+        parameter.requires_grad_(True)
+    if dropout is not None:
+        clone.dropout = dropout
+    return clone

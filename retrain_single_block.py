@@ -1,0 +1,40 @@
+"""Retrain the self-attention of one teacher layer by distillation on the teacher's own activations.
+
+Example (offline): python retrain_single_block.py --teacher minilm --block 5 --epochs 2 --max_sentences 2000
+"""
+from models import student_attention
+from utils.args import BlockArguments, DataArguments, DistillationArguments, TeacherArguments, TrainingArguments, parse_args
+from utils.data import eval_loader, load_masked_splits
+from utils.errors import cli_entry
+from utils.experiment import block_run_name, run_directory, start
+from utils.objectives import AttentionDistillation
+from utils.teacher import load_teacher
+from utils.training import fit
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> list[dict]:
+    groups = [TeacherArguments, BlockArguments, DistillationArguments, DataArguments, TrainingArguments]
+    args = parse_args(groups, __doc__, argv)
+    device = start(args)
+    teacher = load_teacher(args.teacher, device)
+    teacher.check_layer(args.block)
+    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+
+    student = student_attention(teacher.model, args.block_heads, args.block_d_k, args.block_dropout).to(device)
+    objective = AttentionDistillation(
+        teacher.model, args.block, student, args.criterion, args.loss_on_logits, args.loss_on_scores,
+        mlm_metrics=teacher.has_mlm_head, device=device,
+    )  # fmt: skip
+    identity = {
+        "teacher": teacher.name, "block": args.block, "block_heads": args.block_heads, "block_d_k": args.block_d_k,
+        "criterion": args.criterion, "loss_on_logits": args.loss_on_logits, "loss_on_scores": args.loss_on_scores,
+        "seq_len": args.seq_len,
+    }  # fmt: skip
+    run = run_directory(args, block_run_name("block", args.block, args.block_d_k, args.block_heads), identity)
+    valid = eval_loader(data.validation, args.batch_size, args.eval_sentences)
+    return fit(objective, data.train, valid, args, run, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random BERT teacher with the real bert-base-uncased tokenizer, and a small
+WikiText-2 folder cut from the offline data ($SITRA_DATA_DIR, default ../shared/data/wikitext2)."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+from utils.teacher import resolve_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SITRA_DATA_DIR", REPO.parent / "shared" / "data" / "wikitext2"))
+
+
+def tiny_config(**overrides) -> BertConfig:
+    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_teacher("minilm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tokenizer) -> str:
+    """A 3-layer, 32-wide random BERT masked LM saved as a Hugging Face folder."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_teacher")
+    BertForMaskedLM(tiny_config()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+    """The first lines of each WikiText-2 split: a few hundred sentences each."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"offline WikiText-2 not found at {SHARED_DATA}; set SITRA_DATA_DIR")
+    folder = tmp_path_factory.mktemp("wikitext2")
+    for name, lines in (("wiki.train.tokens", 400), ("wiki.valid.tokens", 150), ("wiki.test.tokens", 150)):
+        with open(SHARED_DATA / name, encoding="utf-8") as source:
+            (folder / name).write_text("".join(next(source) for _ in range(lines)), encoding="utf-8")
+    return str(folder)
+
+
+@pytest.fixture
+def common_flags(tiny_teacher_dir, tiny_data_dir, tmp_path) -> list[str]:
+    """Flags of a fast run on the tiny teacher and data, storing under a fresh temporary folder."""
+    return ["--teacher", tiny_teacher_dir, "--data_dir", tiny_data_dir, "--storage_directory", str(tmp_path / "storage"),
+            "--max_sentences", "96", "--batch_size", "16", "--eval_sentences", "32"]  # fmt: skip

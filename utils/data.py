@@ -1,0 +1,233 @@
+"""WikiText-2 sentences with masked tokens: loading, sentence splitting, tokenization, batching.
+
+Randomness lives in two explicit places, both pure functions of ``(seed, epoch, index)``:
+which token of a sentence is masked (:class:`MaskedSentences`) and the order of sentences
+(:func:`epoch_batches`). Evaluation uses epoch 0, so every model compared sees the same masks;
+training epochs are numbered from 1.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_dataset
+from transformers import PreTrainedTokenizerBase
+
+from models import IGNORE_INDEX
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLITS = {"train": "wiki.train", "validation": "wiki.valid", "test": "wiki.test"}
+EVAL_EPOCH = 0
+MIN_WORDS = 4  # shorter "sentences" are mostly list items and table debris
+HEADING = re.compile(r"^\s*=(.*)=\s*$")
+SENTENCE_END = re.compile(r"(?<= [.!?]) +(?=\S)")  # WikiText puts spaces around punctuation
+WIKITEXT_ESCAPES = {" @-@ ": "-", " @,@ ": ",", " @.@ ": "."}
+
+
+def load_wikitext(data_dir: str | None) -> DatasetDict:
+    """The three WikiText-2 splits as line datasets (column ``text``).
+
+    From ``data_dir`` (``wiki.{train,valid,test}.tokens`` or ``.raw``) when given, else from the hub.
+    """
+    if data_dir is None:
+        try:
+            return load_dataset("wikitext", "wikitext-2-raw-v1")
+        except Exception as error:  # the hub raises many types (ConnectionError, OSError, ...)
+            raise UserError(
+                f"cannot download WikiText-2 from the Hugging Face Hub ({type(error).__name__}); pass --data_dir "
+                "or set SITRA_DATA_DIR to a folder with wiki.{train,valid,test}.tokens"
+            ) from None
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise UserError(f"--data_dir {data_dir}: no such folder (expected one with wiki.{{train,valid,test}}.tokens)")
+    files = {}
+    for split, stem in SPLITS.items():
+        candidates = [folder / f"{stem}.{suffix}" for suffix in ("tokens", "raw")]
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            raise UserError(f"--data_dir {data_dir}: missing {stem}.tokens (or {stem}.raw)")
+        if not found.read_text(encoding="utf-8", errors="replace").strip():
+            raise UserError(f"--data_dir {data_dir}: {found.name} is empty")
+        files[split] = str(found)
+    return load_dataset("text", data_files=files)
+
+
+def clean_line(line: str, unk_token: str) -> str:
+    """Undo WikiText's escapes and map ``<unk>`` to the tokenizer's unknown token."""
+    for escape, char in WIKITEXT_ESCAPES.items():
+        line = line.replace(escape, char)
+    return line.replace("<unk>", unk_token).strip()
+
+
+def split_sentences(lines: list[str], unk_token: str) -> list[str]:
+    """Sentences of WikiText lines; headings, blank lines and fragments under MIN_WORDS words are dropped."""
+    sentences = []
+    for line in lines:
+        if not line.strip() or HEADING.match(line):
+            continue
+        for sentence in SENTENCE_END.split(clean_line(line, unk_token)):
+            if len(sentence.split()) >= MIN_WORDS:
+                sentences.append(sentence)
+    return sentences
+
+
+def _sentences_batch(batch: dict, unk_token: str) -> dict:
+    return {"sentence": split_sentences(batch["text"], unk_token)}
+
+
+def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, seq_len: int) -> dict:
+    encoded = tokenizer(batch["sentence"], truncation=True, max_length=seq_len, return_attention_mask=False,
+                        return_token_type_ids=False)  # fmt: skip
+    return {"input_ids": encoded["input_ids"]}
+
+
+def tokenized_sentences(
+    raw: DatasetDict, split: str, tokenizer: PreTrainedTokenizerBase, seq_len: int, max_sentences: int | None
+) -> list[list[int]]:
+    """Token ids of the split's sentences (with [CLS]/[SEP], at most ``seq_len``).
+
+    ``datasets`` caches both maps on disk (keyed by its fingerprint of function, tokenizer and
+    arguments), so a corpus is split and tokenized once.
+    """
+    sentences = raw[split].map(_sentences_batch, batched=True, remove_columns=raw[split].column_names,
+                               fn_kwargs={"unk_token": tokenizer.unk_token}, desc=f"splitting {split}")  # fmt: skip
+    if max_sentences is not None:
+        sentences = sentences.select(range(min(max_sentences, len(sentences))))
+    tokens = sentences.map(_tokenize_batch, batched=True, remove_columns=["sentence"], desc=f"tokenizing {split}",
+                           fn_kwargs={"tokenizer": tokenizer, "seq_len": seq_len})  # fmt: skip
+    ids = [row for row in tokens["input_ids"] if len(row) >= 3]
+    if not ids:
+        raise UserError(f"no usable sentences in the {split} split of the data")
+    return ids
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The few token ids that masking and padding need."""
+
+    mask: int
+    pad: int
+    vocab_size: int
+    special: frozenset[int]
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> "TokenIds":
+        return cls(tokenizer.mask_token_id, tokenizer.pad_token_id, len(tokenizer), frozenset(tokenizer.all_special_ids))
+
+
+class MaskedSentences(torch.utils.data.Dataset):
+    """Sentences whose masked tokens are a pure function of ``(seed, epoch, index)``.
+
+    ``mlm_probability=None``: exactly one token (never [CLS]/[SEP]) is replaced by [MASK] — the
+    evaluation setting. Otherwise BERT's pretraining masking: each token is chosen with that
+    probability (at least one per sentence) and replaced by [MASK] 80%, a random token 10%, kept 10%.
+    """
+
+    def __init__(self, input_ids: list[list[int]], token_ids: TokenIds, seed: int, mlm_probability: float | None = None):
+        self.input_ids = input_ids
+        self.token_ids = token_ids
+        self.seed = seed
+        self.mlm_probability = mlm_probability
+        self.epoch = EVAL_EPOCH
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        ids = np.array(self.input_ids[index])
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        candidates = np.flatnonzero(~np.isin(ids, list(self.token_ids.special)))
+        if self.mlm_probability is None:
+            chosen = candidates[[rng.integers(len(candidates))]]
+            replacement = np.full(1, self.token_ids.mask)
+        else:
+            chosen = candidates[rng.random(len(candidates)) < self.mlm_probability]
+            if len(chosen) == 0:
+                chosen = candidates[[rng.integers(len(candidates))]]
+            action = rng.random(len(chosen))
+            random_tokens = rng.integers(self.token_ids.vocab_size, size=len(chosen))
+            replacement = np.where(action < 0.8, self.token_ids.mask, np.where(action < 0.9, random_tokens, ids[chosen]))
+        labels = np.full_like(ids, IGNORE_INDEX)
+        labels[chosen] = ids[chosen]
+        ids[chosen] = replacement
+        return {"input_ids": ids, "labels": labels}
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest sentence: input_ids, attention_mask, labels, each [B, T_max]."""
+    length = max(len(item["input_ids"]) for item in items)
+    batch = {
+        "input_ids": torch.full((len(items), length), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(items), length), dtype=torch.long),
+        "labels": torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long),
+    }
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        batch["input_ids"][row, :n] = torch.from_numpy(item["input_ids"])
+        batch["attention_mask"][row, :n] = 1
+        batch["labels"][row, :n] = torch.from_numpy(item["labels"])
+    return batch
+
+
+def epoch_batches(
+    num_items: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
+    """This process's share of every global batch of the epoch, in order.
+
+    The order is a function of ``(seed, epoch)`` only; a global batch of ``batch_size`` sentences is
+    split evenly over ``world_size`` processes, so the optimisation is the same for any process count.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(num_items) if shuffle else np.arange(num_items)
+    batches = [order[start : start + batch_size] for start in range(0, num_items, batch_size)]
+    return [batch[rank::world_size].tolist() for batch in batches if len(batch) >= world_size]
+
+
+def make_loader(dataset: MaskedSentences, batches: list[list[int]]) -> torch.utils.data.DataLoader:
+    """Batches are built in the main process: masking is cheap and stays reproducible."""
+    pad_id = dataset.token_ids.pad
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=lambda items: collate(items, pad_id))
+
+
+def eval_loader(dataset: MaskedSentences, batch_size: int, limit: int | None = None) -> torch.utils.data.DataLoader:
+    """The first ``limit`` sentences in corpus order, masked as for epoch 0."""
+    dataset.set_epoch(EVAL_EPOCH)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    return make_loader(dataset, [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)])
+
+
+@dataclass
+class WikiTextSplits:
+    train: MaskedSentences
+    validation: MaskedSentences
+    test: MaskedSentences
+
+
+def load_masked_splits(
+    data_dir: str | None,
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int,
+    max_sentences: int | None,
+    seed: int,
+    train_mlm_probability: float | None = None,
+) -> WikiTextSplits:
+    """Train (masked per epoch), validation and test (one fixed mask per sentence) sentences."""
+    raw = load_wikitext(data_dir)
+    token_ids = TokenIds.of(tokenizer)
+    splits = {
+        split: MaskedSentences(
+            tokenized_sentences(raw, split, tokenizer, seq_len, max_sentences), token_ids, seed,
+            train_mlm_probability if split == "train" else None,
+        )
+        for split in SPLITS
+    }  # fmt: skip
+    log.info("sentences: %s", ", ".join(f"{split} {len(data)}" for split, data in splits.items()))
+    return WikiTextSplits(**splits)

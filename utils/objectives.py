@@ -1,0 +1,111 @@
+"""Training objectives: what is trained, against which teacher signal, and how it is evaluated.
+
+Each objective follows :class:`utils.training.Objective`. The teacher is frozen and evaluated under
+``torch.no_grad``; only ``trainable`` gets gradients.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models import MultiHeadAttention, SimplifiedBert, assemble
+from utils.metrics import evaluate_mlm
+from utils.training import to_device
+
+
+def soft_cross_entropy(target_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """-sum p log q over the last dimension, averaged over the rest."""
+    return -(target_probs * log_probs).sum(-1).mean()
+
+
+def distribution_loss(criterion: str, teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
+    """Compare attention distributions over keys, rows [N, heads, T] of real query tokens.
+
+    Same head count: head by head. Different head counts: heads cannot be paired, so the
+    head-averaged distributions [N, T] are compared.
+    """
+    if teacher_probs.shape[1] != student_probs.shape[1]:
+        teacher_probs, student_probs = teacher_probs.mean(1), student_probs.mean(1)
+    if criterion == "CrossEntropy":
+        return soft_cross_entropy(teacher_probs, student_probs.clamp_min(1e-12).log())
+    return F.mse_loss(student_probs, teacher_probs) if criterion == "MSE" else F.l1_loss(student_probs, teacher_probs)
+
+
+class AttentionDistillation:
+    """Retrain one layer's attention on the teacher's own activations (retrain_single_block.py).
+
+    Input: the hidden state entering layer ``block`` [B, T, H]; target: the teacher's attention
+    output before residual + LayerNorm [B, T, H] (or its attention distribution [B, heads, T, T]).
+    """
+
+    def __init__(
+        self,
+        teacher: SimplifiedBert,
+        block: int,
+        student: MultiHeadAttention,
+        criterion: str = "MSE",
+        loss_on_logits: bool = False,
+        loss_on_scores: bool = False,
+        mlm_metrics: bool = True,
+        device: torch.device = torch.device("cpu"),
+    ):
+        self.teacher, self.block, self.trainable = teacher, block, student
+        self.teacher_attention = teacher.layers[block].attention
+        self.criterion, self.loss_on_logits, self.loss_on_scores = criterion, loss_on_logits, loss_on_scores
+        self.mlm_metrics, self.device = mlm_metrics, device
+
+    @torch.no_grad()
+    def teacher_signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Hidden state entering the block, teacher attention output, and (if needed) its distribution."""
+        hidden_in = self.teacher.encode(batch["input_ids"], batch["attention_mask"], stop=self.block)
+        teacher_out, teacher_probs = self.teacher_attention(
+            hidden_in, batch["attention_mask"].bool(), return_probs=self.loss_on_scores
+        )
+        return hidden_in, teacher_out, teacher_probs
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        hidden_in, teacher_out, teacher_probs = self.teacher_signal(batch)
+        real = batch["attention_mask"].bool()  # [B, T]: padding does not count
+        student_out, student_probs = self.trainable(hidden_in, real, return_probs=self.loss_on_scores)
+        if self.loss_on_scores:  # rows [B, heads, T, T] -> [N_real, heads, T]
+            return distribution_loss(
+                self.criterion, teacher_probs.transpose(1, 2)[real], student_probs.transpose(1, 2)[real]
+            )
+        student_out, teacher_out = student_out[real].float(), teacher_out[real].float()  # [N_real, H]
+        if self.loss_on_logits:
+            return soft_cross_entropy(teacher_out.softmax(-1), student_out.log_softmax(-1))
+        return F.mse_loss(student_out, teacher_out) if self.criterion == "MSE" else F.l1_loss(student_out, teacher_out)
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        squared_error, values = 0.0, 0
+        for batch in loader:
+            batch = to_device(batch, self.device)
+            hidden_in, teacher_out, _ = self.teacher_signal(batch)
+            real = batch["attention_mask"].bool()
+            student_out, _ = self.trainable(hidden_in, real)
+            squared_error += (student_out[real].float() - teacher_out[real].float()).pow(2).sum().item()
+            values += teacher_out[real].numel()
+        metrics = {"block_mse": squared_error / values}
+        if self.mlm_metrics:
+            replaced = assemble(self.teacher, attentions={self.block: self.trainable})
+            mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
+            metrics.update(teacher_top1=mlm["teacher"]["top1"], replaced_top1=mlm["replaced"]["top1"],
+                           replaced_agree_top1=mlm["replaced"]["agree_top1"])  # fmt: skip
+        return metrics
+
+
+class MaskedLMTraining:
+    """Train a whole BERT masked LM on its masked tokens (train_teacher.py): cross-entropy with the labels."""
+
+    def __init__(self, model: SimplifiedBert, device: torch.device):
+        self.trainable, self.device = model, device
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        logits = self.trainable(**batch)  # [N, V]
+        return F.cross_entropy(logits.float(), batch["labels"][batch["labels"] != -100])
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        mlm, _ = evaluate_mlm({"model": self.trainable}, loader, self.device, teacher=None)
+        return {key: mlm["model"][key] for key in ("top1", "top5")}
