@@ -39,7 +39,8 @@ def assemble(
             layer = base.layers[index]
             layers.append(layer.with_attention(attentions[index]) if index in attentions else layer)
         index += 1
-    return SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head)
+    # new wrapper modules follow the base's mode: an assembled model of a frozen teacher is in eval mode
+    return SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head).train(base.training)
 
 
 def student_attention(base: SimplifiedBert, heads: int, d_k: int, dropout: float) -> MultiHeadAttention:

@@ -192,9 +192,14 @@ def epoch_batches(
 
 
 def make_loader(dataset: MaskedSentences, batches: list[list[int]]) -> torch.utils.data.DataLoader:
-    """Batches are built in the main process: masking is cheap and stays reproducible."""
+    """Batches are built in the main process: masking is cheap and stays reproducible.
+
+    The loader gets its own generator: by default every new iterator draws a seed from the global
+    torch RNG, which would shift the dropout stream of a run resumed mid-epoch.
+    """
     pad_id = dataset.token_ids.pad
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=lambda items: collate(items, pad_id))
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=lambda items: collate(items, pad_id),
+                                       generator=torch.Generator())  # fmt: skip
 
 
 def eval_loader(dataset: MaskedSentences, batch_size: int, limit: int | None = None) -> torch.utils.data.DataLoader:

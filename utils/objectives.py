@@ -88,7 +88,7 @@ class AttentionDistillation:
             values += teacher_out[real].numel()
         metrics = {"block_mse": squared_error / values}
         if self.mlm_metrics:
-            replaced = assemble(self.teacher, attentions={self.block: self.trainable})
+            replaced = assemble(self.teacher, attentions={self.block: self.trainable}).eval()
             mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
             metrics.update(teacher_top1=mlm["teacher"]["top1"], replaced_top1=mlm["replaced"]["top1"],
                            replaced_agree_top1=mlm["replaced"]["agree_top1"])  # fmt: skip
