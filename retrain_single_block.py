@@ -3,7 +3,10 @@
 Example (offline): python retrain_single_block.py --teacher minilm --block 5 --epochs 2 --max_sentences 2000
 """
 from models import student_attention
-from utils.args import BlockArguments, DataArguments, DistillationArguments, TeacherArguments, TrainingArguments, parse_args
+from utils.args import (
+    BlockArguments, DataArguments, DistillationArguments, DropoutArguments, StorageArguments, StudentArguments,
+    TeacherArguments, TrainingArguments, parse_args,
+)
 from utils.data import eval_loader, load_masked_splits
 from utils.errors import cli_entry
 from utils.experiment import block_run_name, run_directory, start
@@ -14,7 +17,8 @@ from utils.training import fit
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
-    groups = [TeacherArguments, BlockArguments, DistillationArguments, DataArguments, TrainingArguments]
+    groups = [TeacherArguments, BlockArguments, StudentArguments, DropoutArguments, DistillationArguments, DataArguments,
+              StorageArguments, TrainingArguments]  # fmt: skip
     args = parse_args(groups, __doc__, argv)
     device = start(args)
     teacher = load_teacher(args.teacher, device)

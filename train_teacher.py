@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from utils.args import DataArguments, TrainingArguments, flag, parse_args
+from utils.args import DataArguments, StorageArguments, TrainingArguments, flag, parse_args
 from utils.checkpoint import atomic_write, atomic_write_dir
 from utils.data import eval_loader, load_masked_splits
 from utils.errors import cli_entry
@@ -31,7 +31,7 @@ class TeacherTrainingArguments:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    groups = [TeacherTrainingArguments, DataArguments, TrainingArguments]
+    groups = [TeacherTrainingArguments, DataArguments, StorageArguments, TrainingArguments]
     args = parse_args(groups, __doc__, argv, lr=1e-4, batch_size=32, epochs=1, max_steps=500, save_checkpoint_every=1)
     device = start(args)
     teacher = load_teacher(args.init, device, frozen=False)

@@ -41,7 +41,9 @@ class SimplifiedBert(nn.Module):
             for spec in layer_specs
         ]  # fmt: skip
         model = cls(config, BertEmbeddings(config), layers, BertOnlyMLMHead(config))
-        model.mlm_head.predictions.decoder.weight = model.embeddings.word_embeddings.weight  # tied, as in BERT
+        predictions = model.mlm_head.predictions
+        predictions.decoder.weight = model.embeddings.word_embeddings.weight  # tied, as in BERT
+        predictions.decoder.bias = predictions.bias
         return model
 
     @property

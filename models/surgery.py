@@ -88,3 +88,19 @@ def copy_attention(attention: MultiHeadAttention, dropout: float | None = None) 
     if dropout is not None:
         clone.dropout = dropout
     return clone
+
+
+def select_trainable(model: SimplifiedBert, feed_forward: bool = False) -> SimplifiedBert:
+    """Freeze everything but what simplification introduced: student attentions and merged layers
+    (and, with ``feed_forward``, every layer's feed-forward and LayerNorms). Embeddings and MLM head stay frozen."""
+    model.requires_grad_(False)
+    for layer in model.layers:
+        kind = layer.origin["kind"]
+        if kind == "merged":
+            layer.requires_grad_(True)
+        elif kind == "student_attention":
+            layer.attention.requires_grad_(True)
+        if feed_forward:
+            for part in (layer.attention_norm, layer.ffn_in, layer.ffn_out, layer.ffn_norm):
+                part.requires_grad_(True)
+    return model

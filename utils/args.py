@@ -39,11 +39,24 @@ class DataArguments:
 
 
 @dataclass
+class StorageArguments:
+    storage_directory: str = flag("storage", "Root of checkpoints, metrics, caches, saved models and results.")
+
+
+@dataclass
 class BlockArguments:
-    block: int = flag(None, "Layer whose attention is retrained (0 .. layers-1).", required=True)
+    block: int = flag(None, "Teacher layer (0 .. layers-1); for merging, the first of the pair block, block+1.", required=True)
+
+
+@dataclass
+class StudentArguments:
     block_d_k: int = flag(64, "Head size of the student attention.")
     block_heads: int = flag(12, "Head count of the student attention.")
-    block_dropout: float = flag(0.1, "Dropout on the student's attention probabilities.")
+
+
+@dataclass
+class DropoutArguments:
+    block_dropout: float = flag(0.1, "Dropout on the student's attention probabilities (and a merged layer's hidden states).")
 
 
 @dataclass
@@ -67,9 +80,30 @@ class TrainingArguments:
     adam_beta1: float = flag(0.9, "AdamW beta1.")
     adam_beta2: float = flag(0.999, "AdamW beta2.")
     save_checkpoint_every: int = flag(5, "Keep a checkpoint every this many epochs, besides the rolling latest.")
-    storage_directory: str = flag("storage", "Root of checkpoints, metrics, caches and saved models.")
     no_resume: bool = flag(False, "Start over even if a checkpoint exists (the old run folder is moved aside).")
     eval_sentences: Optional[int] = flag(2000, "Validation sentences evaluated after each epoch (all if unset).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = flag("auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU.")
+    device: Optional[str] = flag(None, "torch device; default cuda when available, else cpu.")
+
+
+@dataclass
+class OutputDistillationArguments:
+    temperature: float = flag(1.0, "Softmax temperature of the KL(teacher || student) loss on the MLM outputs.")
+    hard_label_weight: float = flag(0.0, "Weight of the cross-entropy with the true masked token, added to the KL.")
+
+
+@dataclass
+class ModelArguments:
+    model: Optional[str] = flag(None, "Folder of a saved simplified model (default: the one the pipeline step before wrote).")
+
+
+@dataclass
+class EvalArguments:
+    percentage_data: float = flag(1.0, "Fraction of the test sentences evaluated (in corpus order).")
+    reference: str = flag("bert-large-uncased", "Larger reference model for the top-k agreement score; 'none' to skip.")
+    eval_batch_size: int = flag(128, "Sentences per evaluation batch.")
+    latency_repeats: int = flag(20, "Timed forward passes per latency figure (median reported); 0 skips latency.")
+    device: Optional[str] = flag(None, "torch device; default cuda when available, else cpu.")
 
 
 def parse_args(groups: list[type], description: str, argv: list[str] | None = None, **defaults) -> argparse.Namespace:
@@ -83,7 +117,8 @@ def parse_args(groups: list[type], description: str, argv: list[str] | None = No
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject values that cannot work, naming the flag."""
-    positive = ["block_d_k", "block_heads", "batch_size", "seq_len", "save_checkpoint_every", "max_sentences", "max_steps"]
+    positive = ["block_d_k", "block_heads", "batch_size", "eval_batch_size", "seq_len", "save_checkpoint_every",
+                "max_sentences", "max_steps"]  # fmt: skip
     for name in positive:
         value = getattr(args, name, None)
         if value is not None and value <= 0:

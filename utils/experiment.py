@@ -28,16 +28,21 @@ def start(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def checkpoint_root(args: argparse.Namespace) -> Path:
-    return Path(args.storage_directory) / "checkpoints" / DATASET_NAME
+def checkpoint_root(storage_directory: str | Path) -> Path:
+    return Path(storage_directory) / "checkpoints" / DATASET_NAME
 
 
 def run_directory(args: argparse.Namespace, name: str, identity: dict) -> RunDirectory:
     """``{storage_directory}/checkpoints/wikitext2/{name}/`` for a run whose ``identity`` must match to resume."""
     flags = {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool, type(None)))}
-    return RunDirectory(checkpoint_root(args) / name, identity, args.save_checkpoint_every, flags)
+    return RunDirectory(checkpoint_root(args.storage_directory) / name, identity, args.save_checkpoint_every, flags)
 
 
 def block_run_name(kind: str, block: int, d_k: int, heads: int) -> str:
     """Run folder names of the seed: ``block_{b}_{d_k}_{heads}``, ``merge_{b}_{d_k}_{heads}``..."""
     return f"{kind}_{block}_{d_k}_{heads}"
+
+
+def retrained_model_dir(storage_directory: str | Path, heads: int, d_k: int) -> Path:
+    """Where the notebook saves the assembled retrained model."""
+    return Path(storage_directory) / "models" / f"retrained_{d_k}_{heads}"

@@ -109,3 +109,44 @@ class MaskedLMTraining:
     def evaluate(self, loader) -> dict[str, float]:
         mlm, _ = evaluate_mlm({"model": self.trainable}, loader, self.device, teacher=None)
         return {key: mlm["model"][key] for key in ("top1", "top5")}
+
+
+def output_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, hard_label_weight: float
+) -> torch.Tensor:
+    """KL(teacher || student) of the masked-token distributions at ``temperature`` (scaled by T^2 so the
+    gradient size does not depend on T), plus ``hard_label_weight`` x cross-entropy with the true tokens.
+    Logits [N, V], labels [N]."""
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    kl = F.kl_div(
+        (student_logits / temperature).log_softmax(-1), (teacher_logits / temperature).log_softmax(-1),
+        reduction="batchmean", log_target=True,
+    ) * temperature**2  # fmt: skip
+    if hard_label_weight:
+        kl = kl + hard_label_weight * F.cross_entropy(student_logits, labels)
+    return kl
+
+
+class OutputDistillation:
+    """Train ``trainable`` (a part of ``student``) so that the student's masked-token distribution matches
+    the teacher's (train_block_till_end, train_full_merged_model, finetune_fully_merged)."""
+
+    def __init__(
+        self, teacher: SimplifiedBert, student: SimplifiedBert, trainable: torch.nn.Module, temperature: float = 1.0,
+        hard_label_weight: float = 0.0, device: torch.device = torch.device("cpu"),
+    ):  # fmt: skip
+        self.teacher, self.student, self.trainable = teacher, student, trainable
+        self.temperature, self.hard_label_weight, self.device = temperature, hard_label_weight, device
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher(**batch)
+        labels = batch["labels"][batch["labels"] != -100]
+        return output_distillation_loss(self.student(**batch), teacher_logits, labels, self.temperature, self.hard_label_weight)
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        mlm, _ = evaluate_mlm({"teacher": self.teacher, "student": self.student}, loader, self.device)
+        student = mlm["student"]
+        return {"teacher_top1": mlm["teacher"]["top1"], "top1": student["top1"], "top5": student["top5"],
+                "agree_top1": student["agree_top1"], "kl_from_teacher": student["kl_from_teacher"]}  # fmt: skip

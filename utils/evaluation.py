@@ -1,0 +1,131 @@
+"""The evaluation every eval script runs: quality against the truth, the teacher and a reference model,
+plus size, compute and latency against the teacher; written as JSON, markdown and a per-sentence TSV."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from models import SimplifiedBert, model_cost
+from utils.benchmark import measure_latency
+from utils.checkpoint import atomic_write
+from utils.data import MaskedSentences, eval_loader
+from utils.errors import UserError
+from utils.metrics import evaluate_mlm
+from utils.teacher import load_teacher
+
+log = logging.getLogger(__name__)
+
+TEACHER = "teacher"
+LATENCY_BATCHES = (1, 64)
+TABLE_COLUMNS = [
+    ("top1", "top-1", "{:.1%}"), ("top5", "top-5", "{:.1%}"), ("top10", "top-10", "{:.1%}"),
+    ("agree_top1", "= teacher top-1", "{:.1%}"), ("teacher_top1_in_top5", "teacher top-1 in top-5", "{:.1%}"),
+    ("kl_from_teacher", "KL(teacher‖model)", "{:.3f}"), ("in_reference_top1", "in ref. top-1", "{:.1%}"),
+    ("in_reference_top5", "in ref. top-5", "{:.1%}"), ("in_reference_top10", "in ref. top-10", "{:.1%}"),
+    ("parameters", "params (M)", "{:.2f}"), ("flops_per_token", "MFLOPs/token", "{:.1f}"),
+    ("latency_ms_b1", "ms (b=1)", "{:.2f}"), ("latency_ms_b64", "ms (b=64)", "{:.1f}"),
+]  # fmt: skip
+SCALE = {"parameters": 1e-6, "flops_per_token": 1e-6}
+
+
+def load_reference(name: str | None, device: torch.device) -> SimplifiedBert | None:
+    """The larger reference model (bert-large-uncased by default), or None with one warning if unavailable."""
+    if not name or name.lower() == "none":
+        return None
+    try:
+        return load_teacher(name, device).model
+    except UserError as error:
+        log.warning("reference model unavailable, reporting without reference metrics: %s", error)
+        return None
+
+
+def sentence_count(test: MaskedSentences, percentage_data: float) -> int:
+    if not 0 < percentage_data <= 1:
+        raise UserError(f"--percentage_data must be in (0, 1], got {percentage_data}")
+    return max(1, round(percentage_data * len(test)))
+
+
+def evaluate_models(
+    models: dict[str, SimplifiedBert],
+    test: MaskedSentences,
+    tokenizer: PreTrainedTokenizerBase,
+    args,
+    device: torch.device,
+    output_dir: Path,
+    reference: SimplifiedBert | None = None,
+) -> dict:
+    """Evaluate ``models`` (one named ``teacher``) on the same masked test sentences and write
+    ``metrics.json``, ``metrics.md`` and ``predictions.tsv`` under ``output_dir``."""
+    count = sentence_count(test, args.percentage_data)
+    loader = eval_loader(test, args.eval_batch_size, count)
+    metrics, predictions = evaluate_mlm(models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True)
+    for name, model in models.items():
+        metrics[name].update(model_cost(model, args.seq_len))
+        if args.latency_repeats:
+            for batch_size in LATENCY_BATCHES:
+                metrics[name][f"latency_ms_b{batch_size}"] = measure_latency(
+                    model, batch_size, args.seq_len, device, repeats=args.latency_repeats
+                )
+    teacher = metrics[TEACHER]
+    for values in metrics.values():  # everything relative to the teacher
+        values["parameter_ratio"] = values["parameters"] / teacher["parameters"]
+        values["flop_ratio"] = values["flops_per_token"] / teacher["flops_per_token"]
+        if args.latency_repeats:
+            values["speedup_b64"] = teacher["latency_ms_b64"] / values["latency_ms_b64"]
+    report = {
+        "sentences": count, "seq_len": args.seq_len, "seed": args.seed, "device": str(device),
+        "reference": args.reference if reference is not None else None, "models": metrics,
+    }  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(output_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    atomic_write(output_dir / "metrics.md", lambda tmp: tmp.write_text(markdown_table(metrics)))
+    rows = prediction_rows(test, count, tokenizer, predictions)
+    atomic_write(output_dir / "predictions.tsv", lambda tmp: tmp.write_text(rows))
+    log.info("results in %s\n%s", output_dir, markdown_table(metrics))
+    return report
+
+
+def markdown_table(metrics: dict[str, dict]) -> str:
+    columns = [column for column in TABLE_COLUMNS if any(column[0] in values for values in metrics.values())]
+    lines = ["| model | " + " | ".join(title for _, title, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, values in metrics.items():
+        cells = [fmt.format(values[key] * SCALE.get(key, 1)) if key in values else "" for key, _, fmt in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def prediction_rows(test: MaskedSentences, count: int, tokenizer, predictions: dict[str, torch.Tensor]) -> str:
+    """One row per sentence: masked sentence | true word | each model's top-1 | reference top-10."""
+    names = [name for name in predictions if name != "reference"]
+    header = ["sentence", "true"] + names + (["reference_top10"] if "reference" in predictions else [])
+    lines = ["\t".join(header)]
+    for index in range(count):
+        item = test[index]
+        target = int(item["labels"][item["labels"] != -100][0])
+        sentence = tokenizer.decode(item["input_ids"][1:-1]).replace("\t", " ")
+        row = [sentence, tokenizer.convert_ids_to_tokens(target)]
+        row += [tokenizer.convert_ids_to_tokens(int(predictions[name][index, 0])) for name in names]
+        if "reference" in predictions:
+            row.append(" ".join(tokenizer.convert_ids_to_tokens(predictions["reference"][index].tolist())))
+        lines.append("\t".join(row))
+    return "\n".join(lines) + "\n"
+
+
+def layer_table(model: SimplifiedBert, teacher: SimplifiedBert, seq_len: int) -> str:
+    """Markdown: per layer what it is, heads x d_k and parameters; then totals against the teacher."""
+    from models import parameter_count
+    from models.cost import layer_flops_per_token
+
+    lines = ["| layer | kind | teacher layers | heads | d_k | parameters | MFLOPs/token |", "|---|---|---|---|---|---|---|"]
+    for index, layer in enumerate(model.layers):
+        spec = layer.spec
+        lines.append(f"| {index} | {spec['kind']} | {spec['teacher_layers']} | {spec['heads']} | {spec['d_k']} | "
+                     f"{parameter_count(layer):,} | {layer_flops_per_token(layer, seq_len) / 1e6:.2f} |")  # fmt: skip
+    ours, theirs = model_cost(model, seq_len), model_cost(teacher, seq_len)
+    for key in ("parameters", "encoder_parameters", "flops_per_token"):
+        lines.append(f"| **{key}** | | | | | {ours[key]:,} ({ours[key] / theirs[key]:.1%} of the teacher's {theirs[key]:,}) | |")
+    return "\n".join(lines) + "\n"

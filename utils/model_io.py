@@ -1,0 +1,94 @@
+"""The saved format of simplified BERTs, and one loader for teachers and simplified models alike.
+
+A simplified model is a folder holding:
+- ``model.safetensors``: every weight (embeddings, layers, MLM head);
+- ``sitra.json``: ``{"format": "sitra-simplified-bert", "version": 1, "teacher_config": {...},
+  "layers": [{"kind": "teacher"|"student_attention"|"merged", "teacher_layers": [...], "heads", "d_k",
+  "intermediate_size"}, ...], "meta": {...}}``;
+- the tokenizer files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+
+from models import SimplifiedBert
+from utils.checkpoint import atomic_write_dir, load_checkpoint
+from utils.errors import UserError
+from utils.teacher import load_teacher
+
+SPEC_FILE = "sitra.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "sitra-simplified-bert"
+
+
+def save_simplified(model: SimplifiedBert, tokenizer: PreTrainedTokenizerBase, folder: str | Path, meta: dict | None = None) -> None:
+    """Write the folder atomically: an existing model there is replaced only once the new one is complete."""
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / WEIGHTS_FILE))  # de-duplicates the tied embedding/decoder weight
+        spec = {"format": FORMAT, "version": 1, **model.spec, "meta": meta or {}}
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        tokenizer.save_pretrained(tmp)
+
+    atomic_write_dir(Path(folder), write)
+
+
+def is_simplified(folder: str | Path) -> bool:
+    return (Path(folder) / SPEC_FILE).is_file()
+
+
+def load_simplified(folder: str | Path, device: torch.device | str = "cpu") -> tuple[SimplifiedBert, PreTrainedTokenizerBase, dict]:
+    """Model (eval mode), tokenizer and the spec's ``meta`` of a saved simplified model."""
+    folder = Path(folder)
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"--model {folder}: cannot read {SPEC_FILE} ({type(error).__name__})") from None
+    if spec.get("format") != FORMAT:
+        raise UserError(f"--model {folder}: {SPEC_FILE} is not a sitra model spec")
+    model = SimplifiedBert.from_spec(BertConfig.from_dict(spec["teacher_config"]), spec["layers"])
+    try:
+        missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
+    except Exception as error:  # missing file, truncated header, shape mismatch
+        raise UserError(f"--model {folder}: cannot load {WEIGHTS_FILE} ({str(error).splitlines()[0][:200]})") from None
+    really_missing = sorted(set(missing) - _tied_aliases(model, set(missing)))
+    if unexpected or really_missing:
+        raise UserError(f"--model {folder}: weights do not match {SPEC_FILE} "
+                        f"(missing {really_missing[:3]}, unexpected {sorted(unexpected)[:3]})")  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model.to(device).eval(), tokenizer, spec.get("meta", {})
+
+
+def _tied_aliases(model: torch.nn.Module, missing: set[str]) -> set[str]:
+    """Names in ``missing`` whose tensor was loaded under another (tied) name."""
+    names_by_tensor: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_by_tensor.setdefault(id(parameter), []).append(name)
+    return {name for names in names_by_tensor.values() if set(names) - missing for name in names if name in missing}
+
+
+def load_any_model(name: str, device: torch.device | str = "cpu") -> SimplifiedBert:
+    """A saved simplified model folder, or any teacher that ``--teacher`` accepts, as a frozen model."""
+    if is_simplified(name):
+        model, _, _ = load_simplified(name, device)
+    else:
+        model = load_teacher(name, device).model
+    return model.requires_grad_(False).eval()
+
+
+def load_block_checkpoint(path: str | Path, heads: int | None = None, d_k: int | None = None, flag: str = "--init_from") -> dict:
+    """A retrain_single_block / train_block_till_end checkpoint, checked against the expected heads and d_k."""
+    state = load_checkpoint(path, flag)
+    identity = state.get("identity", {})
+    expected = {"block_heads": heads, "block_d_k": d_k}
+    wrong = [f"{key}={identity.get(key)} (expected {value})" for key, value in expected.items()
+             if value is not None and identity.get(key) != value]  # fmt: skip
+    if wrong:
+        raise UserError(f"{flag} {path}: checkpoint was trained with {', '.join(wrong)}")
+    return state
