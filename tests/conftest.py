@@ -25,14 +25,23 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_teacher("minilm"))
 
 
+def save_tiny_teacher(folder: Path, tokenizer, **config) -> str:
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_config(**config)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, tokenizer) -> str:
     """A 3-layer, 32-wide random BERT masked LM saved as a Hugging Face folder."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_teacher")
-    BertForMaskedLM(tiny_config()).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_5_layers(tmp_path_factory, tokenizer) -> str:
+    """Like tiny_teacher_dir with 5 layers: two pairs to merge and an odd last layer."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher_5"), tokenizer, num_hidden_layers=5)
 
 
 @pytest.fixture(scope="session")

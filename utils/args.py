@@ -134,3 +134,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError("--criterion CrossEntropy needs --loss_on_logits or --loss_on_scores")
         if args.loss_on_logits and args.criterion != "CrossEntropy":
             raise UserError("--loss_on_logits is a cross-entropy over the hidden dimension: use --criterion CrossEntropy")
+
+
+@dataclass
+class MergeArguments:
+    merge_init: Literal["random", "first", "second"] = flag(
+        "random", "Start the merged layer from random weights (the seed) or from a copy of the pair's first or "
+                  "second teacher layer (attention copied when heads and d_k match).")  # fmt: skip

@@ -66,11 +66,15 @@ def merged_layer_from_state(state: dict, teacher: SimplifiedBert, block: int) ->
 
 
 def collect_merged_layers(
-    storage_directory: str | Path, teacher: SimplifiedBert, teacher_name: str, heads: int, d_k: int, kind: str = "merge"
-) -> tuple[dict[int, TransformerLayer], dict[int, Path], list[int]]:
-    """Merged layers of every pair (0-1, 2-3, ...; an odd last layer stays the teacher's)."""
+    storage_directory: str | Path, teacher: SimplifiedBert, teacher_name: str, heads: int, d_k: int,
+    kind: str = "merge", below: int | None = None,
+) -> tuple[dict[int, TransformerLayer], dict[int, Path], list[int]]:  # fmt: skip
+    """Merged layers of every pair (0-1, 2-3, ...; an odd last layer stays the teacher's) from ``kind``
+    runs (``merge`` = retrain_merge, ``conditioned`` = finetune_conditioned_fully_merged); with
+    ``below``, only the pairs starting before that layer."""
     layers, sources, missing = {}, {}, []
-    for block in range(0, len(teacher.layers) - 1, 2):
+    last_start = len(teacher.layers) - 1 if below is None else below
+    for block in range(0, last_start, 2):
         path = run_checkpoint(storage_directory, kind, block, d_k, heads)
         if not path.exists():
             missing.append(block)

@@ -46,3 +46,12 @@ def block_run_name(kind: str, block: int, d_k: int, heads: int) -> str:
 def retrained_model_dir(storage_directory: str | Path, heads: int, d_k: int) -> Path:
     """Where the notebook saves the assembled retrained model."""
     return Path(storage_directory) / "models" / f"retrained_{d_k}_{heads}"
+
+
+def merged_model_dir(storage_directory: str | Path, heads: int, d_k: int, source: str = "merge") -> Path:
+    """Where finetune_fully_merged.py saves the fully merged model."""
+    suffix = "" if source == "merge" else f"_{source}"
+    return Path(storage_directory) / "models" / f"merged_{d_k}_{heads}{suffix}"
+
+
+LAYER_DROP_MODEL = "layer_drop"

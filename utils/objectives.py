@@ -150,3 +150,60 @@ class OutputDistillation:
         student = mlm["student"]
         return {"teacher_top1": mlm["teacher"]["top1"], "top1": student["top1"], "top5": student["top5"],
                 "agree_top1": student["agree_top1"], "kl_from_teacher": student["kl_from_teacher"]}  # fmt: skip
+
+
+class MergeDistillation:
+    """Train one layer to map the hidden state entering teacher layer ``block`` to the one leaving
+    ``block + 1`` (MSE over real tokens) — retrain_merge and its conditioned variant.
+
+    ``prefix`` computes the merged layer's input: by default the teacher's own layers ``0..block-1``;
+    conditioned training passes a model whose first ``prefix_stop`` layers are already-merged layers.
+    """
+
+    def __init__(
+        self, teacher: SimplifiedBert, block: int, merged: torch.nn.Module, prefix: SimplifiedBert | None = None,
+        prefix_stop: int | None = None, mlm_metrics: bool = True, device: torch.device = torch.device("cpu"),
+    ):  # fmt: skip
+        self.teacher, self.block, self.trainable = teacher, block, merged
+        self.prefix = prefix if prefix is not None else teacher
+        self.prefix_stop = block if prefix_stop is None else prefix_stop
+        self.mlm_metrics, self.device = mlm_metrics, device
+
+    @torch.no_grad()
+    def signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged layer input [B, T, H] and the teacher's hidden state after layer block+1 [B, T, H]."""
+        teacher_in = self.teacher.encode(batch["input_ids"], batch["attention_mask"], stop=self.block)
+        target = self.teacher.encode(None, batch["attention_mask"], hidden=teacher_in, start=self.block, stop=self.block + 2)
+        if self.prefix is self.teacher:
+            return teacher_in, target
+        return self.prefix.encode(batch["input_ids"], batch["attention_mask"], stop=self.prefix_stop), target
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        hidden_in, target = self.signal(batch)
+        real = batch["attention_mask"].bool()
+        output = self.trainable(hidden_in, real)
+        return F.mse_loss(output[real].float(), target[real].float())
+
+    def model(self) -> SimplifiedBert:
+        """The teacher with the pair replaced (after the conditioned prefix, if any), in eval mode."""
+        if self.prefix is self.teacher:
+            return assemble(self.teacher, merged={self.block: self.trainable}).eval()
+        layers = [*self.prefix.layers[: self.prefix_stop], self.trainable, *self.teacher.layers[self.block + 2 :]]
+        return SimplifiedBert(self.teacher.config, self.teacher.embeddings, layers, self.teacher.mlm_head).eval()
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        squared_error, values = 0.0, 0
+        for batch in loader:
+            batch = to_device(batch, self.device)
+            hidden_in, target = self.signal(batch)
+            real = batch["attention_mask"].bool()
+            output = self.trainable(hidden_in, real)
+            squared_error += (output[real].float() - target[real].float()).pow(2).sum().item()
+            values += target[real].numel()
+        metrics = {"merge_mse": squared_error / values}
+        if self.mlm_metrics:
+            mlm, _ = evaluate_mlm({"teacher": self.teacher, "merged": self.model()}, loader, self.device)
+            metrics.update(teacher_top1=mlm["teacher"]["top1"], merged_top1=mlm["merged"]["top1"],
+                           merged_agree_top1=mlm["merged"]["agree_top1"])  # fmt: skip
+        return metrics
