@@ -100,6 +100,7 @@ class RunDirectory:
         self.identity = identity  # must match to resume
         self.save_every = save_every
         self.flags = flags or {}  # recorded for the reader, not checked
+        self.writer = True  # False on every process but rank 0 under torchrun
 
     @property
     def latest(self) -> Path:
@@ -122,6 +123,8 @@ class RunDirectory:
         return state
 
     def save(self, state: dict) -> None:
+        if not self.writer:
+            return
         state = {**state, "identity": self.identity, "flags": self.flags}
         save_checkpoint(state, self.latest)
         epoch = state["epoch"]
@@ -129,6 +132,8 @@ class RunDirectory:
             save_checkpoint(state, self.path / f"epoch_{epoch:03d}.pt")
 
     def log_metrics(self, record: dict) -> None:
+        if not self.writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / METRICS, "a") as file:
             file.write(json.dumps(record) + "\n")
@@ -139,5 +144,7 @@ class RunDirectory:
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop records of epochs the checkpoint does not hold (a run killed after logging, before saving)."""
+        if not self.writer:
+            return
         kept = [record for record in self.read_metrics() if record["epoch"] <= last_epoch]
         atomic_write(self.path / METRICS, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from utils.checkpoint import RunDirectory
+from utils.distributed import init_distributed
 from utils.training import pick_device
 
 log = logging.getLogger("sitra")
@@ -19,11 +20,13 @@ DATASET_NAME = "wikitext2"
 
 def start(args: argparse.Namespace) -> torch.device:
     """Configure logging, seed torch, pick the device (GPU when there is one)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    world = init_distributed()
+    level = logging.INFO if world.is_main else logging.WARNING  # under torchrun, rank 0 speaks for all
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     transformers.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
     torch.manual_seed(args.seed)
-    device = pick_device(getattr(args, "device", None))
+    device = pick_device(getattr(args, "device", None), world.local_rank)
     log.info("device %s; flags: %s", device, " ".join(f"--{key} {value}" for key, value in vars(args).items()))
     return device
 

@@ -1,9 +1,12 @@
 """Training objectives: what is trained, against which teacher signal, and how it is evaluated.
 
-Each objective follows :class:`utils.training.Objective`. The teacher is frozen and evaluated under
-``torch.no_grad``; only ``trainable`` gets gradients.
+Each objective follows :class:`utils.training.Objective`: ``loss`` returns ``(sum, count)`` of
+per-item losses (the loss is their mean). The teacher is frozen and run under ``torch.no_grad``;
+only ``trainable`` gets gradients.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,13 +15,26 @@ from models import MultiHeadAttention, SimplifiedBert, assemble
 from utils.metrics import evaluate_mlm
 from utils.training import to_device
 
+LossParts = tuple[torch.Tensor, int]
+
+
+def sum_count(values: torch.Tensor) -> LossParts:
+    """Per-item losses -> (sum, number of items)."""
+    return values.sum(), values.numel()
+
+
+def pointwise(criterion: str, prediction: torch.Tensor, target: torch.Tensor) -> LossParts:
+    """Squared (MSE) or absolute (L1) errors, summed, and the element count."""
+    errors = (prediction - target).pow(2) if criterion == "MSE" else (prediction - target).abs()
+    return sum_count(errors)
+
 
 def soft_cross_entropy(target_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
     """-sum p log q over the last dimension, averaged over the rest."""
     return -(target_probs * log_probs).sum(-1).mean()
 
 
-def distribution_loss(criterion: str, teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
+def distribution_loss(criterion: str, teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> LossParts:
     """Compare attention distributions over keys, rows [N, heads, T] of real query tokens.
 
     Same head count: head by head. Different head counts: heads cannot be paired, so the
@@ -27,8 +43,19 @@ def distribution_loss(criterion: str, teacher_probs: torch.Tensor, student_probs
     if teacher_probs.shape[1] != student_probs.shape[1]:
         teacher_probs, student_probs = teacher_probs.mean(1), student_probs.mean(1)
     if criterion == "CrossEntropy":
-        return soft_cross_entropy(teacher_probs, student_probs.clamp_min(1e-12).log())
-    return F.mse_loss(student_probs, teacher_probs) if criterion == "MSE" else F.l1_loss(student_probs, teacher_probs)
+        return sum_count(-(teacher_probs * student_probs.clamp_min(1e-12).log()).sum(-1))
+    return pointwise(criterion, student_probs, teacher_probs)
+
+
+@torch.no_grad()
+def mean_squared_error(loader, device: torch.device, pairs: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """MSE over a loader of ``pairs(batch) -> (prediction, target)``, each [N_real, H]."""
+    squared_error, values = 0.0, 0
+    for batch in loader:
+        prediction, target = pairs(to_device(batch, device))
+        squared_error += (prediction.float() - target.float()).pow(2).sum().item()
+        values += target.numel()
+    return squared_error / values
 
 
 class AttentionDistillation:
@@ -49,7 +76,8 @@ class AttentionDistillation:
         mlm_metrics: bool = True,
         device: torch.device = torch.device("cpu"),
     ):
-        self.teacher, self.block, self.trainable = teacher, block, student
+        self.teacher, self.block = teacher, block
+        self.trainable = self.network = student
         self.teacher_attention = teacher.layers[block].attention
         self.criterion, self.loss_on_logits, self.loss_on_scores = criterion, loss_on_logits, loss_on_scores
         self.mlm_metrics, self.device = mlm_metrics, device
@@ -63,30 +91,27 @@ class AttentionDistillation:
         )
         return hidden_in, teacher_out, teacher_probs
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: dict) -> LossParts:
         hidden_in, teacher_out, teacher_probs = self.teacher_signal(batch)
         real = batch["attention_mask"].bool()  # [B, T]: padding does not count
-        student_out, student_probs = self.trainable(hidden_in, real, return_probs=self.loss_on_scores)
+        student_out, student_probs = self.network(hidden_in, real, return_probs=self.loss_on_scores)
         if self.loss_on_scores:  # rows [B, heads, T, T] -> [N_real, heads, T]
             return distribution_loss(
-                self.criterion, teacher_probs.transpose(1, 2)[real], student_probs.transpose(1, 2)[real]
+                self.criterion, teacher_probs.transpose(1, 2)[real].float(), student_probs.transpose(1, 2)[real].float()
             )
         student_out, teacher_out = student_out[real].float(), teacher_out[real].float()  # [N_real, H]
         if self.loss_on_logits:
-            return soft_cross_entropy(teacher_out.softmax(-1), student_out.log_softmax(-1))
-        return F.mse_loss(student_out, teacher_out) if self.criterion == "MSE" else F.l1_loss(student_out, teacher_out)
+            return sum_count(-(teacher_out.softmax(-1) * student_out.log_softmax(-1)).sum(-1))
+        return pointwise(self.criterion, student_out, teacher_out)
+
+    def _outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_in, teacher_out, _ = self.teacher_signal(batch)
+        real = batch["attention_mask"].bool()
+        return self.trainable(hidden_in, real)[0][real], teacher_out[real]
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
-        squared_error, values = 0.0, 0
-        for batch in loader:
-            batch = to_device(batch, self.device)
-            hidden_in, teacher_out, _ = self.teacher_signal(batch)
-            real = batch["attention_mask"].bool()
-            student_out, _ = self.trainable(hidden_in, real)
-            squared_error += (student_out[real].float() - teacher_out[real].float()).pow(2).sum().item()
-            values += teacher_out[real].numel()
-        metrics = {"block_mse": squared_error / values}
+        metrics = {"block_mse": mean_squared_error(loader, self.device, self._outputs)}
         if self.mlm_metrics:
             replaced = assemble(self.teacher, attentions={self.block: self.trainable}).eval()
             mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
@@ -99,11 +124,12 @@ class MaskedLMTraining:
     """Train a whole BERT masked LM on its masked tokens (train_teacher.py): cross-entropy with the labels."""
 
     def __init__(self, model: SimplifiedBert, device: torch.device):
-        self.trainable, self.device = model, device
+        self.trainable = self.network = model
+        self.device = device
 
-    def loss(self, batch: dict) -> torch.Tensor:
-        logits = self.trainable(**batch)  # [N, V]
-        return F.cross_entropy(logits.float(), batch["labels"][batch["labels"] != -100])
+    def loss(self, batch: dict) -> LossParts:
+        logits = self.network(**batch)  # [N, V]
+        return sum_count(F.cross_entropy(logits.float(), batch["labels"][batch["labels"] != -100], reduction="none"))
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
@@ -113,18 +139,17 @@ class MaskedLMTraining:
 
 def output_distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, hard_label_weight: float
-) -> torch.Tensor:
+) -> LossParts:
     """KL(teacher || student) of the masked-token distributions at ``temperature`` (scaled by T^2 so the
-    gradient size does not depend on T), plus ``hard_label_weight`` x cross-entropy with the true tokens.
-    Logits [N, V], labels [N]."""
+    gradient size does not depend on T), plus ``hard_label_weight`` x cross-entropy with the true tokens;
+    per masked token. Logits [N, V], labels [N]."""
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
-    kl = F.kl_div(
-        (student_logits / temperature).log_softmax(-1), (teacher_logits / temperature).log_softmax(-1),
-        reduction="batchmean", log_target=True,
-    ) * temperature**2  # fmt: skip
+    teacher_log_probs = (teacher_logits / temperature).log_softmax(-1)
+    student_log_probs = (student_logits / temperature).log_softmax(-1)
+    per_token = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1) * temperature**2
     if hard_label_weight:
-        kl = kl + hard_label_weight * F.cross_entropy(student_logits, labels)
-    return kl
+        per_token = per_token + hard_label_weight * F.cross_entropy(student_logits, labels, reduction="none")
+    return sum_count(per_token)
 
 
 class OutputDistillation:
@@ -135,14 +160,18 @@ class OutputDistillation:
         self, teacher: SimplifiedBert, student: SimplifiedBert, trainable: torch.nn.Module, temperature: float = 1.0,
         hard_label_weight: float = 0.0, device: torch.device = torch.device("cpu"),
     ):  # fmt: skip
-        self.teacher, self.student, self.trainable = teacher, student, trainable
+        self.teacher, self.trainable, self.network = teacher, trainable, student
         self.temperature, self.hard_label_weight, self.device = temperature, hard_label_weight, device
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    @property
+    def student(self) -> SimplifiedBert:
+        return getattr(self.network, "module", self.network)  # unwrapped from DDP
+
+    def loss(self, batch: dict) -> LossParts:
         with torch.no_grad():
             teacher_logits = self.teacher(**batch)
         labels = batch["labels"][batch["labels"] != -100]
-        return output_distillation_loss(self.student(**batch), teacher_logits, labels, self.temperature, self.hard_label_weight)
+        return output_distillation_loss(self.network(**batch), teacher_logits, labels, self.temperature, self.hard_label_weight)
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
@@ -164,7 +193,8 @@ class MergeDistillation:
         self, teacher: SimplifiedBert, block: int, merged: torch.nn.Module, prefix: SimplifiedBert | None = None,
         prefix_stop: int | None = None, mlm_metrics: bool = True, device: torch.device = torch.device("cpu"),
     ):  # fmt: skip
-        self.teacher, self.block, self.trainable = teacher, block, merged
+        self.teacher, self.block = teacher, block
+        self.trainable = self.network = merged
         self.prefix = prefix if prefix is not None else teacher
         self.prefix_stop = block if prefix_stop is None else prefix_stop
         self.mlm_metrics, self.device = mlm_metrics, device
@@ -178,11 +208,15 @@ class MergeDistillation:
             return teacher_in, target
         return self.prefix.encode(batch["input_ids"], batch["attention_mask"], stop=self.prefix_stop), target
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: dict) -> LossParts:
         hidden_in, target = self.signal(batch)
         real = batch["attention_mask"].bool()
-        output = self.trainable(hidden_in, real)
-        return F.mse_loss(output[real].float(), target[real].float())
+        return pointwise("MSE", self.network(hidden_in, real)[real].float(), target[real].float())
+
+    def _outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_in, target = self.signal(batch)
+        real = batch["attention_mask"].bool()
+        return self.trainable(hidden_in, real)[real], target[real]
 
     def model(self) -> SimplifiedBert:
         """The teacher with the pair replaced (after the conditioned prefix, if any), in eval mode."""
@@ -193,15 +227,7 @@ class MergeDistillation:
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
-        squared_error, values = 0.0, 0
-        for batch in loader:
-            batch = to_device(batch, self.device)
-            hidden_in, target = self.signal(batch)
-            real = batch["attention_mask"].bool()
-            output = self.trainable(hidden_in, real)
-            squared_error += (output[real].float() - target[real].float()).pow(2).sum().item()
-            values += target[real].numel()
-        metrics = {"merge_mse": squared_error / values}
+        metrics = {"merge_mse": mean_squared_error(loader, self.device, self._outputs)}
         if self.mlm_metrics:
             mlm, _ = evaluate_mlm({"teacher": self.teacher, "merged": self.model()}, loader, self.device)
             metrics.update(teacher_top1=mlm["teacher"]["top1"], merged_top1=mlm["merged"]["top1"],

@@ -12,26 +12,37 @@ from tqdm.auto import tqdm
 
 from utils.checkpoint import RunDirectory, rng_state, set_rng_state
 from utils.data import MaskedSentences, epoch_batches, make_loader
+from utils.distributed import EXIT_REQUEUE, PreemptionGuard, init_distributed
 
 log = logging.getLogger(__name__)
 
 
 class Objective(Protocol):
-    """What a script trains: ``trainable`` holds every parameter the optimizer updates (and only those
-    are checkpointed); ``loss`` maps a batch on the device to a scalar; ``evaluate`` maps the
-    validation loader to named metrics."""
+    """What a script trains.
+
+    ``trainable`` holds every parameter the optimizer updates (and only it is checkpointed);
+    ``network`` is the module whose forward ``loss`` runs (wrapped in DistributedDataParallel under
+    torchrun); ``loss`` maps a batch on the device to ``(sum, count)``: the loss is ``sum / count``,
+    kept apart so that processes with different token counts average exactly like one process;
+    ``evaluate`` maps the validation loader to named metrics.
+    """
 
     trainable: nn.Module
+    network: nn.Module
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]: ...
 
     def evaluate(self, loader) -> dict[str, float]: ...
 
 
-def pick_device(requested: str | None = None) -> torch.device:
+def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
+    """``requested``, else this process's GPU (``cuda:LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
     if requested:
         return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
 
 def autocast(device: torch.device, precision: str):
@@ -73,12 +84,16 @@ def fit(
 
     Epoch 0 is the evaluation before training. After every epoch: evaluate, append a JSON line to
     ``metrics.jsonl``, write the rolling checkpoint (and a kept one every ``save_checkpoint_every``).
-    Resumes from the run's latest checkpoint unless ``args.no_resume``. Returns all metric records.
+    Resumes from the run's latest checkpoint unless ``args.no_resume``. On SIGTERM/SIGUSR1 it finishes
+    the step, checkpoints its position in the epoch and exits with :data:`EXIT_REQUEUE`.
+    Returns all metric records.
     """
+    world = init_distributed(device)
+    run.writer = world.is_main
     optimizer = optimizer or make_optimizer(objective.trainable, args)
     precision = getattr(args, "precision", "auto")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    state = run.resume_state(args.no_resume)
+    state = _resume_state(run, args.no_resume, world)
     if state is None:
         epoch, batches_done, step = 0, 0, 0
         objective.trainable.eval()
@@ -93,47 +108,74 @@ def fit(
         set_rng_state(state["rng"])
         run.truncate_metrics(epoch)
         log.info("resuming %s at epoch %d (batch %d), step %d", run.latest, epoch + 1, batches_done, step)
+    if world.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        objective.network = nn.parallel.DistributedDataParallel(objective.network, device_ids=device_ids)
 
     def reached_max_steps() -> bool:
         return args.max_steps is not None and step >= args.max_steps
 
-    while epoch < args.epochs and not reached_max_steps():
-        current = epoch + 1
-        train_set.set_epoch(current)
-        batches = epoch_batches(len(train_set), args.batch_size, args.seed, current)
-        if batches_done == 0:
-            torch.manual_seed(epoch_seed(args.seed, current))  # else the checkpoint restored the RNG mid-epoch
-        objective.trainable.train()
-        total_loss, count, running = 0.0, 0, None
-        bar = tqdm(make_loader(train_set, batches[batches_done:]), desc=f"epoch {current}/{args.epochs}",
-                   initial=batches_done, total=len(batches), dynamic_ncols=True)  # fmt: skip
-        for batch in bar:
-            with autocast(device, precision):
-                loss = objective.loss(to_device(batch, device))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step, batches_done = step + 1, batches_done + 1
-            value = loss.item()
-            total_loss, count = total_loss + value, count + 1
-            running = value if running is None else 0.95 * running + 0.05 * value
-            bar.set_postfix(loss=f"{running:.4g}", step=step)
-            if reached_max_steps():
-                break
-        bar.close()
-        finished = batches_done == len(batches)
-        objective.trainable.eval()
-        record = {"epoch": current, "step": step, "train_loss": total_loss / max(count, 1)}
-        if not finished:
-            record["batches_done"] = batches_done  # a partial epoch, ended by --max_steps
-        record.update(objective.evaluate(valid_loader))
-        log.info("epoch %d: %s", current, _format(record))
-        run.log_metrics(record)
-        if finished:
-            epoch, batches_done = current, 0
-        run.save(_state(objective, optimizer, epoch, batches_done, step))
+    with PreemptionGuard() as preemption:
+        while epoch < args.epochs and not reached_max_steps():
+            current = epoch + 1
+            train_set.set_epoch(current)
+            batches = epoch_batches(len(train_set), args.batch_size, args.seed, current, True, world.rank, world.world_size)
+            if batches_done == 0:
+                torch.manual_seed(epoch_seed(args.seed, current))  # else the checkpoint restored the RNG mid-epoch
+            objective.trainable.train()
+            total_loss, count, running, stopped = 0.0, 0, None, False
+            bar = tqdm(make_loader(train_set, batches[batches_done:]), desc=f"epoch {current}/{args.epochs}",
+                       initial=batches_done, total=len(batches), dynamic_ncols=True, disable=not world.is_main)  # fmt: skip
+            for batch in bar:
+                with autocast(device, precision):
+                    loss_sum, loss_count = objective.loss(to_device(batch, device))
+                global_count = world.sum(torch.as_tensor(loss_count, dtype=torch.float32, device=device))
+                # DDP averages gradients over processes: scale so the result is the global mean
+                loss = loss_sum * (world.world_size / global_count)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step, batches_done = step + 1, batches_done + 1
+                value = (world.sum(loss_sum.float()) / global_count).item()
+                total_loss, count = total_loss + value, count + 1
+                running = value if running is None else 0.95 * running + 0.05 * value
+                bar.set_postfix(loss=f"{running:.4g}", step=step)
+                stopped = world.any(preemption.received is not None, device)
+                if reached_max_steps() or stopped:
+                    break
+            bar.close()
+            finished = batches_done == len(batches)
+            if stopped and not finished:  # checkpoint the position in the epoch, no evaluation: time is short
+                run.save(_state(objective, optimizer, epoch, batches_done, step))
+                log.warning("preempted at epoch %d, batch %d (step %d); checkpoint written, exiting", current, batches_done, step)
+                raise SystemExit(EXIT_REQUEUE)
+            objective.trainable.eval()
+            record = {"epoch": current, "step": step, "train_loss": total_loss / max(count, 1)}
+            if not finished:
+                record["batches_done"] = batches_done  # a partial epoch, ended by --max_steps
+            record.update(objective.evaluate(valid_loader))
+            log.info("epoch %d: %s", current, _format(record))
+            run.log_metrics(record)
+            if finished:
+                epoch, batches_done = current, 0
+            run.save(_state(objective, optimizer, epoch, batches_done, step))
+            if stopped:
+                raise SystemExit(EXIT_REQUEUE)
+    if world.enabled:
+        objective.network = objective.network.module
     return run.read_metrics()
+
+
+def _resume_state(run: RunDirectory, no_resume: bool, world) -> dict | None:
+    """Rank 0 decides (and moves an old run aside with --no_resume); the others then read the same
+    checkpoint, before rank 0 writes anything new."""
+    state = run.resume_state(no_resume) if world.is_main else None
+    world.barrier()
+    if not world.is_main:
+        state = run.resume_state(False)
+    world.barrier()
+    return state
 
 
 def _state(objective: Objective, optimizer, epoch: int, batches_done: int, step: int) -> dict:
