@@ -4,7 +4,7 @@ hidden states: input = the state entering layer block, target = the state leavin
 Example (offline): python retrain_merge.py --teacher storage/teacher --block 0 --block_heads 12 --block_d_k 32
 """
 from utils.args import (
-    BlockArguments, DataArguments, DropoutArguments, MergeArguments, StorageArguments, StudentArguments,
+    BlockArguments, CacheArguments, DataArguments, DropoutArguments, MergeArguments, StorageArguments, StudentArguments,
     TeacherArguments, TrainingArguments, parse_args,
 )  # fmt: skip
 from utils.data import load_masked_splits
@@ -17,7 +17,7 @@ from utils.teacher import load_teacher
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
     groups = [TeacherArguments, BlockArguments, StudentArguments, DropoutArguments, MergeArguments, DataArguments,
-              StorageArguments, TrainingArguments]  # fmt: skip
+              StorageArguments, TrainingArguments, CacheArguments]  # fmt: skip
     args = parse_args(groups, __doc__, argv)
     device = start(args)
     teacher = load_teacher(args.teacher, device)

@@ -141,3 +141,10 @@ class MergeArguments:
     merge_init: Literal["random", "first", "second"] = flag(
         "random", "Start the merged layer from random weights (the seed) or from a copy of the pair's first or "
                   "second teacher layer (attention copied when heads and d_k match).")  # fmt: skip
+
+
+@dataclass
+class CacheArguments:
+    cache_teacher: bool = flag(
+        False, "Compute the teacher's input and target of the block once and keep them (fp16, memory-mapped, under "
+               "{storage}/cache/); each training sentence then keeps the mask of epoch 1.")  # fmt: skip

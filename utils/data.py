@@ -135,9 +135,13 @@ class MaskedSentences(torch.utils.data.Dataset):
         self.seed = seed
         self.mlm_probability = mlm_probability
         self.epoch = EVAL_EPOCH
+        self.pad_to: int | None = None  # pad every batch to this length (the seed's way; benchmarks only)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        return collate(items, self.token_ids.pad, self.pad_to)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -162,9 +166,10 @@ class MaskedSentences(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": labels}
 
 
-def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest sentence: input_ids, attention_mask, labels, each [B, T_max]."""
+def collate(items: list[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest sentence (or to ``pad_to``): input_ids, attention_mask, labels, each [B, T]."""
     length = max(len(item["input_ids"]) for item in items)
+    length = max(length, pad_to or 0)
     batch = {
         "input_ids": torch.full((len(items), length), pad_id, dtype=torch.long),
         "attention_mask": torch.zeros((len(items), length), dtype=torch.long),
@@ -191,22 +196,25 @@ def epoch_batches(
     return [batch[rank::world_size].tolist() for batch in batches if len(batch) >= world_size]
 
 
-def make_loader(dataset: MaskedSentences, batches: list[list[int]]) -> torch.utils.data.DataLoader:
-    """Batches are built in the main process: masking is cheap and stays reproducible.
+def sequential_batches(count: int, batch_size: int) -> list[list[int]]:
+    """Items ``0..count-1`` in order, ``batch_size`` at a time."""
+    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+
+
+def make_loader(dataset, batches: list[list[int]]) -> torch.utils.data.DataLoader:
+    """Batches are built in the main process (masking is cheap and stays reproducible) by ``dataset.collate``.
 
     The loader gets its own generator: by default every new iterator draws a seed from the global
     torch RNG, which would shift the dropout stream of a run resumed mid-epoch.
     """
-    pad_id = dataset.token_ids.pad
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=lambda items: collate(items, pad_id),
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=dataset.collate,
                                        generator=torch.Generator())  # fmt: skip
 
 
 def eval_loader(dataset: MaskedSentences, batch_size: int, limit: int | None = None) -> torch.utils.data.DataLoader:
     """The first ``limit`` sentences in corpus order, masked as for epoch 0."""
     dataset.set_epoch(EVAL_EPOCH)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    return make_loader(dataset, [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)])
+    return make_loader(dataset, sequential_batches(len(dataset) if limit is None else min(limit, len(dataset)), batch_size))
 
 
 @dataclass

@@ -6,6 +6,7 @@ from utils.data import WikiTextSplits, eval_loader
 from utils.experiment import block_run_name, log, run_directory
 from utils.objectives import MergeDistillation
 from utils.teacher import Teacher
+from utils.teacher_cache import cached_training_set
 from utils.training import fit
 
 
@@ -24,7 +25,12 @@ def train_merged_layer(
     layer.to(device)
     objective = MergeDistillation(teacher.model, block, layer, prefix, prefix_stop, teacher.has_mlm_head, device)
     identity = {"teacher": teacher.name, "block": block, "block_heads": args.block_heads, "block_d_k": args.block_d_k,
-                "seq_len": args.seq_len, "merge_init": args.merge_init}  # fmt: skip
+                "seq_len": args.seq_len, "merge_init": args.merge_init,
+                "cache_teacher": getattr(args, "cache_teacher", False)}  # fmt: skip
     run = run_directory(args, block_run_name(run_kind, block, args.block_d_k, args.block_heads), identity)
-    history = fit(objective, data.train, eval_loader(data.validation, args.batch_size, args.eval_sentences), args, run, device)
+    train_set = data.train
+    if getattr(args, "cache_teacher", False):  # only the unconditioned merge offers it: its input is the teacher's
+        train_set = cached_training_set(args, f"merge_{block}", teacher.name, block, objective, data.train,
+                                        teacher.model.config.hidden_size, device)  # fmt: skip
+    history = fit(objective, train_set, eval_loader(data.validation, args.batch_size, args.eval_sentences), args, run, device)
     return layer.eval(), history

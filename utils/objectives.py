@@ -84,12 +84,21 @@ class AttentionDistillation:
 
     @torch.no_grad()
     def teacher_signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Hidden state entering the block, teacher attention output, and (if needed) its distribution."""
+        """Hidden state entering the block, teacher attention output, and (if needed) its distribution;
+        read from the batch when it comes from the teacher cache."""
+        real = batch["attention_mask"].bool()
+        if "cached_input" in batch:
+            hidden_in, teacher_out = batch["cached_input"].float(), batch["cached_target"].float()
+            probs = self.teacher_attention(hidden_in, real, return_probs=True)[1] if self.loss_on_scores else None
+            return hidden_in, teacher_out, probs
         hidden_in = self.teacher.encode(batch["input_ids"], batch["attention_mask"], stop=self.block)
-        teacher_out, teacher_probs = self.teacher_attention(
-            hidden_in, batch["attention_mask"].bool(), return_probs=self.loss_on_scores
-        )
+        teacher_out, teacher_probs = self.teacher_attention(hidden_in, real, return_probs=self.loss_on_scores)
         return hidden_in, teacher_out, teacher_probs
+
+    def cache_signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``--cache_teacher`` stores: the block's input and target, [B, T, H] each."""
+        hidden_in, teacher_out, _ = self.teacher_signal(batch)
+        return hidden_in, teacher_out
 
     def loss(self, batch: dict) -> LossParts:
         hidden_in, teacher_out, teacher_probs = self.teacher_signal(batch)
@@ -201,12 +210,17 @@ class MergeDistillation:
 
     @torch.no_grad()
     def signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merged layer input [B, T, H] and the teacher's hidden state after layer block+1 [B, T, H]."""
+        """Merged layer input [B, T, H] and the teacher's hidden state after layer block+1 [B, T, H]
+        (read from the batch when it comes from the teacher cache)."""
+        if "cached_input" in batch:
+            return batch["cached_input"].float(), batch["cached_target"].float()
         teacher_in = self.teacher.encode(batch["input_ids"], batch["attention_mask"], stop=self.block)
         target = self.teacher.encode(None, batch["attention_mask"], hidden=teacher_in, start=self.block, stop=self.block + 2)
         if self.prefix is self.teacher:
             return teacher_in, target
         return self.prefix.encode(batch["input_ids"], batch["attention_mask"], stop=self.prefix_stop), target
+
+    cache_signal = signal
 
     def loss(self, batch: dict) -> LossParts:
         hidden_in, target = self.signal(batch)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Protocol
 
 import numpy as np
@@ -124,6 +125,7 @@ def fit(
                 torch.manual_seed(epoch_seed(args.seed, current))  # else the checkpoint restored the RNG mid-epoch
             objective.trainable.train()
             total_loss, count, running, stopped = 0.0, 0, None, False
+            started = time.perf_counter()
             bar = tqdm(make_loader(train_set, batches[batches_done:]), desc=f"epoch {current}/{args.epochs}",
                        initial=batches_done, total=len(batches), dynamic_ncols=True, disable=not world.is_main)  # fmt: skip
             for batch in bar:
@@ -151,7 +153,9 @@ def fit(
                 log.warning("preempted at epoch %d, batch %d (step %d); checkpoint written, exiting", current, batches_done, step)
                 raise SystemExit(EXIT_REQUEUE)
             objective.trainable.eval()
-            record = {"epoch": current, "step": step, "train_loss": total_loss / max(count, 1)}
+            seconds = time.perf_counter() - started
+            record = {"epoch": current, "step": step, "train_loss": total_loss / max(count, 1), "train_seconds": seconds,
+                      "sentences_per_second": count * args.batch_size / seconds}  # fmt: skip
             if not finished:
                 record["batches_done"] = batches_done  # a partial epoch, ended by --max_steps
             record.update(objective.evaluate(valid_loader))

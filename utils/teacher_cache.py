@@ -1,0 +1,138 @@
+"""``--cache_teacher``: the teacher's input and target of the block being trained, computed once.
+
+The frozen teacher's layers below the block cost most of a training step (nearly all of it for the last
+layers). With the cache they run once: for every training sentence the hidden state entering the block
+and the block's target are stored as fp16 memory-mapped arrays under
+``{storage}/cache/{name}/`` (``input.f16``, ``target.f16``: [total tokens, hidden]; ``offsets.npy``:
+[sentences + 1]; ``key.json``). Later epochs read them instead of running the teacher.
+
+The activations depend on which token is masked, so with the cache every training sentence keeps one
+mask, the one of training epoch 1 (the "masking seed"); the order of sentences still changes every
+epoch. The cache is keyed by teacher, data (a hash of the token ids), block, seq_len and masking seed,
+and rebuilt when any of them differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from utils.data import MaskedSentences, make_loader, sequential_batches
+from utils.distributed import Distributed
+from utils.training import to_device
+
+log = logging.getLogger(__name__)
+
+CACHE_EPOCH = 1  # the training masks every cached sentence keeps
+KEY_FILE = "key.json"
+
+
+def data_fingerprint(sentences: MaskedSentences) -> str:
+    digest = hashlib.sha1()
+    for ids in sentences.input_ids:
+        digest.update(np.asarray(ids, dtype=np.int32).tobytes())
+    return digest.hexdigest()
+
+
+class CachedSignals(torch.utils.data.Dataset):
+    """Training items ``{"cached_input": [n, H], "cached_target": [n, H]}`` (fp16), read from the cache."""
+
+    def __init__(self, folder: Path, hidden: int):
+        self.offsets = np.load(folder / "offsets.npy")
+        tokens = int(self.offsets[-1])
+        self.inputs = np.memmap(folder / "input.f16", dtype=np.float16, mode="r", shape=(tokens, hidden))
+        self.targets = np.memmap(folder / "target.f16", dtype=np.float16, mode="r", shape=(tokens, hidden))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The cached masks are those of epoch 1, whatever the epoch."""
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> dict:
+        start, stop = self.offsets[index], self.offsets[index + 1]
+        return {"cached_input": torch.from_numpy(np.array(self.inputs[start:stop])),
+                "cached_target": torch.from_numpy(np.array(self.targets[start:stop]))}  # fmt: skip
+
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        return collate_cached(items)
+
+
+def collate_cached(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Pad to the longest sentence: cached_input/cached_target [B, T, H] fp16, attention_mask [B, T]."""
+    length, hidden = max(len(item["cached_input"]) for item in items), items[0]["cached_input"].shape[1]
+    batch = {key: torch.zeros(len(items), length, hidden, dtype=torch.float16) for key in ("cached_input", "cached_target")}
+    batch["attention_mask"] = torch.zeros(len(items), length, dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item["cached_input"])
+        batch["cached_input"][row, :n] = item["cached_input"]
+        batch["cached_target"][row, :n] = item["cached_target"]
+        batch["attention_mask"][row, :n] = 1
+    return batch
+
+
+def open_cache(
+    folder: Path, key: dict, train_set: MaskedSentences, hidden: int, device: torch.device,
+    signal: Callable[[dict], tuple[torch.Tensor, torch.Tensor]], world: Distributed, batch_size: int = 128,
+) -> CachedSignals:  # fmt: skip
+    """The cache at ``folder`` for ``key``; (re)built first by rank 0 when missing or made for another key."""
+    key = {**key, "data": data_fingerprint(train_set), "masking_epoch": CACHE_EPOCH}
+    if world.is_main and _saved_key(folder) != key:
+        _build(folder, key, train_set, hidden, device, signal, batch_size)
+    world.barrier()
+    return CachedSignals(folder, hidden)
+
+
+def _saved_key(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / KEY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@torch.no_grad()
+def _build(folder, key, train_set, hidden, device, signal, batch_size) -> None:
+    lengths = np.array([len(ids) for ids in train_set.input_ids])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    tokens = int(offsets[-1])
+    size = 2 * tokens * hidden * 2
+    log.info("building the teacher cache %s: %d sentences, %d tokens, %.2f GB (fp16 input + target)",
+             folder, len(lengths), tokens, size / 1e9)  # fmt: skip
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp = folder.with_name(folder.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    inputs = np.memmap(tmp / "input.f16", dtype=np.float16, mode="w+", shape=(tokens, hidden))
+    targets = np.memmap(tmp / "target.f16", dtype=np.float16, mode="w+", shape=(tokens, hidden))
+    train_set.set_epoch(CACHE_EPOCH)
+    loader = make_loader(train_set, sequential_batches(len(train_set), batch_size))  # corpus order, epoch-1 masks
+    index = 0
+    for batch in tqdm(loader, desc="teacher cache"):
+        hidden_in, target = signal(to_device(batch, device))
+        for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+            start, stop = offsets[index], offsets[index + 1]
+            inputs[start:stop] = hidden_in[row, :length].float().cpu().numpy()
+            targets[start:stop] = target[row, :length].float().cpu().numpy()
+            index += 1
+    inputs.flush()
+    targets.flush()
+    np.save(tmp / "offsets.npy", offsets)
+    (tmp / KEY_FILE).write_text(json.dumps(key, indent=2))  # written last: a cache without it is rebuilt
+    tmp.rename(folder)
+
+
+def cached_training_set(args, name: str, teacher_name: str, block: int, objective, train_set: MaskedSentences,
+                        hidden: int, device: torch.device) -> CachedSignals:  # fmt: skip
+    """The training set of a block run read from ``{storage}/cache/{name}/`` (built when needed)."""
+    from utils.distributed import init_distributed
+
+    key = {"teacher": teacher_name, "kind": name, "block": block, "seq_len": args.seq_len, "masking_seed": args.seed}
+    folder = Path(args.storage_directory) / "cache" / name
+    return open_cache(folder, key, train_set, hidden, device, objective.cache_signal, init_distributed(device))
