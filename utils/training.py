@@ -124,7 +124,7 @@ def fit(
             if batches_done == 0:
                 torch.manual_seed(epoch_seed(args.seed, current))  # else the checkpoint restored the RNG mid-epoch
             objective.trainable.train()
-            total_loss, count, running, stopped = 0.0, 0, None, False
+            total_loss, count, sentences, running, stopped = 0.0, 0, 0, None, False
             started = time.perf_counter()
             bar = tqdm(make_loader(train_set, batches[batches_done:]), desc=f"epoch {current}/{args.epochs}",
                        initial=batches_done, total=len(batches), dynamic_ncols=True, disable=not world.is_main)  # fmt: skip
@@ -139,6 +139,7 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 step, batches_done = step + 1, batches_done + 1
+                sentences += len(batch["attention_mask"]) * world.world_size
                 value = (world.sum(loss_sum.float()) / global_count).item()
                 total_loss, count = total_loss + value, count + 1
                 running = value if running is None else 0.95 * running + 0.05 * value
@@ -155,7 +156,7 @@ def fit(
             objective.trainable.eval()
             seconds = time.perf_counter() - started
             record = {"epoch": current, "step": step, "train_loss": total_loss / max(count, 1), "train_seconds": seconds,
-                      "sentences_per_second": count * args.batch_size / seconds}  # fmt: skip
+                      "sentences_per_second": sentences / seconds}  # fmt: skip
             if not finished:
                 record["batches_done"] = batches_done  # a partial epoch, ended by --max_steps
             record.update(objective.evaluate(valid_loader))

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One task of a sitra job array: runs line SLURM_ARRAY_TASK_ID of the task file given as $1.
+# On SIGUSR1/SIGTERM (SLURM's warning before the time limit or preemption) the training script
+# checkpoints its position and exits 75; the task then requeues itself and resumes from that step.
+set -uo pipefail
+source "$SITRA_REPO/slurm/common.sh"  # SITRA_REPO comes with the submitting environment
+cd "$SITRA_REPO"
+command=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1")
+echo "[$(date '+%F %T')] task $SLURM_ARRAY_TASK_ID of job ${SLURM_ARRAY_JOB_ID:-?} on $(hostname): $command"
+bash -c "exec $command" &
+child=$!
+trap 'kill -USR1 $child 2>/dev/null' USR1
+trap 'kill -TERM $child 2>/dev/null' TERM
+wait $child; status=$?
+while kill -0 $child 2>/dev/null; do wait $child; status=$?; done  # wait again after a trapped signal
+if ((status == EXIT_REQUEUE)); then
+  echo "[$(date '+%F %T')] checkpointed on a signal: requeueing"
+  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+fi
+echo "[$(date '+%F %T')] exit $status"
+exit $status
