@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from models import IGNORE_INDEX
+from models import IGNORE_INDEX, model_cost
 
 
 @torch.inference_mode()
@@ -30,3 +30,24 @@ def measure_latency(model, batch_size: int, seq_len: int, device: torch.device, 
         if index >= warmup:
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def cost_and_latency(model, seq_len: int, device: torch.device, repeats: int, batch_sizes=(1, 64)) -> dict:
+    """Parameters and FLOPs per token (analytic) and median latency per batch size (measured)."""
+    values = model_cost(model, seq_len)
+    if repeats:
+        for batch_size in batch_sizes:
+            values[f"latency_ms_b{batch_size}"] = measure_latency(model, batch_size, seq_len, device, repeats=repeats)
+    return values
+
+
+def relative_to(values: dict, reference: dict) -> dict:
+    """Ratios against the teacher: parameter and FLOP ratios, measured speed-up, and how much of the FLOP
+    reduction the speed-up realises (1 = all of it; below 1 = the model is slower than its FLOPs promise)."""
+    ratios = {"parameter_ratio": values["parameters"] / reference["parameters"],
+              "flop_ratio": values["flops_per_token"] / reference["flops_per_token"]}  # fmt: skip
+    for key in [key for key in values if key.startswith("latency_ms_b")]:
+        batch = key.removeprefix("latency_ms_")
+        ratios[f"speedup_{batch}"] = reference[key] / values[key]
+        ratios[f"speedup_per_flop_reduction_{batch}"] = ratios[f"speedup_{batch}"] * ratios["flop_ratio"]
+    return ratios

@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from models import SimplifiedBert, model_cost
-from utils.benchmark import measure_latency
+from utils.benchmark import cost_and_latency, relative_to
 from utils.checkpoint import atomic_write
 from utils.data import MaskedSentences, eval_loader
 from utils.errors import UserError
@@ -64,18 +64,10 @@ def evaluate_models(
     loader = eval_loader(test, args.eval_batch_size, count)
     metrics, predictions = evaluate_mlm(models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True)
     for name, model in models.items():
-        metrics[name].update(model_cost(model, args.seq_len))
-        if args.latency_repeats:
-            for batch_size in LATENCY_BATCHES:
-                metrics[name][f"latency_ms_b{batch_size}"] = measure_latency(
-                    model, batch_size, args.seq_len, device, repeats=args.latency_repeats
-                )
-    teacher = metrics[TEACHER]
+        metrics[name].update(cost_and_latency(model, args.seq_len, device, args.latency_repeats, LATENCY_BATCHES))
+    teacher = dict(metrics[TEACHER])
     for values in metrics.values():  # everything relative to the teacher
-        values["parameter_ratio"] = values["parameters"] / teacher["parameters"]
-        values["flop_ratio"] = values["flops_per_token"] / teacher["flops_per_token"]
-        if args.latency_repeats:
-            values["speedup_b64"] = teacher["latency_ms_b64"] / values["latency_ms_b64"]
+        values.update(relative_to(values, teacher))
     report = {
         "sentences": count, "seq_len": args.seq_len, "seed": args.seed, "device": str(device),
         "reference": args.reference if reference is not None else None, "models": metrics,

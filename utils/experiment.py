@@ -25,7 +25,7 @@ def start(args: argparse.Namespace) -> torch.device:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     transformers.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
-    torch.manual_seed(args.seed)
+    torch.manual_seed(getattr(args, "seed", 0))
     device = pick_device(getattr(args, "device", None), world.local_rank)
     log.info("device %s; flags: %s", device, " ".join(f"--{key} {value}" for key, value in vars(args).items()))
     return device
