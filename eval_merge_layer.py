@@ -7,7 +7,7 @@ from utils.args import (
     BlockArguments, DataArguments, EvalArguments, StorageArguments, StudentArguments, TeacherArguments, parse_args,
 )  # fmt: skip
 from utils.assembly import merged_layer_from_state, run_checkpoint
-from utils.data import load_masked_splits
+from utils.data import load_data
 from utils.errors import cli_entry
 from utils.evaluation import TEACHER, evaluate_models, load_reference
 from utils.experiment import block_run_name, start
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     merged = merged_layer_from_state(state, teacher.model, args.block).to(device)
     name = block_run_name("merge", args.block, args.block_d_k, args.block_heads)
     model = assemble(teacher.model, merged={args.block: merged}).eval()
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
     return evaluate_models({TEACHER: teacher.model, name: model}, data.test, teacher.tokenizer, args, device,
                            Path(args.storage_directory) / "results" / name, load_reference(args.reference, device))  # fmt: skip
 

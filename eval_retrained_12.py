@@ -6,7 +6,7 @@ parameters, FLOPs per token and latency; writes metrics.json, metrics.md and pre
 from pathlib import Path
 
 from utils.args import DataArguments, EvalArguments, ModelArguments, StorageArguments, StudentArguments, TeacherArguments, parse_args
-from utils.data import load_masked_splits
+from utils.data import load_data
 from utils.errors import cli_entry
 from utils.evaluation import TEACHER, evaluate_models, load_reference
 from utils.experiment import retrained_model_dir, start
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = Path(args.model or retrained_model_dir(args.storage_directory, args.block_heads, args.block_d_k))
     teacher = load_teacher(args.teacher, device)
     model, _, _ = load_simplified(model_dir, device)
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
     output_dir = Path(args.storage_directory) / "results" / model_dir.name
     return evaluate_models({TEACHER: teacher.model, model_dir.name: model}, data.test, teacher.tokenizer, args, device,
                            output_dir, reference=load_reference(args.reference, device))  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from utils.args import DataArguments, EvalArguments, StorageArguments, StudentArguments, TeacherArguments, parse_args
-from utils.data import load_masked_splits
+from utils.data import load_data
 from utils.errors import UserError, cli_entry
 from utils.evaluation import TEACHER, evaluate_models, load_reference
 from utils.experiment import LAYER_DROP_MODEL, merged_model_dir, start
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     models = {TEACHER: teacher.model}
     for folder in folders:
         models[folder.name] = load_simplified(folder, device)[0]
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
     output_dir = Path(args.storage_directory) / "results" / f"fully_merged_{args.block_d_k}_{args.block_heads}"
     return evaluate_models(models, data.test, teacher.tokenizer, args, device, output_dir,
                            load_reference(args.reference, device))  # fmt: skip

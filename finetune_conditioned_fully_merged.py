@@ -14,7 +14,7 @@ from utils.args import (
     TrainingArguments, flag, parse_args,
 )  # fmt: skip
 from utils.assembly import collect_merged_layers, run_checkpoint
-from utils.data import load_masked_splits
+from utils.data import load_data
 from utils.errors import UserError, cli_entry
 from utils.experiment import start
 from utils.merging import train_merged_layer
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
         if args.block % 2:
             raise UserError(f"--block {args.block}: conditioned pairs start at even layers ({pairs})")
         pairs = [args.block]
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
 
     histories = {}
     for block in pairs:

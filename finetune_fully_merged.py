@@ -14,7 +14,7 @@ from utils.args import (
     TrainingArguments, flag, parse_args,
 )  # fmt: skip
 from utils.assembly import collect_merged_layers
-from utils.data import load_masked_splits
+from utils.data import load_data
 from utils.errors import UserError, cli_entry
 from utils.experiment import LAYER_DROP_MODEL, merged_model_dir, start
 from utils.finetune import finetune_and_save
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     student = copy.deepcopy(student).to(device).requires_grad_(False)
     student.layers.requires_grad_(True)  # all encoder layers; embeddings and MLM head stay frozen
     output = Path(args.output_model or Path(args.storage_directory) / "models" / name)
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
     identity = {"teacher": teacher.name, "model": name, "seq_len": args.seq_len}
     return finetune_and_save(student, teacher, data, args, device, f"finetune_{name}", identity, output, meta)
 

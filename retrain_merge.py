@@ -7,7 +7,7 @@ from utils.args import (
     BlockArguments, CacheArguments, DataArguments, DropoutArguments, MergeArguments, StorageArguments, StudentArguments,
     TeacherArguments, TrainingArguments, parse_args,
 )  # fmt: skip
-from utils.data import load_masked_splits
+from utils.data import load_data
 from utils.errors import cli_entry
 from utils.experiment import start
 from utils.merging import train_merged_layer
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = start(args)
     teacher = load_teacher(args.teacher, device)
     teacher.check_layer(args.block, pair=True)
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
     _, history = train_merged_layer(teacher, args.block, args, device, data)
     return history
 

@@ -7,7 +7,7 @@ from utils.args import (
     BlockArguments, CacheArguments, DataArguments, DistillationArguments, DropoutArguments, StorageArguments, StudentArguments,
     TeacherArguments, TrainingArguments, parse_args,
 )
-from utils.data import eval_loader, load_masked_splits
+from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
 from utils.experiment import block_run_name, run_directory, start
 from utils.objectives import AttentionDistillation
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = start(args)
     teacher = load_teacher(args.teacher, device)
     teacher.check_layer(args.block)
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
 
     student = student_attention(teacher.model, args.block_heads, args.block_d_k, args.block_dropout).to(device)
     objective = AttentionDistillation(

@@ -12,7 +12,7 @@ from utils.args import (
     TeacherArguments, TrainingArguments, flag, parse_args,
 )  # fmt: skip
 from utils.assembly import run_checkpoint
-from utils.data import eval_loader, load_masked_splits
+from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
 from utils.experiment import block_run_name, log, run_directory, start
 from utils.model_io import load_block_checkpoint
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = start(args)
     teacher = load_teacher(args.teacher, device)
     teacher.check_layer(args.block)
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
 
     student = student_attention(teacher.model, args.block_heads, args.block_d_k, args.block_dropout)
     init_from = args.init_from

@@ -12,7 +12,7 @@ from utils.args import (
     DataArguments, ModelArguments, OutputDistillationArguments, StorageArguments, StudentArguments, TeacherArguments,
     TrainingArguments, flag, parse_args,
 )  # fmt: skip
-from utils.data import load_masked_splits
+from utils.data import load_data
 from utils.errors import cli_entry
 from utils.experiment import retrained_model_dir, start
 from utils.finetune import finetune_and_save
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     teacher = load_teacher(args.teacher, device)
     student, _, meta = load_simplified(model_dir, device)
     select_trainable(student, feed_forward=args.train_ffn)
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
     identity = {"teacher": teacher.name, "model": str(model_dir.resolve()), "train_ffn": args.train_ffn}
     output = args.output_model or f"{model_dir}_finetuned"
     return finetune_and_save(student, teacher, data, args, device, f"finetune_{model_dir.name}", identity, output,

@@ -13,7 +13,7 @@ import torch
 
 from utils.args import DataArguments, StorageArguments, TrainingArguments, flag, parse_args
 from utils.checkpoint import atomic_write, atomic_write_dir
-from utils.data import eval_loader, load_masked_splits
+from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
 from utils.experiment import log, run_directory, start
 from utils.objectives import MaskedLMTraining
@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(groups, __doc__, argv, lr=1e-4, batch_size=32, epochs=1, max_steps=500, save_checkpoint_every=1)
     device = start(args)
     teacher = load_teacher(args.init, device, frozen=False)
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed,
-                              train_mlm_probability=args.mlm_probability)  # fmt: skip
+    data = load_data(args, teacher.tokenizer, train_mlm_probability=args.mlm_probability)
 
     head = [p for name, p in teacher.hf_model.named_parameters() if name.startswith("cls.")]
     encoder = [p for name, p in teacher.hf_model.named_parameters() if not name.startswith("cls.")]

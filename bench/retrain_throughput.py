@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import student_attention  # noqa: E402
 from utils.args import DataArguments, StorageArguments, StudentArguments, TeacherArguments, TrainingArguments, parse_args  # noqa: E402
 from utils.checkpoint import RunDirectory  # noqa: E402
-from utils.data import eval_loader, load_masked_splits  # noqa: E402
+from utils.data import eval_loader, load_data  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 from utils.experiment import log, start  # noqa: E402
 from utils.objectives import AttentionDistillation  # noqa: E402
@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     device = start(args)
     teacher = load_teacher(args.teacher, device)
     block = teacher.num_layers - 1
-    data = load_masked_splits(args.data_dir, teacher.tokenizer, args.seq_len, args.max_sentences, args.seed)
+    data = load_data(args, teacher.tokenizer)
     valid = eval_loader(data.validation, args.batch_size, args.eval_sentences)
     root = Path(args.storage_directory) / f"throughput_{time.strftime('%Y%m%d-%H%M%S')}"
     results = {"device": str(device), "teacher": teacher.name, "block": block, "sentences": len(data.train),

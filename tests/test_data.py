@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from models import IGNORE_INDEX
 from utils.data import MaskedSentences, TokenIds, collate, epoch_batches, load_masked_splits, split_sentences

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 from models import IGNORE_INDEX
@@ -244,3 +244,8 @@ def load_masked_splits(
     }  # fmt: skip
     log.info("sentences: %s", ", ".join(f"{split} {len(data)}" for split, data in splits.items()))
     return WikiTextSplits(**splits)
+
+
+def load_data(args, tokenizer: PreTrainedTokenizerBase, train_mlm_probability: float | None = None) -> WikiTextSplits:
+    """:func:`load_masked_splits` with the data flags (``--data_dir``, ``--seq_len``, ``--max_sentences``, ``--seed``)."""
+    return load_masked_splits(args.data_dir, tokenizer, args.seq_len, args.max_sentences, args.seed, train_mlm_probability)

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from models import SimplifiedBert, model_cost
+from models import SimplifiedBert, model_cost, parameter_count
+from models.cost import layer_flops_per_token
 from utils.benchmark import cost_and_latency, relative_to
 from utils.checkpoint import atomic_write
 from utils.data import MaskedSentences, eval_loader
@@ -109,9 +110,6 @@ def prediction_rows(test: MaskedSentences, count: int, tokenizer, predictions: d
 
 def layer_table(model: SimplifiedBert, teacher: SimplifiedBert, seq_len: int) -> str:
     """Markdown: per layer what it is, heads x d_k and parameters; then totals against the teacher."""
-    from models import parameter_count
-    from models.cost import layer_flops_per_token
-
     lines = ["| layer | kind | teacher layers | heads | d_k | parameters | MFLOPs/token |", "|---|---|---|---|---|---|---|"]
     for index, layer in enumerate(model.layers):
         spec = layer.spec
