@@ -99,3 +99,9 @@ def test_resume_gives_the_same_weights_as_a_straight_run(common_flags, tmp_path)
     run_dir = tmp_path / "a/checkpoints/wikitext2/block_1_8_2"
     assert sorted(p.name for p in run_dir.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt", "latest.pt"]
     assert "replaced_top1" in straight[-1] and "teacher_top1" in straight[-1]
+
+
+def test_bf16_autocast_trains_on_cpu(common_flags):
+    history = retrain_single_block.main(common_flags + ["--block", "0", "--block_heads", "2", "--block_d_k", "8",
+                                                        "--epochs", "1", "--precision", "bf16"])  # fmt: skip
+    assert torch.isfinite(torch.tensor(history[-1]["train_loss"])) and history[-1]["block_mse"] < history[0]["block_mse"]
