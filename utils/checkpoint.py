@@ -70,10 +70,13 @@ def load_checkpoint(path: str | Path, flag: str = "checkpoint") -> dict:
 
 
 def check_identity(state: dict, expected: dict, path: Path | str) -> None:
-    """Refuse a checkpoint made with other architecture/teacher flags, naming each difference."""
+    """Refuse a checkpoint made with other architecture/teacher flags, naming each difference.
+
+    A key the checkpoint does not record (written before that flag existed) is not held against it.
+    """
     saved = state.get("identity", {})
     differences = [
-        f"{key}={saved.get(key)!r} (flags say {value!r})" for key, value in expected.items() if saved.get(key) != value
+        f"{key}={saved[key]!r} (flags say {value!r})" for key, value in expected.items() if key in saved and saved[key] != value
     ]
     if differences:
         raise UserError(f"checkpoint {path} does not match the flags: {', '.join(differences)}")
