@@ -26,7 +26,6 @@ class CostArguments:
     models: Optional[list[str]] = field(default=None, metadata={"help": "Saved model folders (default: all under {storage}/models)."})
     seq_len: int = field(default=40, metadata={"help": "Tokens per sentence of the timed batches."})
     repeats: int = field(default=20, metadata={"help": "Timed forward passes per figure (median reported)."})
-    device: Optional[str] = field(default=None, metadata={"help": "torch device; default cuda when available."})
 
 
 COLUMNS = [("parameters", "params (M)", 1e-6, "{:.2f}"), ("flops_per_token", "MFLOPs/token", 1e-6, "{:.1f}"),

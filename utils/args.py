@@ -83,7 +83,6 @@ class TrainingArguments:
     no_resume: bool = flag(False, "Start over even if a checkpoint exists (the old run folder is moved aside).")
     eval_sentences: Optional[int] = flag(2000, "Validation sentences evaluated after each epoch (all if unset).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = flag("auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU.")
-    device: Optional[str] = flag(None, "torch device; default cuda when available, else cpu.")
 
 
 @dataclass
@@ -103,12 +102,17 @@ class EvalArguments:
     reference: str = flag("bert-large-uncased", "Larger reference model for the top-k agreement score; 'none' to skip.")
     eval_batch_size: int = flag(128, "Sentences per evaluation batch.")
     latency_repeats: int = flag(20, "Timed forward passes per latency figure (median reported); 0 skips latency.")
-    device: Optional[str] = flag(None, "torch device; default cuda when available, else cpu.")
+
+
+@dataclass
+class RuntimeArguments:
+    device: Optional[str] = flag(None, "torch device; default cuda (this process's GPU under torchrun) when available, else cpu.")
 
 
 def parse_args(groups: list[type], description: str, argv: list[str] | None = None, **defaults) -> argparse.Namespace:
-    """One flat namespace from the given dataclass groups; ``defaults`` override a group's defaults."""
-    parser = HfArgumentParser(groups, description=description)
+    """One flat namespace from the given dataclass groups (every script also gets ``--device``);
+    ``defaults`` override a group's defaults."""
+    parser = HfArgumentParser([*groups, RuntimeArguments], description=description)
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     check_args(args)
