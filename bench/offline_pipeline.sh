@@ -36,11 +36,12 @@ $PY eval_retrained_12.py "${EVAL[@]}" --model "$STORAGE/models/retrained_${DK}_$
 
 # 2. merge every pair, train the chain conditionally, finetune the fully merged models and the layer-drop baseline
 for ((block = 0; block + 1 < LAYERS; block += 2)); do
-  $PY retrain_merge.py "${COMMON[@]}" --block $block --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --merge_init first --epochs 2
+  $PY retrain_merge.py "${COMMON[@]}" --block $block --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --merge_init first \
+      --epochs 2 --cache_teacher
   $PY eval_merge_layer.py "${EVAL[@]}" --block $block --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --latency_repeats 5
 done
 $PY finetune_conditioned_fully_merged.py "${COMMON[@]}" --all --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --merge_init first --epochs 1
 for variant in "" "--source conditioned" "--baseline layer_drop"; do
-  $PY finetune_fully_merged.py "${COMMON[@]}" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --epochs 2 $variant
+  $PY finetune_fully_merged.py "${COMMON[@]}" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --epochs 1 $variant
 done
 $PY evaluate_fully_merged_layer.py "${EVAL[@]}" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK

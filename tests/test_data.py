@@ -76,3 +76,8 @@ def test_load_masked_splits_truncates_to_seq_len(tiny_data_dir, tokenizer):
     lengths = [len(ids) for ids in splits.train.input_ids]
     assert max(lengths) == 12 and min(lengths) >= 3
     assert all(ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id for ids in splits.train.input_ids)
+
+
+def test_sitra_data_dir_is_the_default_data_folder(tiny_data_dir, tokenizer, monkeypatch):
+    monkeypatch.setenv("SITRA_DATA_DIR", tiny_data_dir)
+    assert len(load_masked_splits(None, tokenizer, seq_len=12, max_sentences=20, seed=0).validation) == 20

@@ -4,7 +4,6 @@ Every script picks the groups it needs with :func:`parse_args`; a flag means the
 script. Defaults follow the seed repository.
 """
 import argparse
-import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -28,11 +27,9 @@ class TeacherArguments:
 
 @dataclass
 class DataArguments:
-    data_dir: Optional[str] = field(
-        default_factory=lambda: os.environ.get("SITRA_DATA_DIR"),
-        metadata={"help": "Folder with wiki.{train,valid,test}.tokens (or .raw); default $SITRA_DATA_DIR, "
-                          "else WikiText-2 from the Hugging Face Hub."},
-    )  # fmt: skip
+    data_dir: Optional[str] = flag(
+        None, "Folder with wiki.{train,valid,test}.tokens (or .raw); default $SITRA_DATA_DIR, else WikiText-2 from "
+              "the Hugging Face Hub.")  # fmt: skip
     seq_len: int = flag(40, "Sentences are truncated to this many tokens, [CLS] and [SEP] included.")
     max_sentences: Optional[int] = flag(None, "Keep at most this many sentences of each split (smoke runs).")
     seed: int = flag(42, "Seeds masking, shuffling, initialisation and dropout.")

@@ -8,6 +8,7 @@ training epochs are numbered from 1.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,10 @@ WIKITEXT_ESCAPES = {" @-@ ": "-", " @,@ ": ",", " @.@ ": "."}
 def load_wikitext(data_dir: str | None) -> DatasetDict:
     """The three WikiText-2 splits as line datasets (column ``text``).
 
-    From ``data_dir`` (``wiki.{train,valid,test}.tokens`` or ``.raw``) when given, else from the hub.
+    From ``data_dir`` (``wiki.{train,valid,test}.tokens`` or ``.raw``) when given, else from
+    ``$SITRA_DATA_DIR`` when set, else from the hub.
     """
+    data_dir = data_dir or os.environ.get("SITRA_DATA_DIR") or None
     if data_dir is None:
         try:
             return load_dataset("wikitext", "wikitext-2-raw-v1")
