@@ -2,7 +2,8 @@
 the seed's way and this project's ways, in one run on the same data, teacher and flags:
 
 - seed:     teacher prefix recomputed every batch, every sentence padded to --seq_len, fp32, no cache;
-- defaults: this project's defaults (padding per batch to its longest sentence, bf16 autocast on GPUs);
+- defaults: this project's defaults (batches grouped by length and padded to their longest sentence, bf16
+            autocast on GPUs);
 - cached:   defaults plus --cache_teacher (the prefix runs once; timed on an epoch after the build).
 
 Each is one real training run through utils.training.fit; the figure is training time only (the
@@ -43,15 +44,15 @@ def main(argv=None) -> dict:
     results = {"device": str(device), "teacher": teacher.name, "block": block, "sentences": len(data.train),
                "batch_size": args.batch_size, "seq_len": args.seq_len}  # fmt: skip
 
-    def train(name: str, train_set, precision: str, epochs: int) -> float:
+    def train(name: str, train_set, precision: str, epochs: int, group_by_length: bool = True) -> float:
         student = student_attention(teacher.model, args.block_heads, args.block_d_k, 0.1).to(device)
         objective = AttentionDistillation(teacher.model, block, student, mlm_metrics=False, device=device)
-        run_args = with_flags(args, precision=precision, epochs=epochs, no_resume=True)
+        run_args = with_flags(args, precision=precision, epochs=epochs, no_resume=True, group_by_length=group_by_length)
         history = fit(objective, train_set, valid, run_args, RunDirectory(root / name, {}, 1000), device)
         return history[-1]["sentences_per_second"]
 
     data.train.pad_to = args.seq_len
-    results["seed"] = train("seed", data.train, "fp32", 1)
+    results["seed"] = train("seed", data.train, "fp32", 1, group_by_length=False)
     data.train.pad_to = None
     results["defaults"] = train("defaults", data.train, "auto", 1)
     student = student_attention(teacher.model, args.block_heads, args.block_d_k, 0.1).to(device)

@@ -81,3 +81,14 @@ def test_load_masked_splits_truncates_to_seq_len(tiny_data_dir, tokenizer):
 def test_sitra_data_dir_is_the_default_data_folder(tiny_data_dir, tokenizer, monkeypatch):
     monkeypatch.setenv("SITRA_DATA_DIR", tiny_data_dir)
     assert len(load_masked_splits(None, tokenizer, seq_len=12, max_sentences=20, seed=0).validation) == 20
+
+
+def test_group_by_length_keeps_every_sentence_and_cuts_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 41, size=1000).tolist()
+    plain = epoch_batches(1000, 32, seed=1, epoch=1)
+    grouped = epoch_batches(1000, 32, seed=1, epoch=1, lengths=lengths)
+    assert sorted(i for batch in grouped for i in batch) == list(range(1000))
+    assert grouped == epoch_batches(1000, 32, seed=1, epoch=1, lengths=lengths)  # still a function of (seed, epoch)
+    padded = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert padded(grouped) < 0.8 * padded(plain)

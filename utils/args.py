@@ -79,6 +79,7 @@ class TrainingArguments:
     save_checkpoint_every: int = flag(5, "Keep a checkpoint every this many epochs, besides the rolling latest.")
     no_resume: bool = flag(False, "Start over even if a checkpoint exists (the old run folder is moved aside).")
     eval_sentences: Optional[int] = flag(2000, "Validation sentences evaluated after each epoch (all if unset).")
+    group_by_length: bool = flag(True, "Batch sentences of similar length together (less padding); --no_group_by_length: plain shuffling.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = flag("auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU.")
 
 

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = {"train": "wiki.train", "validation": "wiki.valid", "test": "wiki.test"}
 EVAL_EPOCH = 0
+LENGTH_GROUP_BATCHES = 50  # group-by-length window, in batches
 MIN_WORDS = 4  # shorter "sentences" are mostly list items and table debris
 HEADING = re.compile(r"^\s*=(.*)=\s*$")
 SENTENCE_END = re.compile(r"(?<= [.!?]) +(?=\S)")  # WikiText puts spaces around punctuation
@@ -149,6 +150,9 @@ class MaskedSentences(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
     def __getitem__(self, index: int) -> dict:
         ids = np.array(self.input_ids[index])
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -187,15 +191,27 @@ def collate(items: list[dict], pad_id: int, pad_to: int | None = None) -> dict[s
 
 
 def epoch_batches(
-    num_items: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
-) -> list[list[int]]:
+    num_items: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+    lengths: list[int] | None = None,
+) -> list[list[int]]:  # fmt: skip
     """This process's share of every global batch of the epoch, in order.
 
     The order is a function of ``(seed, epoch)`` only; a global batch of ``batch_size`` sentences is
     split evenly over ``world_size`` processes, so the optimisation is the same for any process count.
+    With ``lengths`` (group by length), the shuffled sentences are sorted by length within windows of
+    ``LENGTH_GROUP_BATCHES`` batches and the batches shuffled again: batches hold sentences of similar
+    length, so padding to the longest one wastes little.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(num_items) if shuffle else np.arange(num_items)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(num_items) if shuffle else np.arange(num_items)
+    if lengths is not None:
+        window = batch_size * LENGTH_GROUP_BATCHES
+        lengths = np.asarray(lengths)
+        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                                for chunk in np.split(order, range(window, num_items, window))])  # fmt: skip
     batches = [order[start : start + batch_size] for start in range(0, num_items, batch_size)]
+    if lengths is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
     return [batch[rank::world_size].tolist() for batch in batches if len(batch) >= world_size]
 
 

@@ -53,6 +53,9 @@ class CachedSignals(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """The cached masks are those of epoch 1, whatever the epoch."""
 
+    def lengths(self) -> list[int]:
+        return np.diff(self.offsets).tolist()
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
