@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from models import SimplifiedBert, model_cost, parameter_count
+from models import IGNORE_INDEX, SimplifiedBert, model_cost, parameter_count
 from models.cost import layer_flops_per_token
 from utils.benchmark import cost_and_latency, relative_to
 from utils.checkpoint import atomic_write
@@ -98,7 +98,7 @@ def prediction_rows(test: MaskedSentences, count: int, tokenizer, predictions: d
     lines = ["\t".join(header)]
     for index in range(count):
         item = test[index]
-        target = int(item["labels"][item["labels"] != -100][0])
+        target = int(item["labels"][item["labels"] != IGNORE_INDEX][0])
         sentence = tokenizer.decode(item["input_ids"][1:-1]).replace("\t", " ")
         row = [sentence, tokenizer.convert_ids_to_tokens(target)]
         row += [tokenizer.convert_ids_to_tokens(int(predictions[name][index, 0])) for name in names]

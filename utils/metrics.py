@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models import IGNORE_INDEX
 from utils.training import to_device
 
 TOP_K = (1, 5, 10)
@@ -37,7 +38,7 @@ def evaluate_mlm(
     count = 0
     for batch in tqdm(loader, desc=desc, leave=False):
         batch = to_device(batch, device)
-        targets = batch["labels"][batch["labels"] != -100]  # [N]
+        targets = batch["labels"][batch["labels"] != IGNORE_INDEX]  # [N]
         log_probs = {name: model(**batch).float().log_softmax(-1) for name, model in models.items()}  # [N, V]
         top10 = {name: lp.topk(max(TOP_K), dim=-1).indices for name, lp in log_probs.items()}  # [N, 10]
         reference_top10 = reference(**batch).topk(max(TOP_K), dim=-1).indices if reference is not None else None

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from models import MultiHeadAttention, SimplifiedBert, assemble
+from models import IGNORE_INDEX, MultiHeadAttention, SimplifiedBert, assemble
 from utils.metrics import evaluate_mlm
 from utils.training import to_device
 
@@ -138,7 +138,7 @@ class MaskedLMTraining:
 
     def loss(self, batch: dict) -> LossParts:
         logits = self.network(**batch)  # [N, V]
-        return sum_count(F.cross_entropy(logits.float(), batch["labels"][batch["labels"] != -100], reduction="none"))
+        return sum_count(F.cross_entropy(logits.float(), batch["labels"][batch["labels"] != IGNORE_INDEX], reduction="none"))
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
@@ -179,7 +179,7 @@ class OutputDistillation:
     def loss(self, batch: dict) -> LossParts:
         with torch.no_grad():
             teacher_logits = self.teacher(**batch)
-        labels = batch["labels"][batch["labels"] != -100]
+        labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
         return output_distillation_loss(self.network(**batch), teacher_logits, labels, self.temperature, self.hard_label_weight)
 
     @torch.no_grad()
