@@ -50,7 +50,8 @@ def evaluate_mlm(
                 sums[name]["agree_top1"] += (top[:, 0] == teacher_top[:, 0]).sum().item()
                 sums[name]["teacher_top1_in_top5"] += (top[:, :5] == teacher_top[:, :1]).any(-1).sum().item()
                 teacher_lp = log_probs[teacher]
-                sums[name]["kl_from_teacher"] += (teacher_lp.exp() * (teacher_lp - log_probs[name])).sum().item()
+                kl = (teacher_lp.exp() * (teacher_lp - log_probs[name])).sum(-1)  # [N]
+                sums[name]["kl_from_teacher"] += kl.clamp_min(0).sum().item()  # >= 0 up to rounding
             if reference_top10 is not None:
                 for k in TOP_K:
                     sums[name][f"in_reference_top{k}"] += (reference_top10[:, :k] == top[:, :1]).any(-1).sum().item()
