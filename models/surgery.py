@@ -80,13 +80,11 @@ def merged_layer(
     return layer
 
 
-def copy_attention(attention: MultiHeadAttention, dropout: float | None = None) -> MultiHeadAttention:
+def copy_attention(attention: MultiHeadAttention) -> MultiHeadAttention:
     """An independent (trainable) copy, e.g. to start a student from the teacher's weights."""
     clone = copy.deepcopy(attention)
     for parameter in clone.parameters():
         parameter.requires_grad_(True)
-    if dropout is not None:
-        clone.dropout = dropout
     return clone
 
 

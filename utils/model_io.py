@@ -19,7 +19,6 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 from models import SimplifiedBert
 from utils.checkpoint import atomic_write_dir, load_checkpoint
 from utils.errors import UserError
-from utils.teacher import load_teacher
 
 SPEC_FILE = "sitra.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -71,15 +70,6 @@ def _tied_aliases(model: torch.nn.Module, missing: set[str]) -> set[str]:
     for name, parameter in model.named_parameters(remove_duplicate=False):
         names_by_tensor.setdefault(id(parameter), []).append(name)
     return {name for names in names_by_tensor.values() if set(names) - missing for name in names if name in missing}
-
-
-def load_any_model(name: str, device: torch.device | str = "cpu") -> SimplifiedBert:
-    """A saved simplified model folder, or any teacher that ``--teacher`` accepts, as a frozen model."""
-    if is_simplified(name):
-        model, _, _ = load_simplified(name, device)
-    else:
-        model = load_teacher(name, device).model
-    return model.requires_grad_(False).eval()
 
 
 def load_block_checkpoint(path: str | Path, heads: int | None = None, d_k: int | None = None, flag: str = "--init_from") -> dict:

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.data import MaskedSentences, make_loader, sequential_batches
-from utils.distributed import Distributed
+from utils.distributed import Distributed, init_distributed
 from utils.training import to_device
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _saved_key(folder: Path) -> dict | None:
 
 @torch.no_grad()
 def _build(folder, key, train_set, hidden, device, signal, batch_size) -> None:
-    lengths = np.array([len(ids) for ids in train_set.input_ids])
+    lengths = np.array(train_set.lengths())
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     tokens = int(offsets[-1])
     size = 2 * tokens * hidden * 2
@@ -134,8 +134,6 @@ def _build(folder, key, train_set, hidden, device, signal, batch_size) -> None:
 def cached_training_set(args, name: str, teacher_name: str, block: int, objective, train_set: MaskedSentences,
                         hidden: int, device: torch.device) -> CachedSignals:  # fmt: skip
     """The training set of a block run read from ``{storage}/cache/{name}/`` (built when needed)."""
-    from utils.distributed import init_distributed
-
     key = {"teacher": teacher_name, "kind": name, "block": block, "seq_len": args.seq_len, "masking_seed": args.seed}
     folder = Path(args.storage_directory) / "cache" / name
     return open_cache(folder, key, train_set, hidden, device, objective.cache_signal, init_distributed(device))

@@ -116,12 +116,13 @@ def fit(
     def reached_max_steps() -> bool:
         return args.max_steps is not None and step >= args.max_steps
 
+    lengths = train_set.lengths() if getattr(args, "group_by_length", True) else None  # for batches of similar length
     with PreemptionGuard() as preemption:
         while epoch < args.epochs and not reached_max_steps():
             current = epoch + 1
             train_set.set_epoch(current)
             batches = epoch_batches(len(train_set), args.batch_size, args.seed, current, True, world.rank, world.world_size,
-                                    lengths=train_set.lengths() if getattr(args, "group_by_length", True) else None)
+                                    lengths=lengths)  # fmt: skip
             if batches_done == 0:
                 torch.manual_seed(epoch_seed(args.seed, current))  # else the checkpoint restored the RNG mid-epoch
             objective.trainable.train()
