@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from utils.args import StorageArguments, parse_args  # noqa: E402
-from utils.checkpoint import atomic_write  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.evaluation import markdown_table  # noqa: E402
 from utils.experiment import checkpoint_root, log, start  # noqa: E402

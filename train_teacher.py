@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from utils.args import DataArguments, StorageArguments, TrainingArguments, flag, parse_args
-from utils.checkpoint import atomic_write, atomic_write_dir
+from utils.files import atomic_write, atomic_write_dir
 from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
 from utils.experiment import log, run_directory, start

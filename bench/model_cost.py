@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.args import StorageArguments, TeacherArguments, parse_args  # noqa: E402
 from utils.benchmark import cost_and_latency, relative_to  # noqa: E402
-from utils.checkpoint import atomic_write  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.experiment import log, start  # noqa: E402
 from utils.model_io import is_simplified, load_simplified  # noqa: E402

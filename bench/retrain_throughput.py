@@ -23,6 +23,7 @@ from utils.args import DataArguments, StorageArguments, StudentArguments, Teache
 from utils.checkpoint import RunDirectory  # noqa: E402
 from utils.data import eval_loader, load_data  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
+from utils.files import reserve_unique_dir  # noqa: E402
 from utils.experiment import log, start  # noqa: E402
 from utils.objectives import AttentionDistillation  # noqa: E402
 from utils.teacher import load_teacher  # noqa: E402
@@ -40,7 +41,7 @@ def main(argv=None) -> dict:
     block = teacher.num_layers - 1
     data = load_data(args, teacher.tokenizer)
     valid = eval_loader(data.validation, args.batch_size, args.eval_sentences)
-    root = Path(args.storage_directory) / f"throughput_{time.strftime('%Y%m%d-%H%M%S')}"
+    root = reserve_unique_dir(args.storage_directory, "throughput_")  # unique even for runs started in one second
     results = {"device": str(device), "teacher": teacher.name, "block": block, "sentences": len(data.train),
                "batch_size": args.batch_size, "seq_len": args.seq_len}  # fmt: skip
 

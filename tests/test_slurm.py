@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from filelock import FileLock
 
 from conftest import REPO
 
@@ -18,10 +19,19 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports (all probes stay bound until every port is chosen, so none is picked twice)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+INSTALL_LOCK = "/tmp/sitra-test-slurm-install.lock"  # one path for every test session on this machine
 
 
 def ensure_slurm_installed() -> None:
@@ -29,9 +39,15 @@ def ensure_slurm_installed() -> None:
         return
     if os.geteuid() != 0:
         pytest.skip("slurm-wlm/munge are not installed and installing them needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], env=env, check=True, capture_output=True, timeout=900)
+    # two suites starting at once would race on apt's lock: the second waits here, then finds slurm installed
+    with FileLock(INSTALL_LOCK, timeout=1800):
+        if all(shutil.which(binary) for binary in BINARIES):
+            return
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        wait_for_apt = ["-o", "DPkg::Lock::Timeout=600"]  # and for any other apt client on the machine
+        subprocess.run(["apt-get", *wait_for_apt, "update", "-qq"], env=env, check=True, capture_output=True, timeout=900)
+        subprocess.run(["apt-get", *wait_for_apt, "install", "-y", "-qq", *PACKAGES], env=env, check=True,
+                       capture_output=True, timeout=1200)  # fmt: skip
 
 
 @pytest.fixture
@@ -49,10 +65,11 @@ def slurm(tmp_path):
     host = socket.gethostname().split(".")[0]
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
     config = root / "slurm.conf"
+    controller_port, node_port = free_ports(2)
     config.write_text(f"""ClusterName=sitra-test
 SlurmctldHost={host}
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
+SlurmctldPort={controller_port}
+SlurmdPort={node_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

@@ -9,46 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
 
 from utils.errors import UserError
+from utils.files import atomic_write, move_aside, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest.pt"
 METRICS = "metrics.jsonl"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_dir(path: Path, write) -> None:
-    """Call ``write(tmp_dir)`` then swap it in for ``path``; a failure leaves the old folder intact."""
-    path = Path(path)
-    tmp, old = path.with_name(f".{path.name}.tmp-{os.getpid()}"), path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -112,14 +83,16 @@ class RunDirectory:
     def resume_state(self, no_resume: bool) -> dict | None:
         """The latest checkpoint to continue from, validated; None to start fresh.
 
-        With ``no_resume`` an existing run folder is moved aside (never deleted).
+        With ``no_resume`` an existing run folder (with or without a checkpoint) is moved aside under a
+        unique ``{run}.old-{timestamp}[-N]`` name, never deleted or overwritten.
         """
-        if not self.latest.exists():
-            return None
-        if no_resume:
-            aside = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(self.path, aside)
+        if no_resume and self.path.exists():
+            aside = move_aside(self.path)
             log.info("--no_resume: moved the previous run to %s", aside)
+            return None
+        for stale in remove_stale_temporaries(self.path):
+            log.info("removed %s, left by a killed write", stale)
+        if not self.latest.exists():
             return None
         state = load_checkpoint(self.latest)
         check_identity(state, self.identity, self.latest)

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from models import IGNORE_INDEX, SimplifiedBert, model_cost, parameter_count
 from models.cost import layer_flops_per_token
 from utils.benchmark import cost_and_latency, relative_to
-from utils.checkpoint import atomic_write
+from utils.files import atomic_write
 from utils.data import MaskedSentences, eval_loader
 from utils.errors import UserError
 from utils.metrics import evaluate_mlm

@@ -17,7 +17,8 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from models import SimplifiedBert
-from utils.checkpoint import atomic_write_dir, load_checkpoint
+from utils.checkpoint import load_checkpoint
+from utils.files import atomic_write_dir
 from utils.errors import UserError
 
 SPEC_FILE = "sitra.json"

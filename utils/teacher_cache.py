@@ -16,16 +16,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from utils.data import MaskedSentences, make_loader, sequential_batches
 from utils.distributed import Distributed, init_distributed
+from utils.files import temporary_prefix
 from utils.training import to_device
 
 log = logging.getLogger(__name__)
@@ -88,7 +92,10 @@ def open_cache(
     """The cache at ``folder`` for ``key``; (re)built first by rank 0 when missing or made for another key."""
     key = {**key, "data": data_fingerprint(train_set), "masking_epoch": CACHE_EPOCH}
     if world.is_main and _saved_key(folder) != key:
-        _build(folder, key, train_set, hidden, device, signal, batch_size)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):  # a concurrent run with the same cache waits, then reuses it
+            if _saved_key(folder) != key:
+                _build(folder, key, train_set, hidden, device, signal, batch_size)
     world.barrier()
     return CachedSignals(folder, hidden)
 
@@ -108,10 +115,9 @@ def _build(folder, key, train_set, hidden, device, signal, batch_size) -> None:
     size = 2 * tokens * hidden * 2
     log.info("building the teacher cache %s: %d sentences, %d tokens, %.2f GB (fp16 input + target)",
              folder, len(lengths), tokens, size / 1e9)  # fmt: skip
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp = folder.with_name(folder.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    scratch = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder), dir=folder.parent))
+    tmp = scratch / "cache"
+    tmp.mkdir()
     inputs = np.memmap(tmp / "input.f16", dtype=np.float16, mode="w+", shape=(tokens, hidden))
     targets = np.memmap(tmp / "target.f16", dtype=np.float16, mode="w+", shape=(tokens, hidden))
     train_set.set_epoch(CACHE_EPOCH)
@@ -128,7 +134,10 @@ def _build(folder, key, train_set, hidden, device, signal, batch_size) -> None:
     targets.flush()
     np.save(tmp / "offsets.npy", offsets)
     (tmp / KEY_FILE).write_text(json.dumps(key, indent=2))  # written last: a cache without it is rebuilt
-    tmp.rename(folder)
+    if folder.exists():
+        os.replace(folder, scratch / "old")
+    os.replace(tmp, folder)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def cached_training_set(args, name: str, teacher_name: str, block: int, objective, train_set: MaskedSentences,
