@@ -6,7 +6,7 @@ SITRA_DATA_DIR ?= $(abspath ../shared/data/wikitext2)
 export SITRA_DATA_DIR
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,7 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

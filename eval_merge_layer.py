@@ -1,35 +1,33 @@
 """Evaluate the teacher with one pair of layers (block, block+1) replaced by its merged layer, with all
-metrics of eval_retrained_12.py (written under {storage}/results/merge_{block}_{d_k}_{heads}/)."""
-from pathlib import Path
+metrics of eval_retrained_12.py (written to the storage directory's results, under the run's name)."""
 
 from models import assemble
-from utils.args import (
-    BlockArguments, DataArguments, EvalArguments, StorageArguments, StudentArguments, TeacherArguments, parse_args,
-)  # fmt: skip
-from utils.assembly import merged_layer_from_state, run_checkpoint
+from utils.args import EVAL_FLAGS, BlockArguments, StudentArguments, TeacherArguments, parse_args
+from utils.assembly import merged_layer_from_state
 from utils.data import load_data
 from utils.errors import cli_entry
-from utils.evaluation import TEACHER, evaluate_models, load_reference
-from utils.experiment import block_run_name, start
+from utils.evaluation import evaluate_against_teacher
+from utils.experiment import start
 from utils.model_io import load_block_checkpoint
+from utils.storage import Storage
 from utils.teacher import load_teacher
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    groups = [TeacherArguments, BlockArguments, StudentArguments, DataArguments, StorageArguments, EvalArguments]
-    args = parse_args(groups, __doc__, argv)
-    device = start(args)
-    teacher = load_teacher(args.teacher, device)
-    teacher.check_layer(args.block, pair=True)
-    checkpoint = run_checkpoint(args.storage_directory, "merge", args.block, args.block_d_k, args.block_heads)
-    state = load_block_checkpoint(checkpoint, args.block_heads, args.block_d_k, flag="merged-layer checkpoint")
-    merged = merged_layer_from_state(state, teacher.model, args.block).to(device)
-    name = block_run_name("merge", args.block, args.block_d_k, args.block_heads)
-    model = assemble(teacher.model, merged={args.block: merged}).eval()
-    data = load_data(args, teacher.tokenizer)
-    return evaluate_models({TEACHER: teacher.model, name: model}, data.test, teacher.tokenizer, args, device,
-                           Path(args.storage_directory) / "results" / name, load_reference(args.reference, device))  # fmt: skip
+    flags = parse_args([TeacherArguments, BlockArguments, StudentArguments, *EVAL_FLAGS], __doc__, argv)
+    device = start(flags, flags.data.seed)
+    teacher = load_teacher(flags.teacher.teacher, device)
+    block, heads, d_k = flags.block.block, flags.student.block_heads, flags.student.block_d_k
+    teacher.check_layer(block, pair=True)
+    storage = Storage(flags.storage.storage_directory)
+    checkpoint = storage.block_checkpoint("merge", block, heads, d_k)
+    state = load_block_checkpoint(checkpoint, heads, d_k, flag="merged-layer checkpoint")
+    merged = merged_layer_from_state(state, teacher.model, block).to(device)
+    name = checkpoint.parent.name
+    model = assemble(teacher.model, merged={block: merged}).eval()
+    data = load_data(flags.data, teacher.tokenizer)
+    return evaluate_against_teacher(flags, teacher, {name: model}, data.test, device, storage.results(name))
 
 
 if __name__ == "__main__":

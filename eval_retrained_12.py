@@ -3,29 +3,31 @@
 Reports top-1/5/10 accuracy, agreement with the teacher, KL(teacher || model), the reference score,
 parameters, FLOPs per token and latency; writes metrics.json, metrics.md and predictions.tsv.
 """
+
 from pathlib import Path
 
-from utils.args import DataArguments, EvalArguments, ModelArguments, StorageArguments, StudentArguments, TeacherArguments, parse_args
+from utils.args import EVAL_FLAGS, ModelArguments, StudentArguments, TeacherArguments, parse_args
 from utils.data import load_data
 from utils.errors import cli_entry
-from utils.evaluation import TEACHER, evaluate_models, load_reference
-from utils.experiment import retrained_model_dir, start
+from utils.evaluation import evaluate_against_teacher
+from utils.experiment import start
 from utils.model_io import load_simplified
+from utils.storage import Storage
 from utils.teacher import load_teacher
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    groups = [TeacherArguments, ModelArguments, StudentArguments, DataArguments, StorageArguments, EvalArguments]
-    args = parse_args(groups, __doc__, argv)
-    device = start(args)
-    model_dir = Path(args.model or retrained_model_dir(args.storage_directory, args.block_heads, args.block_d_k))
-    teacher = load_teacher(args.teacher, device)
+    flags = parse_args([TeacherArguments, ModelArguments, StudentArguments, *EVAL_FLAGS], __doc__, argv)
+    device = start(flags, flags.data.seed)
+    storage = Storage(flags.storage.storage_directory)
+    model_dir = Path(flags.model.model or storage.retrained_model(flags.student.block_heads, flags.student.block_d_k))
+    teacher = load_teacher(flags.teacher.teacher, device)
     model, _, _ = load_simplified(model_dir, device)
-    data = load_data(args, teacher.tokenizer)
-    output_dir = Path(args.storage_directory) / "results" / model_dir.name
-    return evaluate_models({TEACHER: teacher.model, model_dir.name: model}, data.test, teacher.tokenizer, args, device,
-                           output_dir, reference=load_reference(args.reference, device))  # fmt: skip
+    data = load_data(flags.data, teacher.tokenizer)
+    return evaluate_against_teacher(
+        flags, teacher, {model_dir.name: model}, data.test, device, storage.results(model_dir.name)
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ Written to ``{storage}/report/``.
 
 python make_report.py --storage_directory storage
 """
+
 import csv
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,26 +21,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from utils.args import StorageArguments, parse_args  # noqa: E402
-from utils.files import atomic_write  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.evaluation import markdown_table  # noqa: E402
-from utils.experiment import checkpoint_root, log, start  # noqa: E402
+from utils.experiment import log, start  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
+from utils.storage import Storage  # noqa: E402
 
-BLOCK_RUN = re.compile(r"^block_(\d+)_(\d+)_(\d+)$")
-KINDS = {"teacher": "teacher", "retrained": "retrained", "merge": "merged", "merged": "merged", "layer_drop": "layer drop"}
+KINDS = {
+    "teacher": "teacher",
+    "retrained": "retrained",
+    "merge": "merged",
+    "merged": "merged",
+    "layer_drop": "layer drop",
+}
 
 
 @dataclass
 class ReportArguments:
-    output_dir: str = field(default="", metadata={"help": "Where to write (default {storage}/report)."})
+    output_dir: str = field(default="", metadata={"help": "Where to write (default: the storage directory's report)."})
 
 
-def collect_results(storage: Path) -> list[dict]:
+def collect_results(storage: Storage) -> list[dict]:
     rows = []
-    for path in sorted((storage / "results").glob("*/metrics.json")):
+    for path in storage.all_results:
         report = json.loads(path.read_text())
         for model, values in report.get("models", {}).items():
-            rows.append({"evaluation": path.parent.name, "model": model, "sentences": report.get("sentences"), **values})
+            rows.append(
+                {"evaluation": path.parent.name, "model": model, "sentences": report.get("sentences"), **values}
+            )
     return rows
 
 
@@ -48,18 +56,17 @@ def kind_of(model: str) -> str:
     return next((label for prefix, label in KINDS.items() if model.startswith(prefix)), "other")
 
 
-def block_grid(storage: Path) -> dict[int, dict[tuple[int, int], float]]:
+def block_grid(storage: Storage) -> dict[int, dict[tuple[int, int], float]]:
     """heads -> {(block, d_k): replaced_top1 of the last epoch}"""
     grid: dict[int, dict[tuple[int, int], float]] = {}
-    for metrics in checkpoint_root(storage).glob("block_*/metrics.jsonl"):
-        match = BLOCK_RUN.match(metrics.parent.name)
-        lines = metrics.read_text().splitlines()
-        if not match or not lines:
+    for run, folder in storage.block_runs("block"):
+        metrics = folder / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if not lines:
             continue
         last = json.loads(lines[-1])
         if "replaced_top1" in last:
-            block, d_k, heads = map(int, match.groups())
-            grid.setdefault(heads, {})[(block, d_k)] = last["replaced_top1"]
+            grid.setdefault(run.heads, {})[(run.block, run.d_k)] = last["replaced_top1"]
     return grid
 
 
@@ -99,9 +106,17 @@ def plot_accuracy_vs_parameters(rows, output: Path) -> Path | None:
     for kind, marker in (("teacher", "*"), ("retrained", "o"), ("merged", "s"), ("layer drop", "^"), ("other", "x")):
         chosen = [row for name, row in points.items() if kind_of(name) == kind]
         if chosen:
-            axes.scatter([r["parameters"] / 1e6 for r in chosen], [r["top1"] for r in chosen], marker=marker, s=70, label=kind)
+            axes.scatter(
+                [r["parameters"] / 1e6 for r in chosen], [r["top1"] for r in chosen], marker=marker, s=70, label=kind
+            )
             for r in chosen:
-                axes.annotate(r["model"], (r["parameters"] / 1e6, r["top1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                axes.annotate(
+                    r["model"],
+                    (r["parameters"] / 1e6, r["top1"]),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
     axes.set_xlabel("parameters (M)")
     axes.set_ylabel("MLM top-1 on masked test sentences")
     axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
@@ -116,14 +131,14 @@ def plot_accuracy_vs_parameters(rows, output: Path) -> Path | None:
 
 @cli_entry
 def main(argv=None) -> dict:
-    args = parse_args([StorageArguments, ReportArguments], __doc__, argv)
-    start(args)
-    storage = Path(args.storage_directory)
+    flags = parse_args([StorageArguments, ReportArguments], __doc__, argv)
+    start(flags)
+    storage = Storage(flags.storage.storage_directory)
     rows = collect_results(storage)
     grid = block_grid(storage)
     if not rows and not grid:
-        raise UserError(f"--storage_directory {storage}: no results/*/metrics.json and no block runs to report")
-    output = Path(args.output_dir or storage / "report")
+        raise UserError(f"--storage_directory {storage.root}: no evaluation results and no block runs to report")
+    output = Path(flags.report.output_dir or storage.report)
     output.mkdir(parents=True, exist_ok=True)
     columns = sorted({key for row in rows for key in row}, key=lambda k: (k not in ("evaluation", "model"), k))
     with open(output / "report.csv", "w", newline="") as file:

@@ -2,48 +2,57 @@
 
 Example (offline): python retrain_single_block.py --teacher minilm --block 5 --epochs 2 --max_sentences 2000
 """
+
 from models import student_attention
 from utils.args import (
-    BlockArguments, CacheArguments, DataArguments, DistillationArguments, DropoutArguments, StorageArguments, StudentArguments,
-    TeacherArguments, TrainingArguments, parse_args,
+    BLOCK_STUDENT_FLAGS,
+    RUN_FLAGS,
+    CacheArguments,
+    DistillationArguments,
+    TeacherArguments,
+    parse_args,
 )
 from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
-from utils.experiment import block_run_name, run_directory, start
+from utils.experiment import start
 from utils.objectives import AttentionDistillation
+from utils.runs import block_run
 from utils.teacher import load_teacher
-from utils.teacher_cache import cached_training_set
+from utils.teacher_cache import teacher_training_set
 from utils.training import fit
+
+GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, DistillationArguments, *RUN_FLAGS, CacheArguments]
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
-    groups = [TeacherArguments, BlockArguments, StudentArguments, DropoutArguments, DistillationArguments, DataArguments,
-              StorageArguments, TrainingArguments, CacheArguments]  # fmt: skip
-    args = parse_args(groups, __doc__, argv)
-    device = start(args)
-    teacher = load_teacher(args.teacher, device)
-    teacher.check_layer(args.block)
-    data = load_data(args, teacher.tokenizer)
+    flags = parse_args(GROUPS, __doc__, argv)
+    device = start(flags, flags.data.seed)
+    teacher = load_teacher(flags.teacher.teacher, device)
+    block = flags.block.block
+    teacher.check_layer(block)
+    data = load_data(flags.data, teacher.tokenizer)
 
-    student = student_attention(teacher.model, args.block_heads, args.block_d_k, args.block_dropout).to(device)
+    shape, distillation = flags.student, flags.distillation
+    student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, flags.dropout.block_dropout).to(
+        device
+    )
     objective = AttentionDistillation(
-        teacher.model, args.block, student, args.criterion, args.loss_on_logits, args.loss_on_scores,
-        mlm_metrics=teacher.has_mlm_head, device=device,
-    )  # fmt: skip
-    identity = {
-        "teacher": teacher.name, "block": args.block, "block_heads": args.block_heads, "block_d_k": args.block_d_k,
-        "criterion": args.criterion, "loss_on_logits": args.loss_on_logits, "loss_on_scores": args.loss_on_scores,
-        "seq_len": args.seq_len, "cache_teacher": args.cache_teacher,
-    }  # fmt: skip
-    name = block_run_name("block", args.block, args.block_d_k, args.block_heads)
-    run = run_directory(args, name, identity)
-    train_set = data.train
-    if args.cache_teacher:
-        train_set = cached_training_set(args, f"block_{args.block}", teacher.name, args.block, objective, data.train,
-                                        teacher.model.config.hidden_size, device)  # fmt: skip
-    valid = eval_loader(data.validation, args.batch_size, args.eval_sentences)
-    return fit(objective, train_set, valid, args, run, device)
+        teacher.model,
+        block,
+        student,
+        distillation.criterion,
+        distillation.loss_on_logits,
+        distillation.loss_on_scores,
+        mlm_metrics=teacher.has_mlm_head,
+        device=device,
+    )
+    run = block_run(flags, teacher.name, block)
+    train_set = teacher_training_set(
+        flags, teacher.name, "block", block, objective.signal, data.train, teacher.model.config.hidden_size, device
+    )
+    valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
+    return fit(objective, train_set, valid, flags.training, run, device, flags.data.seed)
 
 
 if __name__ == "__main__":

@@ -3,20 +3,19 @@
 Gradients flow through the frozen teacher layers above the block. Starts from the block's
 retrain_single_block checkpoint when there is one (or ``--init_from``), otherwise from scratch.
 """
+
 from dataclasses import dataclass
 from typing import Optional
 
 from models import assemble, student_attention
-from utils.args import (
-    BlockArguments, DataArguments, DropoutArguments, OutputDistillationArguments, StorageArguments, StudentArguments,
-    TeacherArguments, TrainingArguments, flag, parse_args,
-)  # fmt: skip
-from utils.assembly import run_checkpoint
+from utils.args import BLOCK_STUDENT_FLAGS, FINETUNE_FLAGS, TeacherArguments, flag, parse_args
 from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
-from utils.experiment import block_run_name, log, run_directory, start
+from utils.experiment import log, start
 from utils.model_io import load_block_checkpoint
 from utils.objectives import OutputDistillation
+from utils.runs import till_end_run
+from utils.storage import Storage
 from utils.teacher import load_teacher
 from utils.training import fit
 
@@ -24,36 +23,44 @@ from utils.training import fit
 @dataclass
 class InitArguments:
     init_from: Optional[str] = flag(
-        None, "Checkpoint to start from; default: this block's retrain_single_block latest.pt if it exists; "
-              "'none' starts from random weights.")  # fmt: skip
+        None,
+        "Checkpoint to start from; default: this block's retrain_single_block latest.pt if it exists; "
+        "'none' starts from random weights.",
+    )
+
+
+GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, InitArguments, *FINETUNE_FLAGS]
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
-    groups = [TeacherArguments, BlockArguments, StudentArguments, DropoutArguments, InitArguments, OutputDistillationArguments,
-              DataArguments, StorageArguments, TrainingArguments]  # fmt: skip
-    args = parse_args(groups, __doc__, argv, lr=1e-4)
-    device = start(args)
-    teacher = load_teacher(args.teacher, device)
-    teacher.check_layer(args.block)
-    data = load_data(args, teacher.tokenizer)
+    flags = parse_args(GROUPS, __doc__, argv, lr=1e-4)
+    device = start(flags, flags.data.seed)
+    teacher = load_teacher(flags.teacher.teacher, device)
+    block, shape = flags.block.block, flags.student
+    teacher.check_layer(block)
+    data = load_data(flags.data, teacher.tokenizer)
 
-    student = student_attention(teacher.model, args.block_heads, args.block_d_k, args.block_dropout)
-    init_from = args.init_from
+    student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, flags.dropout.block_dropout)
+    init_from = flags.init.init_from
     if init_from is None:
-        default = run_checkpoint(args.storage_directory, "block", args.block, args.block_d_k, args.block_heads)
+        default = Storage(flags.storage.storage_directory).block_checkpoint(
+            "block", block, shape.block_heads, shape.block_d_k
+        )
         init_from = str(default) if default.exists() else "none"
     if init_from != "none":
-        state = load_block_checkpoint(init_from, args.block_heads, args.block_d_k)
+        state = load_block_checkpoint(init_from, shape.block_heads, shape.block_d_k)
         student.load_state_dict(state["model"])
         log.info("student attention initialised from %s", init_from)
     student.to(device)
-    model = assemble(teacher.model, attentions={args.block: student})
-    objective = OutputDistillation(teacher.model, model, student, args.temperature, args.hard_label_weight, device)
-    identity = {"teacher": teacher.name, "block": args.block, "block_heads": args.block_heads,
-                "block_d_k": args.block_d_k, "seq_len": args.seq_len}  # fmt: skip
-    run = run_directory(args, block_run_name("till_end", args.block, args.block_d_k, args.block_heads), identity)
-    return fit(objective, data.train, eval_loader(data.validation, args.batch_size, args.eval_sentences), args, run, device)
+    model = assemble(teacher.model, attentions={block: student})
+    distillation = flags.output_distillation
+    objective = OutputDistillation(
+        teacher.model, model, student, distillation.temperature, distillation.hard_label_weight, device
+    )
+    run = till_end_run(flags, teacher.name, block)
+    valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
+    return fit(objective, data.train, valid, flags.training, run, device, flags.data.seed)
 
 
 if __name__ == "__main__":

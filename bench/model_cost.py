@@ -4,6 +4,7 @@ runs after warm-up) of the teacher and of saved simplified models (default: ever
 
 python bench/model_cost.py --teacher storage/teacher --storage_directory storage
 """
+
 import json
 import sys
 from dataclasses import dataclass, field
@@ -14,51 +15,65 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.args import StorageArguments, TeacherArguments, parse_args  # noqa: E402
 from utils.benchmark import cost_and_latency, relative_to  # noqa: E402
-from utils.files import atomic_write  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.experiment import log, start  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 from utils.model_io import is_simplified, load_simplified  # noqa: E402
+from utils.storage import Storage  # noqa: E402
 from utils.teacher import load_teacher  # noqa: E402
 
 
 @dataclass
 class CostArguments:
-    models: Optional[list[str]] = field(default=None, metadata={"help": "Saved model folders (default: all under {storage}/models)."})
+    models: Optional[list[str]] = field(
+        default=None, metadata={"help": "Saved model folders (default: every model in the storage directory)."}
+    )
     seq_len: int = field(default=40, metadata={"help": "Tokens per sentence of the timed batches."})
     repeats: int = field(default=20, metadata={"help": "Timed forward passes per figure (median reported)."})
 
 
-COLUMNS = [("parameters", "params (M)", 1e-6, "{:.2f}"), ("flops_per_token", "MFLOPs/token", 1e-6, "{:.1f}"),
-           ("latency_ms_b1", "ms b=1", 1, "{:.2f}"), ("latency_ms_b64", "ms b=64", 1, "{:.1f}"),
-           ("flop_ratio", "FLOPs vs teacher", 1, "{:.2f}"), ("speedup_b1", "speed-up b=1", 1, "{:.2f}"),
-           ("speedup_b64", "speed-up b=64", 1, "{:.2f}"),
-           ("speedup_per_flop_reduction_b64", "speed-up / FLOP reduction b=64", 1, "{:.2f}")]  # fmt: skip
+COLUMNS = [
+    ("parameters", "params (M)", 1e-6, "{:.2f}"),
+    ("flops_per_token", "MFLOPs/token", 1e-6, "{:.1f}"),
+    ("latency_ms_b1", "ms b=1", 1, "{:.2f}"),
+    ("latency_ms_b64", "ms b=64", 1, "{:.1f}"),
+    ("flop_ratio", "FLOPs vs teacher", 1, "{:.2f}"),
+    ("speedup_b1", "speed-up b=1", 1, "{:.2f}"),
+    ("speedup_b64", "speed-up b=64", 1, "{:.2f}"),
+    ("speedup_per_flop_reduction_b64", "speed-up / FLOP reduction b=64", 1, "{:.2f}"),
+]
 
 
 @cli_entry
 def main(argv=None) -> dict:
-    args = parse_args([TeacherArguments, CostArguments, StorageArguments], __doc__, argv)
-    device = start(args)
-    folders = [Path(f) for f in args.models] if args.models else sorted(
-        f for f in (Path(args.storage_directory) / "models").glob("*") if is_simplified(f))
+    flags = parse_args([TeacherArguments, CostArguments, StorageArguments], __doc__, argv)
+    device = start(flags)
+    storage, options = Storage(flags.storage.storage_directory), flags.cost
+    folders = [Path(f) for f in options.models or []]
     if not folders:
-        raise UserError(f"no saved model under {args.storage_directory}/models; pass --models")
-    models = {"teacher": load_teacher(args.teacher, device).model}
+        folders = sorted(f for f in storage.models.glob("*") if is_simplified(f))
+    if not folders:
+        raise UserError(f"no saved model in {storage.models}; pass --models")
+    models = {"teacher": load_teacher(flags.teacher.teacher, device).model}
     models.update({folder.name: load_simplified(folder, device)[0] for folder in folders})
-    results = {name: cost_and_latency(model, args.seq_len, device, args.repeats) for name, model in models.items()}
+    results = {
+        name: cost_and_latency(model, options.seq_len, device, options.repeats) for name, model in models.items()
+    }
     for values in results.values():
         values.update(relative_to(values, results["teacher"]))
     lines = ["| model | " + " | ".join(title for _, title, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, values in results.items():
-        lines.append(f"| {name} | " + " | ".join(fmt.format(values[key] * scale) for key, _, scale, fmt in COLUMNS) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(fmt.format(values[key] * scale) for key, _, scale, fmt in COLUMNS) + " |"
+        )
     table = "\n".join(lines) + "\n"
-    output = Path(args.storage_directory) / "results" / "model_cost"
+    output = storage.results("model_cost")
     output.mkdir(parents=True, exist_ok=True)
-    report = {"device": str(device), "seq_len": args.seq_len, "repeats": args.repeats, "models": results}
+    report = {"device": str(device), "seq_len": options.seq_len, "repeats": options.repeats, "models": results}
     atomic_write(output / "model_cost.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     atomic_write(output / "model_cost.md", lambda tmp: tmp.write_text(table))
     log.info("written to %s", output)
-    print(f"on {device}, seq_len {args.seq_len}, median of {args.repeats}:\n{table}")
+    print(f"on {device}, seq_len {options.seq_len}, median of {options.repeats}:\n{table}")
     return report
 
 

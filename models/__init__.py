@@ -1,12 +1,20 @@
 """Modules and model surgery: no file I/O, no argument parsing."""
+
 from models.attention import MultiHeadAttention
 from models.bert import IGNORE_INDEX, SimplifiedBert
-from models.layers import TransformerLayer
 from models.cost import model_cost, parameter_count
-from models.surgery import assemble, copy_attention, merged_layer, select_trainable, student_attention
+from models.layers import TransformerLayer
+from models.surgery import assemble, merged_layer, select_trainable, student_attention
 
 __all__ = [
-    "IGNORE_INDEX", "MultiHeadAttention", "SimplifiedBert", "TransformerLayer",
-    "assemble", "copy_attention", "merged_layer", "model_cost", "parameter_count", "select_trainable",
+    "IGNORE_INDEX",
+    "MultiHeadAttention",
+    "SimplifiedBert",
+    "TransformerLayer",
+    "assemble",
+    "merged_layer",
+    "model_cost",
+    "parameter_count",
+    "select_trainable",
     "student_attention",
-]  # fmt: skip
+]

@@ -1,4 +1,5 @@
 """Multi-head self-attention whose head count and head size are free of the hidden size."""
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ class MultiHeadAttention(nn.Module):
         self.output = nn.Linear(heads * d_k, hidden)
 
     @classmethod
-    def from_bert(cls, bert_attention: nn.Module) -> "MultiHeadAttention":
+    def from_bert(cls, bert_attention: nn.Module) -> MultiHeadAttention:
         """Wrap a Hugging Face ``BertAttention``: the projections are *shared* with it, not copied."""
         self_attention = bert_attention.self
         attention = cls(
@@ -40,7 +41,7 @@ class MultiHeadAttention(nn.Module):
 
     @property
     def spec(self) -> dict:
-        return {"heads": self.heads, "d_k": self.d_k}
+        return {"heads": self.heads, "d_k": self.d_k, "dropout": self.dropout}
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, heads*d_k] -> [B, heads, T, d_k]"""

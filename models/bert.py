@@ -1,4 +1,5 @@
 """A BERT masked-LM as a plain list of layers, so that layers can be swapped, merged or dropped."""
+
 from __future__ import annotations
 
 import torch
@@ -26,20 +27,24 @@ class SimplifiedBert(nn.Module):
         self.mlm_head = mlm_head
 
     @classmethod
-    def from_teacher(cls, teacher: BertForMaskedLM) -> "SimplifiedBert":
+    def from_teacher(cls, teacher: BertForMaskedLM) -> SimplifiedBert:
         layers = [TransformerLayer.from_bert(layer, i) for i, layer in enumerate(teacher.bert.encoder.layer)]
         return cls(teacher.config, teacher.bert.embeddings, layers, teacher.cls)
 
     @classmethod
-    def from_spec(cls, config: BertConfig, layer_specs: list[dict]) -> "SimplifiedBert":
+    def from_spec(cls, config: BertConfig, layer_specs: list[dict]) -> SimplifiedBert:
         """Fresh (untrained) modules laid out as ``layer_specs`` describe; load weights into it after."""
         layers = [
             TransformerLayer.fresh(
-                config, spec["heads"], spec["d_k"], config.attention_probs_dropout_prob, spec["intermediate_size"],
+                config,
+                spec["heads"],
+                spec["d_k"],
+                spec.get("dropout", config.attention_probs_dropout_prob),
+                spec["intermediate_size"],
                 origin={key: spec[key] for key in ("kind", "teacher_layers")},
             )
             for spec in layer_specs
-        ]  # fmt: skip
+        ]
         model = cls(config, BertEmbeddings(config), layers, BertOnlyMLMHead(config))
         predictions = model.mlm_head.predictions
         predictions.decoder.weight = model.embeddings.word_embeddings.weight  # tied, as in BERT

@@ -1,4 +1,5 @@
 """Analytic size and compute of a :class:`SimplifiedBert` (no measurement; see utils/benchmark.py)."""
+
 from __future__ import annotations
 
 from models.bert import SimplifiedBert

@@ -1,4 +1,5 @@
 """One post-LayerNorm BERT layer, built from the teacher's modules or from scratch."""
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,7 @@ class TransformerLayer(nn.Module):
         self.origin = dict(origin)
 
     @classmethod
-    def from_bert(cls, bert_layer: nn.Module, index: int) -> "TransformerLayer":
+    def from_bert(cls, bert_layer: nn.Module, index: int) -> TransformerLayer:
         """A view of a Hugging Face ``BertLayer``: every parameter is shared with it."""
         return cls(
             attention=MultiHeadAttention.from_bert(bert_layer.attention),
@@ -58,7 +59,9 @@ class TransformerLayer(nn.Module):
         )
 
     @classmethod
-    def fresh(cls, config, heads: int, d_k: int, dropout: float, intermediate_size: int, origin: dict) -> "TransformerLayer":
+    def fresh(
+        cls, config, heads: int, d_k: int, dropout: float, intermediate_size: int, origin: dict
+    ) -> TransformerLayer:
         """A randomly initialised layer of the teacher's hidden size (BERT's N(0, 0.02) init)."""
         hidden = config.hidden_size
         layer = cls(
@@ -73,13 +76,19 @@ class TransformerLayer(nn.Module):
         )
         return init_linear_weights(layer, config.initializer_range)
 
-    def with_attention(self, attention: MultiHeadAttention) -> "TransformerLayer":
+    def with_attention(self, attention: MultiHeadAttention) -> TransformerLayer:
         """This layer with its attention replaced; norms and feed-forward stay shared."""
         origin = {**self.origin, "kind": "student_attention"}
         return TransformerLayer(
-            attention, self.attention_norm, self.ffn_in, self.ffn_out, self.ffn_norm,
-            self.activation, self.dropout.p, origin,
-        )  # fmt: skip
+            attention,
+            self.attention_norm,
+            self.ffn_in,
+            self.ffn_out,
+            self.ffn_norm,
+            self.activation,
+            self.dropout.p,
+            origin,
+        )
 
     @property
     def spec(self) -> dict:

@@ -4,9 +4,9 @@ Layer indices always refer to positions in the ``base`` model (for a model made 
 ``SimplifiedBert.from_teacher`` these are the teacher's layer numbers). Every function returns a new
 model that shares the untouched modules with ``base``.
 """
+
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 from models.attention import MultiHeadAttention
@@ -59,8 +59,8 @@ def merged_layer(
 ) -> TransformerLayer:
     """One layer meant to replace ``base.layers[first]`` and ``base.layers[first + 1]``.
 
-    Feed-forward as wide as the teacher's (4x hidden in BERT). ``init`` = ``first``/``second`` copies that teacher layer's norms and
-    feed-forward, and its attention too when the shapes (heads and d_k) agree.
+    Feed-forward as wide as the teacher's (4x hidden in BERT). ``init`` = ``first``/``second`` copies that
+    teacher layer's norms and feed-forward, and its attention too when the shapes (heads and d_k) agree.
     """
     if not 0 <= first < len(base.layers) - 1:
         raise IndexError(f"merging layers {first} and {first + 1}: needs 0 <= first < {len(base.layers) - 1}")
@@ -78,14 +78,6 @@ def merged_layer(
     for name in names:
         getattr(layer, name).load_state_dict(getattr(source, name).state_dict())
     return layer
-
-
-def copy_attention(attention: MultiHeadAttention) -> MultiHeadAttention:
-    """An independent (trainable) copy, e.g. to start a student from the teacher's weights."""
-    clone = copy.deepcopy(attention)
-    for parameter in clone.parameters():
-        parameter.requires_grad_(True)
-    return clone
 
 
 def select_trainable(model: SimplifiedBert, feed_forward: bool = False) -> SimplifiedBert:

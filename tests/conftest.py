@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random BERT teacher with the real bert-base-uncased tokenizer, and a small
 WikiText-2 folder cut from the offline data ($SITRA_DATA_DIR, default ../shared/data/wikitext2)."""
+
 import os
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
+from utils.storage import Storage
 from utils.teacher import resolve_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,8 +16,14 @@ SHARED_DATA = Path(os.environ.get("SITRA_DATA_DIR", REPO.parent / "shared" / "da
 
 
 def tiny_config(**overrides) -> BertConfig:
-    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    values = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     values.update(overrides)
     return BertConfig(**values)
 
@@ -57,7 +65,34 @@ def tiny_data_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def common_flags(tiny_teacher_dir, tiny_data_dir, tmp_path) -> list[str]:
+def run_flags(tiny_teacher_dir, tiny_data_dir, tmp_path):
+    """Flags of a fast run on the tiny teacher and data, as a function:
+    ``run_flags(storage=path, drop=("batch_size",), seq_len=20)`` -> an argv list (storage defaults to a
+    fresh temporary folder; ``drop`` leaves flags at the script's default; keywords set or add flags)."""
+
+    def make(storage=None, drop=(), **values) -> list[str]:
+        flags = {
+            "teacher": tiny_teacher_dir,
+            "data_dir": tiny_data_dir,
+            "storage_directory": str(storage or tmp_path / "storage"),
+            "max_sentences": 96,
+            "batch_size": 16,
+            "eval_sentences": 32,
+        }
+        for name in drop:
+            del flags[name]
+        flags.update(values)
+        return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+
+    return make
+
+
+@pytest.fixture
+def common_flags(run_flags) -> list[str]:
     """Flags of a fast run on the tiny teacher and data, storing under a fresh temporary folder."""
-    return ["--teacher", tiny_teacher_dir, "--data_dir", tiny_data_dir, "--storage_directory", str(tmp_path / "storage"),
-            "--max_sentences", "96", "--batch_size", "16", "--eval_sentences", "32"]  # fmt: skip
+    return run_flags()
+
+
+def storage_of(flags: list[str]) -> Storage:
+    """The storage layout of the run these flags describe."""
+    return Storage(flags[flags.index("--storage_directory") + 1])

@@ -6,16 +6,27 @@ from utils.data import MaskedSentences, TokenIds, collate, epoch_batches, load_m
 
 
 def test_split_sentences_drops_headings_and_undoes_escapes():
-    lines = [" = Valkyria Chronicles = \n", "\n", " The game 's 1 @,@ 000 copies sold . It was a well @-@ known title !\n",
-             " Too short .\n", " A <unk> word is here today .\n"]  # fmt: skip
+    lines = [
+        " = Valkyria Chronicles = \n",
+        "\n",
+        " The game 's 1 @,@ 000 copies sold . It was a well @-@ known title !\n",
+        " Too short .\n",
+        " A <unk> word is here today .\n",
+    ]
     assert split_sentences(lines, "[UNK]") == [
-        "The game 's 1,000 copies sold .", "It was a well-known title !", "A [UNK] word is here today .",
-    ]  # fmt: skip
+        "The game 's 1,000 copies sold .",
+        "It was a well-known title !",
+        "A [UNK] word is here today .",
+    ]
 
 
 @pytest.fixture
 def sentences(tokenizer):
-    texts = ["the cat sat on the mat today .", "a much longer sentence about the history of the city of zurich .", "hi there you ."]
+    texts = [
+        "the cat sat on the mat today .",
+        "a much longer sentence about the history of the city of zurich .",
+        "hi there you .",
+    ]
     ids = tokenizer(texts)["input_ids"]
     return MaskedSentences(ids, TokenIds.of(tokenizer), seed=3), ids
 
@@ -33,9 +44,11 @@ def test_single_mask_is_one_real_token_and_reproducible(sentences, tokenizer):
 
 def test_masks_change_between_training_epochs_but_not_for_evaluation(sentences):
     dataset, _ = sentences
+
     def positions(epoch):
         dataset.set_epoch(epoch)
         return [int(np.flatnonzero(dataset[i]["labels"] != IGNORE_INDEX)[0]) for i in range(len(dataset))]
+
     eval_masks = positions(0)
     training = [positions(epoch) for epoch in range(1, 9)]
     assert any(masks != training[0] for masks in training[1:])
@@ -66,7 +79,7 @@ def test_epoch_batches_cover_the_data_and_shard_over_ranks():
     assert sorted(i for batch in batches for i in batch) == list(range(10))
     assert batches == epoch_batches(10, 4, seed=1, epoch=1) and batches != epoch_batches(10, 4, seed=1, epoch=2)
     shards = [epoch_batches(10, 4, seed=1, epoch=1, rank=r, world_size=2) for r in range(2)]
-    for global_batch, first, second in zip(batches, *shards):
+    for global_batch, first, second in zip(batches, *shards, strict=True):
         assert sorted(first + second) == sorted(global_batch)
 
 

@@ -1,4 +1,5 @@
 """File-system primitives under concurrency: unique aside names, unique benchmark folders, atomic writes."""
+
 import os
 import threading
 

@@ -1,6 +1,6 @@
 """Issue 4 on a 5-layer tiny teacher: merge pairs, condition the chain, finetune, compare with layer drop."""
+
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,21 +10,26 @@ import evaluate_fully_merged_layer
 import finetune_conditioned_fully_merged
 import finetune_fully_merged
 import retrain_merge
+from conftest import storage_of
 from models import assemble, merged_layer
 from utils.data import eval_loader, load_masked_splits
+from utils.device import to_device
 from utils.model_io import load_simplified
 from utils.objectives import MergeDistillation
 from utils.teacher import load_teacher
-from utils.training import to_device
 
 SHAPE = ["--block_heads", "2", "--block_d_k", "8"]
 
 
 @pytest.fixture
-def flags(common_flags, tiny_teacher_5_layers):
-    flags = common_flags + SHAPE
-    flags[flags.index("--teacher") + 1] = tiny_teacher_5_layers
-    return flags
+def flags(run_flags, tiny_teacher_5_layers):
+    return run_flags(teacher=tiny_teacher_5_layers) + SHAPE
+
+
+@pytest.fixture
+def eval_flags(run_flags, tiny_teacher_5_layers):
+    drop = ["batch_size", "eval_sentences"]
+    return run_flags(teacher=tiny_teacher_5_layers, drop=drop, reference="none", latency_repeats=1) + SHAPE
 
 
 def error_of(capsys, main, argv) -> str:
@@ -40,20 +45,25 @@ def test_merge_signal_and_conditioning(tiny_teacher_5_layers, tiny_data_dir):
     batch = to_device(next(iter(eval_loader(splits.train, 8))), torch.device("cpu"))
     model, ids, mask = teacher.model, batch["input_ids"], batch["attention_mask"]
     layer = merged_layer(model, 2, 2, 8, 0.0)
-    hidden_in, target = MergeDistillation(model, 2, layer, mlm_metrics=False).signal(batch)
+    unconditioned = MergeDistillation(model, 2, layer, mlm_metrics=False)
+    hidden_in, target = unconditioned.signal(batch)
+    assert not unconditioned.conditioned
     assert torch.allclose(hidden_in, model.encode(ids, mask, stop=2))
     assert torch.allclose(target, model.encode(ids, mask, stop=4), atol=1e-6)
     first = merged_layer(model, 0, 2, 8, 0.0).eval()
     prefix = assemble(model, merged={0: first})
-    conditioned_in, conditioned_target = MergeDistillation(model, 2, layer, prefix, prefix_stop=1, mlm_metrics=False).signal(batch)
+    conditioned_in, conditioned_target = MergeDistillation(
+        model, 2, layer, prefix, prefix_stop=1, mlm_metrics=False
+    ).signal(batch)
     assert torch.allclose(conditioned_in, first(model.embeddings(input_ids=ids), mask.bool()))
     assert torch.allclose(conditioned_target, target)
 
 
-def test_merge_pipeline(flags, capsys):
-    storage = Path(flags[flags.index("--storage_directory") + 1])
+def test_merge_pipeline(flags, eval_flags, run_flags, tiny_teacher_5_layers, capsys):
+    storage = storage_of(flags)
     assert "--block 4: the teacher has 5 layers, expected the first of two adjacent layers (0..3)" in error_of(
-        capsys, retrain_merge.main, flags + ["--block", "4"])
+        capsys, retrain_merge.main, flags + ["--block", "4"]
+    )
     history = retrain_merge.main(flags + ["--block", "0", "--epochs", "2", "--merge_init", "first", "--lr", "3e-3"])
     assert history[-1]["merge_mse"] < history[0]["merge_mse"] and "merged_top1" in history[-1]
 
@@ -61,13 +71,12 @@ def test_merge_pipeline(flags, capsys):
     assert "no merge checkpoint (heads 2, d_k 8) for pairs 2-3 under" in message and "retrain_merge.py" in message
     retrain_merge.main(flags + ["--block", "2", "--epochs", "1"])
 
-    report = eval_merge_layer.main(_eval_flags(flags) + ["--block", "0"])
+    report = eval_merge_layer.main(eval_flags + ["--block", "0"])
     assert set(report["models"]) == {"teacher", "merge_0_8_2"}
     assert report["models"]["merge_0_8_2"]["flop_ratio"] < 1
-    assert (storage / "results/merge_0_8_2/metrics.json").exists()
+    assert (storage.results("merge_0_8_2") / "metrics.json").exists()
 
-    fresh = [f for f in flags]
-    fresh[fresh.index("--storage_directory") + 1] = str(storage / "elsewhere")
+    fresh = run_flags(teacher=tiny_teacher_5_layers, storage=storage.root / "elsewhere") + SHAPE
     message = error_of(capsys, finetune_conditioned_fully_merged.main, fresh + ["--block", "2"])
     assert "the conditioned layers of pairs 0-1 are missing" in message
     histories = finetune_conditioned_fully_merged.main(flags + ["--all", "--epochs", "1"])
@@ -76,28 +85,14 @@ def test_merge_pipeline(flags, capsys):
 
     for extra in ([], ["--source", "conditioned"], ["--baseline", "layer_drop"]):
         finetune_fully_merged.main(flags + ["--epochs", "1"] + extra)
-    report = evaluate_fully_merged_layer.main(_eval_flags(flags))
+    report = evaluate_fully_merged_layer.main(eval_flags)
     models = report["models"]
     assert set(models) == {"teacher", "merged_8_2", "merged_8_2_conditioned", "layer_drop"}
     assert models["merged_8_2"]["layers"] == models["layer_drop"]["layers"] == 3 and models["teacher"]["layers"] == 5
     assert models["merged_8_2"]["parameters"] < models["teacher"]["parameters"]
-    written = json.loads((storage / "results/fully_merged_8_2/metrics.json").read_text())
+    written = json.loads((storage.fully_merged_results(heads=2, d_k=8) / "metrics.json").read_text())
     assert set(written["models"]) == set(models)
-    merged, _, meta = load_simplified(storage / "models/merged_8_2")
-    retrained = torch.load(storage / "checkpoints/wikitext2/merge_0_8_2/latest.pt", weights_only=True)["model"]
+    merged, _, meta = load_simplified(storage.merged_model(heads=2, d_k=8))
+    retrained = torch.load(storage.block_checkpoint("merge", 0, heads=2, d_k=8), weights_only=True)["model"]
     assert not torch.equal(merged.layers[0].ffn_in.weight, retrained["ffn_in.weight"])  # finetuning moved it
     assert meta["sources"]["0"].endswith("merge_0_8_2/latest.pt")
-
-
-def _eval_flags(flags):
-    drop = {"--batch_size": 1, "--eval_sentences": 1}
-    out, skip = [], 0
-    for flag in flags:
-        if skip:
-            skip -= 1
-            continue
-        if flag in drop:
-            skip = drop[flag]
-            continue
-        out.append(flag)
-    return out + ["--reference", "none", "--latency_repeats", "1"]

@@ -11,8 +11,9 @@ from utils.model_io import load_simplified, save_simplified
 def test_save_load_round_trip_gives_identical_logits(tmp_path, tokenizer):
     torch.manual_seed(0)
     teacher = SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config(num_hidden_layers=4))).eval()
-    model = assemble(teacher, attentions={0: student_attention(teacher, 2, 8, 0.1)},
-                     merged={2: merged_layer(teacher, 2, 3, 16, 0.1)}).eval()  # fmt: skip
+    model = assemble(
+        teacher, attentions={0: student_attention(teacher, 2, 8, 0.1)}, merged={2: merged_layer(teacher, 2, 3, 16, 0.1)}
+    ).eval()
     save_simplified(model, tokenizer, tmp_path / "model", meta={"note": "test"})
     loaded, loaded_tokenizer, meta = load_simplified(tmp_path / "model")
     assert meta == {"note": "test"} and len(loaded_tokenizer) == len(tokenizer)

@@ -1,9 +1,11 @@
+import copy
+
 import pytest
 import torch
 from transformers import BertForMaskedLM
 
 from conftest import tiny_config
-from models import IGNORE_INDEX, MultiHeadAttention, SimplifiedBert, assemble, copy_attention, merged_layer, student_attention
+from models import IGNORE_INDEX, MultiHeadAttention, SimplifiedBert, assemble, merged_layer, student_attention
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,9 @@ def test_attention_shapes(heads, d_k):
     assert (probs[1, :, :, 4:] == 0).all()  # padded keys get no attention
     sdpa_output, no_probs = attention(hidden, mask)
     assert no_probs is None and torch.allclose(sdpa_output, output, atol=1e-6)
-    assert sum(p.numel() for p in attention.parameters()) == 3 * (32 * heads * d_k + heads * d_k) + heads * d_k * 32 + 32
+    assert (
+        sum(p.numel() for p in attention.parameters()) == 3 * (32 * heads * d_k + heads * d_k) + heads * d_k * 32 + 32
+    )
 
 
 def test_attention_rejects_non_positive_sizes():
@@ -50,7 +54,7 @@ def test_layer_view_reproduces_teacher_logits(hf_teacher):
     model = SimplifiedBert.from_teacher(hf_teacher).eval()
     assert (model(**batch) - expected).abs().max() <= 1e-5
     # the teacher's own weights copied into a student of the same shape change nothing
-    students = {i: copy_attention(model.layers[i].attention) for i in range(len(model.layers))}
+    students = {i: copy.deepcopy(model.layers[i].attention) for i in range(len(model.layers))}
     replaced = assemble(model, attentions=students).eval()
     assert (replaced(**batch) - expected).abs().max() <= 1e-5
     assert all(layer.origin["kind"] == "student_attention" for layer in replaced.layers)
@@ -73,8 +77,14 @@ def test_student_attention_of_other_shape_runs_in_the_model(hf_teacher):
     replaced = assemble(model, attentions={1: student}).eval()
     batch = padded_batch()
     assert replaced(**batch).shape == (4, 120)
-    assert replaced.spec["layers"][1] == {"kind": "student_attention", "teacher_layers": [1], "heads": 2, "d_k": 4,
-                                          "intermediate_size": 64}  # fmt: skip
+    assert replaced.spec["layers"][1] == {
+        "kind": "student_attention",
+        "teacher_layers": [1],
+        "heads": 2,
+        "d_k": 4,
+        "dropout": 0.0,
+        "intermediate_size": 64,
+    }
     assert sum(p.numel() for p in replaced.parameters()) < sum(p.numel() for p in model.parameters())
 
 

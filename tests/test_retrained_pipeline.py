@@ -1,4 +1,5 @@
 """Issue 3 on a tiny teacher: retrain blocks -> notebook assembles -> evaluate -> till-end -> finetune."""
+
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import eval_retrained_12
 import retrain_single_block
 import train_block_till_end
 import train_full_merged_model
-from conftest import REPO
+from conftest import REPO, storage_of
 from utils.model_io import load_simplified
 
 SHAPE = ["--block_heads", "2", "--block_d_k", "8"]
@@ -40,33 +41,41 @@ def flags(common_flags):
     return common_flags + SHAPE
 
 
-def storage_of(flags) -> Path:
-    return Path(flags[flags.index("--storage_directory") + 1])
-
-
-def test_retrained_pipeline(flags, tiny_teacher_dir, tiny_data_dir, capsys):
+def test_retrained_pipeline(flags, run_flags, tiny_teacher_dir, tiny_data_dir, capsys):
     storage = storage_of(flags)
     for block in (0, 1):
         retrain_single_block.main(flags + ["--block", str(block), "--epochs", "1"])
 
-    notebook = run_notebook({"storage_directory": str(storage), "teacher": tiny_teacher_dir, "block_heads": 2,
-                             "block_d_k": 8, "blocks": None, "source": "block", "data_dir": tiny_data_dir,
-                             "eval_sentences": 20, "seq_len": 40, "seed": 42}, storage)  # fmt: skip
+    notebook = run_notebook(
+        {
+            "storage_directory": str(storage.root),
+            "teacher": tiny_teacher_dir,
+            "block_heads": 2,
+            "block_d_k": 8,
+            "blocks": None,
+            "source": "block",
+            "data_dir": tiny_data_dir,
+            "eval_sentences": 20,
+            "seq_len": 40,
+            "seed": 42,
+        },
+        storage.root,
+    )
     text = outputs(notebook)
     assert "no checkpoint for layers [2]: they keep the teacher's attention" in text
     assert "| assembled |" in text and "student_attention" in text
-    model_dir = storage / "models" / "retrained_8_2"
+    model_dir = storage.retrained_model(heads=2, d_k=8)
     model, _, meta = load_simplified(model_dir)
     assert [layer.origin["kind"] for layer in model.layers] == ["student_attention", "student_attention", "teacher"]
     assert meta["missing"] == [2]
-    block0 = torch.load(storage / "checkpoints/wikitext2/block_0_8_2/latest.pt", weights_only=True)["model"]
+    block0 = torch.load(storage.block_checkpoint("block", 0, heads=2, d_k=8), weights_only=True)["model"]
     assert torch.equal(model.layers[0].attention.query.weight, block0["query.weight"])
 
-    common = [f for f in flags if f not in SHAPE]
-    eval_flags = [f for f in common if f not in ("--batch_size", "16", "--eval_sentences", "32")]
-    report = eval_retrained_12.main(eval_flags + SHAPE + ["--percentage_data", "0.5", "--reference", tiny_teacher_dir,
-                                                          "--latency_repeats", "2"])  # fmt: skip
-    results = storage / "results" / "retrained_8_2"
+    eval_flags = run_flags(
+        drop=["batch_size", "eval_sentences"], percentage_data=0.5, reference=tiny_teacher_dir, latency_repeats=2
+    )
+    report = eval_retrained_12.main(eval_flags + SHAPE)
+    results = storage.results("retrained_8_2")
     assert json.loads((results / "metrics.json").read_text()) == json.loads(json.dumps(report))
     teacher, assembled = report["models"]["teacher"], report["models"]["retrained_8_2"]
     assert report["sentences"] == 48 and teacher["in_reference_top1"] == 1.0  # the reference is the teacher itself
@@ -82,7 +91,7 @@ def test_retrained_pipeline(flags, tiny_teacher_dir, tiny_data_dir, capsys):
     assert "student attention initialised from" in capsys.readouterr().err  # the retrain_single_block checkpoint
     assert [record["epoch"] for record in history] == [0, 1] and history[-1]["kl_from_teacher"] >= 0
 
-    history = train_full_merged_model.main(common + SHAPE + ["--teacher", tiny_teacher_dir, "--epochs", "1", "--lr", "1e-3"])
+    history = train_full_merged_model.main(flags + ["--epochs", "1", "--lr", "1e-3"])
     finetuned, _, meta = load_simplified(f"{model_dir}_finetuned")
     assert meta["finetuned_from"] == str(model_dir) and history[-1]["epoch"] == 1
     assert not torch.equal(finetuned.layers[0].attention.query.weight, model.layers[0].attention.query.weight)
@@ -92,7 +101,10 @@ def test_retrained_pipeline(flags, tiny_teacher_dir, tiny_data_dir, capsys):
 
 def test_till_end_refuses_a_checkpoint_of_another_shape(flags, capsys):
     retrain_single_block.main(flags + ["--block", "0", "--epochs", "1"])
-    checkpoint = storage_of(flags) / "checkpoints/wikitext2/block_0_8_2/latest.pt"
+    checkpoint = storage_of(flags).block_checkpoint("block", 0, heads=2, d_k=8)
     with pytest.raises(SystemExit):
         train_block_till_end.main(flags + ["--block", "0", "--block_heads", "4", "--init_from", str(checkpoint)])
-    assert f"error: --init_from {checkpoint}: checkpoint was trained with block_heads=2 (expected 4)" in capsys.readouterr().err
+    assert (
+        f"error: --init_from {checkpoint}: checkpoint was trained with block_heads=2 (expected 4)"
+        in capsys.readouterr().err
+    )

@@ -3,6 +3,7 @@
 Installs Debian's slurm-wlm and munge when they are missing (needs root, as in CI); stops every daemon
 it started.
 """
+
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import pytest
 from filelock import FileLock
 
 from conftest import REPO
+from utils.storage import Storage
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
@@ -45,9 +47,16 @@ def ensure_slurm_installed() -> None:
             return
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         wait_for_apt = ["-o", "DPkg::Lock::Timeout=600"]  # and for any other apt client on the machine
-        subprocess.run(["apt-get", *wait_for_apt, "update", "-qq"], env=env, check=True, capture_output=True, timeout=900)
-        subprocess.run(["apt-get", *wait_for_apt, "install", "-y", "-qq", *PACKAGES], env=env, check=True,
-                       capture_output=True, timeout=1200)  # fmt: skip
+        subprocess.run(
+            ["apt-get", *wait_for_apt, "update", "-qq"], env=env, check=True, capture_output=True, timeout=900
+        )
+        subprocess.run(
+            ["apt-get", *wait_for_apt, "install", "-y", "-qq", *PACKAGES],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=1200,
+        )
 
 
 @pytest.fixture
@@ -92,8 +101,16 @@ NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(config)}
-    munged = ["munged", "--force", "-S", str(socket_path), f"--key-file={munge_dir}/munge.key",
-              f"--log-file={munge_dir}/munged.log", f"--pid-file={munge_dir}/munged.pid", f"--seed-file={munge_dir}/seed"]
+    munged = [
+        "munged",
+        "--force",
+        "-S",
+        str(socket_path),
+        f"--key-file={munge_dir}/munge.key",
+        f"--log-file={munge_dir}/munged.log",
+        f"--pid-file={munge_dir}/munged.pid",
+        f"--seed-file={munge_dir}/seed",
+    ]
     subprocess.run(munged, check=True, capture_output=True, timeout=60)
     try:
         subprocess.run(["slurmctld", "-f", str(config)], env=env, check=True, timeout=60)
@@ -118,11 +135,26 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 def test_train_sweep_runs_as_a_job_array(slurm, tiny_teacher_dir, tiny_data_dir, tmp_path):
     storage = tmp_path / "storage"
-    env = {**slurm, "SITRA_STORAGE": str(storage), "SITRA_TEACHER": tiny_teacher_dir, "SITRA_PYTHON": sys.executable,
-           "SITRA_GPUS": "0", "SITRA_CPUS": "1", "SITRA_MEM": "2G", "SITRA_TIME": "00:15:00", "SITRA_BLOCKS": "0 1",
-           "SITRA_DKS": "8", "SITRA_HEADS": "2", "SITRA_EPOCHS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "SITRA_EXTRA": f"--data_dir {tiny_data_dir} --max_sentences 96 --batch_size 16 --eval_sentences 32"}  # fmt: skip
-    dry = subprocess.run(["./.train", "--dry-run", "blocks"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    env = {
+        **slurm,
+        "SITRA_STORAGE": str(storage),
+        "SITRA_TEACHER": tiny_teacher_dir,
+        "SITRA_PYTHON": sys.executable,
+        "SITRA_GPUS": "0",
+        "SITRA_CPUS": "1",
+        "SITRA_MEM": "2G",
+        "SITRA_TIME": "00:15:00",
+        "SITRA_BLOCKS": "0 1",
+        "SITRA_DKS": "8",
+        "SITRA_HEADS": "2",
+        "SITRA_EPOCHS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "SITRA_EXTRA": f"--data_dir {tiny_data_dir} --max_sentences 96 --batch_size 16 --eval_sentences 32",
+    }
+    dry = subprocess.run(
+        ["./.train", "--dry-run", "blocks"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
     assert "would submit 2 tasks" in dry.stdout and "--block 1 --block_d_k 8 --block_heads 2" in dry.stdout
     assert not storage.exists()  # a dry run writes nothing
 
@@ -142,5 +174,5 @@ def test_train_sweep_runs_as_a_job_array(slurm, tiny_teacher_dir, tiny_data_dir,
     for task, log in enumerate(logs):
         text = log.read_text()
         assert f"task {task} of job {job}" in text and "exit 0" in text, text[-3000:]
-        run = storage / f"checkpoints/wikitext2/block_{task}_8_2"
+        run = Storage(storage).block_run("block", task, heads=2, d_k=8)
         assert (run / "latest.pt").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2

@@ -6,6 +6,7 @@ import torch
 
 import retrain_merge
 import retrain_single_block
+from conftest import storage_of
 from utils.data import load_masked_splits
 from utils.teacher import load_teacher
 
@@ -15,7 +16,7 @@ BLOCK = ["--block", "2", "--block_heads", "2", "--block_d_k", "8", "--epochs", "
 def test_cached_signals_equal_the_teachers(common_flags, tiny_teacher_dir, tiny_data_dir, tmp_path, capsys):
     retrain_single_block.main(common_flags + BLOCK + ["--cache_teacher"])
     assert "building the teacher cache" in capsys.readouterr().err
-    folder = tmp_path / "storage/cache/block_2"
+    folder = storage_of(common_flags).cache("block_2")
     key = json.loads((folder / "key.json").read_text())
     assert key["block"] == 2 and key["seq_len"] == 40 and key["masking_seed"] == 42 and len(key["data"]) == 40
 
@@ -43,14 +44,12 @@ def test_cached_signals_equal_the_teachers(common_flags, tiny_teacher_dir, tiny_
 
 
 @pytest.mark.parametrize("script,metric", [(retrain_single_block, "block_mse"), (retrain_merge, "merge_mse")])
-def test_cache_gives_the_metrics_of_an_uncached_run(common_flags, tmp_path, script, metric):
+def test_cache_gives_the_metrics_of_an_uncached_run(run_flags, tmp_path, script, metric):
     # one epoch: the uncached run masks as epoch 1 too, so only fp16 rounding of the cache differs
-    flags = [f for f in common_flags]
-    storage_index = flags.index("--storage_directory") + 1
     block = ["--block", "0"] + BLOCK[2:]
     histories = {}
     for cached in (False, True):
-        flags[storage_index] = str(tmp_path / str(cached))
+        flags = run_flags(storage=tmp_path / str(cached))
         histories[cached] = script.main(flags + block + (["--cache_teacher"] if cached else []))
     plain, cached = histories[False][-1], histories[True][-1]
     assert cached[metric] == pytest.approx(plain[metric], rel=1e-2)

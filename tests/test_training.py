@@ -2,11 +2,14 @@ import pytest
 import torch
 
 import retrain_single_block
+from conftest import storage_of
 from models import student_attention
+from utils.assembly import checkpoint_spec, collect_attentions
 from utils.data import eval_loader, load_masked_splits
-from utils.objectives import AttentionDistillation, soft_cross_entropy
+from utils.device import to_device
+from utils.objectives import AttentionDistillation
+from utils.storage import BlockRun
 from utils.teacher import load_teacher
-from utils.training import to_device
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +25,15 @@ def batch(teacher, tiny_data_dir):
 
 @pytest.mark.parametrize(
     "criterion,on_logits,on_scores,heads",
-    [("MSE", False, False, 2), ("L1", False, False, 2), ("CrossEntropy", True, False, 2),
-     ("CrossEntropy", False, True, 4), ("CrossEntropy", False, True, 2), ("MSE", False, True, 4)],
-)  # fmt: skip
+    [
+        ("MSE", False, False, 2),
+        ("L1", False, False, 2),
+        ("CrossEntropy", True, False, 2),
+        ("CrossEntropy", False, True, 4),
+        ("CrossEntropy", False, True, 2),
+        ("MSE", False, True, 4),
+    ],
+)
 def test_each_criterion_lowers_its_loss(teacher, batch, criterion, on_logits, on_scores, heads):
     torch.manual_seed(0)
     student = student_attention(teacher.model, heads=heads, d_k=8, dropout=0.0)
@@ -32,7 +41,7 @@ def test_each_criterion_lowers_its_loss(teacher, batch, criterion, on_logits, on
     optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
-        total, count = objective.loss(batch)
+        total, count = objective.loss(batch, objective.network)
         loss = total / count
         optimizer.zero_grad()
         loss.backward()
@@ -48,37 +57,37 @@ def loss_floor(objective, batch) -> float:
     """The smallest value the objective's loss can take: the loss of the target against itself."""
     if objective.criterion != "CrossEntropy":
         return 0.0
-    _, teacher_out, teacher_probs = objective.teacher_signal(batch)
+    hidden_in, teacher_out = objective.signal(batch)
     real = batch["attention_mask"].bool()
     if objective.loss_on_logits:
         target = teacher_out[real].softmax(-1)
     else:
+        teacher_probs = objective.teacher_attention(hidden_in, real, return_probs=True)[1]
         target = teacher_probs.transpose(1, 2)[real]  # [N, heads, T]
         if target.shape[1] != objective.trainable.heads:
             target = target.mean(1)
-    return soft_cross_entropy(target, target.clamp_min(1e-12).log()).item()
+    return -(target * target.clamp_min(1e-12).log()).sum(-1).mean().item()  # the target's entropy
 
 
 def test_teacher_parameters_get_no_gradient(teacher, batch):
     student = student_attention(teacher.model, heads=2, d_k=8, dropout=0.1)
-    AttentionDistillation(teacher.model, 2, student, mlm_metrics=False).loss(batch)[0].backward()
+    AttentionDistillation(teacher.model, 2, student, mlm_metrics=False).loss(batch, student)[0].backward()
     assert all(p.grad is None for p in teacher.hf_model.parameters())
     assert all(p.grad is not None for p in student.parameters())
 
 
 def _weights(storage):
-    state = torch.load(storage / "checkpoints/wikitext2/block_1_8_2/latest.pt", weights_only=True)
+    state = torch.load(
+        storage_of(["--storage_directory", storage]).block_checkpoint("block", 1, 2, 8), weights_only=True
+    )
     return state["model"], state
 
 
-def test_resume_gives_the_same_weights_as_a_straight_run(common_flags, tmp_path):
-    flags = [flag for flag in common_flags]
-    storage_index = flags.index("--storage_directory") + 1
+def test_resume_gives_the_same_weights_as_a_straight_run(run_flags, tmp_path):
     block = ["--block", "1", "--block_heads", "2", "--block_d_k", "8", "--save_checkpoint_every", "1"]
 
     def run(storage, *extra):
-        flags[storage_index] = str(storage)
-        return retrain_single_block.main(flags + block + list(extra))
+        return retrain_single_block.main(run_flags(storage=storage) + block + list(extra))
 
     straight = run(tmp_path / "a", "--epochs", "2")
     run(tmp_path / "b", "--epochs", "1")
@@ -93,15 +102,43 @@ def test_resume_gives_the_same_weights_as_a_straight_run(common_flags, tmp_path)
         assert state["epoch"] == 2 and state["step"] == 12
         for name, tensor in expected.items():
             assert (weights[name] - tensor).abs().max() <= 1e-6, (storage, name)
-    assert [r["epoch"] for r in straight] == [r["epoch"] for r in resumed] == [r["epoch"] for r in mid_epoch] == [0, 1, 2]
+    assert (
+        [r["epoch"] for r in straight] == [r["epoch"] for r in resumed] == [r["epoch"] for r in mid_epoch] == [0, 1, 2]
+    )
     assert resumed[-1]["block_mse"] == pytest.approx(straight[-1]["block_mse"], rel=1e-5)
     assert straight[-1]["block_mse"] < straight[0]["block_mse"]
-    run_dir = tmp_path / "a/checkpoints/wikitext2/block_1_8_2"
+    run_dir = storage_of(["--storage_directory", tmp_path / "a"]).block_run("block", 1, heads=2, d_k=8)
     assert sorted(p.name for p in run_dir.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt", "latest.pt"]
     assert "replaced_top1" in straight[-1] and "teacher_top1" in straight[-1]
 
 
 def test_bf16_autocast_trains_on_cpu(common_flags):
-    history = retrain_single_block.main(common_flags + ["--block", "0", "--block_heads", "2", "--block_d_k", "8",
-                                                        "--epochs", "1", "--precision", "bf16"])  # fmt: skip
-    assert torch.isfinite(torch.tensor(history[-1]["train_loss"])) and history[-1]["block_mse"] < history[0]["block_mse"]
+    history = retrain_single_block.main(
+        common_flags
+        + ["--block", "0", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1", "--precision", "bf16"]
+    )
+    assert (
+        torch.isfinite(torch.tensor(history[-1]["train_loss"])) and history[-1]["block_mse"] < history[0]["block_mse"]
+    )
+
+
+def test_checkpoint_holds_the_module_spec_that_assembly_rebuilds(common_flags, tiny_teacher_dir):
+    retrain_single_block.main(
+        common_flags
+        + ["--block", "1", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1", "--block_dropout", "0.3"]
+    )
+    path = storage_of(common_flags).block_checkpoint("block", 1, heads=2, d_k=8)
+    state = torch.load(path, weights_only=True)
+    assert state["spec"] == {"heads": 2, "d_k": 8, "dropout": 0.3}
+    teacher = load_teacher(tiny_teacher_dir)
+    attentions, _, _ = collect_attentions(storage_of(common_flags).root, teacher.model, teacher.name, 2, 8, [1])
+    assert attentions[1].dropout == 0.3 and torch.equal(attentions[1].query.weight, state["model"]["query.weight"])
+    # a checkpoint written before specs were stored: its shape comes from identity and flags
+    del state["spec"]
+    assert checkpoint_spec(state) == {"heads": 2, "d_k": 8, "dropout": 0.3}
+
+
+def test_block_run_names_round_trip():
+    run = BlockRun("merge", 3, heads=4, d_k=16)
+    assert run.name == "merge_3_16_4" and BlockRun.parse(run.name) == run
+    assert BlockRun.parse("block_1_8_2.old-20260101-120000") is None and BlockRun.parse("finetune_layer_drop") is None

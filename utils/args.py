@@ -1,10 +1,16 @@
-"""Command-line flags, declared once as dataclass groups (as Hugging Face's ``run_mlm.py`` does).
+"""Command-line flags, declared once as typed dataclass groups (as Hugging Face's ``run_mlm.py`` does).
 
-Every script picks the groups it needs with :func:`parse_args`; a flag means the same thing in every
-script. Defaults follow the seed repository.
+Every script picks the groups it needs with :func:`parse_args` and gets a :class:`Flags` holding one
+instance per group (``flags.training.lr``, ``flags.data.seq_len``); library code takes the group it
+needs, typed. Each group checks its own values in ``__post_init__``, so every script that uses a group
+rejects the same bad values with the same one-line error. Defaults follow the seed repository.
 """
-import argparse
-from dataclasses import dataclass, field
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Optional
 
 from transformers import HfArgumentParser
@@ -14,6 +20,24 @@ from utils.errors import UserError
 
 def flag(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def require_positive(group, *names: str) -> None:
+    """Each named field of ``group`` is None or a positive number."""
+    for name in names:
+        value = getattr(group, name)
+        require(value is None or value > 0, f"--{name} must be positive, got {value}")
+
+
+def require_finite(group, *names: str) -> None:
+    for name in names:
+        value = getattr(group, name)
+        require(value is None or math.isfinite(value), f"--{name} must be a finite number, got {value}")
 
 
 @dataclass
@@ -28,11 +52,17 @@ class TeacherArguments:
 @dataclass
 class DataArguments:
     data_dir: Optional[str] = flag(
-        None, "Folder with wiki.{train,valid,test}.tokens (or .raw); default $SITRA_DATA_DIR, else WikiText-2 from "
-              "the Hugging Face Hub.")  # fmt: skip
+        None,
+        "Folder with wiki.{train,valid,test}.tokens (or .raw); default $SITRA_DATA_DIR, else WikiText-2 from "
+        "the Hugging Face Hub.",
+    )
     seq_len: int = flag(40, "Sentences are truncated to this many tokens, [CLS] and [SEP] included.")
     max_sentences: Optional[int] = flag(None, "Keep at most this many sentences of each split (smoke runs).")
     seed: int = flag(42, "Seeds masking, shuffling, initialisation and dropout.")
+
+    def __post_init__(self):
+        require_positive(self, "max_sentences")
+        require(self.seq_len >= 3, f"--seq_len must be at least 3 ([CLS], one token, [SEP]), got {self.seq_len}")
 
 
 @dataclass
@@ -42,7 +72,9 @@ class StorageArguments:
 
 @dataclass
 class BlockArguments:
-    block: int = flag(None, "Teacher layer (0 .. layers-1); for merging, the first of the pair block, block+1.", required=True)
+    block: int = flag(
+        None, "Teacher layer (0 .. layers-1); for merging, the first of the pair block, block+1.", required=True
+    )
 
 
 @dataclass
@@ -50,21 +82,47 @@ class StudentArguments:
     block_d_k: int = flag(64, "Head size of the student attention.")
     block_heads: int = flag(12, "Head count of the student attention.")
 
+    def __post_init__(self):
+        require_positive(self, "block_d_k", "block_heads")
+
 
 @dataclass
 class DropoutArguments:
-    block_dropout: float = flag(0.1, "Dropout on the student's attention probabilities (and a merged layer's hidden states).")
+    block_dropout: float = flag(
+        0.1, "Dropout on the student's attention probabilities (and a merged layer's hidden states)."
+    )
+
+    def __post_init__(self):
+        require(0 <= self.block_dropout < 1, f"--block_dropout must be in [0, 1), got {self.block_dropout}")
 
 
 @dataclass
 class DistillationArguments:
     criterion: Literal["MSE", "L1", "CrossEntropy"] = flag("MSE", "Distillation loss.")
     loss_on_logits: bool = flag(
-        False, "With CrossEntropy: soft cross-entropy between softmaxes over the hidden dimension of the "
-               "teacher's and student's attention outputs.")  # fmt: skip
+        False,
+        "With CrossEntropy: soft cross-entropy between softmaxes over the hidden dimension of the "
+        "teacher's and student's attention outputs.",
+    )
     loss_on_scores: bool = flag(
-        False, "Compare attention distributions over keys instead of outputs (per head; head-averaged when "
-               "the head counts differ).")  # fmt: skip
+        False,
+        "Compare attention distributions over keys instead of outputs (per head; head-averaged when "
+        "the head counts differ).",
+    )
+
+    def __post_init__(self):
+        require(
+            not (self.loss_on_logits and self.loss_on_scores),
+            "--loss_on_logits and --loss_on_scores exclude each other",
+        )
+        require(
+            self.criterion != "CrossEntropy" or self.loss_on_logits or self.loss_on_scores,
+            "--criterion CrossEntropy needs --loss_on_logits or --loss_on_scores",
+        )
+        require(
+            not self.loss_on_logits or self.criterion == "CrossEntropy",
+            "--loss_on_logits is a cross-entropy over the hidden dimension: use --criterion CrossEntropy",
+        )
 
 
 @dataclass
@@ -79,8 +137,21 @@ class TrainingArguments:
     save_checkpoint_every: int = flag(5, "Keep a checkpoint every this many epochs, besides the rolling latest.")
     no_resume: bool = flag(False, "Start over even if a checkpoint exists (the old run folder is moved aside).")
     eval_sentences: Optional[int] = flag(2000, "Validation sentences evaluated after each epoch (all if unset).")
-    group_by_length: bool = flag(True, "Batch sentences of similar length together (less padding); --no_group_by_length: plain shuffling.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = flag("auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU.")
+    group_by_length: bool = flag(
+        True, "Batch sentences of similar length together (less padding); --no_group_by_length: plain shuffling."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = flag(
+        "auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU."
+    )
+
+    def __post_init__(self):
+        require_finite(self, "lr", "adam_weight_decay", "adam_beta1", "adam_beta2")
+        require_positive(self, "batch_size", "max_steps", "lr", "save_checkpoint_every", "eval_sentences")
+        require(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
+        require(self.adam_weight_decay >= 0, f"--adam_weight_decay must be >= 0, got {self.adam_weight_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            require(0 <= value < 1, f"--{name} must be in [0, 1), got {value}")
 
 
 @dataclass
@@ -88,10 +159,17 @@ class OutputDistillationArguments:
     temperature: float = flag(1.0, "Softmax temperature of the KL(teacher || student) loss on the MLM outputs.")
     hard_label_weight: float = flag(0.0, "Weight of the cross-entropy with the true masked token, added to the KL.")
 
+    def __post_init__(self):
+        require_finite(self, "temperature", "hard_label_weight")
+        require_positive(self, "temperature")
+        require(self.hard_label_weight >= 0, f"--hard_label_weight must be >= 0, got {self.hard_label_weight}")
+
 
 @dataclass
 class ModelArguments:
-    model: Optional[str] = flag(None, "Folder of a saved simplified model (default: the one the pipeline step before wrote).")
+    model: Optional[str] = flag(
+        None, "Folder of a saved simplified model (default: the one the pipeline step before wrote)."
+    )
 
 
 @dataclass
@@ -101,52 +179,82 @@ class EvalArguments:
     eval_batch_size: int = flag(128, "Sentences per evaluation batch.")
     latency_repeats: int = flag(20, "Timed forward passes per latency figure (median reported); 0 skips latency.")
 
-
-@dataclass
-class RuntimeArguments:
-    device: Optional[str] = flag(None, "torch device; default cuda (this process's GPU under torchrun) when available, else cpu.")
-
-
-def parse_args(groups: list[type], description: str, argv: list[str] | None = None, **defaults) -> argparse.Namespace:
-    """One flat namespace from the given dataclass groups (every script also gets ``--device``);
-    ``defaults`` override a group's defaults."""
-    parser = HfArgumentParser([*groups, RuntimeArguments], description=description)
-    parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    check_args(args)
-    return args
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Reject values that cannot work, naming the flag."""
-    positive = ["block_d_k", "block_heads", "batch_size", "eval_batch_size", "seq_len", "save_checkpoint_every",
-                "max_sentences", "max_steps"]  # fmt: skip
-    for name in positive:
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name} must be a positive integer, got {value}")
-    if getattr(args, "epochs", 1) < 0:
-        raise UserError(f"--epochs must be >= 0, got {args.epochs}")
-    if getattr(args, "seq_len", 3) < 3:
-        raise UserError(f"--seq_len must be at least 3 ([CLS], one token, [SEP]), got {args.seq_len}")
-    if hasattr(args, "criterion"):
-        if args.loss_on_logits and args.loss_on_scores:
-            raise UserError("--loss_on_logits and --loss_on_scores exclude each other")
-        if args.criterion == "CrossEntropy" and not (args.loss_on_logits or args.loss_on_scores):
-            raise UserError("--criterion CrossEntropy needs --loss_on_logits or --loss_on_scores")
-        if args.loss_on_logits and args.criterion != "CrossEntropy":
-            raise UserError("--loss_on_logits is a cross-entropy over the hidden dimension: use --criterion CrossEntropy")
+    def __post_init__(self):
+        require(0 < self.percentage_data <= 1, f"--percentage_data must be in (0, 1], got {self.percentage_data}")
+        require_positive(self, "eval_batch_size")
+        require(self.latency_repeats >= 0, f"--latency_repeats must be >= 0, got {self.latency_repeats}")
 
 
 @dataclass
 class MergeArguments:
     merge_init: Literal["random", "first", "second"] = flag(
-        "random", "Start the merged layer from random weights (the seed) or from a copy of the pair's first or "
-                  "second teacher layer (attention copied when heads and d_k match).")  # fmt: skip
+        "random",
+        "Start the merged layer from random weights (the seed) or from a copy of the pair's first or "
+        "second teacher layer (attention copied when heads and d_k match).",
+    )
 
 
 @dataclass
 class CacheArguments:
     cache_teacher: bool = flag(
-        False, "Compute the teacher's input and target of the block once and keep them (fp16, memory-mapped, under "
-               "{storage}/cache/); each training sentence then keeps the mask of epoch 1.")  # fmt: skip
+        False,
+        "Compute the teacher's input and target of the block once and keep them (fp16, memory-mapped, under "
+        "the storage directory's cache); each training sentence then keeps the mask of epoch 1.",
+    )
+
+
+@dataclass
+class RuntimeArguments:
+    device: Optional[str] = flag(
+        None, "torch device; default cuda (this process's GPU under torchrun) when available, else cpu."
+    )
+
+
+# groups that travel together
+RUN_FLAGS = [DataArguments, StorageArguments, TrainingArguments]  # every training run
+FINETUNE_FLAGS = [OutputDistillationArguments, *RUN_FLAGS]  # distillation on the teacher's MLM outputs
+EVAL_FLAGS = [DataArguments, StorageArguments, EvalArguments]  # every evaluation
+BLOCK_STUDENT_FLAGS = [BlockArguments, StudentArguments, DropoutArguments]  # a student for one block
+
+
+def group_name(group: type) -> str:
+    """``TeacherTrainingArguments`` -> ``teacher_training``: the attribute of :class:`Flags` holding it."""
+    stem = group.__name__.removesuffix("Arguments")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", stem).lower()
+
+
+class Flags:
+    """The parsed flag groups of one script: ``flags.training`` is its :class:`TrainingArguments`, and so on
+    (the attribute is the group's name without ``Arguments``, in snake case)."""
+
+    def __init__(self, groups: list):
+        self.groups = groups
+        for group in groups:
+            setattr(self, group_name(type(group)), group)
+
+    def as_dict(self) -> dict:
+        """Every flag and its value, flat (what a run records next to its checkpoints)."""
+        return {key: value for group in self.groups for key, value in asdict(group).items()}
+
+    def command_line(self) -> str:
+        return " ".join(f"--{key} {value}" for key, value in self.as_dict().items())
+
+
+class FlagParser(HfArgumentParser):
+    """Refuses abbreviated flags and reports a bad flag in one line (not argparse's usage block)."""
+
+    def __init__(self, groups: list[type], description: str):
+        super().__init__(groups, description=description, allow_abbrev=False)
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def parse_args(groups: list[type], description: str, argv: list[str] | None = None, **defaults) -> Flags:
+    """The given groups (every script also gets :class:`RuntimeArguments`), checked; ``defaults``
+    override a group's defaults for this script."""
+    groups = [*groups, RuntimeArguments]
+    parser = FlagParser(groups, description)
+    parser.set_defaults(**defaults)
+    values = vars(parser.parse_args(argv))  # an unknown or malformed flag stops here, in one line
+    return Flags([group(**{f.name: values[f.name] for f in fields(group) if f.init}) for group in groups])

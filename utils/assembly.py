@@ -1,21 +1,36 @@
-"""Collect trained pieces (student attentions, merged layers) from their run checkpoints."""
+"""Collect trained pieces (student attentions, merged layers) from their run checkpoints.
+
+A checkpoint written by :func:`utils.training.fit` holds the trained module's own ``spec`` (heads, d_k,
+dropout; for a merged layer also its intermediate size and teacher layers), so a module is rebuilt
+from what was trained, not from flags. Checkpoints older than that record their shape in ``identity``
+and ``flags``; :func:`checkpoint_spec` reads those the same way.
+"""
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 from models import MultiHeadAttention, SimplifiedBert, TransformerLayer
-from utils.checkpoint import LATEST
 from utils.errors import UserError
-from utils.experiment import block_run_name, checkpoint_root
 from utils.model_io import load_block_checkpoint
+from utils.storage import Storage
 
 log = logging.getLogger(__name__)
 
+SEED_DROPOUT = 0.1  # what checkpoints without a spec were trained with unless --block_dropout said otherwise
 
-def run_checkpoint(storage_directory: str | Path, kind: str, block: int, d_k: int, heads: int) -> Path:
-    """``{storage}/checkpoints/wikitext2/{kind}_{block}_{d_k}_{heads}/latest.pt``"""
-    return checkpoint_root(storage_directory) / block_run_name(kind, block, d_k, heads) / LATEST
+
+def checkpoint_spec(state: dict) -> dict:
+    """The trained module's spec of a block or merge checkpoint."""
+    if "spec" in state:
+        return state["spec"]
+    identity, flags = state["identity"], state.get("flags", {})
+    return {
+        "heads": identity["block_heads"],
+        "d_k": identity["block_d_k"],
+        "dropout": flags.get("block_dropout", SEED_DROPOUT),
+    }
 
 
 def _checked_state(path: Path, teacher_name: str, heads: int, d_k: int) -> dict:
@@ -27,24 +42,42 @@ def _checked_state(path: Path, teacher_name: str, heads: int, d_k: int) -> dict:
 
 
 def attention_from_state(state: dict, hidden: int) -> MultiHeadAttention:
-    """A student attention rebuilt from a block checkpoint (its shape is in the checkpoint's identity)."""
-    identity, flags = state["identity"], state.get("flags", {})
-    attention = MultiHeadAttention(hidden, identity["block_heads"], identity["block_d_k"], flags.get("block_dropout", 0.1))
+    """A student attention rebuilt from a block checkpoint."""
+    spec = checkpoint_spec(state)
+    attention = MultiHeadAttention(hidden, spec["heads"], spec["d_k"], spec["dropout"])
     attention.load_state_dict(state["model"])
     return attention
 
 
+def merged_layer_from_state(state: dict, teacher: SimplifiedBert, block: int) -> TransformerLayer:
+    """A merged layer (replacing ``block``, ``block+1``) rebuilt from a retrain_merge checkpoint."""
+    spec = checkpoint_spec(state)
+    origin = {"kind": "merged", "teacher_layers": spec.get("teacher_layers", [block, block + 1])}
+    intermediate_size = spec.get("intermediate_size", teacher.config.intermediate_size)
+    layer = TransformerLayer.fresh(
+        teacher.config, spec["heads"], spec["d_k"], spec["dropout"], intermediate_size, origin
+    )
+    layer.load_state_dict(state["model"])
+    return layer
+
+
 def collect_attentions(
-    storage_directory: str | Path, teacher: SimplifiedBert, teacher_name: str, heads: int, d_k: int,
-    blocks: list[int] | None = None, kind: str = "block",
-) -> tuple[dict[int, MultiHeadAttention], dict[int, Path], list[int]]:  # fmt: skip
+    storage_directory: str | Path,
+    teacher: SimplifiedBert,
+    teacher_name: str,
+    heads: int,
+    d_k: int,
+    blocks: list[int] | None = None,
+    kind: str = "block",
+) -> tuple[dict[int, MultiHeadAttention], dict[int, Path], list[int]]:
     """Student attentions of ``blocks`` (default: every layer) from ``kind`` runs (``block`` =
     retrain_single_block, ``till_end`` = train_block_till_end). Returns the attentions, the checkpoint
     each came from, and the blocks without a checkpoint (they keep the teacher's attention)."""
+    storage = Storage(storage_directory)
     blocks = list(range(len(teacher.layers))) if blocks is None else blocks
     attentions, sources, missing = {}, {}, []
     for block in blocks:
-        path = run_checkpoint(storage_directory, kind, block, d_k, heads)
+        path = storage.block_checkpoint(kind, block, heads, d_k)
         if not path.exists():
             missing.append(block)
             continue
@@ -54,28 +87,23 @@ def collect_attentions(
     return attentions, sources, missing
 
 
-def merged_layer_from_state(state: dict, teacher: SimplifiedBert, block: int) -> TransformerLayer:
-    """A merged layer (replacing ``block``, ``block+1``) rebuilt from a retrain_merge checkpoint."""
-    identity, flags = state["identity"], state.get("flags", {})
-    layer = TransformerLayer.fresh(
-        teacher.config, identity["block_heads"], identity["block_d_k"], flags.get("block_dropout", 0.1),
-        teacher.config.intermediate_size, origin={"kind": "merged", "teacher_layers": [block, block + 1]},
-    )  # fmt: skip
-    layer.load_state_dict(state["model"])
-    return layer
-
-
 def collect_merged_layers(
-    storage_directory: str | Path, teacher: SimplifiedBert, teacher_name: str, heads: int, d_k: int,
-    kind: str = "merge", below: int | None = None,
-) -> tuple[dict[int, TransformerLayer], dict[int, Path], list[int]]:  # fmt: skip
+    storage_directory: str | Path,
+    teacher: SimplifiedBert,
+    teacher_name: str,
+    heads: int,
+    d_k: int,
+    kind: str = "merge",
+    below: int | None = None,
+) -> tuple[dict[int, TransformerLayer], dict[int, Path], list[int]]:
     """Merged layers of every pair (0-1, 2-3, ...; an odd last layer stays the teacher's) from ``kind``
     runs (``merge`` = retrain_merge, ``conditioned`` = finetune_conditioned_fully_merged); with
     ``below``, only the pairs starting before that layer."""
+    storage = Storage(storage_directory)
     layers, sources, missing = {}, {}, []
     last_start = len(teacher.layers) - 1 if below is None else below
     for block in range(0, last_start, 2):
-        path = run_checkpoint(storage_directory, kind, block, d_k, heads)
+        path = storage.block_checkpoint(kind, block, heads, d_k)
         if not path.exists():
             missing.append(block)
             continue

@@ -1,4 +1,5 @@
 """Measured latency: median wall time of repeated forward passes after warm-up."""
+
 from __future__ import annotations
 
 import statistics
@@ -10,7 +11,9 @@ from models import IGNORE_INDEX, model_cost
 
 
 @torch.inference_mode()
-def measure_latency(model, batch_size: int, seq_len: int, device: torch.device, repeats: int = 20, warmup: int = 3) -> float:
+def measure_latency(
+    model, batch_size: int, seq_len: int, device: torch.device, repeats: int = 20, warmup: int = 3
+) -> float:
     """Median milliseconds of one forward pass on ``batch_size`` full ``seq_len``-token sentences,
     one masked token each (the evaluation setting)."""
     generator = torch.Generator().manual_seed(0)
@@ -44,8 +47,10 @@ def cost_and_latency(model, seq_len: int, device: torch.device, repeats: int, ba
 def relative_to(values: dict, reference: dict) -> dict:
     """Ratios against the teacher: parameter and FLOP ratios, measured speed-up, and how much of the FLOP
     reduction the speed-up realises (1 = all of it; below 1 = the model is slower than its FLOPs promise)."""
-    ratios = {"parameter_ratio": values["parameters"] / reference["parameters"],
-              "flop_ratio": values["flops_per_token"] / reference["flops_per_token"]}  # fmt: skip
+    ratios = {
+        "parameter_ratio": values["parameters"] / reference["parameters"],
+        "flop_ratio": values["flops_per_token"] / reference["flops_per_token"],
+    }
     for key in [key for key in values if key.startswith("latency_ms_b")]:
         batch = key.removeprefix("latency_ms_")
         ratios[f"speedup_{batch}"] = reference[key] / values[key]

@@ -5,6 +5,7 @@ A checkpoint is a dict of tensors and plain values (loadable with ``weights_only
 ``batches_done`` (batches of the next epoch already trained, for a run stopped mid-epoch),
 ``step``, ``rng`` and ``identity`` (the flags that must match to resume: block, heads, teacher...).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ import torch
 
 from utils.errors import UserError
 from utils.files import atomic_write, move_aside, remove_stale_temporaries
+from utils.storage import LATEST
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest.pt"
 METRICS = "metrics.jsonl"
 
 
@@ -34,7 +35,9 @@ def load_checkpoint(path: str | Path, flag: str = "checkpoint") -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle errors, ...: all mean the same to the user
-        raise UserError(f"{flag} {path} is corrupt or truncated ({type(error).__name__}); delete it or pass --no_resume") from None
+        raise UserError(
+            f"{flag} {path} is corrupt or truncated ({type(error).__name__}); delete it or pass --no_resume"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{flag} {path} is not a sitra checkpoint (no 'model' entry)")
     return state
@@ -47,7 +50,9 @@ def check_identity(state: dict, expected: dict, path: Path | str) -> None:
     """
     saved = state.get("identity", {})
     differences = [
-        f"{key}={saved[key]!r} (flags say {value!r})" for key, value in expected.items() if key in saved and saved[key] != value
+        f"{key}={saved[key]!r} (flags say {value!r})"
+        for key, value in expected.items()
+        if key in saved and saved[key] != value
     ]
     if differences:
         raise UserError(f"checkpoint {path} does not match the flags: {', '.join(differences)}")

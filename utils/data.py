@@ -5,6 +5,7 @@ which token of a sentence is masked (:class:`MaskedSentences`) and the order of 
 (:func:`epoch_batches`). Evaluation uses epoch 0, so every model compared sees the same masks;
 training epochs are numbered from 1.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,7 @@ from datasets import DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 from models import IGNORE_INDEX
+from utils.args import DataArguments
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,9 @@ def _sentences_batch(batch: dict, unk_token: str) -> dict:
 
 
 def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, seq_len: int) -> dict:
-    encoded = tokenizer(batch["sentence"], truncation=True, max_length=seq_len, return_attention_mask=False,
-                        return_token_type_ids=False)  # fmt: skip
+    encoded = tokenizer(
+        batch["sentence"], truncation=True, max_length=seq_len, return_attention_mask=False, return_token_type_ids=False
+    )
     return {"input_ids": encoded["input_ids"]}
 
 
@@ -99,12 +102,22 @@ def tokenized_sentences(
     ``datasets`` caches both maps on disk (keyed by its fingerprint of function, tokenizer and
     arguments), so a corpus is split and tokenized once.
     """
-    sentences = raw[split].map(_sentences_batch, batched=True, remove_columns=raw[split].column_names,
-                               fn_kwargs={"unk_token": tokenizer.unk_token}, desc=f"splitting {split}")  # fmt: skip
+    sentences = raw[split].map(
+        _sentences_batch,
+        batched=True,
+        remove_columns=raw[split].column_names,
+        fn_kwargs={"unk_token": tokenizer.unk_token},
+        desc=f"splitting {split}",
+    )
     if max_sentences is not None:
         sentences = sentences.select(range(min(max_sentences, len(sentences))))
-    tokens = sentences.map(_tokenize_batch, batched=True, remove_columns=["sentence"], desc=f"tokenizing {split}",
-                           fn_kwargs={"tokenizer": tokenizer, "seq_len": seq_len})  # fmt: skip
+    tokens = sentences.map(
+        _tokenize_batch,
+        batched=True,
+        remove_columns=["sentence"],
+        desc=f"tokenizing {split}",
+        fn_kwargs={"tokenizer": tokenizer, "seq_len": seq_len},
+    )
     ids = [row for row in tokens["input_ids"] if len(row) >= 3]
     if not ids:
         raise UserError(f"no usable sentences in the {split} split of the data")
@@ -121,8 +134,10 @@ class TokenIds:
     special: frozenset[int]
 
     @classmethod
-    def of(cls, tokenizer: PreTrainedTokenizerBase) -> "TokenIds":
-        return cls(tokenizer.mask_token_id, tokenizer.pad_token_id, len(tokenizer), frozenset(tokenizer.all_special_ids))
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> TokenIds:
+        return cls(
+            tokenizer.mask_token_id, tokenizer.pad_token_id, len(tokenizer), frozenset(tokenizer.all_special_ids)
+        )
 
 
 class MaskedSentences(torch.utils.data.Dataset):
@@ -133,7 +148,9 @@ class MaskedSentences(torch.utils.data.Dataset):
     probability (at least one per sentence) and replaced by [MASK] 80%, a random token 10%, kept 10%.
     """
 
-    def __init__(self, input_ids: list[list[int]], token_ids: TokenIds, seed: int, mlm_probability: float | None = None):
+    def __init__(
+        self, input_ids: list[list[int]], token_ids: TokenIds, seed: int, mlm_probability: float | None = None
+    ):
         self.input_ids = input_ids
         self.token_ids = token_ids
         self.seed = seed
@@ -166,7 +183,9 @@ class MaskedSentences(torch.utils.data.Dataset):
                 chosen = candidates[[rng.integers(len(candidates))]]
             action = rng.random(len(chosen))
             random_tokens = rng.integers(self.token_ids.vocab_size, size=len(chosen))
-            replacement = np.where(action < 0.8, self.token_ids.mask, np.where(action < 0.9, random_tokens, ids[chosen]))
+            replacement = np.where(
+                action < 0.8, self.token_ids.mask, np.where(action < 0.9, random_tokens, ids[chosen])
+            )
         labels = np.full_like(ids, IGNORE_INDEX)
         labels[chosen] = ids[chosen]
         ids[chosen] = replacement
@@ -191,9 +210,15 @@ def collate(items: list[dict], pad_id: int, pad_to: int | None = None) -> dict[s
 
 
 def epoch_batches(
-    num_items: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+    num_items: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
     lengths: list[int] | None = None,
-) -> list[list[int]]:  # fmt: skip
+) -> list[list[int]]:
     """This process's share of every global batch of the epoch, in order.
 
     The order is a function of ``(seed, epoch)`` only; a global batch of ``batch_size`` sentences is
@@ -207,8 +232,12 @@ def epoch_batches(
     if lengths is not None:
         window = batch_size * LENGTH_GROUP_BATCHES
         lengths = np.asarray(lengths)
-        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
-                                for chunk in np.split(order, range(window, num_items, window))])  # fmt: skip
+        order = np.concatenate(
+            [
+                chunk[np.argsort(-lengths[chunk], kind="stable")]
+                for chunk in np.split(order, range(window, num_items, window))
+            ]
+        )
     batches = [order[start : start + batch_size] for start in range(0, num_items, batch_size)]
     if lengths is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -226,14 +255,17 @@ def make_loader(dataset, batches: list[list[int]]) -> torch.utils.data.DataLoade
     The loader gets its own generator: by default every new iterator draws a seed from the global
     torch RNG, which would shift the dropout stream of a run resumed mid-epoch.
     """
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=dataset.collate,
-                                       generator=torch.Generator())  # fmt: skip
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=dataset.collate, generator=torch.Generator()
+    )
 
 
 def eval_loader(dataset: MaskedSentences, batch_size: int, limit: int | None = None) -> torch.utils.data.DataLoader:
     """The first ``limit`` sentences in corpus order, masked as for epoch 0."""
     dataset.set_epoch(EVAL_EPOCH)
-    return make_loader(dataset, sequential_batches(len(dataset) if limit is None else min(limit, len(dataset)), batch_size))
+    return make_loader(
+        dataset, sequential_batches(len(dataset) if limit is None else min(limit, len(dataset)), batch_size)
+    )
 
 
 @dataclass
@@ -256,15 +288,21 @@ def load_masked_splits(
     token_ids = TokenIds.of(tokenizer)
     splits = {
         split: MaskedSentences(
-            tokenized_sentences(raw, split, tokenizer, seq_len, max_sentences), token_ids, seed,
+            tokenized_sentences(raw, split, tokenizer, seq_len, max_sentences),
+            token_ids,
+            seed,
             train_mlm_probability if split == "train" else None,
         )
         for split in SPLITS
-    }  # fmt: skip
+    }
     log.info("sentences: %s", ", ".join(f"{split} {len(data)}" for split, data in splits.items()))
     return WikiTextSplits(**splits)
 
 
-def load_data(args, tokenizer: PreTrainedTokenizerBase, train_mlm_probability: float | None = None) -> WikiTextSplits:
-    """:func:`load_masked_splits` with the data flags (``--data_dir``, ``--seq_len``, ``--max_sentences``, ``--seed``)."""
-    return load_masked_splits(args.data_dir, tokenizer, args.seq_len, args.max_sentences, args.seed, train_mlm_probability)
+def load_data(
+    data: DataArguments, tokenizer: PreTrainedTokenizerBase, train_mlm_probability: float | None = None
+) -> WikiTextSplits:
+    """:func:`load_masked_splits` with the data flags (--data_dir, --seq_len, --max_sentences, --seed)."""
+    return load_masked_splits(
+        data.data_dir, tokenizer, data.seq_len, data.max_sentences, data.seed, train_mlm_probability
+    )

@@ -4,6 +4,7 @@ Under ``torchrun --nproc_per_node N`` (RANK, WORLD_SIZE, LOCAL_RANK set) every s
 group: NCCL on GPUs, gloo on CPU. Each process takes its share of every global batch
 (:func:`utils.data.epoch_batches`); only rank 0 logs metrics and writes checkpoints.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,7 +70,7 @@ class PreemptionGuard:
         self.received: int | None = None
         self._previous = {}
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:
         for signum in PREEMPTION_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self

@@ -1,4 +1,5 @@
 """User-facing errors: one line on stderr and a non-zero exit, never a stack trace."""
+
 import functools
 import sys
 

@@ -1,5 +1,6 @@
 """The evaluation every eval script runs: quality against the truth, the teacher and a reference model,
 plus size, compute and latency against the teacher; written as JSON, markdown and a per-sentence TSV."""
+
 from __future__ import annotations
 
 import json
@@ -11,25 +12,33 @@ from transformers import PreTrainedTokenizerBase
 
 from models import IGNORE_INDEX, SimplifiedBert, model_cost, parameter_count
 from models.cost import layer_flops_per_token
+from utils.args import DataArguments, EvalArguments, Flags
 from utils.benchmark import cost_and_latency, relative_to
-from utils.files import atomic_write
 from utils.data import MaskedSentences, eval_loader
 from utils.errors import UserError
+from utils.files import atomic_write
 from utils.metrics import evaluate_mlm
-from utils.teacher import load_teacher
+from utils.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
 
 TEACHER = "teacher"
 LATENCY_BATCHES = (1, 64)
 TABLE_COLUMNS = [
-    ("top1", "top-1", "{:.1%}"), ("top5", "top-5", "{:.1%}"), ("top10", "top-10", "{:.1%}"),
-    ("agree_top1", "= teacher top-1", "{:.1%}"), ("teacher_top1_in_top5", "teacher top-1 in top-5", "{:.1%}"),
-    ("kl_from_teacher", "KL(teacher‖model)", "{:.3f}"), ("in_reference_top1", "in ref. top-1", "{:.1%}"),
-    ("in_reference_top5", "in ref. top-5", "{:.1%}"), ("in_reference_top10", "in ref. top-10", "{:.1%}"),
-    ("parameters", "params (M)", "{:.2f}"), ("flops_per_token", "MFLOPs/token", "{:.1f}"),
-    ("latency_ms_b1", "ms (b=1)", "{:.2f}"), ("latency_ms_b64", "ms (b=64)", "{:.1f}"),
-]  # fmt: skip
+    ("top1", "top-1", "{:.1%}"),
+    ("top5", "top-5", "{:.1%}"),
+    ("top10", "top-10", "{:.1%}"),
+    ("agree_top1", "= teacher top-1", "{:.1%}"),
+    ("teacher_top1_in_top5", "teacher top-1 in top-5", "{:.1%}"),
+    ("kl_from_teacher", "KL(teacher‖model)", "{:.3f}"),
+    ("in_reference_top1", "in ref. top-1", "{:.1%}"),
+    ("in_reference_top5", "in ref. top-5", "{:.1%}"),
+    ("in_reference_top10", "in ref. top-10", "{:.1%}"),
+    ("parameters", "params (M)", "{:.2f}"),
+    ("flops_per_token", "MFLOPs/token", "{:.1f}"),
+    ("latency_ms_b1", "ms (b=1)", "{:.2f}"),
+    ("latency_ms_b64", "ms (b=64)", "{:.1f}"),
+]
 SCALE = {"parameters": 1e-6, "flops_per_token": 1e-6}
 
 
@@ -45,8 +54,7 @@ def load_reference(name: str | None, device: torch.device) -> SimplifiedBert | N
 
 
 def sentence_count(test: MaskedSentences, percentage_data: float) -> int:
-    if not 0 < percentage_data <= 1:
-        raise UserError(f"--percentage_data must be in (0, 1], got {percentage_data}")
+    """The first ``percentage_data`` (in (0, 1], checked by :class:`EvalArguments`) of the test sentences."""
     return max(1, round(percentage_data * len(test)))
 
 
@@ -54,25 +62,32 @@ def evaluate_models(
     models: dict[str, SimplifiedBert],
     test: MaskedSentences,
     tokenizer: PreTrainedTokenizerBase,
-    args,
+    evaluation: EvalArguments,
+    data: DataArguments,
     device: torch.device,
     output_dir: Path,
     reference: SimplifiedBert | None = None,
 ) -> dict:
     """Evaluate ``models`` (one named ``teacher``) on the same masked test sentences and write
     ``metrics.json``, ``metrics.md`` and ``predictions.tsv`` under ``output_dir``."""
-    count = sentence_count(test, args.percentage_data)
-    loader = eval_loader(test, args.eval_batch_size, count)
-    metrics, predictions = evaluate_mlm(models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True)
+    count = sentence_count(test, evaluation.percentage_data)
+    loader = eval_loader(test, evaluation.eval_batch_size, count)
+    metrics, predictions = evaluate_mlm(
+        models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True
+    )
     for name, model in models.items():
-        metrics[name].update(cost_and_latency(model, args.seq_len, device, args.latency_repeats, LATENCY_BATCHES))
+        metrics[name].update(cost_and_latency(model, data.seq_len, device, evaluation.latency_repeats, LATENCY_BATCHES))
     teacher = dict(metrics[TEACHER])
     for values in metrics.values():  # everything relative to the teacher
         values.update(relative_to(values, teacher))
     report = {
-        "sentences": count, "seq_len": args.seq_len, "seed": args.seed, "device": str(device),
-        "reference": args.reference if reference is not None else None, "models": metrics,
-    }  # fmt: skip
+        "sentences": count,
+        "seq_len": data.seq_len,
+        "seed": data.seed,
+        "device": str(device),
+        "reference": evaluation.reference if reference is not None else None,
+        "models": metrics,
+    }
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     atomic_write(output_dir / "metrics.md", lambda tmp: tmp.write_text(markdown_table(metrics)))
@@ -80,6 +95,29 @@ def evaluate_models(
     atomic_write(output_dir / "predictions.tsv", lambda tmp: tmp.write_text(rows))
     log.info("results in %s\n%s", output_dir, markdown_table(metrics))
     return report
+
+
+def evaluate_against_teacher(
+    flags: Flags,
+    teacher: Teacher,
+    models: dict[str, SimplifiedBert],
+    test: MaskedSentences,
+    device: torch.device,
+    output_dir: Path,
+) -> dict:
+    """:func:`evaluate_models` of the teacher and ``models`` with the evaluation flags, and the larger
+    reference model ``--reference`` when it can be loaded."""
+    reference = load_reference(flags.eval.reference, device)
+    return evaluate_models(
+        {TEACHER: teacher.model, **models},
+        test,
+        teacher.tokenizer,
+        flags.eval,
+        flags.data,
+        device,
+        output_dir,
+        reference,
+    )
 
 
 def markdown_table(metrics: dict[str, dict]) -> str:
@@ -110,12 +148,19 @@ def prediction_rows(test: MaskedSentences, count: int, tokenizer, predictions: d
 
 def layer_table(model: SimplifiedBert, teacher: SimplifiedBert, seq_len: int) -> str:
     """Markdown: per layer what it is, heads x d_k and parameters; then totals against the teacher."""
-    lines = ["| layer | kind | teacher layers | heads | d_k | parameters | MFLOPs/token |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| layer | kind | teacher layers | heads | d_k | parameters | MFLOPs/token |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for index, layer in enumerate(model.layers):
         spec = layer.spec
-        lines.append(f"| {index} | {spec['kind']} | {spec['teacher_layers']} | {spec['heads']} | {spec['d_k']} | "
-                     f"{parameter_count(layer):,} | {layer_flops_per_token(layer, seq_len) / 1e6:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {index} | {spec['kind']} | {spec['teacher_layers']} | {spec['heads']} | {spec['d_k']} | "
+            f"{parameter_count(layer):,} | {layer_flops_per_token(layer, seq_len) / 1e6:.2f} |"
+        )
     ours, theirs = model_cost(model, seq_len), model_cost(teacher, seq_len)
     for key in ("parameters", "encoder_parameters", "flops_per_token"):
-        lines.append(f"| **{key}** | | | | | {ours[key]:,} ({ours[key] / theirs[key]:.1%} of the teacher's {theirs[key]:,}) | |")
+        lines.append(
+            f"| **{key}** | | | | | {ours[key]:,} ({ours[key] / theirs[key]:.1%} of the teacher's {theirs[key]:,}) | |"
+        )
     return "\n".join(lines) + "\n"

@@ -4,14 +4,15 @@ Every name made here is unique however fast two runs follow each other and which
 temporary files and folders come from :mod:`tempfile` (random, created exclusively), and
 time-stamped names reserve themselves with an exclusive ``mkdir`` and take a counter on a clash.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TMP_MARK = ".tmp-"  # temporary names: ``.{name}.tmp-{pid}-{random}``
 

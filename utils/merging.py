@@ -1,36 +1,60 @@
 """The layer-merging workflow shared by retrain_merge.py and finetune_conditioned_fully_merged.py."""
+
 from __future__ import annotations
 
+import logging
+
+import torch
+
 from models import SimplifiedBert, TransformerLayer, merged_layer
+from utils.args import Flags
 from utils.data import WikiTextSplits, eval_loader
-from utils.experiment import block_run_name, log, run_directory
 from utils.objectives import MergeDistillation
+from utils.runs import merge_run
 from utils.teacher import Teacher
-from utils.teacher_cache import cached_training_set
+from utils.teacher_cache import teacher_training_set
 from utils.training import fit
+
+log = logging.getLogger(__name__)
 
 
 def train_merged_layer(
-    teacher: Teacher, block: int, args, device, data: WikiTextSplits, run_kind: str = "merge",
-    prefix: SimplifiedBert | None = None, prefix_stop: int | None = None, warm_start: dict | None = None,
-) -> tuple[TransformerLayer, list[dict]]:  # fmt: skip
-    """Train (or resume) the merged layer of pair ``block, block+1`` in run ``{run_kind}_{block}_{d_k}_{heads}``.
+    teacher: Teacher,
+    block: int,
+    flags: Flags,
+    device: torch.device,
+    data: WikiTextSplits,
+    prefix: SimplifiedBert | None = None,
+    prefix_stop: int | None = None,
+    warm_start: dict | None = None,
+) -> tuple[TransformerLayer, list[dict]]:
+    """Train (or resume) the merged layer of pair ``block, block+1``: a ``merge`` run on the teacher's
+    hidden states, or with ``prefix`` a ``conditioned`` run on the outputs of its first ``prefix_stop``
+    layers (see :class:`utils.objectives.MergeDistillation`).
 
-    Starts from ``args.merge_init`` or, when given, from the state dict ``warm_start``.
+    Starts from ``--merge_init`` or, when given, from the state dict ``warm_start``.
     """
-    layer = merged_layer(teacher.model, block, args.block_heads, args.block_d_k, args.block_dropout, args.merge_init)
+    student = flags.student
+    layer = merged_layer(
+        teacher.model,
+        block,
+        student.block_heads,
+        student.block_d_k,
+        flags.dropout.block_dropout,
+        flags.merge.merge_init,
+    )
     if warm_start is not None:
         layer.load_state_dict(warm_start)
         log.info("merged layer %d-%d warm-started from a retrain_merge checkpoint", block, block + 1)
     layer.to(device)
     objective = MergeDistillation(teacher.model, block, layer, prefix, prefix_stop, teacher.has_mlm_head, device)
-    identity = {"teacher": teacher.name, "block": block, "block_heads": args.block_heads, "block_d_k": args.block_d_k,
-                "seq_len": args.seq_len, "merge_init": args.merge_init,
-                "cache_teacher": getattr(args, "cache_teacher", False)}  # fmt: skip
-    run = run_directory(args, block_run_name(run_kind, block, args.block_d_k, args.block_heads), identity)
     train_set = data.train
-    if getattr(args, "cache_teacher", False):  # only the unconditioned merge offers it: its input is the teacher's
-        train_set = cached_training_set(args, f"merge_{block}", teacher.name, block, objective, data.train,
-                                        teacher.model.config.hidden_size, device)  # fmt: skip
-    history = fit(objective, train_set, eval_loader(data.validation, args.batch_size, args.eval_sentences), args, run, device)
+    if not objective.conditioned:  # the teacher cache holds the teacher's own inputs: not a conditioned prefix's
+        train_set = teacher_training_set(
+            flags, teacher.name, "merge", block, objective.signal, data.train, teacher.model.config.hidden_size, device
+        )
+    cache_teacher = train_set is not data.train
+    run = merge_run(flags, teacher.name, block, "conditioned" if objective.conditioned else "merge", cache_teacher)
+    valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
+    history = fit(objective, train_set, valid, flags.training, run, device, flags.data.seed)
     return layer.eval(), history

@@ -4,6 +4,7 @@ For each model at each masked token: top-1/5/10 accuracy against the true token;
 teacher: same top-1, teacher's top-1 within the model's top-5, KL(teacher || model); against a
 larger reference model: whether the model's top-1 lies in the reference's top-1/5/10.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -13,9 +14,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models import IGNORE_INDEX
-from utils.training import to_device
+from utils.device import to_device
 
 TOP_K = (1, 5, 10)
+
+
+def kl_divergence(teacher_log_probs: torch.Tensor, model_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || model) per row: log-probabilities [N, V] -> [N]."""
+    return (teacher_log_probs.exp() * (teacher_log_probs - model_log_probs)).sum(-1)
 
 
 @torch.no_grad()
@@ -49,8 +55,7 @@ def evaluate_mlm(
                 teacher_top = top10[teacher]
                 sums[name]["agree_top1"] += (top[:, 0] == teacher_top[:, 0]).sum().item()
                 sums[name]["teacher_top1_in_top5"] += (top[:, :5] == teacher_top[:, :1]).any(-1).sum().item()
-                teacher_lp = log_probs[teacher]
-                kl = (teacher_lp.exp() * (teacher_lp - log_probs[name])).sum(-1)  # [N]
+                kl = kl_divergence(log_probs[teacher], log_probs[name])  # [N]
                 sums[name]["kl_from_teacher"] += kl.clamp_min(0).sum().item()  # >= 0 up to rounding
             if reference_top10 is not None:
                 for k in TOP_K:

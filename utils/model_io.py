@@ -1,12 +1,13 @@
-"""The saved format of simplified BERTs, and one loader for teachers and simplified models alike.
+"""The saved format of simplified BERTs: writing, reading, and reading the checkpoint of one trained block.
 
 A simplified model is a folder holding:
 - ``model.safetensors``: every weight (embeddings, layers, MLM head);
 - ``sitra.json``: ``{"format": "sitra-simplified-bert", "version": 1, "teacher_config": {...},
   "layers": [{"kind": "teacher"|"student_attention"|"merged", "teacher_layers": [...], "heads", "d_k",
-  "intermediate_size"}, ...], "meta": {...}}``;
+  "dropout", "intermediate_size"}, ...], "meta": {...}}``;
 - the tokenizer files.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,17 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from models import SimplifiedBert
 from utils.checkpoint import load_checkpoint
-from utils.files import atomic_write_dir
 from utils.errors import UserError
+from utils.files import atomic_write_dir
 
 SPEC_FILE = "sitra.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "sitra-simplified-bert"
 
 
-def save_simplified(model: SimplifiedBert, tokenizer: PreTrainedTokenizerBase, folder: str | Path, meta: dict | None = None) -> None:
+def save_simplified(
+    model: SimplifiedBert, tokenizer: PreTrainedTokenizerBase, folder: str | Path, meta: dict | None = None
+) -> None:
     """Write the folder atomically: an existing model there is replaced only once the new one is complete."""
 
     def write(tmp: Path) -> None:
@@ -43,7 +46,9 @@ def is_simplified(folder: str | Path) -> bool:
     return (Path(folder) / SPEC_FILE).is_file()
 
 
-def load_simplified(folder: str | Path, device: torch.device | str = "cpu") -> tuple[SimplifiedBert, PreTrainedTokenizerBase, dict]:
+def load_simplified(
+    folder: str | Path, device: torch.device | str = "cpu"
+) -> tuple[SimplifiedBert, PreTrainedTokenizerBase, dict]:
     """Model (eval mode), tokenizer and the spec's ``meta`` of a saved simplified model."""
     folder = Path(folder)
     try:
@@ -59,8 +64,10 @@ def load_simplified(folder: str | Path, device: torch.device | str = "cpu") -> t
         raise UserError(f"--model {folder}: cannot load {WEIGHTS_FILE} ({str(error).splitlines()[0][:200]})") from None
     really_missing = sorted(set(missing) - _tied_aliases(model, set(missing)))
     if unexpected or really_missing:
-        raise UserError(f"--model {folder}: weights do not match {SPEC_FILE} "
-                        f"(missing {really_missing[:3]}, unexpected {sorted(unexpected)[:3]})")  # fmt: skip
+        raise UserError(
+            f"--model {folder}: weights do not match {SPEC_FILE} "
+            f"(missing {really_missing[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tokenizer, spec.get("meta", {})
 
@@ -73,13 +80,19 @@ def _tied_aliases(model: torch.nn.Module, missing: set[str]) -> set[str]:
     return {name for names in names_by_tensor.values() if set(names) - missing for name in names if name in missing}
 
 
-def load_block_checkpoint(path: str | Path, heads: int | None = None, d_k: int | None = None, flag: str = "--init_from") -> dict:
-    """A retrain_single_block / train_block_till_end checkpoint, checked against the expected heads and d_k."""
+def load_block_checkpoint(
+    path: str | Path, heads: int | None = None, d_k: int | None = None, flag: str = "--init_from"
+) -> dict:
+    """The checkpoint of a block run (a student attention or a merged layer), checked against the
+    expected heads and d_k when given; a missing or corrupt file is a one-line :class:`UserError`."""
     state = load_checkpoint(path, flag)
     identity = state.get("identity", {})
     expected = {"block_heads": heads, "block_d_k": d_k}
-    wrong = [f"{key}={identity.get(key)} (expected {value})" for key, value in expected.items()
-             if value is not None and identity.get(key) != value]  # fmt: skip
+    wrong = [
+        f"{key}={identity.get(key)} (expected {value})"
+        for key, value in expected.items()
+        if value is not None and identity.get(key) != value
+    ]
     if wrong:
         raise UserError(f"{flag} {path}: checkpoint was trained with {', '.join(wrong)}")
     return state

@@ -1,21 +1,26 @@
 """Training objectives: what is trained, against which teacher signal, and how it is evaluated.
 
-Each objective follows :class:`utils.training.Objective`: ``loss`` returns ``(sum, count)`` of
-per-item losses (the loss is their mean). The teacher is frozen and run under ``torch.no_grad``;
+Each objective follows :class:`utils.training.Objective`: ``loss(batch, network)`` returns ``(sum, count)``
+of per-item losses (the loss is their mean), running ``network`` (``self.network``, or its
+DistributedDataParallel wrapper under torchrun). The teacher is frozen and run under ``torch.no_grad``;
 only ``trainable`` gets gradients.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models import IGNORE_INDEX, MultiHeadAttention, SimplifiedBert, assemble
-from utils.metrics import evaluate_mlm
-from utils.training import to_device
+from utils.device import to_device
+from utils.metrics import evaluate_mlm, kl_divergence
+from utils.signals import Signal, TeacherSignal
 
 LossParts = tuple[torch.Tensor, int]
+CPU = torch.device("cpu")
 
 
 def sum_count(values: torch.Tensor) -> LossParts:
@@ -27,11 +32,6 @@ def pointwise(criterion: str, prediction: torch.Tensor, target: torch.Tensor) ->
     """Squared (MSE) or absolute (L1) errors, summed, and the element count."""
     errors = (prediction - target).pow(2) if criterion == "MSE" else (prediction - target).abs()
     return sum_count(errors)
-
-
-def soft_cross_entropy(target_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """-sum p log q over the last dimension, averaged over the rest."""
-    return -(target_probs * log_probs).sum(-1).mean()
 
 
 def distribution_loss(criterion: str, teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> LossParts:
@@ -48,7 +48,7 @@ def distribution_loss(criterion: str, teacher_probs: torch.Tensor, student_probs
 
 
 @torch.no_grad()
-def mean_squared_error(loader, device: torch.device, pairs: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]) -> float:
+def mean_squared_error(loader, device: torch.device, pairs: Callable[[dict], Signal]) -> float:
     """MSE over a loader of ``pairs(batch) -> (prediction, target)``, each [N_real, H]."""
     squared_error, values = 0.0, 0
     for batch in loader:
@@ -61,8 +61,9 @@ def mean_squared_error(loader, device: torch.device, pairs: Callable[[dict], tup
 class AttentionDistillation:
     """Retrain one layer's attention on the teacher's own activations (retrain_single_block.py).
 
-    Input: the hidden state entering layer ``block`` [B, T, H]; target: the teacher's attention
-    output before residual + LayerNorm [B, T, H] (or its attention distribution [B, heads, T, T]).
+    Signal: the hidden state entering layer ``block`` [B, T, H] and the teacher's attention output
+    before residual + LayerNorm [B, T, H]; with ``loss_on_scores`` the teacher's attention distribution
+    [B, heads, T, T] is recomputed from the input (one attention, cheap) and compared instead.
     """
 
     def __init__(
@@ -74,37 +75,27 @@ class AttentionDistillation:
         loss_on_logits: bool = False,
         loss_on_scores: bool = False,
         mlm_metrics: bool = True,
-        device: torch.device = torch.device("cpu"),
+        device: torch.device = CPU,
     ):
         self.teacher, self.block = teacher, block
         self.trainable = self.network = student
         self.teacher_attention = teacher.layers[block].attention
         self.criterion, self.loss_on_logits, self.loss_on_scores = criterion, loss_on_logits, loss_on_scores
         self.mlm_metrics, self.device = mlm_metrics, device
+        self.signal = TeacherSignal(self._teacher_signal)
 
     @torch.no_grad()
-    def teacher_signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Hidden state entering the block, teacher attention output, and (if needed) its distribution;
-        read from the batch when it comes from the teacher cache."""
-        real = batch["attention_mask"].bool()
-        if "cached_input" in batch:
-            hidden_in, teacher_out = batch["cached_input"].float(), batch["cached_target"].float()
-            probs = self.teacher_attention(hidden_in, real, return_probs=True)[1] if self.loss_on_scores else None
-            return hidden_in, teacher_out, probs
+    def _teacher_signal(self, batch: dict) -> Signal:
         hidden_in = self.teacher.encode(batch["input_ids"], batch["attention_mask"], stop=self.block)
-        teacher_out, teacher_probs = self.teacher_attention(hidden_in, real, return_probs=self.loss_on_scores)
-        return hidden_in, teacher_out, teacher_probs
+        return hidden_in, self.teacher_attention(hidden_in, batch["attention_mask"].bool())[0]
 
-    def cache_signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """What ``--cache_teacher`` stores: the block's input and target, [B, T, H] each."""
-        hidden_in, teacher_out, _ = self.teacher_signal(batch)
-        return hidden_in, teacher_out
-
-    def loss(self, batch: dict) -> LossParts:
-        hidden_in, teacher_out, teacher_probs = self.teacher_signal(batch)
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
+        hidden_in, teacher_out = self.signal(batch)
         real = batch["attention_mask"].bool()  # [B, T]: padding does not count
-        student_out, student_probs = self.network(hidden_in, real, return_probs=self.loss_on_scores)
+        student_out, student_probs = network(hidden_in, real, return_probs=self.loss_on_scores)
         if self.loss_on_scores:  # rows [B, heads, T, T] -> [N_real, heads, T]
+            with torch.no_grad():
+                teacher_probs = self.teacher_attention(hidden_in, real, return_probs=True)[1]
             return distribution_loss(
                 self.criterion, teacher_probs.transpose(1, 2)[real].float(), student_probs.transpose(1, 2)[real].float()
             )
@@ -113,8 +104,8 @@ class AttentionDistillation:
             return sum_count(-(teacher_out.softmax(-1) * student_out.log_softmax(-1)).sum(-1))
         return pointwise(self.criterion, student_out, teacher_out)
 
-    def _outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_in, teacher_out, _ = self.teacher_signal(batch)
+    def _outputs(self, batch: dict) -> Signal:
+        hidden_in, teacher_out = self.signal(batch)
         real = batch["attention_mask"].bool()
         return self.trainable(hidden_in, real)[0][real], teacher_out[real]
 
@@ -124,8 +115,11 @@ class AttentionDistillation:
         if self.mlm_metrics:
             replaced = assemble(self.teacher, attentions={self.block: self.trainable}).eval()
             mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
-            metrics.update(teacher_top1=mlm["teacher"]["top1"], replaced_top1=mlm["replaced"]["top1"],
-                           replaced_agree_top1=mlm["replaced"]["agree_top1"])  # fmt: skip
+            metrics.update(
+                teacher_top1=mlm["teacher"]["top1"],
+                replaced_top1=mlm["replaced"]["top1"],
+                replaced_agree_top1=mlm["replaced"]["agree_top1"],
+            )
         return metrics
 
 
@@ -136,9 +130,10 @@ class MaskedLMTraining:
         self.trainable = self.network = model
         self.device = device
 
-    def loss(self, batch: dict) -> LossParts:
-        logits = self.network(**batch)  # [N, V]
-        return sum_count(F.cross_entropy(logits.float(), batch["labels"][batch["labels"] != IGNORE_INDEX], reduction="none"))
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
+        logits = network(**batch)  # [N, V]
+        targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+        return sum_count(F.cross_entropy(logits.float(), targets, reduction="none"))
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
@@ -147,7 +142,11 @@ class MaskedLMTraining:
 
 
 def output_distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, hard_label_weight: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    hard_label_weight: float,
 ) -> LossParts:
     """KL(teacher || student) of the masked-token distributions at ``temperature`` (scaled by T^2 so the
     gradient size does not depend on T), plus ``hard_label_weight`` x cross-entropy with the true tokens;
@@ -155,7 +154,7 @@ def output_distillation_loss(
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     teacher_log_probs = (teacher_logits / temperature).log_softmax(-1)
     student_log_probs = (student_logits / temperature).log_softmax(-1)
-    per_token = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1) * temperature**2
+    per_token = kl_divergence(teacher_log_probs, student_log_probs) * temperature**2
     if hard_label_weight:
         per_token = per_token + hard_label_weight * F.cross_entropy(student_logits, labels, reduction="none")
     return sum_count(per_token)
@@ -166,28 +165,37 @@ class OutputDistillation:
     the teacher's (train_block_till_end, train_full_merged_model, finetune_fully_merged)."""
 
     def __init__(
-        self, teacher: SimplifiedBert, student: SimplifiedBert, trainable: torch.nn.Module, temperature: float = 1.0,
-        hard_label_weight: float = 0.0, device: torch.device = torch.device("cpu"),
-    ):  # fmt: skip
+        self,
+        teacher: SimplifiedBert,
+        student: SimplifiedBert,
+        trainable: nn.Module,
+        temperature: float = 1.0,
+        hard_label_weight: float = 0.0,
+        device: torch.device = CPU,
+    ):
         self.teacher, self.trainable, self.network = teacher, trainable, student
+        self.student = student
         self.temperature, self.hard_label_weight, self.device = temperature, hard_label_weight, device
 
-    @property
-    def student(self) -> SimplifiedBert:
-        return getattr(self.network, "module", self.network)  # unwrapped from DDP
-
-    def loss(self, batch: dict) -> LossParts:
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
         with torch.no_grad():
             teacher_logits = self.teacher(**batch)
         labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
-        return output_distillation_loss(self.network(**batch), teacher_logits, labels, self.temperature, self.hard_label_weight)
+        return output_distillation_loss(
+            network(**batch), teacher_logits, labels, self.temperature, self.hard_label_weight
+        )
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
         mlm, _ = evaluate_mlm({"teacher": self.teacher, "student": self.student}, loader, self.device)
         student = mlm["student"]
-        return {"teacher_top1": mlm["teacher"]["top1"], "top1": student["top1"], "top5": student["top5"],
-                "agree_top1": student["agree_top1"], "kl_from_teacher": student["kl_from_teacher"]}  # fmt: skip
+        return {
+            "teacher_top1": mlm["teacher"]["top1"],
+            "top1": student["top1"],
+            "top5": student["top5"],
+            "agree_top1": student["agree_top1"],
+            "kl_from_teacher": student["kl_from_teacher"],
+        }
 
 
 class MergeDistillation:
@@ -199,42 +207,49 @@ class MergeDistillation:
     """
 
     def __init__(
-        self, teacher: SimplifiedBert, block: int, merged: torch.nn.Module, prefix: SimplifiedBert | None = None,
-        prefix_stop: int | None = None, mlm_metrics: bool = True, device: torch.device = torch.device("cpu"),
-    ):  # fmt: skip
+        self,
+        teacher: SimplifiedBert,
+        block: int,
+        merged: nn.Module,
+        prefix: SimplifiedBert | None = None,
+        prefix_stop: int | None = None,
+        mlm_metrics: bool = True,
+        device: torch.device = CPU,
+    ):
         self.teacher, self.block = teacher, block
         self.trainable = self.network = merged
         self.prefix = prefix if prefix is not None else teacher
         self.prefix_stop = block if prefix_stop is None else prefix_stop
         self.mlm_metrics, self.device = mlm_metrics, device
+        self.signal = TeacherSignal(self._teacher_signal)
+
+    @property
+    def conditioned(self) -> bool:
+        return self.prefix is not self.teacher
 
     @torch.no_grad()
-    def signal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merged layer input [B, T, H] and the teacher's hidden state after layer block+1 [B, T, H]
-        (read from the batch when it comes from the teacher cache)."""
-        if "cached_input" in batch:
-            return batch["cached_input"].float(), batch["cached_target"].float()
-        teacher_in = self.teacher.encode(batch["input_ids"], batch["attention_mask"], stop=self.block)
-        target = self.teacher.encode(None, batch["attention_mask"], hidden=teacher_in, start=self.block, stop=self.block + 2)
-        if self.prefix is self.teacher:
+    def _teacher_signal(self, batch: dict) -> Signal:
+        """Merged layer input [B, T, H] and the teacher's hidden state after layer block+1 [B, T, H]."""
+        mask = batch["attention_mask"]
+        teacher_in = self.teacher.encode(batch["input_ids"], mask, stop=self.block)
+        target = self.teacher.encode(None, mask, hidden=teacher_in, start=self.block, stop=self.block + 2)
+        if not self.conditioned:
             return teacher_in, target
-        return self.prefix.encode(batch["input_ids"], batch["attention_mask"], stop=self.prefix_stop), target
+        return self.prefix.encode(batch["input_ids"], mask, stop=self.prefix_stop), target
 
-    cache_signal = signal
-
-    def loss(self, batch: dict) -> LossParts:
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
         hidden_in, target = self.signal(batch)
         real = batch["attention_mask"].bool()
-        return pointwise("MSE", self.network(hidden_in, real)[real].float(), target[real].float())
+        return pointwise("MSE", network(hidden_in, real)[real].float(), target[real].float())
 
-    def _outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _outputs(self, batch: dict) -> Signal:
         hidden_in, target = self.signal(batch)
         real = batch["attention_mask"].bool()
         return self.trainable(hidden_in, real)[real], target[real]
 
     def model(self) -> SimplifiedBert:
         """The teacher with the pair replaced (after the conditioned prefix, if any), in eval mode."""
-        if self.prefix is self.teacher:
+        if not self.conditioned:
             return assemble(self.teacher, merged={self.block: self.trainable}).eval()
         layers = [*self.prefix.layers[: self.prefix_stop], self.trainable, *self.teacher.layers[self.block + 2 :]]
         return SimplifiedBert(self.teacher.config, self.teacher.embeddings, layers, self.teacher.mlm_head).eval()
@@ -244,6 +259,9 @@ class MergeDistillation:
         metrics = {"merge_mse": mean_squared_error(loader, self.device, self._outputs)}
         if self.mlm_metrics:
             mlm, _ = evaluate_mlm({"teacher": self.teacher, "merged": self.model()}, loader, self.device)
-            metrics.update(teacher_top1=mlm["teacher"]["top1"], merged_top1=mlm["merged"]["top1"],
-                           merged_agree_top1=mlm["merged"]["agree_top1"])  # fmt: skip
+            metrics.update(
+                teacher_top1=mlm["teacher"]["top1"],
+                merged_top1=mlm["merged"]["top1"],
+                merged_agree_top1=mlm["merged"]["agree_top1"],
+            )
         return metrics

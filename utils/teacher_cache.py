@@ -3,7 +3,7 @@
 The frozen teacher's layers below the block cost most of a training step (nearly all of it for the last
 layers). With the cache they run once: for every training sentence the hidden state entering the block
 and the block's target are stored as fp16 memory-mapped arrays under
-``{storage}/cache/{name}/`` (``input.f16``, ``target.f16``: [total tokens, hidden]; ``offsets.npy``:
+the storage directory's cache folder (``input.f16``, ``target.f16``: [total tokens, hidden]; ``offsets.npy``:
 [sentences + 1]; ``key.json``). Later epochs read them instead of running the teacher.
 
 The activations depend on which token is masked, so with the cache every training sentence keeps one
@@ -11,6 +11,7 @@ mask, the one of training epoch 1 (the "masking seed"); the order of sentences s
 epoch. The cache is keyed by teacher, data (a hash of the token ids), block, seq_len and masking seed,
 and rebuilt when any of them differs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,18 +20,21 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from utils.args import Flags
 from utils.data import MaskedSentences, make_loader, sequential_batches
+from utils.device import to_device
 from utils.distributed import Distributed, init_distributed
 from utils.files import temporary_prefix
-from utils.training import to_device
+from utils.signals import STORED_INPUT, STORED_TARGET, Signal, TeacherSignal
+from utils.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,8 @@ def data_fingerprint(sentences: MaskedSentences) -> str:
 
 
 class CachedSignals(torch.utils.data.Dataset):
-    """Training items ``{"cached_input": [n, H], "cached_target": [n, H]}`` (fp16), read from the cache."""
+    """Training items ``{STORED_INPUT: [n, H], STORED_TARGET: [n, H]}`` (fp16), read from the cache: a
+    dataset of (input, target) that :class:`utils.signals.TeacherSignal` reads."""
 
     def __init__(self, folder: Path, hidden: int):
         self.offsets = np.load(folder / "offsets.npy")
@@ -65,30 +70,38 @@ class CachedSignals(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         start, stop = self.offsets[index], self.offsets[index + 1]
-        return {"cached_input": torch.from_numpy(np.array(self.inputs[start:stop])),
-                "cached_target": torch.from_numpy(np.array(self.targets[start:stop]))}  # fmt: skip
+        return {
+            STORED_INPUT: torch.from_numpy(np.array(self.inputs[start:stop])),
+            STORED_TARGET: torch.from_numpy(np.array(self.targets[start:stop])),
+        }
 
     def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
         return collate_cached(items)
 
 
 def collate_cached(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad to the longest sentence: cached_input/cached_target [B, T, H] fp16, attention_mask [B, T]."""
-    length, hidden = max(len(item["cached_input"]) for item in items), items[0]["cached_input"].shape[1]
-    batch = {key: torch.zeros(len(items), length, hidden, dtype=torch.float16) for key in ("cached_input", "cached_target")}
+    """Pad to the longest sentence: stored input and target [B, T, H] fp16, attention_mask [B, T]."""
+    length, hidden = max(len(item[STORED_INPUT]) for item in items), items[0][STORED_INPUT].shape[1]
+    batch = {key: torch.zeros(len(items), length, hidden, dtype=torch.float16) for key in (STORED_INPUT, STORED_TARGET)}
     batch["attention_mask"] = torch.zeros(len(items), length, dtype=torch.long)
     for row, item in enumerate(items):
-        n = len(item["cached_input"])
-        batch["cached_input"][row, :n] = item["cached_input"]
-        batch["cached_target"][row, :n] = item["cached_target"]
+        n = len(item[STORED_INPUT])
+        batch[STORED_INPUT][row, :n] = item[STORED_INPUT]
+        batch[STORED_TARGET][row, :n] = item[STORED_TARGET]
         batch["attention_mask"][row, :n] = 1
     return batch
 
 
 def open_cache(
-    folder: Path, key: dict, train_set: MaskedSentences, hidden: int, device: torch.device,
-    signal: Callable[[dict], tuple[torch.Tensor, torch.Tensor]], world: Distributed, batch_size: int = 128,
-) -> CachedSignals:  # fmt: skip
+    folder: Path,
+    key: dict,
+    train_set: MaskedSentences,
+    hidden: int,
+    device: torch.device,
+    signal: Callable[[dict], Signal],
+    world: Distributed,
+    batch_size: int = 128,
+) -> CachedSignals:
     """The cache at ``folder`` for ``key``; (re)built first by rank 0 when missing or made for another key."""
     key = {**key, "data": data_fingerprint(train_set), "masking_epoch": CACHE_EPOCH}
     if world.is_main and _saved_key(folder) != key:
@@ -113,8 +126,13 @@ def _build(folder, key, train_set, hidden, device, signal, batch_size) -> None:
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     tokens = int(offsets[-1])
     size = 2 * tokens * hidden * 2
-    log.info("building the teacher cache %s: %d sentences, %d tokens, %.2f GB (fp16 input + target)",
-             folder, len(lengths), tokens, size / 1e9)  # fmt: skip
+    log.info(
+        "building the teacher cache %s: %d sentences, %d tokens, %.2f GB (fp16 input + target)",
+        folder,
+        len(lengths),
+        tokens,
+        size / 1e9,
+    )
     scratch = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder), dir=folder.parent))
     tmp = scratch / "cache"
     tmp.mkdir()
@@ -140,9 +158,28 @@ def _build(folder, key, train_set, hidden, device, signal, batch_size) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def cached_training_set(args, name: str, teacher_name: str, block: int, objective, train_set: MaskedSentences,
-                        hidden: int, device: torch.device) -> CachedSignals:  # fmt: skip
-    """The training set of a block run read from ``{storage}/cache/{name}/`` (built when needed)."""
-    key = {"teacher": teacher_name, "kind": name, "block": block, "seq_len": args.seq_len, "masking_seed": args.seed}
-    folder = Path(args.storage_directory) / "cache" / name
-    return open_cache(folder, key, train_set, hidden, device, objective.cache_signal, init_distributed(device))
+def teacher_training_set(
+    flags: Flags,
+    teacher_name: str,
+    kind: str,
+    block: int,
+    signal: TeacherSignal,
+    train_set: MaskedSentences,
+    hidden: int,
+    device: torch.device,
+) -> MaskedSentences | CachedSignals:
+    """The training set of a block run (``kind``: block or merge): the sentences themselves, or with
+    ``--cache_teacher`` the teacher's ``signal`` for them, read from the cache ``{kind}_{block}`` (built
+    when missing or made for another teacher, data, seq_len or masking seed)."""
+    if not flags.cache.cache_teacher:
+        return train_set
+    name = f"{kind}_{block}"
+    key = {
+        "teacher": teacher_name,
+        "kind": name,
+        "block": block,
+        "seq_len": flags.data.seq_len,
+        "masking_seed": flags.data.seed,
+    }
+    folder = Storage(flags.storage.storage_directory).cache(name)
+    return open_cache(folder, key, train_set, hidden, device, signal, init_distributed(device))

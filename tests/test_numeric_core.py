@@ -1,0 +1,104 @@
+"""The numeric core against answers worked out by hand or counted by torch, not against ranges."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertConfig
+
+from models import IGNORE_INDEX, TransformerLayer
+from models.cost import layer_flops_per_token
+from utils.metrics import evaluate_mlm
+from utils.objectives import output_distillation_loss
+from utils.signals import STORED_INPUT, STORED_TARGET, TeacherSignal
+
+VOCAB = 10
+SIGMOID_1 = 1 / (1 + math.exp(-1))
+
+
+def logits(*rows: dict[int, float]) -> torch.Tensor:
+    """[N, VOCAB] logits: the given token scores, every other token far below (probability ~ e^-100)."""
+    table = torch.full((len(rows), VOCAB), -100.0)
+    for index, row in enumerate(rows):
+        for token, score in row.items():
+            table[index, token] = score
+    return table
+
+
+class Fixed(nn.Module):
+    """A 'model' that returns the same masked-token logits for any batch."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids, attention_mask, labels):
+        return self.table
+
+
+# two sentences, targets 1 and 3:
+# sentence 0: teacher ranks 1 > 2 (right), model ranks 2 > 1 (wrong, disagrees; KL = 2*sigmoid(1) - 1)
+# sentence 1: teacher and model both rank 0 > 3 (both wrong, they agree, KL = 0)
+TEACHER = logits({1: 5.0, 2: 4.0}, {0: 5.0, 3: 1.0})
+MODEL = logits({2: 5.0, 1: 4.0}, {0: 5.0, 3: 1.0})
+
+
+def one_batch():
+    labels = torch.full((2, 4), IGNORE_INDEX)
+    labels[0, 1], labels[1, 2] = 1, 3
+    return [{"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4), "labels": labels}]
+
+
+def test_evaluate_mlm_on_hand_made_logits():
+    metrics, predictions = evaluate_mlm(
+        {"teacher": Fixed(TEACHER), "model": Fixed(MODEL)},
+        one_batch(),
+        torch.device("cpu"),
+        reference=Fixed(TEACHER),
+        keep_predictions=True,
+    )
+    teacher, model = metrics["teacher"], metrics["model"]
+    assert teacher["top1"] == 0.5 and teacher["top5"] == 1.0 and teacher["in_reference_top1"] == 1.0
+    assert model["top1"] == 0.0 and model["top5"] == 1.0 and model["top10"] == 1.0
+    assert model["agree_top1"] == 0.5 and model["teacher_top1_in_top5"] == 1.0
+    assert model["in_reference_top1"] == 0.5 and model["in_reference_top5"] == 1.0
+    assert model["kl_from_teacher"] == pytest.approx((2 * SIGMOID_1 - 1) / 2, abs=1e-6)
+    assert model["sentences"] == teacher["sentences"] == 2
+    assert predictions["model"][:, 0].tolist() == [2, 0] and predictions["reference"].shape == (2, 10)
+
+
+def test_output_distillation_loss_known_values():
+    labels = torch.tensor([1, 3])
+    total, count = output_distillation_loss(TEACHER, TEACHER, labels, temperature=1.0, hard_label_weight=0.0)
+    assert count == 2 and total.item() == pytest.approx(0.0, abs=1e-6)
+    total, _ = output_distillation_loss(MODEL, TEACHER, labels, temperature=1.0, hard_label_weight=0.0)
+    assert total.item() == pytest.approx(2 * SIGMOID_1 - 1, abs=1e-5)
+    # at temperature T the logit gap 1 becomes 1/T, and the T^2 factor keeps the scale: (2 sigmoid(1/T) - 1) T
+    total, _ = output_distillation_loss(MODEL, TEACHER, labels, temperature=2.0, hard_label_weight=0.0)
+    assert total.item() == pytest.approx((2 / (1 + math.exp(-0.5)) - 1) * 2, abs=1e-5)
+    # the hard label adds -log p_model(true token): log(1 + e) for sentence 0, 4 + log(1 + e^-4) for sentence 1
+    total, _ = output_distillation_loss(MODEL, TEACHER, labels, temperature=1.0, hard_label_weight=1.0)
+    expected = 2 * SIGMOID_1 - 1 + math.log(1 + math.e) + 4 + math.log(1 + math.exp(-4))
+    assert total.item() == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("heads,d_k,intermediate", [(2, 8, 48), (4, 8, 64), (3, 5, 16)])
+def test_layer_flops_match_torchs_count(heads, d_k, intermediate):
+    config = BertConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    layer = TransformerLayer.fresh(config, heads, d_k, 0.0, intermediate, {"kind": "merged", "teacher_layers": [0, 1]})
+    length, hidden = 10, torch.randn(1, 10, 32)
+    with FlopCounterMode(display=False) as counter:  # the explicit-softmax path: every matmul is visible
+        layer.attention(hidden, torch.ones(1, length, dtype=torch.bool), return_probs=True)
+        layer.ffn_out(layer.activation(layer.ffn_in(hidden)))
+    assert layer_flops_per_token(layer.eval(), length) == counter.get_total_flops() / length
+
+
+def test_teacher_signal_reads_a_stored_batch_and_computes_otherwise():
+    computed = []
+    signal = TeacherSignal(lambda batch: computed.append(batch) or (torch.zeros(1), torch.ones(1)))
+    stored = {STORED_INPUT: torch.full((1, 2, 3), 2.0, dtype=torch.float16), STORED_TARGET: torch.ones(1, 2, 3)}
+    hidden_in, target = signal(stored)
+    assert hidden_in.dtype == torch.float32 and hidden_in.eq(2).all() and not computed
+    assert signal({"input_ids": None})[1].eq(1).all() and len(computed) == 1

@@ -1,0 +1,114 @@
+"""The layout of ``--storage_directory``: the only module that knows where things go under it.
+
+::
+
+    {root}/checkpoints/wikitext2/{run}/     one training run: latest.pt, epoch_NNN.pt, metrics.jsonl
+        block runs are named {kind}_{block}_{d_k}_{heads} (kind: block, till_end, merge, conditioned)
+    {root}/models/{name}/                   saved simplified models (sitra.json + model.safetensors)
+    {root}/results/{name}/                  evaluations: metrics.json, metrics.md, predictions.tsv
+    {root}/cache/{name}/                    teacher caches (--cache_teacher)
+    {root}/teacher/                         the teacher train_teacher.py writes
+    {root}/report/                          make_report.py's tables and plots
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DATASET_NAME = "wikitext2"
+LATEST = "latest.pt"
+LAYER_DROP_MODEL = "layer_drop"
+BLOCK_RUN_KINDS = ("block", "till_end", "merge", "conditioned")
+_BLOCK_RUN = re.compile(rf"^({'|'.join(BLOCK_RUN_KINDS)})_(\d+)_(\d+)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class BlockRun:
+    """What a block run's folder name says: its kind, block and student shape."""
+
+    kind: str
+    block: int
+    heads: int
+    d_k: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_{self.block}_{self.d_k}_{self.heads}"  # the seed's order: d_k before heads
+
+    @classmethod
+    def parse(cls, name: str) -> BlockRun | None:
+        """The fields of a block run folder name, or None for any other name."""
+        match = _BLOCK_RUN.match(name)
+        if match is None:
+            return None
+        kind, block, d_k, heads = match.groups()
+        return cls(kind, int(block), int(heads), int(d_k))
+
+
+class Storage:
+    """Paths under one storage directory (nothing is created here)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "checkpoints" / DATASET_NAME
+
+    def run(self, name: str) -> Path:
+        return self.runs / name
+
+    def block_run(self, kind: str, block: int, heads: int, d_k: int) -> Path:
+        return self.run(BlockRun(kind, block, heads, d_k).name)
+
+    def block_checkpoint(self, kind: str, block: int, heads: int, d_k: int) -> Path:
+        """The rolling checkpoint of a block run."""
+        return self.block_run(kind, block, heads, d_k) / LATEST
+
+    def block_runs(self, kind: str) -> list[tuple[BlockRun, Path]]:
+        """Every run folder of ``kind`` with its parsed name, sorted by name."""
+        found = [(BlockRun.parse(path.name), path) for path in sorted(self.runs.glob(f"{kind}_*"))]
+        return [(run, path) for run, path in found if run is not None and run.kind == kind]
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model(self, name: str) -> Path:
+        return self.models / name
+
+    def retrained_model(self, heads: int, d_k: int) -> Path:
+        """Where the notebook saves the assembled retrained model."""
+        return self.model(f"retrained_{d_k}_{heads}")
+
+    def merged_model(self, heads: int, d_k: int, source: str = "merge") -> Path:
+        """Where finetune_fully_merged.py saves the fully merged model (``source``: merge or conditioned)."""
+        suffix = "" if source == "merge" else f"_{source}"
+        return self.model(f"merged_{d_k}_{heads}{suffix}")
+
+    def layer_drop_model(self) -> Path:
+        return self.model(LAYER_DROP_MODEL)
+
+    def results(self, name: str) -> Path:
+        return self.root / "results" / name
+
+    @property
+    def all_results(self) -> list[Path]:
+        """Every evaluation's metrics.json."""
+        return sorted((self.root / "results").glob("*/metrics.json"))
+
+    def fully_merged_results(self, heads: int, d_k: int) -> Path:
+        return self.results(f"fully_merged_{d_k}_{heads}")
+
+    def cache(self, name: str) -> Path:
+        return self.root / "cache" / name
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
