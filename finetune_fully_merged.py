@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from models import assemble
-from utils.args import FINETUNE_FLAGS, StudentArguments, TeacherArguments, flag, parse_args
+from utils.args import FINETUNE_FLAGS, ExportArguments, StudentArguments, TeacherArguments, flag, parse_args
 from utils.assembly import collect_merged_layers
 from utils.data import load_data
 from utils.errors import UserError, cli_entry
@@ -32,7 +32,7 @@ class FullyMergedArguments:
     output_model: Optional[str] = flag(None, "Folder of the finetuned model (default: the storage directory's models).")
 
 
-GROUPS = [TeacherArguments, StudentArguments, FullyMergedArguments, *FINETUNE_FLAGS]
+GROUPS = [TeacherArguments, StudentArguments, FullyMergedArguments, *FINETUNE_FLAGS, ExportArguments]
 
 
 @cli_entry

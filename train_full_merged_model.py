@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Optional
 
 from models import select_trainable
-from utils.args import FINETUNE_FLAGS, ModelArguments, StudentArguments, TeacherArguments, flag, parse_args
+from utils.args import (
+    FINETUNE_FLAGS,
+    ExportArguments,
+    ModelArguments,
+    StudentArguments,
+    TeacherArguments,
+    flag,
+    parse_args,
+)
 from utils.data import load_data
 from utils.errors import cli_entry
 from utils.experiment import start
@@ -26,7 +34,7 @@ class FinetuneArguments:
     output_model: Optional[str] = flag(None, "Folder of the finetuned model (default: --model with suffix _finetuned).")
 
 
-GROUPS = [TeacherArguments, ModelArguments, StudentArguments, FinetuneArguments, *FINETUNE_FLAGS]
+GROUPS = [TeacherArguments, ModelArguments, StudentArguments, FinetuneArguments, *FINETUNE_FLAGS, ExportArguments]
 
 
 @cli_entry

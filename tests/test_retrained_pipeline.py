@@ -20,10 +20,10 @@ NOTEBOOK = REPO / "notebooks" / "build_bert_from_retrained_12.ipynb"
 
 
 def run_notebook(parameters: dict, workdir: Path) -> nbformat.NotebookNode:
-    """Execute the notebook headless with its tagged parameters cell replaced (what papermill does)."""
+    """Execute the notebook headless with values appended to its tagged parameters cell (as papermill does)."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    cell.source += "\n" + "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     return notebook
 
@@ -58,6 +58,7 @@ def test_retrained_pipeline(flags, run_flags, tiny_teacher_dir, tiny_data_dir, c
             "eval_sentences": 20,
             "seq_len": 40,
             "seed": 42,
+            "export_hf": str(storage.root / "exported"),
         },
         storage.root,
     )
@@ -68,6 +69,9 @@ def test_retrained_pipeline(flags, run_flags, tiny_teacher_dir, tiny_data_dir, c
     model, _, meta = load_simplified(model_dir)
     assert [layer.origin["kind"] for layer in model.layers] == ["student_attention", "student_attention", "teacher"]
     assert meta["missing"] == [2]
+    exported, _, _ = load_simplified(storage.root / "exported")  # the notebook's last cell
+    assert (storage.root / "exported" / "modeling_sitra_bert.py").exists()
+    assert torch.equal(exported.layers[1].attention.key.weight, model.layers[1].attention.key.weight)
     block0 = torch.load(storage.block_checkpoint("block", 0, heads=2, d_k=8), weights_only=True)["model"]
     assert torch.equal(model.layers[0].attention.query.weight, block0["query.weight"])
 

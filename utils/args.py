@@ -204,6 +204,13 @@ class CacheArguments:
 
 
 @dataclass
+class ExportArguments:
+    export_hf: Optional[str] = flag(
+        None, "Also export the saved model as a Hugging Face folder here (see export_hf.py)."
+    )
+
+
+@dataclass
 class RuntimeArguments:
     device: Optional[str] = flag(
         None, "torch device; default cuda (this process's GPU under torchrun) when available, else cpu."

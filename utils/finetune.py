@@ -11,6 +11,7 @@ from models import SimplifiedBert, parameter_count
 from utils.args import Flags
 from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader
+from utils.export import export_hf
 from utils.model_io import save_simplified
 from utils.objectives import OutputDistillation
 from utils.teacher import Teacher
@@ -41,4 +42,7 @@ def finetune_and_save(
     meta = {**meta, "teacher": teacher.name, "finetune_run": str(run.path), "final_validation": history[-1]}
     save_simplified(student, teacher.tokenizer, output_dir, meta=meta)
     log.info("saved the finetuned model to %s", output_dir)
+    if flags.export.export_hf:
+        kind = export_hf(student, teacher.tokenizer, flags.export.export_hf, meta)
+        log.info("exported it as a Hugging Face folder (%s) to %s", kind, flags.export.export_hf)
     return history

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 from models import SimplifiedBert
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.export import is_exported, load_exported
 from utils.files import atomic_write_dir
 
 SPEC_FILE = "sitra.json"
@@ -49,14 +50,16 @@ def is_simplified(folder: str | Path) -> bool:
 def load_simplified(
     folder: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[SimplifiedBert, PreTrainedTokenizerBase, dict]:
-    """Model (eval mode), tokenizer and the spec's ``meta`` of a saved simplified model."""
+    """Model (eval mode), tokenizer and the spec's ``meta`` of a saved simplified model, or of a folder
+    written by ``export_hf.py`` (its meta is empty)."""
     folder = Path(folder)
+    if not (folder / SPEC_FILE).exists() and is_exported(folder):
+        return load_exported(folder).to(device), _tokenizer(folder), {}
     try:
         spec = json.loads((folder / SPEC_FILE).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"--model {folder}: cannot read {SPEC_FILE} ({type(error).__name__})") from None
-    if spec.get("format") != FORMAT:
-        raise UserError(f"--model {folder}: {SPEC_FILE} is not a sitra model spec")
+    _check_spec(folder, spec)
     model = SimplifiedBert.from_spec(BertConfig.from_dict(spec["teacher_config"]), spec["layers"])
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
@@ -68,8 +71,35 @@ def load_simplified(
             f"--model {folder}: weights do not match {SPEC_FILE} "
             f"(missing {really_missing[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model.to(device).eval(), tokenizer, spec.get("meta", {})
+    return model.to(device).eval(), _tokenizer(folder), spec.get("meta", {})
+
+
+def _tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    try:
+        # a BERT config stands in for the folder's: an exported sitra-bert config would ask for remote code
+        return AutoTokenizer.from_pretrained(folder, config=BertConfig(), trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--model {folder}: cannot load its tokenizer ({str(error).splitlines()[0][:200]})") from None
+
+
+LAYER_KEYS = ("kind", "teacher_layers", "heads", "d_k", "intermediate_size")
+
+
+def _check_spec(folder: Path, spec) -> None:
+    """A one-line error for a spec file that is JSON but not of the expected shape."""
+    problem = None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        problem = "is not a sitra model spec"
+    elif not isinstance(spec.get("teacher_config"), dict) or not isinstance(spec.get("layers"), list):
+        problem = "lacks teacher_config or layers"
+    else:
+        bad = [
+            i for i, layer in enumerate(spec["layers"]) if not isinstance(layer, dict) or set(LAYER_KEYS) - set(layer)
+        ]
+        if bad:
+            problem = f"layer {bad[0]} lacks one of {', '.join(LAYER_KEYS)}"
+    if problem:
+        raise UserError(f"--model {folder}: {SPEC_FILE} {problem}")
 
 
 def _tied_aliases(model: torch.nn.Module, missing: set[str]) -> set[str]:
