@@ -31,7 +31,8 @@ nbformat.write(nb, f"{storage}/build_bert_from_retrained_12.executed.ipynb")
 PYEOF
 $PY eval_retrained_12.py "${EVAL[@]}" --block_heads $HEADS --block_d_k $DK
 $PY train_block_till_end.py "${COMMON[@]}" --block 2 --block_heads $HEADS --block_d_k $DK --epochs 1
-$PY train_full_merged_model.py "${COMMON[@]}" --block_heads $HEADS --block_d_k $DK --epochs 1
+$PY train_full_merged_model.py "${COMMON[@]}" --block_heads $HEADS --block_d_k $DK --epochs 1 \
+    --export_hf "$STORAGE/exported/retrained_${DK}_${HEADS}_finetuned"
 $PY eval_retrained_12.py "${EVAL[@]}" --model "$STORAGE/models/retrained_${DK}_${HEADS}_finetuned"
 
 # 2. merge every pair, train the chain conditionally, finetune the fully merged models and the layer-drop baseline
@@ -41,7 +42,13 @@ for ((block = 0; block + 1 < LAYERS; block += 2)); do
   $PY eval_merge_layer.py "${EVAL[@]}" --block $block --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --latency_repeats 5
 done
 $PY finetune_conditioned_fully_merged.py "${COMMON[@]}" --all --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --merge_init first --epochs 1
-for variant in "" "--source conditioned" "--baseline layer_drop"; do
+$PY finetune_fully_merged.py "${COMMON[@]}" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --epochs 1 \
+    --export_hf "$STORAGE/exported/merged_${MERGE_DK}_${MERGE_HEADS}"
+for variant in "--source conditioned" "--baseline layer_drop"; do
   $PY finetune_fully_merged.py "${COMMON[@]}" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK --epochs 1 $variant
 done
 $PY evaluate_fully_merged_layer.py "${EVAL[@]}" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK
+
+# 3. the exported models in plain transformers, beside the teacher
+$PY bench/fill_mask.py --models "$TEACHER" "$STORAGE/exported/retrained_${DK}_${HEADS}_finetuned" \
+    "$STORAGE/exported/merged_${MERGE_DK}_${MERGE_HEADS}" --sentence "${SENTENCE:-the river flows into the [MASK] near the city .}"
