@@ -26,8 +26,9 @@ from utils.errors import UserError, cli_entry
 from utils.experiment import start
 from utils.merging import train_merged_layer
 from utils.model_io import load_block_checkpoint
+from utils.runs import already_finished, merge_run
 from utils.storage import Storage
-from utils.teacher import load_teacher
+from utils.teacher import inspect_teacher, load_teacher
 
 
 @dataclass
@@ -46,19 +47,24 @@ GROUPS = [TeacherArguments, ChainArguments, StudentArguments, DropoutArguments, 
 def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
     flags = parse_args(GROUPS, __doc__, argv)
     device = start(flags, flags.data.seed)
-    teacher = load_teacher(flags.teacher.teacher, device)
+    info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     chain, heads, d_k = flags.chain, flags.student.block_heads, flags.student.block_d_k
-    pairs = list(range(0, teacher.num_layers - 1, 2))
+    pairs = list(range(0, info.num_layers - 1, 2))
     if not chain.all:
-        teacher.check_layer(chain.block, pair=True)
+        info.check_layer(chain.block, pair=True)
         if chain.block % 2:
             raise UserError(f"--block {chain.block}: conditioned pairs start at even layers ({pairs})")
         pairs = [chain.block]
+    runs = {block: merge_run(flags, info, block, "conditioned") for block in pairs}
+    pending = [block for block in pairs if not already_finished(runs[block], flags)]
+    if not pending:
+        return {block: run.read_metrics() for block, run in runs.items()}
+    teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
     storage = Storage(flags.storage.storage_directory)
 
-    histories = {}
-    for block in pairs:
+    histories = {block: runs[block].read_metrics() for block in pairs if block not in pending}
+    for block in pending:
         earlier, _, missing = collect_merged_layers(
             storage.root, teacher.model, teacher.name, heads, d_k, kind="conditioned", below=block
         )
@@ -70,10 +76,10 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
         prefix = assemble(teacher.model, merged={b: layer.to(device) for b, layer in earlier.items()}).eval()
         warm = storage.block_checkpoint("merge", block, heads, d_k)
         warm_start = load_block_checkpoint(warm, heads, d_k)["model"] if warm.exists() else None
-        _, histories[block] = train_merged_layer(
-            teacher, block, flags, device, data, prefix, prefix_stop=len(earlier), warm_start=warm_start
+        histories[block] = train_merged_layer(
+            teacher, block, flags, device, data, runs[block], prefix, prefix_stop=len(earlier), warm_start=warm_start
         )
-    return histories
+    return dict(sorted(histories.items()))
 
 
 if __name__ == "__main__":

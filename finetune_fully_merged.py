@@ -16,9 +16,9 @@ from utils.data import load_data
 from utils.errors import UserError, cli_entry
 from utils.experiment import start
 from utils.finetune import finetune_and_save
-from utils.runs import finetune_run
+from utils.runs import already_finished, finetune_run
 from utils.storage import Storage
-from utils.teacher import load_teacher
+from utils.teacher import inspect_teacher, load_teacher
 
 
 @dataclass
@@ -39,13 +39,20 @@ GROUPS = [TeacherArguments, StudentArguments, FullyMergedArguments, *FINETUNE_FL
 def main(argv: list[str] | None = None) -> list[dict]:
     flags = parse_args(GROUPS, __doc__, argv, lr=1e-4, epochs=1)
     device = start(flags, flags.data.seed)
-    teacher = load_teacher(flags.teacher.teacher, device)
+    info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     storage, options = Storage(flags.storage.storage_directory), flags.fully_merged
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
-    if options.baseline == "layer_drop":
+    layer_drop = options.baseline == "layer_drop"
+    default_output = storage.layer_drop_model() if layer_drop else storage.merged_model(heads, d_k, options.source)
+    output = Path(options.output_model or default_output)
+    run = finetune_run(flags, info, default_output.name)
+    if already_finished(run, flags, output):
+        return run.read_metrics()
+    teacher = load_teacher(info, device)
+    if layer_drop:
         dropped = set(range(1, teacher.num_layers, 2))
         student = assemble(teacher.model, dropped=dropped)
-        default_output, meta = storage.layer_drop_model(), {"dropped_teacher_layers": sorted(dropped)}
+        meta = {"dropped_teacher_layers": sorted(dropped)}
     else:
         layers, sources, missing = collect_merged_layers(
             storage.root, teacher.model, teacher.name, heads, d_k, kind=options.source
@@ -62,14 +69,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{storage.root}; run {script} first"
             )
         student = assemble(teacher.model, merged=layers)
-        default_output = storage.merged_model(heads, d_k, options.source)
         meta = {"sources": {b: str(path) for b, path in sources.items()}}
     # an independent copy: finetuning (and its dropout) must not touch the teacher's shared modules
     student = copy.deepcopy(student).to(device).requires_grad_(False)
     student.layers.requires_grad_(True)  # all encoder layers; embeddings and MLM head stay frozen
-    output = Path(options.output_model or default_output)
     data = load_data(flags.data, teacher.tokenizer)
-    run = finetune_run(flags, teacher.name, default_output.name)
     return finetune_and_save(student, teacher, data, flags, device, run, output, meta)
 
 

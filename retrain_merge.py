@@ -9,7 +9,8 @@ from utils.data import load_data
 from utils.errors import cli_entry
 from utils.experiment import start
 from utils.merging import train_merged_layer
-from utils.teacher import load_teacher
+from utils.runs import already_finished, merge_run
+from utils.teacher import inspect_teacher, load_teacher
 
 GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, MergeArguments, *RUN_FLAGS, CacheArguments]
 
@@ -18,11 +19,14 @@ GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, MergeArguments, *RUN_FLAGS, Ca
 def main(argv: list[str] | None = None) -> list[dict]:
     flags = parse_args(GROUPS, __doc__, argv)
     device = start(flags, flags.data.seed)
-    teacher = load_teacher(flags.teacher.teacher, device)
-    teacher.check_layer(flags.block.block, pair=True)
+    info, block = inspect_teacher(flags.teacher.teacher, flags.data.seq_len), flags.block.block
+    info.check_layer(block, pair=True)
+    run = merge_run(flags, info, block, "merge")
+    if already_finished(run, flags):
+        return run.read_metrics()
+    teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
-    _, history = train_merged_layer(teacher, flags.block.block, flags, device, data)
-    return history
+    return train_merged_layer(teacher, block, flags, device, data, run)
 
 
 if __name__ == "__main__":

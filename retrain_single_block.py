@@ -16,8 +16,8 @@ from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
 from utils.experiment import start
 from utils.objectives import AttentionDistillation
-from utils.runs import block_run
-from utils.teacher import load_teacher
+from utils.runs import already_finished, block_run
+from utils.teacher import inspect_teacher, load_teacher
 from utils.teacher_cache import teacher_training_set
 from utils.training import fit
 
@@ -28,9 +28,12 @@ GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, DistillationArguments, *RUN_FL
 def main(argv: list[str] | None = None) -> list[dict]:
     flags = parse_args(GROUPS, __doc__, argv)
     device = start(flags, flags.data.seed)
-    teacher = load_teacher(flags.teacher.teacher, device)
-    block = flags.block.block
-    teacher.check_layer(block)
+    info, block = inspect_teacher(flags.teacher.teacher, flags.data.seq_len), flags.block.block
+    info.check_layer(block)
+    run = block_run(flags, info, block)
+    if already_finished(run, flags):
+        return run.read_metrics()
+    teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
 
     shape, distillation = flags.student, flags.distillation
@@ -47,7 +50,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         mlm_metrics=teacher.has_mlm_head,
         device=device,
     )
-    run = block_run(flags, teacher.name, block)
     train_set = teacher_training_set(
         flags, teacher.name, "block", block, objective.signal, data.train, teacher.model.config.hidden_size, device
     )

@@ -14,9 +14,9 @@ from utils.errors import cli_entry
 from utils.experiment import log, start
 from utils.model_io import load_block_checkpoint
 from utils.objectives import OutputDistillation
-from utils.runs import till_end_run
+from utils.runs import already_finished, till_end_run
 from utils.storage import Storage
-from utils.teacher import load_teacher
+from utils.teacher import inspect_teacher, load_teacher
 from utils.training import fit
 
 
@@ -36,9 +36,12 @@ GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, InitArguments, *FINETUNE_FLAGS
 def main(argv: list[str] | None = None) -> list[dict]:
     flags = parse_args(GROUPS, __doc__, argv, lr=1e-4)
     device = start(flags, flags.data.seed)
-    teacher = load_teacher(flags.teacher.teacher, device)
-    block, shape = flags.block.block, flags.student
-    teacher.check_layer(block)
+    info, block, shape = inspect_teacher(flags.teacher.teacher, flags.data.seq_len), flags.block.block, flags.student
+    info.check_layer(block)
+    run = till_end_run(flags, info, block)
+    if already_finished(run, flags):
+        return run.read_metrics()
+    teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
 
     student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, flags.dropout.block_dropout)
@@ -58,7 +61,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     objective = OutputDistillation(
         teacher.model, model, student, distillation.temperature, distillation.hard_label_weight, device
     )
-    run = till_end_run(flags, teacher.name, block)
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
     return fit(objective, data.train, valid, flags.training, run, device, flags.data.seed)
 

@@ -23,9 +23,9 @@ from utils.errors import cli_entry
 from utils.experiment import start
 from utils.finetune import finetune_and_save
 from utils.model_io import load_simplified
-from utils.runs import finetune_run
+from utils.runs import already_finished, finetune_run
 from utils.storage import Storage
-from utils.teacher import load_teacher
+from utils.teacher import inspect_teacher, load_teacher
 
 
 @dataclass
@@ -43,12 +43,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = start(flags, flags.data.seed)
     storage, options = Storage(flags.storage.storage_directory), flags.finetune
     model_dir = Path(flags.model.model or storage.retrained_model(flags.student.block_heads, flags.student.block_d_k))
-    teacher = load_teacher(flags.teacher.teacher, device)
+    output = Path(options.output_model or f"{model_dir}_finetuned")
+    info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
+    run = finetune_run(flags, info, model_dir.name, model=str(model_dir.resolve()), train_ffn=options.train_ffn)
+    if already_finished(run, flags, output):
+        return run.read_metrics()
+    teacher = load_teacher(info, device)
     student, _, meta = load_simplified(model_dir, device)
     select_trainable(student, feed_forward=options.train_ffn)
     data = load_data(flags.data, teacher.tokenizer)
-    run = finetune_run(flags, teacher.name, model_dir.name, model=str(model_dir.resolve()), train_ffn=options.train_ffn)
-    output = options.output_model or f"{model_dir}_finetuned"
     meta = {**meta, "finetuned_from": str(model_dir), "train_ffn": options.train_ffn}
     return finetune_and_save(student, teacher, data, flags, device, run, output, meta)
 

@@ -18,10 +18,12 @@ from utils.errors import cli_entry
 from utils.experiment import log, start
 from utils.files import atomic_write, atomic_write_dir
 from utils.objectives import MaskedLMTraining
-from utils.runs import teacher_run
+from utils.runs import already_finished, teacher_run
 from utils.storage import Storage
-from utils.teacher import load_teacher
+from utils.teacher import inspect_teacher, load_teacher
 from utils.training import fit
+
+EVAL_FILE = "eval.json"  # the test evaluation saved with the teacher
 
 
 @dataclass
@@ -44,7 +46,12 @@ def main(argv: list[str] | None = None) -> dict:
     flags = parse_args(groups, __doc__, argv, lr=1e-4, batch_size=32, epochs=1, max_steps=500, save_checkpoint_every=1)
     device = start(flags, flags.data.seed)
     options, training = flags.teacher_training, flags.training
-    teacher = load_teacher(options.init, device, frozen=False)
+    info = inspect_teacher(options.init, flags.data.seq_len)
+    run = teacher_run(flags, info)
+    output_dir = Path(options.output_dir or Storage(flags.storage.storage_directory).teacher)
+    if already_finished(run, flags, output_dir / EVAL_FILE):
+        return json.loads((output_dir / EVAL_FILE).read_text())
+    teacher = load_teacher(info, device, frozen=False)
     data = load_data(flags.data, teacher.tokenizer, train_mlm_probability=options.mlm_probability)
 
     head = [p for name, p in teacher.hf_model.named_parameters() if name.startswith("cls.")]
@@ -55,12 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
         weight_decay=training.adam_weight_decay,
     )
     objective = MaskedLMTraining(teacher.model, device)
-    run = teacher_run(flags, teacher.name)
     valid = eval_loader(data.validation, training.batch_size, training.eval_sentences)
     fit(objective, data.train, valid, training, run, device, flags.data.seed, optimizer=optimizer)
 
     test = objective.evaluate(eval_loader(data.test, 128))
-    output_dir = Path(options.output_dir or Storage(flags.storage.storage_directory).teacher)
 
     def write(folder: Path) -> None:
         teacher.hf_model.save_pretrained(folder)
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             **test,
             "step": run.read_metrics()[-1]["step"],
         }
-        atomic_write(folder / "eval.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        atomic_write(folder / EVAL_FILE, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
 
     atomic_write_dir(output_dir, write)
     log.info("teacher saved to %s: test top-1 %.1f%%, top-5 %.1f%%", output_dir, 100 * test["top1"], 100 * test["top5"])

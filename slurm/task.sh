@@ -2,6 +2,8 @@
 # One task of a sitra job array: runs line SLURM_ARRAY_TASK_ID of the task file given as $1.
 # On SIGUSR1/SIGTERM (SLURM's warning before the time limit or preemption) the training script
 # checkpoints its position and exits 75; the task then requeues itself and resumes from that step.
+# A child killed by one of these signals before it could handle them (138, 143) is requeued too:
+# every write is atomic, so the rerun starts from the last complete checkpoint.
 set -uo pipefail
 source "$SITRA_REPO/slurm/common.sh"  # SITRA_REPO comes with the submitting environment
 cd "$SITRA_REPO"
@@ -13,7 +15,7 @@ trap 'kill -USR1 $child 2>/dev/null' USR1
 trap 'kill -TERM $child 2>/dev/null' TERM
 wait $child; status=$?
 while kill -0 $child 2>/dev/null; do wait $child; status=$?; done  # wait again after a trapped signal
-if ((status == EXIT_REQUEUE)); then
+if ((status == EXIT_REQUEUE || status == 128 + 10 || status == 128 + 15)); then
   echo "[$(date '+%F %T')] checkpointed on a signal: requeueing"
   scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
 fi

@@ -106,7 +106,7 @@ def test_truncated_and_mismatched_checkpoints_are_refused_and_kept(capsys, commo
 def test_no_resume_moves_the_old_run_aside(common_flags, tmp_path):
     retrain_single_block.main(common_flags + BLOCK)
     retrain_single_block.main(common_flags + BLOCK + ["--no_resume"])
-    runs = sorted(p.name for p in storage_of(common_flags).runs.iterdir())
+    runs = sorted(p.name for p in storage_of(common_flags).runs.iterdir() if p.suffix != ".lock")
     assert runs[0] == "block_1_8_2" and runs[1].startswith("block_1_8_2.old-") and len(runs) == 2
 
 

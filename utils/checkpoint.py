@@ -3,19 +3,23 @@
 A checkpoint is a dict of tensors and plain values (loadable with ``weights_only=True``):
 ``model`` (state dict of what is trained), ``optimizer``, ``epoch`` (last finished epoch),
 ``batches_done`` (batches of the next epoch already trained, for a run stopped mid-epoch),
-``step``, ``rng`` and ``identity`` (the flags that must match to resume: block, heads, teacher...).
+``step``, ``rng``, ``identity`` (the flags that must match to resume: block, heads, teacher...),
+``record`` (the metrics record of the last epoch, so ``metrics.jsonl`` can be reconciled with it) and,
+for a run stopped mid-epoch, ``epoch_progress`` (loss, batches, sentences and seconds so far).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 
 from utils.errors import UserError
-from utils.files import atomic_write, move_aside, remove_stale_temporaries
+from utils.files import RunLock, atomic_write, ensure_writable, move_aside, remove_stale_temporaries
 from utils.storage import LATEST
 
 log = logging.getLogger(__name__)
@@ -24,7 +28,29 @@ METRICS = "metrics.jsonl"
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write atomically; a full disk is a one-line error naming the path and the space needed."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as error:
+        if error.errno != errno.ENOSPC and "No space left" not in str(error):
+            raise
+        needed = sum(t.numel() * t.element_size() for t in _tensors(state))
+        free = shutil.disk_usage(path.parent).free
+        raise UserError(
+            f"cannot write checkpoint {path}: the disk is full ({free / 1e6:.1f} MB free, about {needed / 1e6:.1f} MB "
+            "needed); free some space and rerun: the run resumes from its last checkpoint"
+        ) from None
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
 
 
 def load_checkpoint(path: str | Path, flag: str = "checkpoint") -> dict:
@@ -48,7 +74,9 @@ def check_identity(state: dict, expected: dict, path: Path | str) -> None:
 
     A key the checkpoint does not record (written before that flag existed) is not held against it.
     """
-    saved = state.get("identity", {})
+    saved = dict(state.get("identity", {}))
+    if saved.get("teacher_fingerprint") and saved.get("teacher_fingerprint") == expected.get("teacher_fingerprint"):
+        saved.pop("teacher", None)  # the same weights at another path are the same teacher
     differences = [
         f"{key}={saved[key]!r} (flags say {value!r})"
         for key, value in expected.items()
@@ -80,6 +108,7 @@ class RunDirectory:
         self.save_every = save_every
         self.flags = flags or {}  # recorded for the reader, not checked
         self.writer = True  # False on every process but rank 0 under torchrun
+        self.lock: RunLock | None = None  # held from prepare() until the process ends
 
     @property
     def latest(self) -> Path:
@@ -103,14 +132,34 @@ class RunDirectory:
         check_identity(state, self.identity, self.latest)
         return state
 
+    def prepare(self, epochs: int, max_steps: int | None, no_resume: bool, is_main: bool = True) -> bool:
+        """Checks before anything is loaded: no other process holds this run, a checkpoint to resume was
+        made with the same flags, the storage can be written. Returns True when the run is already
+        finished (rerun with the same flags): then nothing is written, even on read-only storage."""
+        if not is_main:
+            self.writer = False
+            return False
+        if not no_resume and self.latest.exists():
+            state = load_checkpoint(self.latest)
+            check_identity(state, self.identity, self.latest)
+            done = state["batches_done"] == 0 and state["epoch"] >= epochs
+            if done or (max_steps is not None and state["step"] >= max_steps):
+                log.info("%s is finished (epoch %d, step %d): nothing to do", self.path, state["epoch"], state["step"])
+                return True
+        ensure_writable(self.path.parent)
+        self.lock = RunLock(self.path)
+        return False
+
     def save(self, state: dict) -> None:
+        """The kept ``epoch_NNN.pt`` first, then ``latest.pt``: a kill between the two leaves the previous
+        latest, and the resumed run writes both again."""
         if not self.writer:
             return
         state = {**state, "identity": self.identity, "flags": self.flags}
-        save_checkpoint(state, self.latest)
         epoch = state["epoch"]
         if state["batches_done"] == 0 and epoch > 0 and epoch % self.save_every == 0:
             save_checkpoint(state, self.path / f"epoch_{epoch:03d}.pt")
+        save_checkpoint(state, self.latest)
 
     def log_metrics(self, record: dict) -> None:
         if not self.writer:
@@ -123,9 +172,17 @@ class RunDirectory:
         path = self.path / METRICS
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop records of epochs the checkpoint does not hold (a run killed after logging, before saving)."""
+    def reconcile_metrics(self, state: dict | None) -> None:
+        """Make ``metrics.jsonl`` agree with the checkpoint: one record per epoch the checkpoint holds, none
+        for epochs it does not (a run killed after logging, before saving), and the checkpoint's own last
+        record when a kill came between saving and logging. ``None``: a fresh run, no records."""
         if not self.writer:
             return
-        kept = [record for record in self.read_metrics() if record["epoch"] <= last_epoch]
-        atomic_write(self.path / METRICS, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+        last_epoch = -1 if state is None else state["epoch"]
+        by_epoch = {record["epoch"]: record for record in self.read_metrics() if record["epoch"] <= last_epoch}
+        saved = (state or {}).get("record")
+        if saved is not None and saved["epoch"] <= last_epoch:
+            by_epoch.setdefault(saved["epoch"], saved)
+        kept = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+        if kept or (self.path / METRICS).exists():
+            atomic_write(self.path / METRICS, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))

@@ -58,7 +58,11 @@ def load_wikitext(data_dir: str | None) -> DatasetDict:
         found = next((path for path in candidates if path.is_file()), None)
         if found is None:
             raise UserError(f"--data_dir {data_dir}: missing {stem}.tokens (or {stem}.raw)")
-        if not found.read_text(encoding="utf-8", errors="replace").strip():
+        try:
+            text = found.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise UserError(f"--data_dir {data_dir}: {found.name} is not UTF-8 text (byte {error.start})") from None
+        if not text.strip():
             raise UserError(f"--data_dir {data_dir}: {found.name} is empty")
         files[split] = str(found)
     return load_dataset("text", data_files=files)
@@ -118,9 +122,14 @@ def tokenized_sentences(
         desc=f"tokenizing {split}",
         fn_kwargs={"tokenizer": tokenizer, "seq_len": seq_len},
     )
-    ids = [row for row in tokens["input_ids"] if len(row) >= 3]
+    # a sentence needs a token that may be masked: not [CLS], [SEP], [UNK] (seq_len 3 can leave only [UNK])
+    special = set(tokenizer.all_special_ids)
+    ids = [row for row in tokens["input_ids"] if any(token not in special for token in row)]
     if not ids:
-        raise UserError(f"no usable sentences in the {split} split of the data")
+        raise UserError(
+            f"no usable sentences in the {split} split of the data (headings only, or --seq_len {seq_len} leaves "
+            f"no maskable token)"
+        )
     return ids
 
 

@@ -1,4 +1,4 @@
-"""torchrun / DistributedDataParallel support and preemption signals.
+"""torchrun / DistributedDataParallel support.
 
 Under ``torchrun --nproc_per_node N`` (RANK, WORLD_SIZE, LOCAL_RANK set) every script joins a process
 group: NCCL on GPUs, gloo on CPU. Each process takes its share of every global batch
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger(__name__)
+from utils.preemption import EXIT_REQUEUE  # noqa: F401 - re-exported for the scripts and tests
 
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: the run stopped on a signal after checkpointing; resubmit to continue
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,25 +58,3 @@ def init_distributed(device: torch.device | None = None) -> Distributed:
         backend = "nccl" if torch.cuda.is_available() and (device is None or device.type == "cuda") else "gloo"
         dist.init_process_group(backend)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-class PreemptionGuard:
-    """Records SIGTERM / SIGUSR1 (SLURM's warning before preemption or the time limit) so the training
-    loop can finish its step, checkpoint its position in the epoch and exit for requeueing."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self) -> PreemptionGuard:
-        for signum in PREEMPTION_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)

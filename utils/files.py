@@ -7,12 +7,19 @@ time-stamped names reserve themselves with an exclusive ``mkdir`` and take a cou
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"  # temporary names: ``.{name}.tmp-{pid}-{random}``
 
@@ -113,3 +120,59 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by someone else
         return True
     return True
+
+
+def ensure_writable(folder: str | Path) -> None:
+    """Create ``folder`` and write a probe file in it; one-line :class:`UserError` if that is refused
+    (read-only file system, missing permission), before any work is done."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"--storage_directory: cannot write to {folder} ({error.strerror or error})") from None
+
+
+_HELD: list[RunLock] = []
+
+
+def release_run_locks() -> None:
+    """Release every run lock this process holds (a script's end; the kernel does it at process exit)."""
+    while _HELD:
+        _HELD.pop().release()
+
+
+class RunLock:
+    """An exclusive OS lock on ``{run}.lock`` beside a run folder, held until the process ends: a second
+    process on the same run fails at once, naming the holder. The kernel releases the lock of a process
+    that died, so a stale lock file is simply taken over."""
+
+    def __init__(self, run_folder: str | Path):
+        self.path = Path(f"{run_folder}.lock")
+        self.handle = open(self.path, "a+")  # noqa: SIM115 - kept open: closing it would release the lock
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise UserError(
+                f"run {run_folder} is in use by {holder} (lock {self.path}); wait for it or stop it"
+            ) from None
+        self.handle.seek(0)
+        previous = self.handle.read().strip()
+        if previous:
+            log.info("took over the lock of %s, left by %s (no longer running)", run_folder, previous)
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+        self.handle.flush()
+        _HELD.append(self)
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            self.handle.seek(0)
+            self.handle.truncate()
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()

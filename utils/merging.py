@@ -6,11 +6,11 @@ import logging
 
 import torch
 
-from models import SimplifiedBert, TransformerLayer, merged_layer
+from models import SimplifiedBert, merged_layer
 from utils.args import Flags
+from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader
 from utils.objectives import MergeDistillation
-from utils.runs import merge_run
 from utils.teacher import Teacher
 from utils.teacher_cache import teacher_training_set
 from utils.training import fit
@@ -24,13 +24,14 @@ def train_merged_layer(
     flags: Flags,
     device: torch.device,
     data: WikiTextSplits,
+    run: RunDirectory,
     prefix: SimplifiedBert | None = None,
     prefix_stop: int | None = None,
     warm_start: dict | None = None,
-) -> tuple[TransformerLayer, list[dict]]:
-    """Train (or resume) the merged layer of pair ``block, block+1``: a ``merge`` run on the teacher's
-    hidden states, or with ``prefix`` a ``conditioned`` run on the outputs of its first ``prefix_stop``
-    layers (see :class:`utils.objectives.MergeDistillation`).
+) -> list[dict]:
+    """Train (or resume) the merged layer of pair ``block, block+1`` in ``run``: a ``merge`` run on the
+    teacher's hidden states, or with ``prefix`` a ``conditioned`` run on the outputs of its first
+    ``prefix_stop`` layers (see :class:`utils.objectives.MergeDistillation`); returns the metric records.
 
     Starts from ``--merge_init`` or, when given, from the state dict ``warm_start``.
     """
@@ -53,8 +54,5 @@ def train_merged_layer(
         train_set = teacher_training_set(
             flags, teacher.name, "merge", block, objective.signal, data.train, teacher.model.config.hidden_size, device
         )
-    cache_teacher = train_set is not data.train
-    run = merge_run(flags, teacher.name, block, "conditioned" if objective.conditioned else "merge", cache_teacher)
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
-    history = fit(objective, train_set, valid, flags.training, run, device, flags.data.seed)
-    return layer.eval(), history
+    return fit(objective, train_set, valid, flags.training, run, device, flags.data.seed)

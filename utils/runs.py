@@ -7,7 +7,9 @@ from pathlib import Path
 
 from utils.args import Flags
 from utils.checkpoint import RunDirectory
+from utils.distributed import init_distributed
 from utils.storage import Storage
+from utils.teacher import TeacherInfo
 
 
 def open_run(flags: Flags, folder: Path, identity: dict) -> RunDirectory:
@@ -15,11 +17,24 @@ def open_run(flags: Flags, folder: Path, identity: dict) -> RunDirectory:
     return RunDirectory(folder, identity, flags.training.save_checkpoint_every, flags.as_dict())
 
 
-def _block_identity(flags: Flags, teacher_name: str, block: int) -> dict:
+def already_finished(run: RunDirectory, flags: Flags, output: Path | None = None) -> bool:
+    """:meth:`RunDirectory.prepare` with the training flags (before anything is loaded): True when the run
+    is already finished (and its ``output``, if it saves one, exists), so the script has nothing to do."""
+    training = flags.training
+    finished = run.prepare(training.epochs, training.max_steps, training.no_resume, init_distributed().is_main)
+    return finished and (output is None or output.exists())
+
+
+def _teacher_identity(teacher: TeacherInfo) -> dict:
+    """The teacher by path and by content: the same weights elsewhere resume, other weights here do not."""
+    return {"teacher": teacher.name, "teacher_fingerprint": teacher.fingerprint}
+
+
+def _block_identity(flags: Flags, teacher: TeacherInfo, block: int) -> dict:
     """What every run training a module for one block (or pair) must share with its checkpoint."""
     student = flags.student
     return {
-        "teacher": teacher_name,
+        **_teacher_identity(teacher),
         "block": block,
         "block_heads": student.block_heads,
         "block_d_k": student.block_d_k,
@@ -33,11 +48,11 @@ def _block_folder(flags: Flags, kind: str, block: int) -> Path:
     )
 
 
-def block_run(flags: Flags, teacher_name: str, block: int) -> RunDirectory:
+def block_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
     """retrain_single_block.py: one student attention distilled on layer ``block``."""
     distillation = flags.distillation
     identity = {
-        **_block_identity(flags, teacher_name, block),
+        **_block_identity(flags, teacher, block),
         "criterion": distillation.criterion,
         "loss_on_logits": distillation.loss_on_logits,
         "loss_on_scores": distillation.loss_on_scores,
@@ -46,32 +61,33 @@ def block_run(flags: Flags, teacher_name: str, block: int) -> RunDirectory:
     return open_run(flags, _block_folder(flags, "block", block), identity)
 
 
-def till_end_run(flags: Flags, teacher_name: str, block: int) -> RunDirectory:
+def till_end_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
     """train_block_till_end.py: the student attention of ``block`` trained on the teacher's outputs."""
-    return open_run(flags, _block_folder(flags, "till_end", block), _block_identity(flags, teacher_name, block))
+    return open_run(flags, _block_folder(flags, "till_end", block), _block_identity(flags, teacher, block))
 
 
-def merge_run(flags: Flags, teacher_name: str, block: int, kind: str, cache_teacher: bool) -> RunDirectory:
+def merge_run(flags: Flags, teacher: TeacherInfo, block: int, kind: str) -> RunDirectory:
     """retrain_merge.py (``kind`` merge) and finetune_conditioned_fully_merged.py (``conditioned``): the
-    merged layer of pair ``block, block+1``."""
+    merged layer of pair ``block, block+1`` (only the unconditioned merge offers --cache_teacher)."""
     identity = {
-        **_block_identity(flags, teacher_name, block),
+        **_block_identity(flags, teacher, block),
         "merge_init": flags.merge.merge_init,
-        "cache_teacher": cache_teacher,
+        "cache_teacher": kind == "merge" and flags.cache.cache_teacher,
     }
     return open_run(flags, _block_folder(flags, kind, block), identity)
 
 
-def finetune_run(flags: Flags, teacher_name: str, model_name: str, **model_identity) -> RunDirectory:
+def finetune_run(flags: Flags, teacher: TeacherInfo, model_name: str, **model_identity) -> RunDirectory:
     """End-to-end finetuning of the saved model ``model_name`` (``model_identity``: what else defines it)."""
-    identity = {"teacher": teacher_name, "model": model_name, "seq_len": flags.data.seq_len, **model_identity}
+    identity = {**_teacher_identity(teacher), "model": model_name, "seq_len": flags.data.seq_len, **model_identity}
     return open_run(flags, Storage(flags.storage.storage_directory).run(f"finetune_{model_name}"), identity)
 
 
-def teacher_run(flags: Flags, init_name: str) -> RunDirectory:
-    """train_teacher.py: MLM training of the teacher started from ``init_name``."""
+def teacher_run(flags: Flags, init: TeacherInfo) -> RunDirectory:
+    """train_teacher.py: MLM training of the teacher started from ``init``."""
     identity = {
-        "init": init_name,
+        "init": init.name,
+        "init_fingerprint": init.fingerprint,
         "seq_len": flags.data.seq_len,
         "mlm_probability": flags.teacher_training.mlm_probability,
     }

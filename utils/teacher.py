@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.utils import cached_file
 
 from models import SimplifiedBert
 from utils.errors import UserError
@@ -35,19 +38,38 @@ def resolve_teacher(name: str) -> str:
     return name
 
 
-@dataclass
-class Teacher:
-    """A frozen teacher: the Hugging Face model, its tokenizer and the layer-list view used by sitra."""
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def weights_fingerprint(path: str) -> str | None:
+    """A cheap fingerprint of a model's weights: sha256 of the weight file's first MiB (a safetensors
+    header holds every tensor's name, shape and offset) and its size. None when no local file is found."""
+    for name in WEIGHT_FILES:
+        try:
+            file = Path(path) / name if os.path.isdir(path) else Path(cached_file(path, name, local_files_only=True))
+        except (OSError, ValueError):
+            continue
+        if file.is_file():
+            digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                digest.update(handle.read(2**20))
+            return f"{digest.hexdigest()[:16]}-{file.stat().st_size}"
+    return None
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What is known of a teacher before its weights are loaded: the resolved name, the config and a
+    fingerprint of the weights. Checks that need the teacher's shape use it, so they fail in a second."""
 
     name: str  # resolved folder or hub id, recorded in checkpoints
-    hf_model: BertForMaskedLM
-    tokenizer: PreTrainedTokenizerBase
-    has_mlm_head: bool  # False when the MLM head was initialised randomly (e.g. minilm)
-    model: SimplifiedBert  # shares every parameter with hf_model
+    flag_value: str  # as given on the command line, for messages
+    config: PretrainedConfig
+    fingerprint: str | None
 
     @property
     def num_layers(self) -> int:
-        return len(self.model.layers)
+        return self.config.num_hidden_layers
 
     def check_layer(self, index: int, flag: str = "--block", pair: bool = False) -> None:
         last = self.num_layers - (2 if pair else 1)
@@ -55,10 +77,17 @@ class Teacher:
             what = f"the first of two adjacent layers (0..{last})" if pair else f"a layer index 0..{last}"
             raise UserError(f"{flag} {index}: the teacher has {self.num_layers} layers, expected {what}")
 
+    def check_seq_len(self, seq_len: int) -> None:
+        limit = self.config.max_position_embeddings
+        if seq_len > limit:
+            raise UserError(
+                f"--seq_len {seq_len}: the teacher has {limit} position embeddings, expected at most {limit}"
+            )
 
-def load_teacher(name: str, device: torch.device | str = "cpu", frozen: bool = True) -> Teacher:
-    """Load a BERT masked LM, frozen and in eval mode unless ``frozen=False`` (to train it, as
-    train_teacher.py does); one-line :class:`UserError` on failure."""
+
+def inspect_teacher(name: str, seq_len: int | None = None) -> TeacherInfo:
+    """Resolve ``--teacher`` and read its config (not its weights), checking ``seq_len`` against it;
+    one-line :class:`UserError` on failure."""
     path = resolve_teacher(name)
     try:
         config = AutoConfig.from_pretrained(path)
@@ -72,6 +101,39 @@ def load_teacher(name: str, device: torch.device | str = "cpu", frozen: bool = T
         raise UserError(
             f"--teacher {name} is a '{config.model_type}' model; sitra needs a BERT masked LM (model_type 'bert')"
         )
+    info = TeacherInfo(path, name, config, weights_fingerprint(path))
+    if seq_len is not None:
+        info.check_seq_len(seq_len)
+    return info
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher: the Hugging Face model, its tokenizer and the layer-list view used by sitra."""
+
+    info: TeacherInfo
+    hf_model: BertForMaskedLM
+    tokenizer: PreTrainedTokenizerBase
+    has_mlm_head: bool  # False when the MLM head was initialised randomly (e.g. minilm)
+    model: SimplifiedBert  # shares every parameter with hf_model
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+    def check_layer(self, index: int, flag: str = "--block", pair: bool = False) -> None:
+        self.info.check_layer(index, flag, pair)
+
+
+def load_teacher(teacher: str | TeacherInfo, device: torch.device | str = "cpu", frozen: bool = True) -> Teacher:
+    """Load a BERT masked LM (``--teacher`` or what :func:`inspect_teacher` found), frozen and in eval mode
+    unless ``frozen=False`` (to train it, as train_teacher.py does); one-line :class:`UserError` on failure."""
+    info = teacher if isinstance(teacher, TeacherInfo) else inspect_teacher(teacher)
+    path, name = info.name, info.flag_value
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # we report a missing MLM head ourselves, in one line
     try:
@@ -87,4 +149,4 @@ def load_teacher(name: str, device: torch.device | str = "cpu", frozen: bool = T
             "teacher %s has no trained MLM head: MLM metrics are meaningless (train one with train_teacher.py)", name
         )
     hf_model.to(device).eval().requires_grad_(not frozen)
-    return Teacher(path, hf_model, tokenizer, has_mlm_head, SimplifiedBert.from_teacher(hf_model).eval())
+    return Teacher(info, hf_model, tokenizer, has_mlm_head, SimplifiedBert.from_teacher(hf_model).eval())

@@ -17,7 +17,8 @@ from utils.args import TrainingArguments
 from utils.checkpoint import RunDirectory, rng_state, set_rng_state
 from utils.data import epoch_batches, make_loader
 from utils.device import autocast, to_device
-from utils.distributed import EXIT_REQUEUE, Distributed, PreemptionGuard, init_distributed
+from utils.distributed import Distributed, init_distributed
+from utils.preemption import EXIT_REQUEUE, PREEMPTION
 
 log = logging.getLogger(__name__)
 
@@ -73,30 +74,27 @@ def fit(
 ) -> list[dict]:
     """Train ``objective.trainable`` for ``training.epochs`` epochs (or ``training.max_steps`` steps).
 
-    Epoch 0 is the evaluation before training. After every epoch: evaluate, append a JSON line to
-    ``metrics.jsonl``, write the rolling checkpoint (and a kept one every ``save_checkpoint_every``).
-    Resumes from the run's latest checkpoint unless ``training.no_resume``. On SIGTERM/SIGUSR1 it finishes
-    the step, checkpoints its position in the epoch and exits with :data:`EXIT_REQUEUE`. ``seed`` fixes
-    the order of sentences and the dropout of every epoch. Returns all metric records.
+    Epoch 0 is the evaluation before training. After every epoch: evaluate, write the rolling checkpoint
+    (and a kept one every ``save_checkpoint_every``), append a JSON line to ``metrics.jsonl``.
+    Resumes from the run's latest checkpoint unless ``training.no_resume``. On SIGTERM/SIGUSR1/SIGINT
+    (see :mod:`utils.preemption`) it finishes the step, checkpoints its position in the epoch and exits
+    with :data:`EXIT_REQUEUE`. ``seed`` fixes the order of sentences and the dropout of every epoch.
+    Returns all metric records.
     """
     world = init_distributed(device)
     run.writer = world.is_main
     optimizer = optimizer or make_optimizer(objective.trainable, training)
-    position = _start_or_resume(objective, optimizer, valid_loader, run, training.no_resume, world)
-    network = objective.network
-    if world.enabled:  # the wrapper only runs the loss; evaluation and checkpoints use the module itself
-        device_ids = [device.index] if device.type == "cuda" else None
-        network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
-    scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
-    lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
-
-    def done() -> bool:
-        return position.epoch >= training.epochs or (
-            training.max_steps is not None and position.step >= training.max_steps
-        )
-
-    with PreemptionGuard() as preemption:
-        while not done():
+    with PREEMPTION.deferred():
+        _exit_if_signalled(None)
+        position, summary = _start_or_resume(objective, optimizer, valid_loader, run, training.no_resume, world)
+        _exit_if_signalled(position)
+        network = objective.network
+        if world.enabled:  # the wrapper only runs the loss; evaluation and checkpoints use the module itself
+            device_ids = [device.index] if device.type == "cuda" else None
+            network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
+        scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
+        lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
+        while not _done(position, training):
             current = position.epoch + 1
             train_set.set_epoch(current)
             batches = epoch_batches(
@@ -104,52 +102,77 @@ def fit(
             )
             if position.batches_done == 0:
                 torch.manual_seed(epoch_seed(seed, current))  # else the checkpoint restored the RNG mid-epoch
-            started = time.perf_counter()
-            summary = _train_epoch(
-                objective, network, optimizer, scaler, train_set, batches, position, training, device, world, preemption
+            _train_epoch(
+                objective, network, optimizer, scaler, train_set, batches, position, summary, training, device, world
             )
             finished = position.batches_done == len(batches)
             if summary.stopped and not finished:  # checkpoint the position in the epoch, no evaluation: time is short
-                run.save(_state(objective, optimizer, position))
+                run.save(_state(objective, optimizer, position, epoch_progress=summary))
                 log.warning(
-                    "preempted at epoch %d, batch %d (step %d); checkpoint written, exiting",
+                    "preempted at epoch %d, batch %d (step %d); checkpoint written, exiting (exit %d)",
                     current,
                     position.batches_done,
                     position.step,
+                    EXIT_REQUEUE,
                 )
                 raise SystemExit(EXIT_REQUEUE)
-            record = summary.record(current, position, time.perf_counter() - started, finished)
+            record = summary.record(current, position, finished)
             objective.trainable.eval()
             record.update(objective.evaluate(valid_loader))
             log.info("epoch %d: %s", current, _format(record))
-            run.log_metrics(record)
             if finished:
                 position.epoch, position.batches_done = current, 0
-            run.save(_state(objective, optimizer, position))
+            run.save(_state(objective, optimizer, position, record=record))
+            run.log_metrics(record)
             if summary.stopped:
                 raise SystemExit(EXIT_REQUEUE)
+            summary = EpochSummary()
     return run.read_metrics()
+
+
+def _done(position: Position, training: TrainingArguments) -> bool:
+    return position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps)
+
+
+def _exit_if_signalled(position: Position | None) -> None:
+    """A signal that came before training started: exit for requeueing (after the first checkpoint, if any)."""
+    if PREEMPTION.received is not None:
+        where = "before the first checkpoint" if position is None else f"at step {position.step}, checkpoint written"
+        log.warning("stopped by a signal %s; exiting (exit %d)", where, EXIT_REQUEUE)
+        raise SystemExit(EXIT_REQUEUE)
 
 
 def _start_or_resume(
     objective, optimizer, valid_loader, run: RunDirectory, no_resume: bool, world: Distributed
-) -> Position:
-    """A fresh run is evaluated (epoch 0) and checkpointed; a resumed one restores weights, optimizer, RNG
-    and position, and forgets metric records its checkpoint does not hold."""
+) -> tuple[Position, EpochSummary]:
+    """A fresh run is evaluated (epoch 0) and checkpointed; a resumed one restores weights, optimizer, RNG,
+    position and the measurements of a partial epoch, and reconciles ``metrics.jsonl`` with the checkpoint.
+    Learning rate, weight decay and betas come from the flags: when they differ from the checkpoint's,
+    the new values are applied and the change is logged."""
     state = _resume_state(run, no_resume, world)
+    run.reconcile_metrics(state)
     if state is None:
         position = Position()
         objective.trainable.eval()
         record = {"epoch": 0, "step": 0, **objective.evaluate(valid_loader)}
         log.info("epoch 0 (before training): %s", _format(record))
+        run.save(_state(objective, optimizer, position, record=record))
         run.log_metrics(record)
-        run.save(_state(objective, optimizer, position))
-        return position
+        return position, EpochSummary()
     objective.trainable.load_state_dict(state["model"])
+    wanted = [{key: group[key] for key in HYPERPARAMETERS if key in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for index, (group, values) in enumerate(zip(optimizer.param_groups, wanted, strict=True)):
+        for key, value in values.items():
+            if group[key] != value:
+                log.warning(
+                    "parameter group %d: %s changed from %s (checkpoint) to %s (flags)", index, key, group[key], value
+                )
+                group[key] = value
     position = Position(state["epoch"], state["batches_done"], state["step"])
     set_rng_state(state["rng"])
-    run.truncate_metrics(position.epoch)
+    progress = state.get("epoch_progress") if position.batches_done else None
+    summary = EpochSummary(**progress) if progress else EpochSummary()
     log.info(
         "resuming %s at epoch %d (batch %d), step %d",
         run.latest,
@@ -157,29 +180,41 @@ def _start_or_resume(
         position.batches_done,
         position.step,
     )
-    return position
+    return position, summary
+
+
+HYPERPARAMETERS = ("lr", "weight_decay", "betas")
 
 
 @dataclass
 class EpochSummary:
-    """What one (possibly partial) pass over an epoch's batches measured."""
+    """What the passes over an epoch's batches measured, accumulated across an interruption."""
 
     loss_total: float = 0.0
     batches: int = 0
     sentences: int = 0
+    seconds: float = 0.0
     stopped: bool = False  # a preemption signal arrived
 
-    def record(self, epoch: int, position: Position, seconds: float, finished: bool) -> dict:
+    def record(self, epoch: int, position: Position, finished: bool) -> dict:
         record = {
             "epoch": epoch,
             "step": position.step,
             "train_loss": self.loss_total / max(self.batches, 1),
-            "train_seconds": seconds,
-            "sentences_per_second": self.sentences / seconds,
+            "train_seconds": self.seconds,
+            "sentences_per_second": self.sentences / max(self.seconds, 1e-9),
         }
         if not finished:
             record["batches_done"] = position.batches_done  # a partial epoch, ended by --max_steps
         return record
+
+    def progress(self) -> dict:
+        return {
+            "loss_total": self.loss_total,
+            "batches": self.batches,
+            "sentences": self.sentences,
+            "seconds": self.seconds,
+        }
 
 
 def _train_epoch(
@@ -190,17 +225,18 @@ def _train_epoch(
     train_set,
     batches,
     position: Position,
+    summary: EpochSummary,
     training: TrainingArguments,
     device: torch.device,
     world: Distributed,
-    preemption: PreemptionGuard,
-) -> EpochSummary:
-    """Optimizer steps over ``batches[position.batches_done:]``, advancing ``position``; stops early at
-    ``max_steps`` or on a preemption signal."""
+) -> None:
+    """Optimizer steps over ``batches[position.batches_done:]``, advancing ``position`` and ``summary``;
+    stops early at ``max_steps`` or on a preemption signal."""
     objective.trainable.train()
-    summary, running = EpochSummary(), None
+    running, started = None, time.perf_counter()
+    loader = make_loader(train_set, batches[position.batches_done :])
     bar = tqdm(
-        make_loader(train_set, batches[position.batches_done :]),
+        loader,
         desc=f"epoch {position.epoch + 1}/{training.epochs}",
         initial=position.batches_done,
         total=len(batches),
@@ -223,11 +259,11 @@ def _train_epoch(
         summary.loss_total, summary.batches = summary.loss_total + value, summary.batches + 1
         running = value if running is None else 0.95 * running + 0.05 * value
         bar.set_postfix(loss=f"{running:.4g}", step=position.step)
-        summary.stopped = world.any(preemption.received is not None, device)
+        summary.stopped = world.any(PREEMPTION.received is not None, device)
         if summary.stopped or (training.max_steps is not None and position.step >= training.max_steps):
             break
     bar.close()
-    return summary
+    summary.seconds += time.perf_counter() - started
 
 
 def _resume_state(run: RunDirectory, no_resume: bool, world: Distributed) -> dict | None:
@@ -241,7 +277,13 @@ def _resume_state(run: RunDirectory, no_resume: bool, world: Distributed) -> dic
     return state
 
 
-def _state(objective: Objective, optimizer, position: Position) -> dict:
+def _state(
+    objective: Objective,
+    optimizer,
+    position: Position,
+    record: dict | None = None,
+    epoch_progress: EpochSummary | None = None,
+) -> dict:
     state = {
         "model": objective.trainable.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -250,6 +292,10 @@ def _state(objective: Objective, optimizer, position: Position) -> dict:
         "step": position.step,
         "rng": rng_state(),
     }
+    if record is not None:
+        state["record"] = record
+    if epoch_progress is not None:
+        state["epoch_progress"] = epoch_progress.progress()
     if isinstance(objective.trainable, (MultiHeadAttention, TransformerLayer)):
         state["spec"] = objective.trainable.spec  # what assembly rebuilds the module from
     return state
