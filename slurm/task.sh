@@ -16,8 +16,9 @@ trap 'kill -TERM $child 2>/dev/null' TERM
 wait $child; status=$?
 while kill -0 $child 2>/dev/null; do wait $child; status=$?; done  # wait again after a trapped signal
 if ((status == EXIT_REQUEUE || status == 128 + 10 || status == 128 + 15)); then
-  echo "[$(date '+%F %T')] checkpointed on a signal: requeueing"
+  echo "[$(date '+%F %T')] stopped by a signal (checkpoint kept): requeueing"
   scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+  status=$EXIT_REQUEUE
 fi
 echo "[$(date '+%F %T')] exit $status"
 exit $status

@@ -1,7 +1,9 @@
 """Bad input: a one-line ``error:`` message naming the flag or file, exit code 2, nothing saved is touched."""
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 from transformers import GPT2Config
 
+import eval_retrained_12
 import retrain_single_block
 from conftest import REPO, storage_of
 
@@ -136,3 +139,98 @@ def test_unreachable_hub_teacher_gives_one_line_from_the_real_cli(tiny_data_dir,
     assert len(errors) == 1 and "--teacher no-such-org/no-such-bert" in errors[0] and "'minilm'" in errors[0]
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def tiny_data(folder, train_text: str):
+    folder.mkdir()
+    for name in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"):
+        (folder / name).write_text(train_text if "train" in name else " The cat sat on the mat today .\n")
+    return str(folder)
+
+
+def test_shape_checks_read_the_config_not_the_weights(capsys, run_flags, tiny_teacher_dir, tmp_path):
+    broken = tmp_path / "teacher_without_weights"
+    shutil.copytree(tiny_teacher_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    flags = run_flags(teacher=broken)
+    assert "--block 3: the teacher has 3 layers" in run_expecting_error(capsys, flags + BLOCK + ["--block", "3"])
+    message = run_expecting_error(capsys, flags + BLOCK + ["--seq_len", "100"])
+    assert "--seq_len 100: the teacher has 64 position embeddings" in message
+    assert not storage_of(flags).root.exists()
+
+
+def test_bad_data_files_are_one_line(capsys, run_flags, tmp_path):
+    latin1 = tiny_data(tmp_path / "latin1", "")
+    (tmp_path / "latin1" / "wiki.train.tokens").write_bytes(" Caf\xe9 au lait is a drink .\n".encode("latin-1"))
+    message = run_expecting_error(capsys, run_flags(data_dir=latin1) + BLOCK)
+    assert "wiki.train.tokens is not UTF-8 text" in message
+    headings = tiny_data(tmp_path / "headings", " = Title = \n\n = = Section = = \n")
+    assert "no usable sentences in the train split" in run_expecting_error(capsys, run_flags(data_dir=headings) + BLOCK)
+
+
+def test_seq_len_3_keeps_only_sentences_with_a_maskable_token(run_flags, tmp_path):
+    # at seq_len 3 a sentence starting with <unk> is [CLS] [UNK] [SEP]: nothing may be masked
+    data = tiny_data(tmp_path / "unk", " <unk> is a town in the north .\n The river runs to the sea .\n" * 20)
+    history = retrain_single_block.main(run_flags(data_dir=data, seq_len=3) + BLOCK)
+    assert [record["epoch"] for record in history] == [0, 1]
+
+
+def test_spec_of_the_wrong_shape_is_one_line(capsys, run_flags, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "sitra.json").write_text(json.dumps({"format": "sitra-simplified-bert", "layers": {"0": "x"}}))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_retrained_12.main(run_flags(drop=["batch_size", "eval_sentences"]) + ["--model", str(model)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and errors == [
+        f"error: --model {model}: sitra.json lacks teacher_config or layers"
+    ]
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    """A folder to mount a file system on (tests that need mount(8), i.e. root)."""
+    point = tmp_path / "mounted"
+    point.mkdir()
+    yield point
+    subprocess.run(["umount", str(point)], capture_output=True, check=False)
+
+
+def mount(*args) -> None:
+    result = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True, check=False)
+    if result.returncode:
+        pytest.skip(f"mount is not permitted here: {result.stderr.strip()}")
+
+
+def test_read_only_storage_fails_before_work_and_a_finished_run_exits_0(capsys, run_flags, tmp_path, mount_point):
+    storage = tmp_path / "storage"
+    finished = retrain_single_block.main(run_flags(storage=storage) + BLOCK)
+    mount("--bind", storage, mount_point)
+    mount("-o", "remount,bind,ro", mount_point)
+    before = sorted(str(p) for p in storage.rglob("*"))
+    again = retrain_single_block.main(run_flags(storage=mount_point) + BLOCK)  # finished: nothing to do, exit 0
+    assert again == finished and "is finished" in capsys.readouterr().err
+    message = run_expecting_error(capsys, run_flags(storage=mount_point) + BLOCK + ["--epochs", "2"])
+    assert "--storage_directory: cannot write to" in message and "Read-only file system" in message
+    assert "Loading weights" not in capsys.readouterr().err
+    assert sorted(str(p) for p in storage.rglob("*")) == before
+
+
+def test_full_disk_while_checkpointing_names_path_and_space(capsys, run_flags, mount_point):
+    mount("-t", "tmpfs", "-o", "size=12k", "tmpfs", mount_point)
+    message = run_expecting_error(capsys, run_flags(storage=mount_point) + BLOCK)
+    assert "cannot write checkpoint" in message and "latest.pt: the disk is full" in message and "MB free" in message
+    assert not any(".tmp-" in p.name for p in mount_point.rglob("*"))
+
+
+def test_unexpected_errors_are_one_line_too(capsys, common_flags, monkeypatch):
+    monkeypatch.setattr(retrain_single_block, "load_data", lambda *args, **kwargs: 1 / 0)
+    assert "error: ZeroDivisionError: division by zero" in run_expecting_error(capsys, common_flags + BLOCK)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_train_and_eval_without_arguments_list_their_sweeps():
+    for script, sweep in ((".train", "blocks"), (".eval", "fully_merged")):
+        result = subprocess.run(["bash", script], cwd=REPO, capture_output=True, text=True, check=False)
+        assert result.returncode == 2 and "usage:" in result.stderr and f"  {sweep} " in result.stderr
+        assert "unbound variable" not in result.stderr

@@ -31,11 +31,11 @@ def save_checkpoint(state: dict, path: Path) -> None:
     """Write atomically; a full disk is a one-line error naming the path and the space needed."""
     try:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except OSError as error:
-        if error.errno != errno.ENOSPC and "No space left" not in str(error):
-            raise
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports ENOSPC as a RuntimeError
         needed = sum(t.numel() * t.element_size() for t in _tensors(state))
         free = shutil.disk_usage(path.parent).free
+        if getattr(error, "errno", None) != errno.ENOSPC and free >= needed:
+            raise
         raise UserError(
             f"cannot write checkpoint {path}: the disk is full ({free / 1e6:.1f} MB free, about {needed / 1e6:.1f} MB "
             "needed); free some space and rerun: the run resumes from its last checkpoint"

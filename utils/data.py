@@ -113,6 +113,8 @@ def tokenized_sentences(
         fn_kwargs={"unk_token": tokenizer.unk_token},
         desc=f"splitting {split}",
     )
+    if len(sentences) == 0 or "sentence" not in sentences.column_names:
+        raise UserError(f"no usable sentences in the {split} split of the data (headings or fragments only)")
     if max_sentences is not None:
         sentences = sentences.select(range(min(max_sentences, len(sentences))))
     tokens = sentences.map(
