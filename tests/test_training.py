@@ -5,7 +5,7 @@ import retrain_single_block
 from conftest import storage_of
 from models import student_attention
 from utils.assembly import checkpoint_spec, collect_attentions
-from utils.data import eval_loader, load_masked_splits
+from utils.data import collate, eval_loader, load_masked_splits
 from utils.device import to_device
 from utils.objectives import AttentionDistillation
 from utils.storage import BlockRun
@@ -142,3 +142,18 @@ def test_block_run_names_round_trip():
     run = BlockRun("merge", 3, heads=4, d_k=16)
     assert run.name == "merge_3_16_4" and BlockRun.parse(run.name) == run
     assert BlockRun.parse("block_1_8_2.old-20260101-120000") is None and BlockRun.parse("finetune_layer_drop") is None
+
+
+@pytest.mark.parametrize("criterion", ["MSE", "L1", "CrossEntropy"])
+def test_attention_score_loss_does_not_depend_on_padding(teacher, tiny_data_dir, criterion):
+    splits = load_masked_splits(tiny_data_dir, teacher.tokenizer, 40, 8, seed=0)
+    items = [splits.train[i] for i in range(2)]
+    torch.manual_seed(0)
+    student = student_attention(teacher.model, heads=2, d_k=8, dropout=0.0).eval()
+    objective = AttentionDistillation(teacher.model, 1, student, criterion, loss_on_scores=True, mlm_metrics=False)
+    losses = []
+    for pad_to in (None, 40):
+        batch = collate(items, teacher.tokenizer.pad_token_id, pad_to)
+        total, count = objective.loss(batch, student)
+        losses.append((total / count).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -34,17 +34,24 @@ def pointwise(criterion: str, prediction: torch.Tensor, target: torch.Tensor) ->
     return sum_count(errors)
 
 
-def distribution_loss(criterion: str, teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> LossParts:
-    """Compare attention distributions over keys, rows [N, heads, T] of real query tokens.
+def distribution_loss(
+    criterion: str, teacher_probs: torch.Tensor, student_probs: torch.Tensor, real_keys: torch.Tensor
+) -> LossParts:
+    """Compare attention distributions over keys, rows [N, heads, T] of real query tokens; ``real_keys``
+    [N, T] marks each row's real (unpadded) keys, so that MSE and L1 average over real keys only and do
+    not depend on how much a batch is padded.
 
     Same head count: head by head. Different head counts: heads cannot be paired, so the
     head-averaged distributions [N, T] are compared.
     """
     if teacher_probs.shape[1] != student_probs.shape[1]:
         teacher_probs, student_probs = teacher_probs.mean(1), student_probs.mean(1)
-    if criterion == "CrossEntropy":
+    if criterion == "CrossEntropy":  # one value per distribution; padded keys carry probability 0
         return sum_count(-(teacher_probs * student_probs.clamp_min(1e-12).log()).sum(-1))
-    return pointwise(criterion, student_probs, teacher_probs)
+    keys = real_keys if teacher_probs.dim() == 2 else real_keys[:, None, :].expand_as(teacher_probs)
+    errors = student_probs - teacher_probs
+    errors = errors.pow(2) if criterion == "MSE" else errors.abs()
+    return errors[keys].sum(), int(keys.sum())
 
 
 @torch.no_grad()
@@ -96,8 +103,12 @@ class AttentionDistillation:
         if self.loss_on_scores:  # rows [B, heads, T, T] -> [N_real, heads, T]
             with torch.no_grad():
                 teacher_probs = self.teacher_attention(hidden_in, real, return_probs=True)[1]
+            real_keys = real[:, None, :].expand(-1, real.shape[1], -1)[real]  # [N_real, T]: each query's real keys
             return distribution_loss(
-                self.criterion, teacher_probs.transpose(1, 2)[real].float(), student_probs.transpose(1, 2)[real].float()
+                self.criterion,
+                teacher_probs.transpose(1, 2)[real].float(),
+                student_probs.transpose(1, 2)[real].float(),
+                real_keys,
             )
         student_out, teacher_out = student_out[real].float(), teacher_out[real].float()  # [N_real, H]
         if self.loss_on_logits:
