@@ -14,17 +14,20 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils.args import StorageArguments, parse_args  # noqa: E402
+from utils.args import StorageArguments, parse_args, require  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
-from utils.evaluation import markdown_table  # noqa: E402
+from utils.evaluation import PER_SENTENCE, markdown_table  # noqa: E402
 from utils.experiment import log, start  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
+from utils.statistics import paired_difference  # noqa: E402
 from utils.storage import Storage  # noqa: E402
 
 KINDS = {
@@ -39,6 +42,52 @@ KINDS = {
 @dataclass
 class ReportArguments:
     output_dir: str = field(default="", metadata={"help": "Where to write (default: the storage directory's report)."})
+    compare: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Two model names: print their paired top-1 (and agreement) difference on the same masks "
+            "with its 95% bootstrap interval, and whether it excludes 0 (writes compare_A_vs_B.json)."
+        },
+    )
+
+    def __post_init__(self):
+        require(self.compare is None or len(self.compare) == 2, "--compare takes exactly two model names")
+
+
+def per_sentence_values(storage: Storage, model: str) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
+    """masks fingerprint -> (evaluation, metric -> per-sentence values) of every evaluation of ``model``."""
+    found = {}
+    for metrics_file in storage.all_results:
+        arrays_file = metrics_file.parent / PER_SENTENCE
+        if not arrays_file.exists():
+            continue
+        with np.load(arrays_file) as arrays:
+            values = {key.split("/", 1)[1]: arrays[key] for key in arrays.files if key.split("/", 1)[0] == model}
+        if values:
+            masks = json.loads(metrics_file.read_text()).get("masks")
+            found.setdefault(masks, (metrics_file.parent.name, values))
+    return found
+
+
+def compare_models(storage: Storage, first: str, second: str) -> dict:
+    """Paired differences ``first - second`` on the masks both were evaluated on."""
+    a, b = per_sentence_values(storage, first), per_sentence_values(storage, second)
+    shared = [masks for masks in a if masks in b]
+    if not shared:
+        missing = [name for name, found in ((first, a), (second, b)) if not found]
+        why = f"no evaluation of {', '.join(missing)}" if missing else "they were never evaluated on the same masks"
+        raise UserError(f"--compare {first} {second}: {why} (run both through an evaluation with the same data flags)")
+    (evaluation_a, values_a), (evaluation_b, values_b) = a[shared[0]], b[shared[0]]
+    result = {
+        "first": first,
+        "second": second,
+        "evaluations": [evaluation_a, evaluation_b],
+        "sentences": len(values_a["top1"]),
+    }
+    for key in ("top1", "agree_top1"):
+        if key in values_a and key in values_b:
+            result[key] = paired_difference(values_a[key], values_b[key])
+    return result
 
 
 def collect_results(storage: Storage) -> list[dict]:
@@ -134,6 +183,22 @@ def main(argv=None) -> dict:
     flags = parse_args([StorageArguments, ReportArguments], __doc__, argv)
     start(flags)
     storage = Storage(flags.storage.storage_directory)
+    if flags.report.compare:
+        first, second = flags.report.compare
+        result = compare_models(storage, first, second)
+        for key, paired in ((k, result[k]) for k in ("top1", "agree_top1") if k in result):
+            verdict = "excludes 0: a real difference" if paired["excludes_zero"] else "includes 0: not distinguishable"
+            low, high, count = 100 * paired["low"], 100 * paired["high"], result["sentences"]
+            print(
+                f"{key}: {first} - {second} = {100 * paired['difference']:+.2f} points, 95% interval "
+                f"[{low:+.2f}, {high:+.2f}] over {count} sentences ({verdict})"
+            )
+        output = Path(flags.report.output_dir or storage.report)
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            output / f"compare_{first}_vs_{second}.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2))
+        )
+        return result
     rows = collect_results(storage)
     grid = block_grid(storage)
     if not rows and not grid:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from models.cost import layer_flops_per_token
 from utils.metrics import evaluate_mlm
 from utils.objectives import output_distillation_loss
 from utils.signals import STORED_INPUT, STORED_TARGET, TeacherSignal
+from utils.statistics import interval, paired_difference
 
 VOCAB = 10
 SIGMOID_1 = 1 / (1 + math.exp(-1))
@@ -52,7 +54,7 @@ def one_batch():
 
 
 def test_evaluate_mlm_on_hand_made_logits():
-    metrics, predictions = evaluate_mlm(
+    metrics, details = evaluate_mlm(
         {"teacher": Fixed(TEACHER), "model": Fixed(MODEL)},
         one_batch(),
         torch.device("cpu"),
@@ -66,7 +68,10 @@ def test_evaluate_mlm_on_hand_made_logits():
     assert model["in_reference_top1"] == 0.5 and model["in_reference_top5"] == 1.0
     assert model["kl_from_teacher"] == pytest.approx((2 * SIGMOID_1 - 1) / 2, abs=1e-6)
     assert model["sentences"] == teacher["sentences"] == 2
-    assert predictions["model"][:, 0].tolist() == [2, 0] and predictions["reference"].shape == (2, 10)
+    assert details.predictions["model"][:, 0].tolist() == [2, 0] and details.predictions["reference"].shape == (2, 10)
+    assert details.values["model"]["top5"].tolist() == [1.0, 1.0] and details.values["model"][
+        "agree_top1"
+    ].tolist() == [0, 1]
 
 
 def test_output_distillation_loss_known_values():
@@ -102,3 +107,24 @@ def test_teacher_signal_reads_a_stored_batch_and_computes_otherwise():
     hidden_in, target = signal(stored)
     assert hidden_in.dtype == torch.float32 and hidden_in.eq(2).all() and not computed
     assert signal({"input_ids": None})[1].eq(1).all() and len(computed) == 1
+
+
+def test_a_model_equal_to_the_teacher_has_a_zero_width_paired_difference():
+    rng = np.random.default_rng(0)
+    hits = rng.random(500) < 0.3
+    assert paired_difference(hits, hits) == {"difference": 0.0, "low": 0.0, "high": 0.0, "excludes_zero": False}
+    better = hits | (rng.random(500) < 0.2)  # the same sentences plus others: a real, paired improvement
+    paired = paired_difference(better, hits)
+    assert paired["excludes_zero"] and paired["low"] > 0 and paired["low"] < paired["difference"] < paired["high"]
+
+
+def test_interval_covers_the_mean_and_narrows_with_more_sentences():
+    rng = np.random.default_rng(1)
+    widths = []
+    for count in (200, 3200):
+        hits = (rng.random(count) < 0.27).astype(float)
+        low, high = interval(hits)
+        assert low < hits.mean() < high
+        widths.append(high - low)
+    assert widths[1] < 0.4 * widths[0]  # about 1/sqrt(16) = 0.25 of it
+    assert interval(np.ones(50)) == (1.0, 1.0)

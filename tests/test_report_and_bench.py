@@ -42,6 +42,11 @@ def test_report_benchmarks(common_flags, run_flags, tiny_teacher_dir, tmp_path):
     text = (report / "report.md").read_text()
     assert "### retrained_8_2" in text and "![top1_heatmap_heads2](top1_heatmap_heads2.png)" in text
 
+    assert " ± " in text and "top1_low" in rows[0] and float(rows[0]["top1_low"]) <= float(rows[0]["top1"])
+    compared = make_report.main(["--storage_directory", str(storage.root), "--compare", "retrained_8_2", "teacher"])
+    assert compared["top1"]["low"] <= compared["top1"]["difference"] <= compared["top1"]["high"]
+    assert compared["sentences"] == 96 and (storage.report / "compare_retrained_8_2_vs_teacher.json").exists()
+
     cost = model_cost.main(["--teacher", tiny_teacher_dir, "--storage_directory", str(storage.root), "--repeats", "2"])
     assert set(cost["models"]) == {"teacher", "retrained_8_2"}
     assert cost["models"]["retrained_8_2"]["flop_ratio"] < 1 and cost["models"]["teacher"]["speedup_b64"] == 1

@@ -3,10 +3,12 @@ plus size, compute and latency against the teacher; written as JSON, markdown an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -18,14 +20,18 @@ from utils.data import MaskedSentences, eval_loader
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.metrics import evaluate_mlm
+from utils.statistics import with_intervals
 from utils.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
 
 TEACHER = "teacher"
 LATENCY_BATCHES = (1, 64)
+PER_SENTENCE = "per_sentence.npz"
 TABLE_COLUMNS = [
+    ("sentences", "sentences", "{:,}"),
     ("top1", "top-1", "{:.1%}"),
+    ("top1_vs_teacher", "top-1 − teacher", "{:+.1%}"),
     ("top5", "top-5", "{:.1%}"),
     ("top10", "top-10", "{:.1%}"),
     ("agree_top1", "= teacher top-1", "{:.1%}"),
@@ -69,12 +75,13 @@ def evaluate_models(
     reference: SimplifiedBert | None = None,
 ) -> dict:
     """Evaluate ``models`` (one named ``teacher``) on the same masked test sentences and write
-    ``metrics.json``, ``metrics.md`` and ``predictions.tsv`` under ``output_dir``."""
+    ``metrics.json`` (every figure with its 95% bootstrap interval, and each model's paired top-1
+    difference from the teacher), ``metrics.md``, ``predictions.tsv`` and ``per_sentence.npz`` (the
+    per-sentence outcomes, for paired comparisons across evaluations: ``make_report.py --compare``)."""
     count = sentence_count(test, evaluation.percentage_data)
     loader = eval_loader(test, evaluation.eval_batch_size, count)
-    metrics, predictions = evaluate_mlm(
-        models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True
-    )
+    metrics, details = evaluate_mlm(models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True)
+    with_intervals(metrics, details.values, TEACHER)
     for name, model in models.items():
         metrics[name].update(cost_and_latency(model, data.seq_len, device, evaluation.latency_repeats, LATENCY_BATCHES))
     teacher = dict(metrics[TEACHER])
@@ -82,6 +89,8 @@ def evaluate_models(
         values.update(relative_to(values, teacher))
     report = {
         "sentences": count,
+        "test_sentences": len(test),
+        "masks": masks_fingerprint(test, count),
         "seq_len": data.seq_len,
         "seed": data.seed,
         "device": str(device),
@@ -91,8 +100,10 @@ def evaluate_models(
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     atomic_write(output_dir / "metrics.md", lambda tmp: tmp.write_text(markdown_table(metrics)))
-    rows = prediction_rows(test, count, tokenizer, predictions)
+    rows = prediction_rows(test, count, tokenizer, details.predictions)
     atomic_write(output_dir / "predictions.tsv", lambda tmp: tmp.write_text(rows))
+    arrays = {f"{name}/{key}": value.numpy() for name, per in details.values.items() for key, value in per.items()}
+    atomic_write(output_dir / PER_SENTENCE, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
     log.info("results in %s\n%s", output_dir, markdown_table(metrics))
     return report
 
@@ -120,12 +131,34 @@ def evaluate_against_teacher(
     )
 
 
+def masks_fingerprint(test: MaskedSentences, count: int) -> str:
+    """Which sentences were evaluated with which masked token: paired comparisons need the same."""
+    digest = hashlib.sha1()
+    for index in range(count):
+        item = test[index]
+        digest.update(np.asarray(item["input_ids"], dtype=np.int32).tobytes())
+        digest.update(np.asarray(item["labels"], dtype=np.int32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cell(values: dict, key: str, fmt: str) -> str:
+    """A table cell: the value, and ``± half-width`` of its 95% interval when it has one."""
+    if key not in values:
+        return ""
+    scale = SCALE.get(key, 1)
+    text = fmt.format(values[key] * scale)
+    if f"{key}_low" in values:
+        half_width = (values[f"{key}_high"] - values[f"{key}_low"]) / 2 * scale
+        text += " ± " + (f"{100 * half_width:.1f}" if fmt.endswith("%}") else fmt.format(half_width))
+    return text
+
+
 def markdown_table(metrics: dict[str, dict]) -> str:
+    """One row per model; percentages with the half-width of their 95% interval in points (``27.1% ± 0.9``)."""
     columns = [column for column in TABLE_COLUMNS if any(column[0] in values for values in metrics.values())]
     lines = ["| model | " + " | ".join(title for _, title, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in metrics.items():
-        cells = [fmt.format(values[key] * SCALE.get(key, 1)) if key in values else "" for key, _, fmt in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(values, key, fmt) for key, _, fmt in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

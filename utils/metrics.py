@@ -8,6 +8,7 @@ larger reference model: whether the model's top-1 lies in the reference's top-1/
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +25,14 @@ def kl_divergence(teacher_log_probs: torch.Tensor, model_log_probs: torch.Tensor
     return (teacher_log_probs.exp() * (teacher_log_probs - model_log_probs)).sum(-1)
 
 
+@dataclass
+class MLMDetails:
+    """Per-sentence outcomes of an evaluation (what intervals and paired differences are computed from)."""
+
+    values: dict[str, dict[str, torch.Tensor]]  # model -> metric -> [N] (hits as 0/1, KL as float)
+    predictions: dict[str, torch.Tensor]  # model (and "reference") -> top-10 token ids [N, 10]
+
+
 @torch.no_grad()
 def evaluate_mlm(
     models: dict[str, nn.Module],
@@ -33,15 +42,15 @@ def evaluate_mlm(
     reference: nn.Module | None = None,
     keep_predictions: bool = False,
     desc: str = "evaluating",
-) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
-    """Metrics per model name, and (with ``keep_predictions``) top-10 token ids per model, [N, 10].
+) -> tuple[dict[str, dict[str, float]], MLMDetails]:
+    """Metrics per model name (means over the masked tokens, one per sentence), and the per-sentence
+    values behind them (with ``keep_predictions`` also the top-10 token ids per model, [N, 10]).
 
     Each model maps ``(input_ids, attention_mask, labels)`` to logits [N, V] at the N masked tokens.
     ``teacher`` names the entry of ``models`` the agreement metrics compare with (None: no agreement).
     """
-    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    chunks: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
     predictions: dict[str, list[torch.Tensor]] = defaultdict(list)
-    count = 0
     for batch in tqdm(loader, desc=desc, leave=False):
         batch = to_device(batch, device)
         targets = batch["labels"][batch["labels"] != IGNORE_INDEX]  # [N]
@@ -49,23 +58,27 @@ def evaluate_mlm(
         top10 = {name: lp.topk(max(TOP_K), dim=-1).indices for name, lp in log_probs.items()}  # [N, 10]
         reference_top10 = reference(**batch).topk(max(TOP_K), dim=-1).indices if reference is not None else None
         for name, top in top10.items():
+            values = chunks[name]
             for k in TOP_K:
-                sums[name][f"top{k}"] += (top[:, :k] == targets[:, None]).any(-1).sum().item()
+                values[f"top{k}"].append((top[:, :k] == targets[:, None]).any(-1))
             if teacher is not None and name != teacher:
                 teacher_top = top10[teacher]
-                sums[name]["agree_top1"] += (top[:, 0] == teacher_top[:, 0]).sum().item()
-                sums[name]["teacher_top1_in_top5"] += (top[:, :5] == teacher_top[:, :1]).any(-1).sum().item()
+                values["agree_top1"].append(top[:, 0] == teacher_top[:, 0])
+                values["teacher_top1_in_top5"].append((top[:, :5] == teacher_top[:, :1]).any(-1))
                 kl = kl_divergence(log_probs[teacher], log_probs[name])  # [N]
-                sums[name]["kl_from_teacher"] += kl.clamp_min(0).sum().item()  # >= 0 up to rounding
+                values["kl_from_teacher"].append(kl.clamp_min(0))  # >= 0 up to rounding
             if reference_top10 is not None:
                 for k in TOP_K:
-                    sums[name][f"in_reference_top{k}"] += (reference_top10[:, :k] == top[:, :1]).any(-1).sum().item()
+                    values[f"in_reference_top{k}"].append((reference_top10[:, :k] == top[:, :1]).any(-1))
             if keep_predictions:
                 predictions[name].append(top.cpu())
         if keep_predictions and reference_top10 is not None:
             predictions["reference"].append(reference_top10.cpu())
-        count += len(targets)
-    metrics = {name: {key: value / max(count, 1) for key, value in values.items()} for name, values in sums.items()}
-    for values in metrics.values():
-        values["sentences"] = count
-    return metrics, {name: torch.cat(chunks) for name, chunks in predictions.items()}
+    values = {
+        name: {key: torch.cat(parts).float().cpu() for key, parts in metrics.items()}
+        for name, metrics in chunks.items()
+    }
+    metrics = {name: {key: value.mean().item() for key, value in per.items()} for name, per in values.items()}
+    for name, per in metrics.items():
+        per["sentences"] = len(values[name]["top1"])
+    return metrics, MLMDetails(values, {name: torch.cat(parts) for name, parts in predictions.items()})
