@@ -1,7 +1,8 @@
 """Compose the fully merged model (every pair 0-1, 2-3, ... replaced by its merged layer; an odd last
 layer stays the teacher's; half the depth) and finetune it end to end by distillation on the teacher's
-MLM outputs. ``--baseline layer_drop`` instead finetunes the teacher with every second layer dropped
-(layers 1, 3, 5, ... removed), with the same budget, as the layer-reduction baseline.
+MLM outputs. ``--baseline layer_drop`` instead finetunes the teacher with half its layers dropped (``--drop``:
+every second one by default, or the top ones, the least influential, or the most similar contiguous block),
+with the same budget, as the layer-reduction baseline.
 """
 
 import copy
@@ -9,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from models import assemble
+from models import assemble, layers_to_drop
 from utils.args import FINETUNE_FLAGS, ExportArguments, StudentArguments, TeacherArguments, flag, parse_args
 from utils.assembly import collect_merged_layers
-from utils.data import load_data
+from utils.data import eval_loader, load_data
 from utils.errors import UserError, cli_entry
-from utils.experiment import start
+from utils.experiment import log, start
 from utils.finetune import finetune_and_save
+from utils.metrics import hidden_state_similarity
 from utils.runs import already_finished, finetune_run
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -28,6 +30,12 @@ class FullyMergedArguments:
     )
     baseline: Optional[Literal["layer_drop"]] = flag(
         None, "Finetune the layer-drop baseline instead of the merged model."
+    )
+    drop: Literal["alternate", "top", "influence", "angular"] = flag(
+        "alternate",
+        "With --baseline layer_drop, which half of the layers to drop: every second one (the seed's), the top ones, "
+        "the least influential (1 - cos(input, output), ShortGPT) or the contiguous block with the smallest angular "
+        "distance (Gromov et al.), measured on --eval_sentences validation sentences. --epochs 0: no healing.",
     )
     output_model: Optional[str] = flag(None, "Folder of the finetuned model (default: the storage directory's models).")
 
@@ -43,16 +51,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     storage, options = Storage(flags.storage.storage_directory), flags.fully_merged
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
     layer_drop = options.baseline == "layer_drop"
-    default_output = storage.layer_drop_model() if layer_drop else storage.merged_model(heads, d_k, options.source)
+    default_output = (
+        storage.layer_drop_model(options.drop) if layer_drop else storage.merged_model(heads, d_k, options.source)
+    )
     output = Path(options.output_model or default_output)
     run = finetune_run(flags, info, default_output.name)
     if already_finished(run, flags, output):
         return run.read_metrics()
     teacher = load_teacher(info, device)
+    data = load_data(flags.data, teacher.tokenizer)
     if layer_drop:
-        dropped = set(range(1, teacher.num_layers, 2))
-        student = assemble(teacher.model, dropped=dropped)
-        meta = {"dropped_teacher_layers": sorted(dropped)}
+        similarity = None
+        if options.drop in ("influence", "angular"):
+            valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
+            similarity = hidden_state_similarity(teacher.model, valid, device)
+        dropped = layers_to_drop(options.drop, teacher.num_layers, teacher.num_layers // 2, similarity)
+        log.info("--drop %s removes teacher layers %s", options.drop, dropped)
+        student = assemble(teacher.model, dropped=set(dropped))
+        meta = {"drop_rule": options.drop, "dropped_teacher_layers": dropped}
     else:
         layers, sources, missing = collect_merged_layers(
             storage.root, teacher.model, teacher.name, heads, d_k, kind=options.source
@@ -73,7 +89,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # an independent copy: finetuning (and its dropout) must not touch the teacher's shared modules
     student = copy.deepcopy(student).to(device).requires_grad_(False)
     student.layers.requires_grad_(True)  # all encoder layers; embeddings and MLM head stay frozen
-    data = load_data(flags.data, teacher.tokenizer)
     return finetune_and_save(student, teacher, data, flags, device, run, output, meta)
 
 

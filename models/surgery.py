@@ -7,6 +7,7 @@ model that shares the untouched modules with ``base``.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from models.attention import MultiHeadAttention
@@ -55,12 +56,14 @@ def merged_layer(
     heads: int,
     d_k: int,
     dropout: float,
-    init: Literal["random", "first", "second"] = "random",
+    init: Literal["random", "first", "second", "average"] = "random",
 ) -> TransformerLayer:
     """One layer meant to replace ``base.layers[first]`` and ``base.layers[first + 1]``.
 
     Feed-forward as wide as the teacher's (4x hidden in BERT). ``init`` = ``first``/``second`` copies that
-    teacher layer's norms and feed-forward, and its attention too when the shapes (heads and d_k) agree.
+    teacher layer's norms and feed-forward, and its attention too when the shapes (heads and d_k) agree;
+    ``average`` is training-free parameter merging: every weight the element-wise mean of the pair's
+    (needs the teacher's attention shape).
     """
     if not 0 <= first < len(base.layers) - 1:
         raise IndexError(f"merging layers {first} and {first + 1}: needs 0 <= first < {len(base.layers) - 1}")
@@ -68,6 +71,13 @@ def merged_layer(
     origin = {"kind": "merged", "teacher_layers": [first, first + 1]}
     layer = TransformerLayer.fresh(config, heads, d_k, dropout, config.intermediate_size, origin)
     if init == "random":
+        return layer
+    if init == "average":
+        pair = (base.layers[first], base.layers[first + 1])
+        if any((source.attention.heads, source.attention.d_k) != (heads, d_k) for source in pair):
+            raise ValueError(f"averaging layers {first}, {first + 1} needs their attention shape, not {heads} x {d_k}")
+        averaged = {key: (pair[0].state_dict()[key] + value) / 2 for key, value in pair[1].state_dict().items()}
+        layer.load_state_dict(averaged)
         return layer
     source = base.layers[first if init == "first" else first + 1]
     names = ["attention_norm", "ffn_norm"]
@@ -94,3 +104,37 @@ def select_trainable(model: SimplifiedBert, feed_forward: bool = False) -> Simpl
             for part in (layer.attention_norm, layer.ffn_in, layer.ffn_out, layer.ffn_norm):
                 part.requires_grad_(True)
     return model
+
+
+DROP_RULES = ("alternate", "top", "influence", "angular")
+
+
+def layers_to_drop(rule: str, num_layers: int, count: int, similarity=None) -> list[int]:
+    """The ``count`` layers a layer-drop rule removes from a ``num_layers``-layer model.
+
+    - ``alternate``: every second layer, 1, 3, 5, ... (the seed's baseline);
+    - ``top``: the last ``count`` layers (Sajjad et al., "Poor Man's BERT");
+    - ``influence``: ShortGPT's block influence, 1 - cos(input, output) of each layer: the least influential;
+    - ``angular``: Gromov et al.: the ``count`` contiguous layers whose input and output are closest in
+      angle (arccos of the cosine).
+
+    ``similarity`` [L+1, L+1]: mean cosine similarity over real tokens between the hidden states entering
+    layers i and j (index L = the output of the last layer); needed by ``influence`` and ``angular``.
+    """
+    if not 0 < count < num_layers:
+        raise ValueError(f"dropping {count} of {num_layers} layers")
+    if rule == "alternate":
+        return list(range(1, num_layers, 2))[:count]
+    if rule == "top":
+        return list(range(num_layers - count, num_layers))
+    if similarity is None:
+        raise ValueError(f"--drop {rule} needs the hidden states' similarities")
+    if rule == "influence":
+        influence = [1 - float(similarity[layer, layer + 1]) for layer in range(num_layers)]
+        return sorted(sorted(range(num_layers), key=lambda layer: influence[layer])[:count])
+    if rule == "angular":
+        distance = [math.acos(max(-1.0, min(1.0, float(similarity[start, start + count])))) / math.pi
+                    for start in range(num_layers - count + 1)]  # fmt: skip
+        start = min(range(len(distance)), key=lambda index: distance[index])
+        return list(range(start, start + count))
+    raise ValueError(f"unknown drop rule {rule!r} (expected one of {', '.join(DROP_RULES)})")

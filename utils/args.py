@@ -187,10 +187,11 @@ class EvalArguments:
 
 @dataclass
 class MergeArguments:
-    merge_init: Literal["random", "first", "second"] = flag(
+    merge_init: Literal["random", "first", "second", "average"] = flag(
         "random",
-        "Start the merged layer from random weights (the seed) or from a copy of the pair's first or "
-        "second teacher layer (attention copied when heads and d_k match).",
+        "Start the merged layer from random weights (the seed), from a copy of the pair's first or second "
+        "teacher layer (attention copied when heads and d_k match), or from the average of the pair's "
+        "parameters (training-free merging with --epochs 0; needs the teacher's heads and d_k).",
     )
 
 

@@ -10,6 +10,7 @@ from models import SimplifiedBert, merged_layer
 from utils.args import Flags
 from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader
+from utils.errors import UserError
 from utils.objectives import MergeDistillation
 from utils.teacher import Teacher
 from utils.teacher_cache import teacher_training_set
@@ -36,14 +37,17 @@ def train_merged_layer(
     Starts from ``--merge_init`` or, when given, from the state dict ``warm_start``.
     """
     student = flags.student
-    layer = merged_layer(
-        teacher.model,
-        block,
-        student.block_heads,
-        student.block_d_k,
-        flags.dropout.block_dropout,
-        flags.merge.merge_init,
-    )
+    try:
+        layer = merged_layer(
+            teacher.model,
+            block,
+            student.block_heads,
+            student.block_d_k,
+            flags.dropout.block_dropout,
+            flags.merge.merge_init,
+        )
+    except ValueError as error:  # --merge_init average of layers whose shape is not the student's
+        raise UserError(f"--merge_init {flags.merge.merge_init}: {error}") from None
     if warm_start is not None:
         layer.load_state_dict(warm_start)
         log.info("merged layer %d-%d warm-started from a retrain_merge checkpoint", block, block + 1)

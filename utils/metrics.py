@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -82,3 +84,21 @@ def evaluate_mlm(
     for name, per in metrics.items():
         per["sentences"] = len(values[name]["top1"])
     return metrics, MLMDetails(values, {name: torch.cat(parts) for name, parts in predictions.items()})
+
+
+@torch.no_grad()
+def hidden_state_similarity(model, loader, device: torch.device) -> np.ndarray:
+    """Mean cosine similarity over real tokens between the hidden states entering layers i and j,
+    [L+1, L+1] (index L: the last layer's output); what the influence and angular drop rules rank by."""
+    total, tokens = None, 0
+    for batch in tqdm(loader, desc="hidden-state similarity", leave=False):
+        batch = to_device(batch, device)
+        mask = batch["attention_mask"].bool()
+        states = [model.embeddings(input_ids=batch["input_ids"])]
+        for layer in model.layers:
+            states.append(layer(states[-1], mask))
+        unit = torch.stack([F.normalize(state[mask].float(), dim=-1) for state in states])  # [L+1, N, H]
+        similarity = torch.einsum("inh,jnh->ij", unit, unit)  # summed over the N real tokens
+        total = similarity if total is None else total + similarity
+        tokens += int(mask.sum())
+    return (total / tokens).cpu().numpy()

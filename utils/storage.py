@@ -88,8 +88,9 @@ class Storage:
         suffix = "" if source == "merge" else f"_{source}"
         return self.model(f"merged_{d_k}_{heads}{suffix}")
 
-    def layer_drop_model(self) -> Path:
-        return self.model(LAYER_DROP_MODEL)
+    def layer_drop_model(self, rule: str = "alternate") -> Path:
+        """The layer-drop baseline: ``layer_drop`` (every second layer, the seed's) or ``layer_drop_{rule}``."""
+        return self.model(LAYER_DROP_MODEL if rule == "alternate" else f"{LAYER_DROP_MODEL}_{rule}")
 
     def results(self, name: str) -> Path:
         return self.root / "results" / name

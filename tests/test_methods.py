@@ -1,0 +1,65 @@
+"""The comparison methods: ranked layer dropping and training-free (averaged) merging."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertForMaskedLM
+
+import finetune_fully_merged
+import retrain_merge
+from conftest import storage_of, tiny_config
+from models import SimplifiedBert, layers_to_drop, merged_layer
+from utils.data import eval_loader, load_masked_splits
+from utils.metrics import hidden_state_similarity
+from utils.model_io import load_simplified
+
+
+def test_rules_on_known_similarities():
+    similarity = torch.full((7, 7), 0.5)
+    similarity[3, 4] = 0.99  # layer 3 barely changes its input
+    similarity[1, 4] = 0.9  # layers 1-3 together change it least
+    assert layers_to_drop("alternate", 6, 3) == [1, 3, 5] and layers_to_drop("top", 6, 3) == [3, 4, 5]
+    assert layers_to_drop("influence", 6, 1, similarity) == [3]
+    assert layers_to_drop("angular", 6, 3, similarity) == [1, 2, 3]
+    with pytest.raises(ValueError):
+        layers_to_drop("influence", 6, 3)
+
+
+def test_influence_drops_a_layer_made_an_identity(tokenizer, tiny_data_dir):
+    torch.manual_seed(0)
+    model = SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config(num_hidden_layers=4)).eval()).eval()
+    with torch.no_grad():  # attention and feed-forward add nothing: LayerNorm(LayerNorm(x)) = x
+        for module in (model.layers[2].attention.output, model.layers[2].ffn_out):
+            module.weight.zero_()
+            module.bias.zero_()
+    splits = load_masked_splits(tiny_data_dir, tokenizer, 40, 32, seed=0)
+    similarity = hidden_state_similarity(model, eval_loader(splits.validation, 16), torch.device("cpu"))
+    assert similarity[2, 3] > 0.999 and similarity.shape == (5, 5)
+    assert layers_to_drop("influence", 4, 1, similarity) == [2]
+
+
+def test_average_of_two_identical_layers_is_the_layer():
+    torch.manual_seed(0)
+    model = SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config()).eval())
+    model.layers[1].load_state_dict(model.layers[0].state_dict())
+    averaged = merged_layer(model, 0, 4, 8, 0.1, "average")
+    for key, value in model.layers[0].state_dict().items():
+        assert torch.equal(averaged.state_dict()[key], value), key
+    with pytest.raises(ValueError):
+        merged_layer(model, 0, 2, 8, 0.1, "average")
+
+
+def test_drop_rules_and_training_free_merging_from_the_scripts(run_flags, tiny_teacher_5_layers):
+    flags = run_flags(teacher=tiny_teacher_5_layers) + ["--block_heads", "4", "--block_d_k", "8"]
+    history = retrain_merge.main(flags + ["--block", "0", "--merge_init", "average", "--epochs", "0"])
+    assert [r["epoch"] for r in history] == [0] and "merged_top1" in history[0]  # evaluated, not trained
+    storage = storage_of(flags)
+    for rule in ("top", "influence", "angular"):
+        finetune_fully_merged.main(flags + ["--baseline", "layer_drop", "--drop", rule, "--epochs", "0"])
+        model, _, meta = load_simplified(storage.layer_drop_model(rule))
+        kept = [layer.origin["teacher_layers"][0] for layer in model.layers]
+        assert len(kept) == 3 and sorted(kept + meta["dropped_teacher_layers"]) == [0, 1, 2, 3, 4]
+        assert meta["drop_rule"] == rule
+    top = json.loads((storage.layer_drop_model("top") / "sitra.json").read_text())["meta"]
+    assert top["dropped_teacher_layers"] == [3, 4]
