@@ -3,12 +3,12 @@
 Example (offline): python retrain_single_block.py --teacher minilm --block 5 --epochs 2 --max_sentences 2000
 """
 
-from models import student_attention
 from utils.args import (
     BLOCK_STUDENT_FLAGS,
     RUN_FLAGS,
     CacheArguments,
     DistillationArguments,
+    StudentInitArguments,
     TeacherArguments,
     parse_args,
 )
@@ -16,12 +16,20 @@ from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
 from utils.experiment import start
 from utils.objectives import AttentionDistillation
+from utils.pruning import initial_student
 from utils.runs import already_finished, block_run
 from utils.teacher import inspect_teacher, load_teacher
 from utils.teacher_cache import teacher_training_set
 from utils.training import fit
 
-GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, DistillationArguments, *RUN_FLAGS, CacheArguments]
+GROUPS = [
+    TeacherArguments,
+    *BLOCK_STUDENT_FLAGS,
+    StudentInitArguments,
+    DistillationArguments,
+    *RUN_FLAGS,
+    CacheArguments,
+]
 
 
 @cli_entry
@@ -37,9 +45,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data = load_data(flags.data, teacher.tokenizer)
 
     shape, distillation = flags.student, flags.distillation
-    student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, flags.dropout.block_dropout).to(
-        device
-    )
+    valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
+    init = flags.student_init.student_init
+    dropout = flags.dropout.block_dropout
+    student = initial_student(teacher.model, block, shape.block_heads, shape.block_d_k, dropout, init, valid, device)
+    student.to(device)
     objective = AttentionDistillation(
         teacher.model,
         block,
@@ -53,7 +63,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     train_set = teacher_training_set(
         flags, teacher.name, "block", block, objective.signal, data.train, teacher.model.config.hidden_size, device
     )
-    valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
     return fit(objective, train_set, valid, flags.training, run, device, flags.data.seed)
 
 

@@ -24,6 +24,7 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(hidden, heads * d_k)
         self.value = nn.Linear(hidden, heads * d_k)
         self.output = nn.Linear(heads * d_k, hidden)
+        self.head_gate: torch.Tensor | None = None  # [heads]: scales each head's output (head importance)
 
     @classmethod
     def from_bert(cls, bert_attention: nn.Module) -> MultiHeadAttention:
@@ -68,6 +69,8 @@ class MultiHeadAttention(nn.Module):
         else:
             probs = None
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+        if self.head_gate is not None:
+            context = context * self.head_gate.view(1, -1, 1, 1)
         batch, _, length, _ = context.shape
         context = context.transpose(1, 2).reshape(batch, length, self.heads * self.d_k)
         return self.output(context), probs

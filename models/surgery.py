@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
+
 from models.attention import MultiHeadAttention
 from models.bert import SimplifiedBert
 from models.layers import TransformerLayer, init_linear_weights
@@ -138,3 +140,54 @@ def layers_to_drop(rule: str, num_layers: int, count: int, similarity=None) -> l
         start = min(range(len(distance)), key=lambda index: distance[index])
         return list(range(start, start + count))
     raise ValueError(f"unknown drop rule {rule!r} (expected one of {', '.join(DROP_RULES)})")
+
+
+def _head_rows(attention: MultiHeadAttention, head: int) -> slice:
+    return slice(head * attention.d_k, (head + 1) * attention.d_k)
+
+
+@torch.no_grad()
+def attention_of_heads(attention: MultiHeadAttention, keep: list[int], dropout: float) -> MultiHeadAttention:
+    """A trainable attention holding copies of the heads ``keep`` of ``attention`` (same d_k): with every
+    head kept it computes exactly what ``attention`` does; the output bias is kept whole."""
+    student = MultiHeadAttention(attention.hidden, len(keep), attention.d_k, dropout)
+    rows = torch.cat([torch.arange(head * attention.d_k, (head + 1) * attention.d_k) for head in keep])
+    for name in ("query", "key", "value"):
+        source, target = getattr(attention, name), getattr(student, name)
+        target.weight.copy_(source.weight[rows])
+        target.bias.copy_(source.bias[rows])
+    student.output.weight.copy_(attention.output.weight[:, rows])
+    student.output.bias.copy_(attention.output.bias)
+    return student
+
+
+def _augmented(linear: torch.nn.Linear, rows: slice) -> torch.Tensor:
+    """[weight | bias] of some output rows: acting on [x; 1] it gives weight x + bias. [rows, in + 1]"""
+    return torch.cat([linear.weight[rows], linear.bias[rows, None]], dim=1).double()
+
+
+@torch.no_grad()
+def attention_low_rank(attention: MultiHeadAttention, keep: list[int], d_k: int, dropout: float) -> MultiHeadAttention:
+    """A student with the heads ``keep`` of ``attention`` at head size ``d_k`` <= the teacher's, initialised
+    from the best rank-``d_k`` approximation (truncated SVD) of each head's query-key product ``A_q^T A_k``
+    (scaled for the student's 1/sqrt(d_k)) and value-output product ``W_o A_v`` (biases folded in as an extra
+    input of 1). With ``d_k`` equal to the teacher's it reproduces the kept heads exactly."""
+    if d_k > attention.d_k:
+        raise ValueError(f"an SVD initialisation needs d_k <= the teacher's {attention.d_k}, got {d_k}")
+    hidden = attention.hidden
+    student = MultiHeadAttention(hidden, len(keep), d_k, dropout)
+    scale = math.sqrt(math.sqrt(d_k / attention.d_k))  # split between query and key
+    for index, head in enumerate(keep):
+        rows, target = _head_rows(attention, head), slice(index * d_k, (index + 1) * d_k)
+        u, s, vh = torch.linalg.svd(_augmented(attention.query, rows).T @ _augmented(attention.key, rows))
+        root = (s[:d_k].sqrt() * scale)[None, :]
+        query, key = (u[:, :d_k] * root).T, (vh[:d_k].T * root).T  # [d_k, hidden + 1] each
+        u, s, vh = torch.linalg.svd(attention.output.weight[:, rows].double() @ _augmented(attention.value, rows))
+        root = s[:d_k].sqrt()
+        output, value = u[:, :d_k] * root[None, :], vh[:d_k] * root[:, None]  # [hidden, d_k], [d_k, hidden + 1]
+        for linear, augmented in ((student.query, query), (student.key, key), (student.value, value)):
+            linear.weight[target] = augmented[:, :hidden].float()
+            linear.bias[target] = augmented[:, hidden].float()
+        student.output.weight[:, target] = output.float()
+    student.output.bias.copy_(attention.output.bias)
+    return student

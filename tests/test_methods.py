@@ -7,12 +7,17 @@ import torch
 from transformers import BertForMaskedLM
 
 import finetune_fully_merged
+import prune_heads
 import retrain_merge
+import retrain_single_block
 from conftest import storage_of, tiny_config
 from models import SimplifiedBert, layers_to_drop, merged_layer
 from utils.data import eval_loader, load_masked_splits
+from utils.export import export_hf
 from utils.metrics import hidden_state_similarity
 from utils.model_io import load_simplified
+from utils.pruning import head_importance, heads_to_keep, initial_student
+from utils.teacher import load_teacher
 
 
 def test_rules_on_known_similarities():
@@ -63,3 +68,57 @@ def test_drop_rules_and_training_free_merging_from_the_scripts(run_flags, tiny_t
         assert meta["drop_rule"] == rule
     top = json.loads((storage.layer_drop_model("top") / "sitra.json").read_text())["meta"]
     assert top["dropped_teacher_layers"] == [3, 4]
+
+
+def test_head_importance_ranks_a_silenced_head_last(tiny_teacher_dir, tiny_data_dir):
+    teacher = load_teacher(tiny_teacher_dir)
+    attention = teacher.model.layers[1].attention
+    with torch.no_grad():  # head 2 of layer 1 writes nothing: its gate cannot change the loss
+        attention.output.weight[:, 2 * attention.d_k : 3 * attention.d_k] = 0
+    splits = load_masked_splits(tiny_data_dir, teacher.tokenizer, 40, 64, seed=0)
+    importance = head_importance(teacher.model, eval_loader(splits.validation, 32), torch.device("cpu"))
+    assert importance.shape == (3, 4) and importance[1].argmin() == 2 and importance[1, 2] == 0
+    assert heads_to_keep(importance, 3, per_layer=True)[1] == [0, 1, 3]
+    kept = heads_to_keep(importance, 2, per_layer=False)
+    assert sum(map(len, kept)) == 6 and all(kept) and 2 not in kept[1]
+
+
+@pytest.mark.parametrize("init,d_k", [("heads", 8), ("svd", 8)])
+def test_teacher_initialised_students_reproduce_the_teacher(tiny_teacher_dir, tiny_data_dir, init, d_k):
+    teacher = load_teacher(tiny_teacher_dir)
+    splits = load_masked_splits(tiny_data_dir, teacher.tokenizer, 40, 32, seed=0)
+    loader = eval_loader(splits.validation, 16)
+    student = initial_student(teacher.model, 1, 4, d_k, 0.0, init, loader, torch.device("cpu")).eval()
+    batch = next(iter(loader))
+    mask = batch["attention_mask"].bool()
+    hidden = teacher.model.encode(batch["input_ids"], batch["attention_mask"], stop=1)
+    expected = teacher.model.layers[1].attention(hidden, mask)[0]
+    assert (student(hidden, mask)[0] - expected)[mask].abs().max() <= 1e-5
+
+
+def test_svd_init_starts_closer_than_random_and_pruned_models_export(run_flags, tmp_path, tokenizer):
+    flags = run_flags() + ["--block", "1", "--block_heads", "2", "--block_d_k", "4", "--epochs", "0"]
+    mse = {
+        init: retrain_single_block.main(flags + ["--student_init", init, "--no_resume"])[0]["block_mse"]
+        for init in ("random", "svd")
+    }
+    assert mse["svd"] < mse["random"]
+    for per_layer in (True, False):
+        result = prune_heads.main(
+            run_flags(drop=["batch_size", "eval_sentences"])
+            + ["--block_heads", "2", "--importance_sentences", "32"]
+            + (["--per_layer"] if per_layer else [])
+        )
+        model, _, meta = load_simplified(result["output"])
+        assert [layer.attention.heads for layer in model.layers] == [len(k) for k in meta["kept_heads"]]
+        assert sum(layer.attention.heads for layer in model.layers) == 6
+        out = tmp_path / f"exported_{per_layer}"
+        export_hf(model, tokenizer, out)
+        again, _, _ = load_simplified(out)
+        batch = tokenizer(["the [MASK] sat on the mat ."], return_tensors="pt")
+        labels = torch.where(batch["input_ids"] == tokenizer.mask_token_id, batch["input_ids"], -100)
+        assert torch.allclose(
+            again(batch["input_ids"], batch["attention_mask"], labels),
+            model(batch["input_ids"], batch["attention_mask"], labels),
+            atol=1e-5,
+        )

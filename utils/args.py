@@ -97,6 +97,15 @@ class DropoutArguments:
 
 
 @dataclass
+class StudentInitArguments:
+    student_init: Literal["random", "heads", "svd"] = flag(
+        "random",
+        "Start the student from random weights (the seed's), from copies of the block's --block_heads most important "
+        "teacher heads (needs the teacher's d_k), or from a truncated SVD of those heads at --block_d_k.",
+    )
+
+
+@dataclass
 class DistillationArguments:
     criterion: Literal["MSE", "L1", "CrossEntropy"] = flag("MSE", "Distillation loss.")
     loss_on_logits: bool = flag(

@@ -88,6 +88,10 @@ class Storage:
         suffix = "" if source == "merge" else f"_{source}"
         return self.model(f"merged_{d_k}_{heads}{suffix}")
 
+    def pruned_model(self, heads: int, d_k: int, per_layer: bool) -> Path:
+        """Where prune_heads.py saves a head-pruned teacher (``_global``: heads chosen across layers)."""
+        return self.model(f"pruned_{d_k}_{heads}" + ("" if per_layer else "_global"))
+
     def layer_drop_model(self, rule: str = "alternate") -> Path:
         """The layer-drop baseline: ``layer_drop`` (every second layer, the seed's) or ``layer_drop_{rule}``."""
         return self.model(LAYER_DROP_MODEL if rule == "alternate" else f"{LAYER_DROP_MODEL}_{rule}")
