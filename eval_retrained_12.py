@@ -23,11 +23,10 @@ def main(argv: list[str] | None = None) -> dict:
     storage = Storage(flags.storage.storage_directory)
     model_dir = Path(flags.model.model or storage.retrained_model(flags.student.block_heads, flags.student.block_d_k))
     teacher = load_teacher(flags.teacher.teacher, device)
-    model, _, _ = load_simplified(model_dir, device)
+    model, _, meta = load_simplified(model_dir, device)
     data = load_data(flags.data, teacher.tokenizer)
-    return evaluate_against_teacher(
-        flags, teacher, {model_dir.name: model}, data.test, device, storage.results(model_dir.name)
-    )
+    output_dir, metas = storage.results(model_dir.name), {model_dir.name: meta}
+    return evaluate_against_teacher(flags, teacher, {model_dir.name: model}, data.test, device, output_dir, metas)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
             looked_for = ", ".join(str(c) for c in candidates)
             raise UserError(f"no fully merged model (looked for {looked_for}); run finetune_fully_merged.py first")
     teacher = load_teacher(flags.teacher.teacher, device)
-    models = {folder.name: load_simplified(folder, device)[0] for folder in folders}
+    loaded = {folder.name: load_simplified(folder, device) for folder in folders}
+    models, metas = {name: m[0] for name, m in loaded.items()}, {name: m[2] for name, m in loaded.items()}
     data = load_data(flags.data, teacher.tokenizer)
     output_dir = storage.fully_merged_results(heads, d_k)
-    return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir)
+    return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir, metas)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,94 @@ def plot_accuracy_vs_parameters(rows, output: Path) -> Path | None:
     return path
 
 
+METHODS = [  # (name prefix, label, marker); the first prefix that matches names the method
+    ("teacher", "teacher", "*"),
+    ("pruned", "head pruning", "v"),
+    ("retrained", "retrained attention", "o"),
+    ("merged", "merged layers", "s"),
+    ("merge_", "merged pair", "s"),
+    ("layer_drop", "layer drop", "^"),
+]
+HEALED = "_finetuned"
+
+
+def method_of(model: str) -> tuple[str, str]:
+    """(label, marker) of a model name; a ``layer_drop_{rule}`` keeps its rule in the label."""
+    for prefix, label, marker in METHODS:
+        if model.startswith(prefix):
+            if prefix == "layer_drop":
+                rule = model.removeprefix("layer_drop").removesuffix(HEALED).strip("_") or "alternate"
+                return f"layer drop ({rule})", marker
+            return label, marker
+    return "other", "x"
+
+
+def healed(row: dict) -> bool:
+    """Finetuned end to end after the simplification (filled markers) or not (hollow)."""
+    return row.get("healing_steps", 0) > 0
+
+
+def plot_frontier(rows, output: Path) -> Path | None:
+    """Top-1 and agreement with the teacher against encoder FLOPs per token: one marker per method, filled
+    when healed by finetuning, hollow when training-free; error bars are the 95% intervals."""
+    points = {row["model"]: row for row in rows if "top1" in row and "flops_per_token" in row}
+    if len(points) < 2:
+        return None
+    figure, axes_pair = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = {}
+    for axes, metric, title in zip(
+        axes_pair, ("top1", "agree_top1"), ("MLM top-1", "same top-1 as the teacher"), strict=True
+    ):
+        for name, row in sorted(points.items()):
+            if metric not in row:
+                continue
+            label, marker = method_of(name)
+            color = colors.setdefault(label, f"C{len(colors)}")
+            x, y = row["flops_per_token"] / 1e6, row[metric]
+            error = [[y - row.get(f"{metric}_low", y)], [row.get(f"{metric}_high", y) - y]]
+            filled = healed(row) or label == "teacher"
+            axes.errorbar(
+                x,
+                y,
+                yerr=error,
+                fmt=marker,
+                color=color,
+                markersize=9,
+                capsize=3,
+                markerfacecolor=color if filled else "white",
+                label=label,
+            )
+            axes.annotate(name, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+        axes.set_xlabel("encoder MFLOPs per token")
+        axes.set_ylabel(title)
+        axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        axes.grid(alpha=0.3)
+    handles, labels = axes_pair[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    axes_pair[0].legend(unique.values(), unique.keys(), fontsize=7, title="filled: healed; hollow: training-free")
+    figure.tight_layout()
+    path = output / "frontier.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def budget_tables(rows) -> list[str]:
+    """Markdown sections, one per compute budget (FLOPs per token relative to the teacher, to 0.05), the
+    teacher in each, models sorted by top-1."""
+    latest = {row["model"]: row for row in rows if "top1" in row and "flop_ratio" in row}
+    budgets: dict[float, dict] = {}
+    for name, row in latest.items():
+        if name != "teacher":
+            budgets.setdefault(round(row["flop_ratio"] * 20) / 20, {})[name] = row
+    sections = []
+    for budget, models in sorted(budgets.items()):
+        ordered = dict(sorted(models.items(), key=lambda item: -item[1]["top1"]))
+        table = markdown_table({"teacher": latest["teacher"], **ordered} if "teacher" in latest else ordered)
+        sections.append(f"### Budget: {budget:.0%} of the teacher's FLOPs per token\n\n{table}")
+    return sections
+
+
 @cli_entry
 def main(argv=None) -> dict:
     flags = parse_args([StorageArguments, ReportArguments], __doc__, argv)
@@ -214,7 +302,9 @@ def main(argv=None) -> dict:
     for evaluation in dict.fromkeys(row["evaluation"] for row in rows):
         table = markdown_table({row["model"]: row for row in rows if row["evaluation"] == evaluation})
         sections.append(f"### {evaluation}\n\n{table}")
-    plots = plot_heatmaps(grid, output) + [p for p in [plot_accuracy_vs_parameters(rows, output)] if p]
+    plots = plot_heatmaps(grid, output)
+    plots += [p for p in (plot_accuracy_vs_parameters(rows, output), plot_frontier(rows, output)) if p]
+    sections = budget_tables(rows) + sections
     sections += [f"![{path.stem}]({path.name})" for path in plots]
     atomic_write(output / "report.md", lambda tmp: tmp.write_text("# sitra report\n\n" + "\n\n".join(sections) + "\n"))
     log.info("report written to %s (%d rows, %d plots)", output, len(rows), len(plots))

@@ -33,7 +33,11 @@ def test_report_benchmarks(common_flags, run_flags, tiny_teacher_dir, tmp_path):
 
     summary = make_report.main(["--storage_directory", str(storage.root)])
     report = storage.report
-    assert sorted(Path(p).name for p in summary["plots"]) == ["accuracy_vs_parameters.png", "top1_heatmap_heads2.png"]
+    assert sorted(Path(p).name for p in summary["plots"]) == [
+        "accuracy_vs_parameters.png",
+        "frontier.png",
+        "top1_heatmap_heads2.png",
+    ]
     assert all(
         (report / name).stat().st_size > 1000 for name in ("accuracy_vs_parameters.png", "top1_heatmap_heads2.png")
     )
@@ -42,6 +46,7 @@ def test_report_benchmarks(common_flags, run_flags, tiny_teacher_dir, tmp_path):
     text = (report / "report.md").read_text()
     assert "### retrained_8_2" in text and "![top1_heatmap_heads2](top1_heatmap_heads2.png)" in text
 
+    assert "### Budget: " in text and "![frontier](frontier.png)" in text
     assert " ± " in text and "top1_low" in rows[0] and float(rows[0]["top1_low"]) <= float(rows[0]["top1"])
     compared = make_report.main(["--storage_directory", str(storage.root), "--compare", "retrained_8_2", "teacher"])
     assert compared["top1"]["low"] <= compared["top1"]["difference"] <= compared["top1"]["high"]

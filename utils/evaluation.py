@@ -73,6 +73,7 @@ def evaluate_models(
     device: torch.device,
     output_dir: Path,
     reference: SimplifiedBert | None = None,
+    healing_steps: dict[str, int] | None = None,
 ) -> dict:
     """Evaluate ``models`` (one named ``teacher``) on the same masked test sentences and write
     ``metrics.json`` (every figure with its 95% bootstrap interval, and each model's paired top-1
@@ -82,6 +83,8 @@ def evaluate_models(
     loader = eval_loader(test, evaluation.eval_batch_size, count)
     metrics, details = evaluate_mlm(models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True)
     with_intervals(metrics, details.values, TEACHER)
+    for name, steps in (healing_steps or {}).items():
+        metrics[name]["healing_steps"] = steps  # finetuning steps after the simplification (0: training-free)
     for name, model in models.items():
         metrics[name].update(cost_and_latency(model, data.seq_len, device, evaluation.latency_repeats, LATENCY_BATCHES))
     teacher = dict(metrics[TEACHER])
@@ -115,9 +118,11 @@ def evaluate_against_teacher(
     test: MaskedSentences,
     device: torch.device,
     output_dir: Path,
+    metas: dict[str, dict] | None = None,
 ) -> dict:
     """:func:`evaluate_models` of the teacher and ``models`` with the evaluation flags, and the larger
-    reference model ``--reference`` when it can be loaded."""
+    reference model ``--reference`` when it can be loaded; ``metas`` (of saved models) tell how many
+    finetuning steps healed each."""
     reference = load_reference(flags.eval.reference, device)
     return evaluate_models(
         {TEACHER: teacher.model, **models},
@@ -128,6 +133,7 @@ def evaluate_against_teacher(
         device,
         output_dir,
         reference,
+        {name: meta.get("healing_steps", 0) for name, meta in (metas or {}).items()},
     )
 
 
