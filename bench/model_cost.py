@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.args import StorageArguments, TeacherArguments, parse_args  # noqa: E402
-from utils.benchmark import cost_and_latency, relative_to  # noqa: E402
+from utils.benchmark import costs_and_latencies, relative_to  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.experiment import log, start  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
@@ -35,8 +37,12 @@ class CostArguments:
 COLUMNS = [
     ("parameters", "params (M)", 1e-6, "{:.2f}"),
     ("flops_per_token", "MFLOPs/token", 1e-6, "{:.1f}"),
-    ("latency_ms_b1", "ms b=1", 1, "{:.2f}"),
-    ("latency_ms_b64", "ms b=64", 1, "{:.1f}"),
+    ("latency_ms_b1", "ms b=1 (median)", 1, "{:.2f}"),
+    ("latency_ms_b1_min", "min", 1, "{:.2f}"),
+    ("latency_ms_b1_max", "max", 1, "{:.2f}"),
+    ("latency_ms_b64", "ms b=64 (median)", 1, "{:.1f}"),
+    ("latency_ms_b64_min", "min", 1, "{:.1f}"),
+    ("latency_ms_b64_max", "max", 1, "{:.1f}"),
     ("flop_ratio", "FLOPs vs teacher", 1, "{:.2f}"),
     ("speedup_b1", "speed-up b=1", 1, "{:.2f}"),
     ("speedup_b64", "speed-up b=64", 1, "{:.2f}"),
@@ -56,9 +62,7 @@ def main(argv=None) -> dict:
         raise UserError(f"no saved model in {storage.models}; pass --models")
     models = {"teacher": load_teacher(flags.teacher.teacher, device).model}
     models.update({folder.name: load_simplified(folder, device)[0] for folder in folders})
-    results = {
-        name: cost_and_latency(model, options.seq_len, device, options.repeats) for name, model in models.items()
-    }
+    results = costs_and_latencies(models, options.seq_len, device, options.repeats)
     for values in results.values():
         values.update(relative_to(values, results["teacher"]))
     lines = ["| model | " + " | ".join(title for _, title, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
@@ -69,11 +73,20 @@ def main(argv=None) -> dict:
     table = "\n".join(lines) + "\n"
     output = storage.results("model_cost")
     output.mkdir(parents=True, exist_ok=True)
-    report = {"device": str(device), "seq_len": options.seq_len, "repeats": options.repeats, "models": results}
+    threads = torch.get_num_threads()
+    report = {
+        "device": str(device),
+        "threads": threads,
+        "seq_len": options.seq_len,
+        "repeats": options.repeats,
+        "models": results,
+    }
     atomic_write(output / "model_cost.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     atomic_write(output / "model_cost.md", lambda tmp: tmp.write_text(table))
     log.info("written to %s", output)
-    print(f"on {device}, seq_len {options.seq_len}, median of {options.repeats}:\n{table}")
+    print(
+        f"on {device} ({threads} threads), seq_len {options.seq_len}, {options.repeats} interleaved repeats:\n{table}"
+    )
     return report
 
 

@@ -11,6 +11,7 @@ from transformers import BertConfig
 
 from models import IGNORE_INDEX, TransformerLayer
 from models.cost import layer_flops_per_token
+from utils.benchmark import measure_latencies
 from utils.metrics import evaluate_mlm
 from utils.objectives import output_distillation_loss
 from utils.signals import STORED_INPUT, STORED_TARGET, TeacherSignal
@@ -128,3 +129,22 @@ def test_interval_covers_the_mean_and_narrows_with_more_sentences():
         widths.append(high - low)
     assert widths[1] < 0.4 * widths[0]  # about 1/sqrt(16) = 0.25 of it
     assert interval(np.ones(50)) == (1.0, 1.0)
+
+
+def test_latency_is_measured_interleaved_with_its_spread(monkeypatch):
+    calls = []
+
+    class Model(nn.Module):
+        config = BertConfig(vocab_size=2000)
+
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, input_ids, attention_mask, labels):
+            calls.append(self.name)
+            return torch.zeros(1)
+
+    timings = measure_latencies({"a": Model("a"), "b": Model("b")}, 2, 8, torch.device("cpu"), repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # round-robin, not all of a then all of b
+    assert all(t["min"] <= t["median"] <= t["max"] for t in timings.values())

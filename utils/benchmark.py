@@ -1,4 +1,10 @@
-"""Measured latency: median wall time of repeated forward passes after warm-up."""
+"""Measured latency of several models, interleaved so that they share the machine's state fairly.
+
+Models are timed round-robin (repeat 1 of every model, then repeat 2, ...), not one after another, so a
+slow phase of the machine (another process, thermal throttling, frequency scaling) hits all of them alike.
+Each figure is the median of the repeats after warm-up, with min and max beside it, and the number of
+CPU threads torch used is recorded.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +16,49 @@ import torch
 from models import IGNORE_INDEX, model_cost
 
 
-@torch.inference_mode()
-def measure_latency(
-    model, batch_size: int, seq_len: int, device: torch.device, repeats: int = 20, warmup: int = 3
-) -> float:
-    """Median milliseconds of one forward pass on ``batch_size`` full ``seq_len``-token sentences,
-    one masked token each (the evaluation setting)."""
+def timing_batch(vocab: int, batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch_size`` full ``seq_len``-token sentences, one masked token each (the evaluation setting)."""
     generator = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
     input_ids = torch.randint(1000, vocab, (batch_size, seq_len), generator=generator).to(device)
-    attention_mask = torch.ones_like(input_ids)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     labels[:, seq_len // 2] = input_ids[:, seq_len // 2]
-    times = []
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+@torch.inference_mode()
+def measure_latencies(
+    models: dict, batch_size: int, seq_len: int, device: torch.device, repeats: int = 20, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Per model: ``median``, ``min`` and ``max`` milliseconds of one forward pass, models interleaved."""
+    batch = timing_batch(next(iter(models.values())).config.vocab_size, batch_size, seq_len, device)
+    times: dict[str, list[float]] = {name: [] for name in models}
     for index in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(input_ids, attention_mask, labels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for name, model in models.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(**batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if index >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: {"median": statistics.median(t), "min": min(t), "max": max(t)} for name, t in times.items()}
 
 
-def cost_and_latency(model, seq_len: int, device: torch.device, repeats: int, batch_sizes=(1, 64)) -> dict:
-    """Parameters and FLOPs per token (analytic) and median latency per batch size (measured)."""
-    values = model_cost(model, seq_len)
+def costs_and_latencies(
+    models: dict, seq_len: int, device: torch.device, repeats: int, batch_sizes=(1, 64)
+) -> dict[str, dict]:
+    """Per model: parameters and FLOPs per token (analytic), and for each batch size the median latency
+    (``latency_ms_b{B}``) with its min and max, measured interleaved; ``threads``: torch's CPU threads."""
+    values = {
+        name: {**model_cost(model, seq_len), "threads": torch.get_num_threads()} for name, model in models.items()
+    }
     if repeats:
         for batch_size in batch_sizes:
-            values[f"latency_ms_b{batch_size}"] = measure_latency(model, batch_size, seq_len, device, repeats=repeats)
+            for name, timing in measure_latencies(models, batch_size, seq_len, device, repeats).items():
+                values[name][f"latency_ms_b{batch_size}"] = timing["median"]
+                values[name][f"latency_ms_b{batch_size}_min"] = timing["min"]
+                values[name][f"latency_ms_b{batch_size}_max"] = timing["max"]
     return values
 
 
@@ -51,7 +69,7 @@ def relative_to(values: dict, reference: dict) -> dict:
         "parameter_ratio": values["parameters"] / reference["parameters"],
         "flop_ratio": values["flops_per_token"] / reference["flops_per_token"],
     }
-    for key in [key for key in values if key.startswith("latency_ms_b")]:
+    for key in [key for key in values if key.startswith("latency_ms_b") and not key.endswith(("_min", "_max"))]:
         batch = key.removeprefix("latency_ms_")
         ratios[f"speedup_{batch}"] = reference[key] / values[key]
         ratios[f"speedup_per_flop_reduction_{batch}"] = ratios[f"speedup_{batch}"] * ratios["flop_ratio"]

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from models import IGNORE_INDEX, SimplifiedBert, model_cost, parameter_count
 from models.cost import layer_flops_per_token
 from utils.args import DataArguments, EvalArguments, Flags
-from utils.benchmark import cost_and_latency, relative_to
+from utils.benchmark import costs_and_latencies, relative_to
 from utils.data import MaskedSentences, eval_loader
 from utils.errors import UserError
 from utils.files import atomic_write
@@ -85,8 +85,9 @@ def evaluate_models(
     with_intervals(metrics, details.values, TEACHER)
     for name, steps in (healing_steps or {}).items():
         metrics[name]["healing_steps"] = steps  # finetuning steps after the simplification (0: training-free)
-    for name, model in models.items():
-        metrics[name].update(cost_and_latency(model, data.seq_len, device, evaluation.latency_repeats, LATENCY_BATCHES))
+    costs = costs_and_latencies(models, data.seq_len, device, evaluation.latency_repeats, LATENCY_BATCHES)
+    for name in models:
+        metrics[name].update(costs[name])
     teacher = dict(metrics[TEACHER])
     for values in metrics.values():  # everything relative to the teacher
         values.update(relative_to(values, teacher))
