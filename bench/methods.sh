@@ -28,15 +28,7 @@ for ((block = 0; block < LAYERS; block++)); do
   $PY retrain_single_block.py "${COMMON[@]}" --storage_directory "$STORAGE" --block $block --block_heads $HEADS \
       --block_d_k $DK --epochs 2 --cache_teacher
 done
-$PY - "$STORAGE" "$TEACHER" $HEADS $DK <<'PYEOF'
-import sys, nbformat
-from nbclient import NotebookClient
-storage, teacher, heads, d_k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-nb = nbformat.read("notebooks/build_bert_from_retrained_12.ipynb", as_version=4)
-cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-cell.source += f"\nstorage_directory = {storage!r}\nteacher = {teacher!r}\nblock_heads = {heads}\nblock_d_k = {d_k}\n"
-NotebookClient(nb, timeout=3600, kernel_name="python3").execute()
-PYEOF
+$PY bench/assemble.py --storage_directory "$STORAGE" --teacher "$TEACHER" --block_heads $HEADS --block_d_k $DK
 $PY prune_heads.py --teacher "$TEACHER" --storage_directory "$STORAGE" --block_heads $HEADS --per_layer
 for model in "retrained_${DK}_${HEADS}" "pruned_${DK}_${HEADS}"; do
   heal "$MODELS/$model"

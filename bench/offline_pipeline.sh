@@ -19,16 +19,7 @@ LAYERS=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['num_hidden
 for ((block = 0; block < LAYERS; block++)); do
   $PY retrain_single_block.py "${COMMON[@]}" --block $block --block_heads $HEADS --block_d_k $DK --epochs 2
 done
-$PY - "$STORAGE" "$TEACHER" $HEADS $DK <<'PYEOF'
-import sys, nbformat
-from nbclient import NotebookClient
-storage, teacher, heads, d_k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-nb = nbformat.read("notebooks/build_bert_from_retrained_12.ipynb", as_version=4)
-cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-cell.source += f"\nstorage_directory = {storage!r}\nteacher = {teacher!r}\nblock_heads = {heads}\nblock_d_k = {d_k}\n"
-NotebookClient(nb, timeout=3600, kernel_name="python3").execute()
-nbformat.write(nb, f"{storage}/build_bert_from_retrained_12.executed.ipynb")
-PYEOF
+$PY bench/assemble.py --storage_directory "$STORAGE" --teacher "$TEACHER" --block_heads $HEADS --block_d_k $DK --executed "$STORAGE/build_bert_from_retrained_12.executed.ipynb"
 $PY eval_retrained_12.py "${EVAL[@]}" --block_heads $HEADS --block_d_k $DK
 $PY train_block_till_end.py "${COMMON[@]}" --block 2 --block_heads $HEADS --block_d_k $DK --epochs 1
 $PY train_full_merged_model.py "${COMMON[@]}" --block_heads $HEADS --block_d_k $DK --epochs 1 \

@@ -198,17 +198,23 @@ class SitraBertForMaskedLM(SitraBertPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-class SitraBertForSequenceClassification(SitraBertPreTrainedModel):
-    """The pooled [CLS] state -> dropout -> linear over ``num_labels`` (BERT's classification head)."""
+class _SitraBertClassifier(SitraBertPreTrainedModel):
+    """A linear classifier over ``num_labels`` on the encoder, after dropout (BERT's task heads)."""
+
+    pooled: bool  # classify the pooled [CLS] state (a sequence) or every token's state
+    output_class: type
 
     def __init__(self, config: SitraBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = SitraBertModel(config)
+        self.bert = SitraBertModel(config, add_pooling_layer=self.pooled)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
 
     def forward(
         self,
@@ -230,55 +236,28 @@ class SitraBertForSequenceClassification(SitraBertPreTrainedModel):
             inputs_embeds,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1), labels.float())
-            else:
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        features = outputs.pooler_output if self.pooled else outputs.last_hidden_state
+        logits = self.classifier(self.dropout(features))
+        loss = self.loss(logits, labels) if labels is not None else None
+        output = self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return output if return_dict is not False else output.to_tuple()
 
 
-class SitraBertForTokenClassification(SitraBertPreTrainedModel):
-    """Every token's state -> dropout -> linear over ``num_labels``."""
+class SitraBertForSequenceClassification(_SitraBertClassifier):
+    """The pooled [CLS] state -> dropout -> linear over ``num_labels``; one label regresses (MSE)."""
 
-    def __init__(self, config: SitraBertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = SitraBertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    pooled, output_class = True, SequenceClassifierOutput
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        labels=None,
-        output_hidden_states=None,
-        return_dict=None,
-        **kwargs,
-    ):
-        outputs = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            inputs_embeds,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return output if return_dict is not False else output.to_tuple()
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float())
+        return super().loss(logits, labels)
+
+
+class SitraBertForTokenClassification(_SitraBertClassifier):
+    """Every token's state -> dropout -> linear over ``num_labels`` (labels -100 are ignored)."""
+
+    pooled, output_class = False, TokenClassifierOutput
 
 
 AUTO_CLASSES = {

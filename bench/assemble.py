@@ -1,0 +1,35 @@
+"""Run the assembly notebook headless with parameters, as papermill would (for the bench scripts).
+
+python bench/assemble.py --storage_directory S --teacher T --block_heads 6 --block_d_k 32
+"""
+
+import argparse
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "build_bert_from_retrained_12.ipynb"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    for name in ("storage_directory", "teacher"):
+        parser.add_argument(f"--{name}", required=True)
+    for name in ("block_heads", "block_d_k"):
+        parser.add_argument(f"--{name}", type=int, required=True)
+    parser.add_argument("--executed", help="Also save the executed notebook here.")
+    args = parser.parse_args(argv)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    values = {key: value for key, value in vars(args).items() if key != "executed"}
+    cell.source += "\n" + "\n".join(f"{key} = {value!r}" for key, value in values.items())
+    NotebookClient(
+        notebook, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parents[1])}}
+    ).execute()
+    if args.executed:
+        nbformat.write(notebook, args.executed)
+
+
+if __name__ == "__main__":
+    main()
