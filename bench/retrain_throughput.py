@@ -89,16 +89,7 @@ def main(argv=None) -> dict:
     cache_flags = Flags(
         [replace(flags.storage, storage_directory=str(root)), flags.data, CacheArguments(cache_teacher=True)]
     )
-    cached = teacher_training_set(
-        cache_flags,
-        teacher.name,
-        "bench",
-        block,
-        objective().signal,
-        data.train,
-        teacher.model.config.hidden_size,
-        device,
-    )
+    cached = teacher_training_set(cache_flags, teacher, "bench", block, objective().signal, data.train, device)
     results["cache_build_seconds"] = time.perf_counter() - started
     results["cached"] = train("cached", cached, "auto")
     results["defaults_vs_seed"] = results["defaults"] / results["seed"]

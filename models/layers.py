@@ -94,13 +94,13 @@ class TransformerLayer(nn.Module):
     def spec(self) -> dict:
         return {**self.origin, **self.attention.spec, "intermediate_size": self.ffn_in.out_features}
 
-    def attend(self, hidden: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-        """First half of the layer: [B, T, H] -> [B, T, H] after the attention's residual LayerNorm."""
-        attention_output, _ = self.attention(hidden, key_padding_mask)
-        return self.attention_norm(hidden + self.dropout(attention_output))
-
     def forward(self, hidden: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """hidden: [B, T, H], key_padding_mask: [B, T] bool (True = real token) -> [B, T, H]"""
-        hidden = self.attend(hidden, key_padding_mask)
+        return self.finish(hidden, self.attention(hidden, key_padding_mask)[0])
+
+    def finish(self, hidden: torch.Tensor, attention_output: torch.Tensor) -> torch.Tensor:
+        """The layer's output given its input and its attention's output (before residual and LayerNorm),
+        both [B, T, H]: what a teacher pass that records the attention output continues with."""
+        hidden = self.attention_norm(hidden + self.dropout(attention_output))
         ffn_output = self.ffn_out(self.activation(self.ffn_in(hidden)))
         return self.ffn_norm(hidden + self.dropout(ffn_output))

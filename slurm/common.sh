@@ -29,6 +29,7 @@ submit_array() {
                  --time "$SITRA_TIME" --output "$logs/%x-%A_%a.log" --requeue --open-mode append
                  --signal "B:USR1@$SITRA_SIGNAL_SECONDS")
   ((SITRA_GPUS > 0)) && options+=(--gpus-per-task "$SITRA_GPUS")
+  [[ -n ${SITRA_AFTER:-} ]] && options+=(--dependency "afterok:$SITRA_AFTER")  # start when that job succeeded
   [[ -n $SITRA_PARTITION ]] && options+=(--partition "$SITRA_PARTITION")
   if [[ $dry_run == 1 ]]; then
     echo "would submit $count tasks: sbatch ${options[*]} $SITRA_REPO/slurm/task.sh $tasks"

@@ -54,7 +54,7 @@ def test_bad_flags(capsys, common_flags, flags, expected):
         (["--block_dropout", "1.5"], "--block_dropout must be in [0, 1), got 1.5"),
         (["--eval_sentences", "0"], "--eval_sentences must be positive, got 0"),
         (["--seq_len", "2"], "--seq_len must be at least 3"),
-        (["--block", "x"], "argument --block: invalid int value: 'x' (see --help)"),
+        (["--block", "x"], "--block x: expected layer indices or 'all'"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate (see --help)"),
         (["--epoch", "3"], "unrecognized arguments: --epoch 3 (see --help)"),  # no abbreviations
     ],

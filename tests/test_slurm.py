@@ -176,3 +176,14 @@ def test_train_sweep_runs_as_a_job_array(slurm, tiny_teacher_dir, tiny_data_dir,
         assert f"task {task} of job {job}" in text and "exit 0" in text, text[-3000:]
         run = Storage(storage).block_run("block", task, heads=2, d_k=8)
         assert (run / "latest.pt").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_store_sweep_waits_for_one_store_build(tmp_path):
+    env = {**os.environ, "SITRA_STORE": "1", "SITRA_BLOCKS": "0 1", "SITRA_DKS": "8", "SITRA_HEADS": "2",
+           "SITRA_STORAGE": str(tmp_path)}  # fmt: skip
+    dry = subprocess.run(
+        ["./.train", "--dry-run", "blocks"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    store, sweep = dry.stdout.split("would submit")[1:]
+    assert "build_teacher_store.py" in store and "1 tasks" in store
+    assert "--dependency afterok:STORE_JOB" in sweep and sweep.count("--teacher_store") == 2

@@ -19,6 +19,8 @@ from utils.errors import UserError
 
 
 def flag(default, help: str, **kwargs):
+    if isinstance(default, list):  # a fresh list per instance
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
 
 
@@ -211,6 +213,64 @@ class CacheArguments:
         "Compute the teacher's input and target of the block once and keep them (fp16, memory-mapped, under "
         "the storage directory's cache); each training sentence then keeps the mask of epoch 1.",
     )
+    teacher_store: bool = flag(
+        False,
+        "Read the block's input and target from the shared activation store (one teacher pass records every layer "
+        "for every block and merge run; built first if missing, see build_teacher_store.py); epoch-1 masks as "
+        "with --cache_teacher.",
+    )
+
+    def __post_init__(self):
+        require(
+            not (self.cache_teacher and self.teacher_store), "--cache_teacher and --teacher_store exclude each other"
+        )
+
+    @property
+    def epoch_one_masks(self) -> bool:
+        """Whether training reads stored activations, which keep each sentence's mask of epoch 1."""
+        return self.cache_teacher or self.teacher_store
+
+
+@dataclass
+class StoreArguments:
+    store_layers: Optional[list[int]] = flag(
+        None, "Layers whose input and attention output the shared store keeps (default: all)."
+    )
+
+
+@dataclass
+class BlocksArguments:
+    block: list[str] = flag(
+        None,
+        "Teacher layers to train students for, each in its own run (e.g. --block 0 2 5, or all); for merging, "
+        "the first layer of each pair.",
+        required=True,
+    )
+
+    def __post_init__(self):
+        valid = self.block == ["all"] or all(value.lstrip("-").isdigit() for value in self.block)
+        require(valid, f"--block {' '.join(self.block)}: expected layer indices or 'all'")
+
+    def resolve(self, num_layers: int, pair: bool = False) -> list[int]:
+        """The layer indices asked for; ``all``: every layer (every pair start 0, 2, ... when merging)."""
+        if self.block == ["all"]:
+            return list(range(0, num_layers - 1, 2)) if pair else list(range(num_layers))
+        return [int(value) for value in self.block]
+
+
+@dataclass
+class ShapesArguments:
+    block_d_k: list[int] = flag([64], "Head sizes of the students (every combination with --block_heads is trained).")
+    block_heads: list[int] = flag([12], "Head counts of the students.")
+
+    def __post_init__(self):
+        for name in ("block_d_k", "block_heads"):
+            require(
+                all(value > 0 for value in getattr(self, name)), f"--{name} must be positive, got {getattr(self, name)}"
+            )
+
+    def students(self) -> list[StudentArguments]:
+        return [StudentArguments(d_k, heads) for heads in self.block_heads for d_k in self.block_d_k]
 
 
 @dataclass
@@ -232,6 +292,7 @@ RUN_FLAGS = [DataArguments, StorageArguments, TrainingArguments]  # every traini
 FINETUNE_FLAGS = [OutputDistillationArguments, *RUN_FLAGS]  # distillation on the teacher's MLM outputs
 EVAL_FLAGS = [DataArguments, StorageArguments, EvalArguments]  # every evaluation
 BLOCK_STUDENT_FLAGS = [BlockArguments, StudentArguments, DropoutArguments]  # a student for one block
+MANY_STUDENTS_FLAGS = [BlocksArguments, ShapesArguments, DropoutArguments]  # students for several blocks and shapes
 
 
 def group_name(group: type) -> str:
@@ -252,6 +313,11 @@ class Flags:
     def as_dict(self) -> dict:
         """Every flag and its value, flat (what a run records next to its checkpoints)."""
         return {key: value for group in self.groups for key, value in asdict(group).items()}
+
+    def for_student(self, block: int, student: StudentArguments) -> Flags:
+        """These flags as a single-student run would have them: ``--block`` one layer, one shape."""
+        replaced = {BlocksArguments: BlockArguments(block), ShapesArguments: student}
+        return Flags([replaced.get(type(group), group) for group in self.groups])
 
     def command_line(self) -> str:
         return " ".join(f"--{key} {value}" for key, value in self.as_dict().items())

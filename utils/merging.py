@@ -55,8 +55,6 @@ def train_merged_layer(
     objective = MergeDistillation(teacher.model, block, layer, prefix, prefix_stop, teacher.has_mlm_head, device)
     train_set = data.train
     if not objective.conditioned:  # the teacher cache holds the teacher's own inputs: not a conditioned prefix's
-        train_set = teacher_training_set(
-            flags, teacher.name, "merge", block, objective.signal, data.train, teacher.model.config.hidden_size, device
-        )
+        train_set = teacher_training_set(flags, teacher, "merge", block, objective.signal, data.train, device)
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
     return fit(objective, train_set, valid, flags.training, run, device, flags.data.seed)

@@ -56,7 +56,7 @@ def block_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
         "criterion": distillation.criterion,
         "loss_on_logits": distillation.loss_on_logits,
         "loss_on_scores": distillation.loss_on_scores,
-        "cache_teacher": flags.cache.cache_teacher,
+        "cache_teacher": flags.cache.epoch_one_masks,
     }
     return open_run(flags, _block_folder(flags, "block", block), identity)
 
@@ -72,7 +72,7 @@ def merge_run(flags: Flags, teacher: TeacherInfo, block: int, kind: str) -> RunD
     identity = {
         **_block_identity(flags, teacher, block),
         "merge_init": flags.merge.merge_init,
-        "cache_teacher": kind == "merge" and flags.cache.cache_teacher,
+        "cache_teacher": kind == "merge" and flags.cache.epoch_one_masks,
     }
     return open_run(flags, _block_folder(flags, kind, block), identity)
 

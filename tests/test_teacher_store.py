@@ -1,0 +1,81 @@
+"""The shared activation store and multi-student runs: one teacher pass for many students, same weights."""
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import build_teacher_store
+import retrain_merge
+import retrain_single_block
+from conftest import REPO, storage_of
+from utils.data import load_masked_splits
+from utils.teacher import load_teacher
+
+NO_DROPOUT = ["--block_dropout", "0", "--epochs", "1"]
+
+
+def test_a_multi_student_run_gives_each_student_the_weights_of_its_own_run(run_flags, tmp_path):
+    together = run_flags(storage=tmp_path / "together")
+    histories = retrain_single_block.main(
+        together + ["--block", "0", "2", "--block_heads", "2", "4", "--block_d_k", "8"] + NO_DROPOUT
+    )
+    assert sorted(histories) == ["block_0_8_2", "block_0_8_4", "block_2_8_2", "block_2_8_4"]
+    for block in (0, 2):
+        for heads in (2, 4):
+            alone = run_flags(storage=tmp_path / f"alone_{block}_{heads}")
+            retrain_single_block.main(
+                alone + ["--block", str(block), "--block_heads", str(heads), "--block_d_k", "8"] + NO_DROPOUT
+            )
+            expected = torch.load(storage_of(alone).block_checkpoint("block", block, heads, 8), weights_only=True)[
+                "model"
+            ]
+            got = torch.load(storage_of(together).block_checkpoint("block", block, heads, 8), weights_only=True)[
+                "model"
+            ]
+            assert all((got[name] - tensor).abs().max() <= 1e-6 for name, tensor in expected.items())
+
+
+def test_store_slices_equal_the_teachers_activations(run_flags, tiny_teacher_dir, tiny_data_dir, capsys):
+    flags = run_flags() + ["--block_heads", "2", "--block_d_k", "8", "--teacher_store"] + NO_DROPOUT
+    histories = retrain_single_block.main(flags + ["--block", "all"])
+    merges = retrain_merge.main(flags + ["--block", "all"])
+    assert len(histories) == 3 and [r["epoch"] for r in merges] == [0, 1]  # one pair: its records
+    assert capsys.readouterr().err.count("building the teacher cache") == 1  # one pass served four runs
+    stores = [path for path in storage_of(flags).cache("x").parent.glob("store_*") if path.is_dir()]
+    assert len(stores) == 1
+    folder = stores[0]
+    teacher = load_teacher(tiny_teacher_dir)
+    train = load_masked_splits(tiny_data_dir, teacher.tokenizer, 40, 96, 42).train
+    train.set_epoch(1)
+    offsets = np.load(folder / "offsets.npy")
+
+    def stored(name, index):
+        array = np.memmap(folder / f"{name}.f16", dtype=np.float16, mode="r", shape=(int(offsets[-1]), 32))
+        return torch.from_numpy(array[offsets[index] : offsets[index + 1]].astype(np.float32))
+
+    for index in (0, 50):
+        ids = torch.from_numpy(train[index]["input_ids"])[None]
+        mask = torch.ones_like(ids)
+        hidden = teacher.model.encode(ids, mask, stop=2)
+        assert torch.allclose(stored("hidden_2", index), hidden[0], atol=2e-3)
+        attention = teacher.model.layers[2].attention(hidden, mask.bool())[0][0]
+        assert torch.allclose(stored("attention_2", index), attention, atol=2e-3)
+        assert torch.allclose(stored("hidden_3", index), teacher.model.encode(ids, mask)[0], atol=2e-3)
+
+    retrain_single_block.main(
+        flags + ["--block", "1", "--seq_len", "20", "--no_resume"]
+    )  # another seq_len: another store
+    assert "building the teacher cache" in capsys.readouterr().err
+    assert len([path for path in folder.parent.glob("store_*") if path.is_dir()]) == 2
+
+
+def test_two_processes_asking_for_one_store_build_it_once(run_flags):
+    flags = run_flags(drop=["batch_size", "eval_sentences"])
+    command = [sys.executable, "build_teacher_store.py", *flags]
+    processes = [subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [process.communicate(timeout=300)[1] for process in processes]
+    assert all(process.returncode == 0 for process in processes), logs
+    assert sum(text.count("building the teacher cache") for text in logs) == 1
+    assert build_teacher_store.main(flags)  # and it is reused
