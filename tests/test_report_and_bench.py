@@ -7,7 +7,7 @@ from pathlib import Path
 import eval_retrained_12
 import make_report
 import retrain_single_block
-from bench import model_cost, retrain_throughput
+from bench import model_cost, retrain_throughput, sweep_throughput
 from conftest import storage_of
 from models import assemble
 from utils.assembly import collect_attentions
@@ -61,3 +61,7 @@ def test_report_benchmarks(common_flags, run_flags, tiny_teacher_dir, tmp_path):
     assert throughput["block"] == 2 and all(throughput[k] > 0 for k in ("seed", "defaults", "cached"))
     written = json.loads(next(storage.root.glob("throughput_*/retrain_throughput.json")).read_text())
     assert written["cached_vs_seed"] == throughput["cached_vs_seed"]
+
+    sweep = sweep_throughput.main(flags + ["--block_heads", "2", "--block_d_k", "8", "--batch_size", "16"])
+    assert set(sweep["seconds"]) == {"seed", "cached", "store"} and sweep["store_bytes"] > 0
+    assert 0 < sweep["student_training_share_of_peak"] < 1 and sweep["threads"] >= 1

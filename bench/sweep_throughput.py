@@ -1,0 +1,175 @@
+"""A whole sweep's cost three ways, in one run on the same data: train a student attention for every block of
+a teacher (one shape, one epoch of --max_sentences sentences):
+
+1. seed:   separate runs, the teacher's layers below the block recomputed every batch;
+2. cached: separate runs with today's per-run --cache_teacher (each block builds its own cache);
+3. store:  one shared teacher store (one teacher pass for all layers) read by one multi-block run.
+
+Prints sentences x students per second of each way (builds included), their ratios, the store's build time
+and size, the peak memory, the machine's threads and how much of its measured matmul peak the students'
+training uses. --shape bert-base builds a random teacher of bert-base shape (12 x 768, 12 heads, 3072), else
+--teacher is loaded. Writes {storage}/sweep_throughput_*/sweep_throughput.json.
+
+python bench/sweep_throughput.py --shape bert-base --max_sentences 256
+python bench/sweep_throughput.py --teacher storage/teacher --max_sentences 2000
+"""
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import SimplifiedBert, student_attention  # noqa: E402
+from utils.args import (  # noqa: E402
+    CacheArguments,
+    DataArguments,
+    Flags,
+    StorageArguments,
+    StoreArguments,
+    StudentArguments,
+    TeacherArguments,
+    TrainingArguments,
+    parse_args,
+)
+from utils.checkpoint import RunDirectory  # noqa: E402
+from utils.data import eval_loader, load_data  # noqa: E402
+from utils.errors import cli_entry  # noqa: E402
+from utils.experiment import log, start  # noqa: E402
+from utils.files import reserve_unique_dir  # noqa: E402
+from utils.objectives import AttentionDistillation  # noqa: E402
+from utils.teacher import Teacher, TeacherInfo, inspect_teacher, load_teacher, resolve_teacher  # noqa: E402
+from utils.teacher_cache import open_store, teacher_training_set  # noqa: E402
+from utils.training import fit  # noqa: E402
+
+BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+
+
+@dataclass
+class SweepArguments:
+    shape: str = field(default="", metadata={"help": "'bert-base': a random teacher of that shape (timing only)."})
+
+
+def random_teacher(device: torch.device) -> Teacher:
+    """A bert-base-shaped teacher with random weights and the bert-base-uncased tokenizer (timing only)."""
+    torch.manual_seed(0)
+    hf_model = BertForMaskedLM(BertConfig(**BERT_BASE)).to(device).eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_teacher("minilm"))
+    info = TeacherInfo("random-bert-base", "random-bert-base", hf_model.config, "random-bert-base")
+    return Teacher(info, hf_model, tokenizer, True, SimplifiedBert.from_teacher(hf_model).eval())
+
+
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large fp32 GEMM on this machine (the best of a few)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    groups = [TeacherArguments, SweepArguments, StudentArguments, DataArguments, StorageArguments, TrainingArguments]
+    defaults = dict(
+        teacher="minilm",
+        max_sentences=256,
+        storage_directory="storage/bench",
+        eval_sentences=1,
+        epochs=1,
+        block_heads=6,
+        block_d_k=32,
+    )
+    flags = parse_args(groups, __doc__, argv, **defaults)
+    device = start(flags, flags.data.seed)
+    teacher = (
+        random_teacher(device)
+        if flags.sweep.shape == "bert-base"
+        else load_teacher(inspect_teacher(flags.teacher.teacher), device)
+    )
+    data = load_data(flags.data, teacher.tokenizer)
+    root = reserve_unique_dir(flags.storage.storage_directory, "sweep_throughput_")
+    training, shape, blocks = flags.training, flags.student, range(teacher.num_layers)
+    valid = eval_loader(data.validation, training.batch_size, training.eval_sentences)
+
+    def run_all(way: str, cache_flags: Flags | None) -> float:
+        """Seconds to train a student for every block, teacher passes and builds included."""
+        started = time.perf_counter()
+        for block in blocks:
+            torch.manual_seed(flags.data.seed)
+            student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, 0.1).to(device)
+            objective = AttentionDistillation(teacher.model, block, student, mlm_metrics=False, device=device)
+            train_set = data.train
+            if cache_flags is not None:
+                train_set = teacher_training_set(
+                    cache_flags, teacher, "block", block, objective.signal, data.train, device
+                )
+            run = RunDirectory(root / way / f"block_{block}", {}, 1000)
+            fit(objective, train_set, valid, replace(training, no_resume=True), run, device, flags.data.seed)
+        return time.perf_counter() - started
+
+    storage = replace(flags.storage, storage_directory=str(root))
+    cached_flags = Flags([storage, flags.data, CacheArguments(cache_teacher=True), StoreArguments()])
+    store_flags = Flags([storage, flags.data, CacheArguments(teacher_store=True), StoreArguments()])
+    seconds = {"seed": run_all("seed", None), "cached": run_all("cached", cached_flags)}
+    build_started = time.perf_counter()
+    store = open_store(store_flags, teacher, data.train, device)
+    store_build = time.perf_counter() - build_started
+    seconds["store"] = store_build + run_all("store", store_flags)
+    work = len(data.train) * len(blocks)  # sentences x students
+    tokens = sum(data.train.lengths())
+    inner, hidden = shape.block_heads * shape.block_d_k, teacher.model.config.hidden_size
+    # forward: Q/K/V/output projections and scores/mixing per token; backward about twice the forward
+    attention_flops = 3 * (8 * hidden * inner + 4 * flags.data.seq_len * inner) * tokens
+    peak = matmul_peak(device)
+    results = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "teacher": teacher.name,
+        "layers": teacher.num_layers,
+        "hidden": teacher.model.config.hidden_size,
+        "sentences": len(data.train),
+        "tokens": tokens,
+        "student": f"{shape.block_heads}x{shape.block_d_k}",
+        "seconds": seconds,
+        "store_build_seconds": store_build,
+        "store_bytes": sum(path.stat().st_size for path in store.glob("*.f16")),
+        "sentences_students_per_second": {way: work / value for way, value in seconds.items()},
+        "store_vs_cached": seconds["cached"] / seconds["store"],
+        "store_vs_seed": seconds["seed"] / seconds["store"],
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "matmul_peak_gflops": peak / 1e9,
+        "student_training_share_of_peak": attention_flops
+        * len(blocks)
+        / max(seconds["store"] - store_build, 1e-9)
+        / peak,
+    }
+    (root / "sweep_throughput.json").write_text(json.dumps(results, indent=2))
+    log.info("results in %s", root / "sweep_throughput.json")
+    print(
+        f"{teacher.num_layers} blocks of {teacher.name} on {device} ({results['threads']} threads), "
+        f"{len(data.train)} sentences, student {results['student']}"
+    )
+    for way in ("seed", "cached", "store"):
+        rate, ratio = results["sentences_students_per_second"][way], seconds["seed"] / seconds[way]
+        print(f"  {way:7s} {seconds[way]:8.1f} s  {rate:8.1f} sentences x students / s  ({ratio:.2f}x the seed's way)")
+    print(
+        f"  store built once in {store_build:.1f} s, {results['store_bytes'] / 1e6:.0f} MB; peak memory "
+        f"{results['peak_memory_mb']:.0f} MB; students' training uses {results['student_training_share_of_peak']:.1%} "
+        f"of the measured {results['matmul_peak_gflops']:.0f} GFLOP/s matmul peak"
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()
