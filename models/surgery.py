@@ -151,7 +151,7 @@ def attention_of_heads(attention: MultiHeadAttention, keep: list[int], dropout: 
     """A trainable attention holding copies of the heads ``keep`` of ``attention`` (same d_k): with every
     head kept it computes exactly what ``attention`` does; the output bias is kept whole."""
     student = MultiHeadAttention(attention.hidden, len(keep), attention.d_k, dropout)
-    rows = torch.cat([torch.arange(head * attention.d_k, (head + 1) * attention.d_k) for head in keep])
+    rows = torch.arange(attention.heads * attention.d_k).view(attention.heads, attention.d_k)[keep].flatten()
     for name in ("query", "key", "value"):
         source, target = getattr(attention, name), getattr(student, name)
         target.weight.copy_(source.weight[rows])

@@ -93,6 +93,16 @@ def common_flags(run_flags) -> list[str]:
     return run_flags()
 
 
+def one_line_error(capsys, main, argv: list[str]) -> str:
+    """Run a script's ``main`` expecting exit code 2 and exactly one ``error:`` line on stderr; returns it."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    return errors[0]
+
+
 def storage_of(flags: list[str]) -> Storage:
     """The storage layout of the run these flags describe."""
     return Storage(flags[flags.index("--storage_directory") + 1])

@@ -13,18 +13,13 @@ from transformers import GPT2Config
 
 import eval_retrained_12
 import retrain_single_block
-from conftest import REPO, storage_of
+from conftest import REPO, one_line_error, storage_of
 
 BLOCK = ["--block", "1", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1"]
 
 
 def run_expecting_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        retrain_single_block.main(argv)
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1
-    return errors[0]
+    return one_line_error(capsys, retrain_single_block.main, argv)
 
 
 def digest(path: Path) -> str:

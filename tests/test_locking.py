@@ -5,23 +5,17 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import retrain_single_block
-from conftest import REPO, storage_of
+from conftest import REPO, one_line_error, storage_of
 
 BLOCK = ["--block", "1", "--block_heads", "2", "--block_d_k", "8"]
 
 
 def error_of(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        retrain_single_block.main(argv)
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1
-    return errors[0]
+    return one_line_error(capsys, retrain_single_block.main, argv)
 
 
 def test_a_second_run_on_the_same_folder_fails_at_once(common_flags, capsys):

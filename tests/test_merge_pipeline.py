@@ -10,7 +10,7 @@ import evaluate_fully_merged_layer
 import finetune_conditioned_fully_merged
 import finetune_fully_merged
 import retrain_merge
-from conftest import storage_of
+from conftest import one_line_error, storage_of
 from models import assemble, merged_layer
 from utils.data import eval_loader, load_masked_splits
 from utils.device import to_device
@@ -30,13 +30,6 @@ def flags(run_flags, tiny_teacher_5_layers):
 def eval_flags(run_flags, tiny_teacher_5_layers):
     drop = ["batch_size", "eval_sentences"]
     return run_flags(teacher=tiny_teacher_5_layers, drop=drop, reference="none", latency_repeats=1) + SHAPE
-
-
-def error_of(capsys, main, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")][0]
 
 
 def test_merge_signal_and_conditioning(tiny_teacher_5_layers, tiny_data_dir):
@@ -61,13 +54,13 @@ def test_merge_signal_and_conditioning(tiny_teacher_5_layers, tiny_data_dir):
 
 def test_merge_pipeline(flags, eval_flags, run_flags, tiny_teacher_5_layers, capsys):
     storage = storage_of(flags)
-    assert "--block 4: the teacher has 5 layers, expected the first of two adjacent layers (0..3)" in error_of(
+    assert "--block 4: the teacher has 5 layers, expected the first of two adjacent layers (0..3)" in one_line_error(
         capsys, retrain_merge.main, flags + ["--block", "4"]
     )
     history = retrain_merge.main(flags + ["--block", "0", "--epochs", "2", "--merge_init", "first", "--lr", "3e-3"])
     assert history[-1]["merge_mse"] < history[0]["merge_mse"] and "merged_top1" in history[-1]
 
-    message = error_of(capsys, finetune_fully_merged.main, flags + ["--epochs", "1"])
+    message = one_line_error(capsys, finetune_fully_merged.main, flags + ["--epochs", "1"])
     assert "no merge checkpoint (heads 2, d_k 8) for pairs 2-3 under" in message and "retrain_merge.py" in message
     retrain_merge.main(flags + ["--block", "2", "--epochs", "1"])
 
@@ -77,7 +70,7 @@ def test_merge_pipeline(flags, eval_flags, run_flags, tiny_teacher_5_layers, cap
     assert (storage.results("merge_0_8_2") / "metrics.json").exists()
 
     fresh = run_flags(teacher=tiny_teacher_5_layers, storage=storage.root / "elsewhere") + SHAPE
-    message = error_of(capsys, finetune_conditioned_fully_merged.main, fresh + ["--block", "2"])
+    message = one_line_error(capsys, finetune_conditioned_fully_merged.main, fresh + ["--block", "2"])
     assert "the conditioned layers of pairs 0-1 are missing" in message
     histories = finetune_conditioned_fully_merged.main(flags + ["--all", "--epochs", "1"])
     assert sorted(histories) == [0, 2]
