@@ -3,29 +3,16 @@ its conditioned variant and the layer-drop baseline, whichever exist (or the fol
 --models), with all metrics, parameters, FLOPs per token and latency. Results go to the storage
 directory's results, as fully_merged_{d_k}_{heads}."""
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
-from utils.args import EVAL_FLAGS, StudentArguments, TeacherArguments, parse_args
+from utils.args import EVAL_FLAGS, ModelsArguments, StudentArguments, TeacherArguments, parse_args
 from utils.data import load_data
 from utils.errors import UserError, cli_entry
 from utils.evaluation import evaluate_against_teacher
 from utils.experiment import start
-from utils.model_io import is_simplified, load_simplified
+from utils.model_io import is_simplified, load_models
 from utils.storage import Storage
 from utils.teacher import load_teacher
-
-
-@dataclass
-class ModelsArguments:
-    models: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Saved model folders to evaluate (default: the storage directory's merged_{d_k}_{heads}, its "
-            "_conditioned variant and layer_drop models, those that exist)."
-        },
-    )
 
 
 @cli_entry
@@ -43,10 +30,13 @@ def main(argv: list[str] | None = None) -> dict:
             looked_for = ", ".join(str(c) for c in candidates)
             raise UserError(f"no fully merged model (looked for {looked_for}); run finetune_fully_merged.py first")
     teacher = load_teacher(flags.teacher.teacher, device)
-    loaded = {folder.name: load_simplified(folder, device) for folder in folders}
-    models, metas = {name: m[0] for name, m in loaded.items()}, {name: m[2] for name, m in loaded.items()}
+    models, metas = load_models(folders, device)
     data = load_data(flags.data, teacher.tokenizer)
-    output_dir = storage.fully_merged_results(heads, d_k)
+    output_dir = (
+        storage.results(flags.models.evaluation)
+        if flags.models.evaluation
+        else storage.fully_merged_results(heads, d_k)
+    )
     return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir, metas)
 
 

@@ -4,7 +4,9 @@
 - ``top1_heatmap_heads{H}.png``: MLM top-1 of the teacher with one block retrained, blocks x d_k, one
   plot per head count (last epoch of every retrain_single_block run);
 - ``accuracy_vs_parameters.png``: top-1 against parameters for the teacher, retrained, merged and
-  layer-drop models.
+  layer-drop models;
+- ``frontier.png`` and one table per compute budget;
+- with ``--seed_runs``: ``seeds.md`` / ``seeds.csv``, every model trained under several seeds as mean ± spread.
 Written to ``{storage}/report/``.
 
 python make_report.py --storage_directory storage
@@ -50,8 +52,19 @@ class ReportArguments:
         },
     )
 
+    seed_runs: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Storage directories of the same experiments run with another --seed: every model evaluated "
+            "under this storage directory and one of them, on the same test masks, is pooled into mean ± spread "
+            "across seeds (seeds.md, seeds.csv)."
+        },
+    )
+
     def __post_init__(self):
         require(self.compare is None or len(self.compare) == 2, "--compare takes exactly two model names")
+        for folder in self.seed_runs or []:
+            require(Path(folder).is_dir(), f"--seed_runs {folder}: not a directory")
 
 
 def per_sentence_values(storage: Storage, model: str) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
@@ -96,9 +109,57 @@ def collect_results(storage: Storage) -> list[dict]:
         report = json.loads(path.read_text())
         for model, values in report.get("models", {}).items():
             rows.append(
-                {"evaluation": path.parent.name, "model": model, "sentences": report.get("sentences"), **values}
+                {
+                    "evaluation": path.parent.name,
+                    "model": model,
+                    "sentences": report.get("sentences"),
+                    "masks": report.get("masks"),
+                    **values,
+                }
             )
     return rows
+
+
+POOLED = ("top1", "top5", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
+
+
+def pool_seeds(runs: list[list[dict]]) -> list[dict]:
+    """Rows of models found in several of ``runs`` (the rows of one storage directory each, i.e. one seed)
+    on the same test masks: mean, sample standard deviation, min and max of each metric across seeds."""
+    by_model: dict[tuple[str, str], list[dict]] = {}
+    for rows in runs:
+        latest = {(row["model"], row.get("masks")): row for row in rows if row["model"] != "teacher"}
+        for key, row in latest.items():
+            by_model.setdefault(key, []).append(row)
+    pooled = []
+    for (model, masks), rows in by_model.items():
+        if len(rows) < 2:
+            continue
+        entry = {"model": model, "seeds": len(rows), "masks": masks, "sentences": rows[0].get("sentences")}
+        for key in POOLED:
+            values = np.array([row[key] for row in rows if key in row], dtype=float)
+            if len(values) == len(rows):
+                entry |= {f"{key}_mean": values.mean(), f"{key}_std": values.std(ddof=1)}
+                entry |= {f"{key}_min": values.min(), f"{key}_max": values.max()}
+        pooled.append(entry)
+    return pooled
+
+
+def seeds_table(pooled: list[dict]) -> str:
+    """Markdown: mean ± standard deviation across seeds [min, max], in percent (KL in nats)."""
+    shown = [key for key in POOLED if any(f"{key}_mean" in row for row in pooled)]
+    lines = ["| model | seeds | " + " | ".join(shown) + " |", "|---" * (len(shown) + 2) + "|"]
+    for row in sorted(pooled, key=lambda row: row["model"]):
+        cells = []
+        for key in shown:
+            scale, unit = (1, "") if key.startswith("kl") else (100, "%")
+            if f"{key}_mean" not in row:
+                cells.append("")
+                continue
+            mean, std, low, high = (scale * row[f"{key}_{part}"] for part in ("mean", "std", "min", "max"))
+            cells.append(f"{mean:.2f}{unit} ± {std:.2f} [{low:.2f}, {high:.2f}]")
+        lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def kind_of(model: str) -> str:
@@ -266,6 +327,18 @@ def budget_tables(rows) -> list[str]:
     return sections
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = sorted({key for row in rows for key in row}, key=lambda k: (k not in ("evaluation", "model"), k))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
 @cli_entry
 def main(argv=None) -> dict:
     flags = parse_args([StorageArguments, ReportArguments], __doc__, argv)
@@ -293,15 +366,18 @@ def main(argv=None) -> dict:
         raise UserError(f"--storage_directory {storage.root}: no evaluation results and no block runs to report")
     output = Path(flags.report.output_dir or storage.report)
     output.mkdir(parents=True, exist_ok=True)
-    columns = sorted({key for row in rows for key in row}, key=lambda k: (k not in ("evaluation", "model"), k))
-    with open(output / "report.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(output / "report.csv", rows)
     sections = []
     for evaluation in dict.fromkeys(row["evaluation"] for row in rows):
         table = markdown_table({row["model"]: row for row in rows if row["evaluation"] == evaluation})
         sections.append(f"### {evaluation}\n\n{table}")
+    if flags.report.seed_runs:
+        pooled = pool_seeds([rows] + [collect_results(Storage(folder)) for folder in flags.report.seed_runs])
+        write_csv(output / "seeds.csv", pooled)
+        description = "mean ± standard deviation across seeds [min, max]; each seed evaluated on the same masks"
+        table = f"## Across seeds\n\n{description}\n\n{seeds_table(pooled)}\n"
+        atomic_write(output / "seeds.md", lambda tmp: tmp.write_text(table))
+        sections.append(table)
     plots = plot_heatmaps(grid, output)
     plots += [p for p in (plot_accuracy_vs_parameters(rows, output), plot_frontier(rows, output)) if p]
     sections = budget_tables(rows) + sections

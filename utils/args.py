@@ -184,6 +184,14 @@ class ModelArguments:
 
 
 @dataclass
+class ModelsArguments:
+    models: Optional[list[str]] = flag(
+        None, "Several saved model folders, evaluated in one pass on the same test masks (the teacher runs once)."
+    )
+    evaluation: Optional[str] = flag(None, "Name of the results folder of a --models evaluation.")
+
+
+@dataclass
 class EvalArguments:
     percentage_data: float = flag(1.0, "Fraction of the test sentences evaluated (in corpus order).")
     reference: str = flag("bert-large-uncased", "Larger reference model for the top-k agreement score; 'none' to skip.")

@@ -39,7 +39,7 @@ def finetune_and_save(
     )
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
     history = fit(objective, data.train, valid, flags.training, run, device, flags.data.seed)
-    healing = {"healing_steps": history[-1]["step"], "healing_sentences": len(data.train)}
+    healing = {"healing_steps": history[-1]["step"], "healing_sentences": len(data.train), "seed": flags.data.seed}
     meta = {**meta, "teacher": teacher.name, "finetune_run": str(run.path), "final_validation": history[-1], **healing}
     save_simplified(student, teacher.tokenizer, output_dir, meta=meta)
     log.info("saved the finetuned model to %s", output_dir)

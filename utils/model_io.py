@@ -74,6 +74,12 @@ def load_simplified(
     return model.to(device).eval(), _tokenizer(folder), spec.get("meta", {})
 
 
+def load_models(folders: list[Path], device: torch.device | str = "cpu") -> tuple[dict, dict]:
+    """(name -> model, name -> meta) of several saved models, each named by its folder."""
+    loaded = {Path(folder).name: load_simplified(folder, device) for folder in folders}
+    return {name: m[0] for name, m in loaded.items()}, {name: m[2] for name, m in loaded.items()}
+
+
 def _tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     try:
         # a BERT config stands in for the folder's: an exported sitra-bert config would ask for remote code
