@@ -2,12 +2,11 @@
 hidden states: input = the state entering layer block, target = the state leaving layer block+1.
 
 Several pairs and shapes (``--block 0 2 4`` or ``all``, several ``--block_heads`` / ``--block_d_k``) train
-in one process, each in its own run as a separate run would; ``--teacher_store`` runs the teacher once.
+in one process, each in its own run as a separate run would; ``--teacher_store`` runs the teacher once, and
+without a store or cache they train in lockstep, one teacher forward per batch feeding all.
 
 Example (offline): python retrain_merge.py --teacher storage/teacher --block 0 --block_heads 12 --block_d_k 32
 """
-
-import torch
 
 from utils.args import (
     MANY_STUDENTS_FLAGS,
@@ -18,12 +17,13 @@ from utils.args import (
     TeacherArguments,
     parse_args,
 )
-from utils.data import load_data
+from utils.data import WikiTextSplits
 from utils.errors import cli_entry
 from utils.experiment import start
-from utils.merging import train_merged_layer
-from utils.runs import already_finished, merge_run
-from utils.teacher import inspect_teacher, load_teacher
+from utils.merging import merge_objective
+from utils.runs import merge_run
+from utils.students import StudentRun, plan_students, train_students
+from utils.teacher import Teacher, inspect_teacher
 
 GROUPS = [TeacherArguments, *MANY_STUDENTS_FLAGS, MergeArguments, *RUN_FLAGS, CacheArguments, StoreArguments]
 
@@ -34,20 +34,12 @@ def main(argv: list[str] | None = None) -> list[dict] | dict[str, list[dict]]:
     flags = parse_args(GROUPS, __doc__, argv)
     device = start(flags, flags.data.seed)
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
-    layers = []
-    for block in flags.blocks.resolve(info.num_layers, pair=True):
-        info.check_layer(block, pair=True)
-        for shape in flags.shapes.students():
-            single = flags.for_student(block, shape)
-            layers.append((block, single, merge_run(single, info, block, "merge")))
-    pending = [(block, single, run) for block, single, run in layers if not already_finished(run, single)]
-    if pending:
-        teacher = load_teacher(info, device)
-        data = load_data(flags.data, teacher.tokenizer)
-        for block, single, run in pending:
-            torch.manual_seed(flags.data.seed)  # initialised as if it were the only merged layer of the process
-            train_merged_layer(teacher, block, single, device, data, run)
-    histories = {run.path.name: run.read_metrics() for _, _, run in layers}
+    students = plan_students(flags, info, lambda single, info, block: merge_run(single, info, block, "merge"), True)
+
+    def build(student: StudentRun, teacher: Teacher, data: WikiTextSplits) -> tuple:
+        return merge_objective(teacher, student.block, student.flags, device, data)
+
+    histories = train_students(students, flags, info, device, build, target_offset=2)
     return next(iter(histories.values())) if len(histories) == 1 else histories
 
 

@@ -188,7 +188,7 @@ def mount_point(tmp_path):
     point = tmp_path / "mounted"
     point.mkdir()
     yield point
-    subprocess.run(["umount", str(point)], capture_output=True, check=False)
+    subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)  # even while a file is open
 
 
 def mount(*args) -> None:

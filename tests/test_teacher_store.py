@@ -4,11 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import build_teacher_store
 import retrain_merge
 import retrain_single_block
+import utils.students
 from conftest import REPO, storage_of
 from utils.data import load_masked_splits
 from utils.teacher import load_teacher
@@ -16,25 +18,54 @@ from utils.teacher import load_teacher
 NO_DROPOUT = ["--block_dropout", "0", "--epochs", "1"]
 
 
-def test_a_multi_student_run_gives_each_student_the_weights_of_its_own_run(run_flags, tmp_path):
+def checkpoint_weights(flags, kind: str, block: int, heads: int, d_k: int = 8) -> dict:
+    return torch.load(storage_of(flags).block_checkpoint(kind, block, heads, d_k), weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("dropout", ["0", "0.1"])
+def test_a_multi_student_run_gives_each_student_the_weights_of_its_own_run(run_flags, tmp_path, dropout):
+    """Without a store the four students train in lockstep (one teacher forward per batch), each with its own
+    dropout stream: the weights of four separate runs."""
     together = run_flags(storage=tmp_path / "together")
-    histories = retrain_single_block.main(
-        together + ["--block", "0", "2", "--block_heads", "2", "4", "--block_d_k", "8"] + NO_DROPOUT
-    )
+    shapes = ["--block_heads", "2", "4", "--block_d_k", "8", "--block_dropout", dropout, "--epochs", "1"]
+    histories = retrain_single_block.main(together + ["--block", "0", "2"] + shapes)
     assert sorted(histories) == ["block_0_8_2", "block_0_8_4", "block_2_8_2", "block_2_8_4"]
     for block in (0, 2):
         for heads in (2, 4):
             alone = run_flags(storage=tmp_path / f"alone_{block}_{heads}")
-            retrain_single_block.main(
-                alone + ["--block", str(block), "--block_heads", str(heads), "--block_d_k", "8"] + NO_DROPOUT
-            )
-            expected = torch.load(storage_of(alone).block_checkpoint("block", block, heads, 8), weights_only=True)[
-                "model"
+            single = [
+                "--block",
+                str(block),
+                "--block_heads",
+                str(heads),
+                "--block_d_k",
+                "8",
+                "--block_dropout",
+                dropout,
             ]
-            got = torch.load(storage_of(together).block_checkpoint("block", block, heads, 8), weights_only=True)[
-                "model"
-            ]
+            retrain_single_block.main(alone + single + ["--epochs", "1"])
+            expected = checkpoint_weights(alone, "block", block, heads)
+            got = checkpoint_weights(together, "block", block, heads)
             assert all((got[name] - tensor).abs().max() <= 1e-6 for name, tensor in expected.items())
+
+
+def test_lockstep_runs_one_teacher_forward_per_batch_for_all_merges(run_flags, tmp_path, monkeypatch):
+    """Two merge pairs (0-1, 1-2) in lockstep: one teacher pass per training batch (not one per pair), and each merged
+    layer ends as it does trained alone."""
+    passes = []
+    original = utils.students.teacher_pass
+    monkeypatch.setattr(utils.students, "teacher_pass", lambda *args: passes.append(1) or original(*args))
+    together = run_flags(storage=tmp_path / "together")
+    merge = ["--block_heads", "2", "--block_d_k", "8", "--merge_init", "first", "--epochs", "2"]
+    histories = retrain_merge.main(together + ["--block", "0", "1"] + merge)
+    batches_per_epoch = histories["merge_0_8_2"][1]["step"]
+    assert len(passes) == 2 * batches_per_epoch > 0
+    for block in (0, 1):  # pair 1-2 ends at the last layer: its target is the teacher's output
+        alone = run_flags(storage=tmp_path / f"alone_{block}")
+        retrain_merge.main(alone + ["--block", str(block)] + merge)
+        expected = checkpoint_weights(alone, "merge", block, 2)
+        got = checkpoint_weights(together, "merge", block, 2)
+        assert all((got[name] - tensor).abs().max() <= 1e-6 for name, tensor in expected.items())
 
 
 def test_store_slices_equal_the_teachers_activations(run_flags, tiny_teacher_dir, tiny_data_dir, capsys):

@@ -19,23 +19,20 @@ from utils.training import fit
 log = logging.getLogger(__name__)
 
 
-def train_merged_layer(
+def merge_objective(
     teacher: Teacher,
     block: int,
     flags: Flags,
     device: torch.device,
     data: WikiTextSplits,
-    run: RunDirectory,
     prefix: SimplifiedBert | None = None,
     prefix_stop: int | None = None,
     warm_start: dict | None = None,
-) -> list[dict]:
-    """Train (or resume) the merged layer of pair ``block, block+1`` in ``run``: a ``merge`` run on the
-    teacher's hidden states, or with ``prefix`` a ``conditioned`` run on the outputs of its first
-    ``prefix_stop`` layers (see :class:`utils.objectives.MergeDistillation`); returns the metric records.
-
-    Starts from ``--merge_init`` or, when given, from the state dict ``warm_start``.
-    """
+) -> tuple[MergeDistillation, object]:
+    """The objective of the merged layer of pair ``block, block+1`` and its training set: a ``merge`` run on
+    the teacher's hidden states (the store's or cache's slice, or the sentences), or with ``prefix`` a
+    ``conditioned`` run on the outputs of its first ``prefix_stop`` layers (see
+    :class:`utils.objectives.MergeDistillation`). Starts from ``--merge_init`` or the state dict ``warm_start``."""
     student = flags.student
     try:
         layer = merged_layer(
@@ -56,5 +53,21 @@ def train_merged_layer(
     train_set = data.train
     if not objective.conditioned:  # the teacher cache holds the teacher's own inputs: not a conditioned prefix's
         train_set = teacher_training_set(flags, teacher, "merge", block, objective.signal, data.train, device)
+    return objective, train_set
+
+
+def train_merged_layer(
+    teacher: Teacher,
+    block: int,
+    flags: Flags,
+    device: torch.device,
+    data: WikiTextSplits,
+    run: RunDirectory,
+    prefix: SimplifiedBert | None = None,
+    prefix_stop: int | None = None,
+    warm_start: dict | None = None,
+) -> list[dict]:
+    """Train (or resume) the merged layer of :func:`merge_objective` in ``run``; returns the metric records."""
+    objective, train_set = merge_objective(teacher, block, flags, device, data, prefix, prefix_stop, warm_start)
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
     return fit(objective, train_set, valid, flags.training, run, device, flags.data.seed)

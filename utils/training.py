@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +63,22 @@ class Position:
     step: int = 0
 
 
+@dataclass
+class Member:
+    """One objective of a :func:`fit_together` loop with everything of its own: run folder, optimizer, the
+    network the loss runs (its DDP wrapper under torchrun), position, the epoch's measurements and, when
+    it shares the loop with others, its own random stream (dropout)."""
+
+    objective: Objective
+    run: RunDirectory
+    optimizer: torch.optim.Optimizer
+    network: nn.Module | None = None
+    position: Position | None = None
+    summary: EpochSummary | None = None
+    rng: dict | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
 def fit(
     objective: Objective,
     train_set,
@@ -81,53 +98,102 @@ def fit(
     with :data:`EXIT_REQUEUE`. ``seed`` fixes the order of sentences and the dropout of every epoch.
     Returns all metric records.
     """
+    member = Member(objective, run, optimizer or make_optimizer(objective.trainable, training))
+    return fit_together([member], train_set, valid_loader, training, device, seed)[0]
+
+
+def fit_together(
+    members: list[Member],
+    train_set,
+    valid_loader,
+    training: TrainingArguments,
+    device: torch.device,
+    seed: int,
+    split: Callable[[dict], list[dict]] | None = None,
+) -> list[list[dict]]:
+    """:func:`fit` of several objectives in lockstep: every batch is drawn once and ``split(batch)`` turns it
+    into one batch per member (e.g. one teacher forward whose activations feed every student); default:
+    the same batch for all. Each member keeps its own checkpoints, metrics, resume and dropout stream, so
+    its weights are those it gets trained alone with the same seed. Members resumed at different
+    positions train in groups, one group after another. Returns each member's metric records."""
     world = init_distributed(device)
-    run.writer = world.is_main
-    optimizer = optimizer or make_optimizer(objective.trainable, training)
     with PREEMPTION.deferred():
         _exit_if_signalled(None)
-        position, summary = _start_or_resume(objective, optimizer, valid_loader, run, training.no_resume, world)
-        _exit_if_signalled(position)
-        network = objective.network
-        if world.enabled:  # the wrapper only runs the loss; evaluation and checkpoints use the module itself
-            device_ids = [device.index] if device.type == "cuda" else None
-            network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
-        scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
-        lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
-        while not _done(position, training):
-            current = position.epoch + 1
-            train_set.set_epoch(current)
-            batches = epoch_batches(
-                len(train_set), training.batch_size, seed, current, True, world.rank, world.world_size, lengths=lengths
-            )
-            if position.batches_done == 0:
-                torch.manual_seed(epoch_seed(seed, current))  # else the checkpoint restored the RNG mid-epoch
-            _train_epoch(
-                objective, network, optimizer, scaler, train_set, batches, position, summary, training, device, world
-            )
-            finished = position.batches_done == len(batches)
-            if summary.stopped and not finished:  # checkpoint the position in the epoch, no evaluation: time is short
-                run.save(_state(objective, optimizer, position, epoch_progress=summary))
-                log.warning(
-                    "preempted at epoch %d, batch %d (step %d); checkpoint written, exiting (exit %d)",
-                    current,
-                    position.batches_done,
-                    position.step,
-                    EXIT_REQUEUE,
-                )
-                raise SystemExit(EXIT_REQUEUE)
-            record = summary.record(current, position, finished)
-            objective.trainable.eval()
-            record.update(objective.evaluate(valid_loader))
-            log.info("epoch %d: %s", current, _format(record))
-            if finished:
-                position.epoch, position.batches_done = current, 0
-            run.save(_state(objective, optimizer, position, record=record))
-            run.log_metrics(record)
-            if summary.stopped:
-                raise SystemExit(EXIT_REQUEUE)
-            summary = EpochSummary()
-    return run.read_metrics()
+        for member in members:
+            member.run.writer = world.is_main
+            member.position, member.summary = _start_or_resume(member, valid_loader, training.no_resume, world)
+            member.network = member.objective.network
+            if world.enabled:  # the wrapper only runs the loss; evaluation and checkpoints use the module itself
+                device_ids = [device.index] if device.type == "cuda" else None
+                member.network = nn.parallel.DistributedDataParallel(member.network, device_ids=device_ids)
+        _exit_if_signalled(members[0].position)
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for index, member in enumerate(members):
+            position = member.position
+            groups.setdefault((position.epoch, position.batches_done, position.step), []).append(index)
+        for indices in groups.values():
+            group = [members[index] for index in indices]
+            _fit_group(group, train_set, valid_loader, training, device, seed, _select(split, indices), world)
+    return [member.run.read_metrics() for member in members]
+
+
+def _select(split: Callable[[dict], list[dict]] | None, indices: list[int]) -> Callable[[dict], list[dict]] | None:
+    """``split`` for the members at ``indices`` only."""
+    if split is None:
+        return None
+    return lambda batch: [batches[index] for batches in [split(batch)] for index in indices]
+
+
+def _fit_group(members: list[Member], train_set, valid_loader, training, device, seed, split, world) -> None:
+    """Epochs of members standing at the same position (see :func:`fit`)."""
+    for member in members:
+        member.scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
+    lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
+    position = members[0].position
+    while not _done(position, training):
+        current = position.epoch + 1
+        train_set.set_epoch(current)
+        batches = epoch_batches(
+            len(train_set), training.batch_size, seed, current, True, world.rank, world.world_size, lengths=lengths
+        )
+        if position.batches_done == 0:
+            torch.manual_seed(epoch_seed(seed, current))  # else the checkpoint restored the RNG mid-epoch
+            for member in members:  # with others, each draws dropout from the stream it would have alone
+                member.rng = rng_state() if len(members) > 1 else None
+        stopped = _train_epoch(members, train_set, batches, training, device, world, split)
+        finished = position.batches_done == len(batches)
+        for member in members:
+            if member.rng is not None:
+                set_rng_state(member.rng)  # what its checkpoint records
+            _end_epoch(member, current, finished, stopped, valid_loader)
+        if stopped:
+            raise SystemExit(EXIT_REQUEUE)
+        position = members[0].position
+
+
+def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, valid_loader) -> None:
+    """Evaluate and checkpoint after an epoch, or on preemption in mid-epoch only checkpoint the position
+    (no evaluation: time is short)."""
+    objective, position, summary = member.objective, member.position, member.summary
+    if stopped and not finished:
+        member.run.save(_state(objective, member.optimizer, position, epoch_progress=summary))
+        log.warning(
+            "preempted at epoch %d, batch %d (step %d); checkpoint written, exiting (exit %d)",
+            current,
+            position.batches_done,
+            position.step,
+            EXIT_REQUEUE,
+        )
+        return
+    record = summary.record(current, position, finished)
+    objective.trainable.eval()
+    record.update(objective.evaluate(valid_loader))
+    log.info("epoch %d: %s", current, _format(record))
+    if finished:
+        position.epoch, position.batches_done = current, 0
+    member.run.save(_state(objective, member.optimizer, position, record=record))
+    member.run.log_metrics(record)
+    member.summary = EpochSummary()
 
 
 def _done(position: Position, training: TrainingArguments) -> bool:
@@ -143,12 +209,13 @@ def _exit_if_signalled(position: Position | None) -> None:
 
 
 def _start_or_resume(
-    objective, optimizer, valid_loader, run: RunDirectory, no_resume: bool, world: Distributed
+    member: Member, valid_loader, no_resume: bool, world: Distributed
 ) -> tuple[Position, EpochSummary]:
     """A fresh run is evaluated (epoch 0) and checkpointed; a resumed one restores weights, optimizer, RNG,
     position and the measurements of a partial epoch, and reconciles ``metrics.jsonl`` with the checkpoint.
     Learning rate, weight decay and betas come from the flags: when they differ from the checkpoint's,
     the new values are applied and the change is logged."""
+    objective, optimizer, run = member.objective, member.optimizer, member.run
     state = _resume_state(run, no_resume, world)
     run.reconcile_metrics(state)
     if state is None:
@@ -171,6 +238,7 @@ def _start_or_resume(
                 group[key] = value
     position = Position(state["epoch"], state["batches_done"], state["step"])
     set_rng_state(state["rng"])
+    member.rng = state["rng"] if position.batches_done else None  # a mid-epoch stream goes on from here
     progress = state.get("epoch_progress") if position.batches_done else None
     summary = EpochSummary(**progress) if progress else EpochSummary()
     log.info(
@@ -217,53 +285,63 @@ class EpochSummary:
         }
 
 
-def _train_epoch(
-    objective,
-    network,
-    optimizer,
-    scaler,
-    train_set,
-    batches,
-    position: Position,
-    summary: EpochSummary,
-    training: TrainingArguments,
-    device: torch.device,
-    world: Distributed,
-) -> None:
-    """Optimizer steps over ``batches[position.batches_done:]``, advancing ``position`` and ``summary``;
-    stops early at ``max_steps`` or on a preemption signal."""
-    objective.trainable.train()
+def _train_epoch(members, train_set, batches, training, device, world, split) -> bool:
+    """Optimizer steps of every member over ``batches[position.batches_done:]``, advancing each member's
+    position and summary; stops early at ``max_steps`` or on a preemption signal (returns True then)."""
+    position = members[0].position
+    for member in members:
+        member.objective.trainable.train()
     running, started = None, time.perf_counter()
     loader = make_loader(train_set, batches[position.batches_done :])
     bar = tqdm(
         loader,
-        desc=f"epoch {position.epoch + 1}/{training.epochs}",
+        desc=f"epoch {position.epoch + 1}/{training.epochs}"
+        + (f" ({len(members)} students)" if len(members) > 1 else ""),
         initial=position.batches_done,
         total=len(batches),
         dynamic_ncols=True,
         disable=not world.is_main,
     )
+    stopped = False
     for batch in bar:
-        with autocast(device, training.precision):
-            loss_sum, loss_count = objective.loss(to_device(batch, device), network)
-        global_count = world.sum(torch.as_tensor(loss_count, dtype=torch.float32, device=device))
-        # DDP averages gradients over processes: scale so the result is the global mean
-        loss = loss_sum * (world.world_size / global_count)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        position.step, position.batches_done = position.step + 1, position.batches_done + 1
-        summary.sentences += len(batch["attention_mask"]) * world.world_size
-        value = (world.sum(loss_sum.float()) / global_count).item()
-        summary.loss_total, summary.batches = summary.loss_total + value, summary.batches + 1
+        batch = to_device(batch, device)
+        with autocast(device, training.precision):  # as a student's own teacher forward would run
+            member_batches = split(batch) if split is not None else [batch] * len(members)
+        for member, member_batch in zip(members, member_batches, strict=True):
+            if member.rng is not None:
+                set_rng_state(member.rng)
+            value = _step(member, member_batch, training, device, world)
+            if member.rng is not None:
+                member.rng = rng_state()
         running = value if running is None else 0.95 * running + 0.05 * value
         bar.set_postfix(loss=f"{running:.4g}", step=position.step)
-        summary.stopped = world.any(PREEMPTION.received is not None, device)
-        if summary.stopped or (training.max_steps is not None and position.step >= training.max_steps):
+        stopped = world.any(PREEMPTION.received is not None, device)
+        if stopped or (training.max_steps is not None and position.step >= training.max_steps):
             break
     bar.close()
-    summary.seconds += time.perf_counter() - started
+    for member in members:
+        member.summary.seconds += time.perf_counter() - started
+        member.summary.stopped = stopped
+    return stopped
+
+
+def _step(member: Member, batch: dict, training, device, world) -> float:
+    """One optimizer step of ``member`` on ``batch`` (on the device); returns the batch's mean loss."""
+    with autocast(device, training.precision):
+        loss_sum, loss_count = member.objective.loss(batch, member.network)
+    global_count = world.sum(torch.as_tensor(loss_count, dtype=torch.float32, device=device))
+    # DDP averages gradients over processes: scale so the result is the global mean
+    loss = loss_sum * (world.world_size / global_count)
+    member.optimizer.zero_grad(set_to_none=True)
+    member.scaler.scale(loss).backward()
+    member.scaler.step(member.optimizer)
+    member.scaler.update()
+    position, summary = member.position, member.summary
+    position.step, position.batches_done = position.step + 1, position.batches_done + 1
+    summary.sentences += len(batch["attention_mask"]) * world.world_size
+    value = (world.sum(loss_sum.float()) / global_count).item()
+    summary.loss_total, summary.batches = summary.loss_total + value, summary.batches + 1
+    return value
 
 
 def _resume_state(run: RunDirectory, no_resume: bool, world: Distributed) -> dict | None:

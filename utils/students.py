@@ -1,0 +1,104 @@
+"""Many students in one process (retrain_single_block.py, retrain_merge.py ``--block 0 2|all`` with several
+shapes): every (block, shape) gets the run folder, flags and initialisation it would get alone; finished runs
+are skipped. With ``--teacher_store`` or ``--cache_teacher`` the students train one after another on the
+stored signal; otherwise they train in lockstep on the same batches, and one teacher forward per batch
+feeds all of them (:func:`one_teacher_forward`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from utils.args import Flags
+from utils.checkpoint import RunDirectory
+from utils.data import WikiTextSplits, eval_loader, load_data
+from utils.runs import already_finished
+from utils.signals import STORED_INPUT, STORED_TARGET
+from utils.teacher import Teacher, TeacherInfo, load_teacher
+from utils.teacher_cache import teacher_pass
+from utils.training import Member, Objective, fit, fit_together, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentRun:
+    """One (block, shape) of a many-students run: its single-student flags and its run folder."""
+
+    block: int
+    flags: Flags
+    run: RunDirectory
+
+
+def plan_students(
+    flags: Flags, info: TeacherInfo, make_run: Callable[[Flags, TeacherInfo, int], RunDirectory], pair: bool = False
+) -> list[StudentRun]:
+    """Every (block, shape) of ``--block`` x ``--block_heads`` x ``--block_d_k`` (blocks are pair starts when
+    ``pair``), each checked against the teacher and given its run."""
+    students = []
+    for block in flags.blocks.resolve(info.num_layers, pair=pair):
+        info.check_layer(block, pair=pair)
+        for shape in flags.shapes.students():
+            single = flags.for_student(block, shape)
+            students.append(StudentRun(block, single, make_run(single, info, block)))
+    return students
+
+
+def one_teacher_forward(teacher: Teacher, targets: list[tuple[int, int]]) -> Callable[[dict], list[dict]]:
+    """``split(batch)``: one teacher forward over a batch of sentences gives, for every ``(input layer,
+    target layer)`` of ``targets``, the batch with the stored input (hidden state entering the input layer)
+    and target (that layer's attention output when both are equal, else the hidden state entering the
+    target layer), as a store would hold them, but in full precision."""
+    layers = {layer for pair in targets for layer in pair if layer < teacher.num_layers}
+
+    def split(batch: dict) -> list[dict]:
+        recorded = teacher_pass(teacher.model, layers, batch)
+        return [
+            {
+                **batch,
+                STORED_INPUT: recorded[f"hidden_{source}"],
+                STORED_TARGET: recorded[f"attention_{source}" if target == source else f"hidden_{target}"],
+            }
+            for source, target in targets
+        ]
+
+    return split
+
+
+def train_students(
+    students: list[StudentRun],
+    flags: Flags,
+    info: TeacherInfo,
+    device: torch.device,
+    build: Callable[[StudentRun, Teacher, WikiTextSplits], tuple[Objective, object]],
+    target_offset: int,
+) -> dict[str, list[dict]]:
+    """Train every unfinished student; ``build(student, teacher, data)`` gives its objective and training set
+    (the store's or cache's slice, or the sentences). In lockstep, a student of block ``b`` learns the
+    teacher's signal from layer ``b`` to layer ``b + target_offset`` (0: the attention output of ``b``).
+    Returns the metric records of every student by run folder name."""
+    pending = [student for student in students if not already_finished(student.run, student.flags)]
+    if pending:
+        teacher = load_teacher(info, device)
+        data = load_data(flags.data, teacher.tokenizer)
+        built = []
+        for student in pending:
+            torch.manual_seed(flags.data.seed)  # initialised as if it were the only student of the process
+            built.append(build(student, teacher, data))
+        valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
+        stored = flags.cache.teacher_store or flags.cache.cache_teacher
+        if len(pending) > 1 and not stored:
+            log.info("%d students in lockstep: one teacher forward per batch feeds all of them", len(pending))
+            members = [
+                Member(objective, student.run, make_optimizer(objective.trainable, flags.training))
+                for student, (objective, _) in zip(pending, built, strict=True)
+            ]
+            split = one_teacher_forward(teacher, [(s.block, s.block + target_offset) for s in pending])
+            fit_together(members, data.train, valid, flags.training, device, flags.data.seed, split)
+        else:
+            for student, (objective, train_set) in zip(pending, built, strict=True):
+                fit(objective, train_set, valid, student.flags.training, student.run, device, flags.data.seed)
+    return {student.run.path.name: student.run.read_metrics() for student in students}
