@@ -3,7 +3,8 @@ a teacher (one shape, one epoch of --max_sentences sentences):
 
 1. seed:   separate runs, the teacher's layers below the block recomputed every batch;
 2. cached: separate runs with today's per-run --cache_teacher (each block builds its own cache);
-3. store:  one shared teacher store (one teacher pass for all layers) read by one multi-block run.
+3. store:  one shared teacher store (one teacher pass for all layers) read by one multi-block run;
+4. lockstep: one multi-block run without a store: one teacher forward per batch feeds every student.
 
 Prints sentences x students per second of each way (builds included), their ratios, the store's build time
 and size, the peak memory, the machine's threads and how much of its measured matmul peak the students'
@@ -44,9 +45,10 @@ from utils.errors import cli_entry  # noqa: E402
 from utils.experiment import log, start  # noqa: E402
 from utils.files import reserve_unique_dir  # noqa: E402
 from utils.objectives import AttentionDistillation  # noqa: E402
+from utils.students import one_teacher_forward  # noqa: E402
 from utils.teacher import Teacher, TeacherInfo, inspect_teacher, load_teacher, resolve_teacher  # noqa: E402
 from utils.teacher_cache import open_store, teacher_training_set  # noqa: E402
-from utils.training import fit  # noqa: E402
+from utils.training import Member, fit, fit_together, make_optimizer  # noqa: E402
 
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 
@@ -102,13 +104,16 @@ def main(argv=None) -> dict:
     training, shape, blocks = flags.training, flags.student, range(teacher.num_layers)
     valid = eval_loader(data.validation, training.batch_size, training.eval_sentences)
 
+    def objective_of(block: int) -> AttentionDistillation:
+        torch.manual_seed(flags.data.seed)
+        student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, 0.1).to(device)
+        return AttentionDistillation(teacher.model, block, student, mlm_metrics=False, device=device)
+
     def run_all(way: str, cache_flags: Flags | None) -> float:
         """Seconds to train a student for every block, teacher passes and builds included."""
         started = time.perf_counter()
         for block in blocks:
-            torch.manual_seed(flags.data.seed)
-            student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, 0.1).to(device)
-            objective = AttentionDistillation(teacher.model, block, student, mlm_metrics=False, device=device)
+            objective = objective_of(block)
             train_set = data.train
             if cache_flags is not None:
                 train_set = teacher_training_set(
@@ -116,6 +121,18 @@ def main(argv=None) -> dict:
                 )
             run = RunDirectory(root / way / f"block_{block}", {}, 1000)
             fit(objective, train_set, valid, replace(training, no_resume=True), run, device, flags.data.seed)
+        return time.perf_counter() - started
+
+    def run_lockstep() -> float:
+        """Seconds to train every block's student together, one teacher forward per batch."""
+        started = time.perf_counter()
+        members = []
+        for block in blocks:
+            objective = objective_of(block)
+            run = RunDirectory(root / "lockstep" / f"block_{block}", {}, 1000)
+            members.append(Member(objective, run, make_optimizer(objective.trainable, training)))
+        split = one_teacher_forward(teacher, [(block, block) for block in blocks])
+        fit_together(members, data.train, valid, replace(training, no_resume=True), device, flags.data.seed, split)
         return time.perf_counter() - started
 
     storage = replace(flags.storage, storage_directory=str(root))
@@ -126,6 +143,7 @@ def main(argv=None) -> dict:
     store = open_store(store_flags, teacher, data.train, device)
     store_build = time.perf_counter() - build_started
     seconds["store"] = store_build + run_all("store", store_flags)
+    seconds["lockstep"] = run_lockstep()
     work = len(data.train) * len(blocks)  # sentences x students
     tokens = sum(data.train.lengths())
     inner, hidden = shape.block_heads * shape.block_d_k, teacher.model.config.hidden_size
@@ -147,6 +165,7 @@ def main(argv=None) -> dict:
         "sentences_students_per_second": {way: work / value for way, value in seconds.items()},
         "store_vs_cached": seconds["cached"] / seconds["store"],
         "store_vs_seed": seconds["seed"] / seconds["store"],
+        "lockstep_vs_seed": seconds["seed"] / seconds["lockstep"],
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "matmul_peak_gflops": peak / 1e9,
         "student_training_share_of_peak": attention_flops
@@ -160,9 +179,9 @@ def main(argv=None) -> dict:
         f"{teacher.num_layers} blocks of {teacher.name} on {device} ({results['threads']} threads), "
         f"{len(data.train)} sentences, student {results['student']}"
     )
-    for way in ("seed", "cached", "store"):
+    for way in ("seed", "cached", "store", "lockstep"):
         rate, ratio = results["sentences_students_per_second"][way], seconds["seed"] / seconds[way]
-        print(f"  {way:7s} {seconds[way]:8.1f} s  {rate:8.1f} sentences x students / s  ({ratio:.2f}x the seed's way)")
+        print(f"  {way:8s} {seconds[way]:8.1f} s  {rate:8.1f} sentences x students / s  ({ratio:.2f}x the seed's way)")
     print(
         f"  store built once in {store_build:.1f} s, {results['store_bytes'] / 1e6:.0f} MB; peak memory "
         f"{results['peak_memory_mb']:.0f} MB; students' training uses {results['student_training_share_of_peak']:.1%} "

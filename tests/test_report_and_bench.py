@@ -63,5 +63,44 @@ def test_report_benchmarks(common_flags, run_flags, tiny_teacher_dir, tmp_path):
     assert written["cached_vs_seed"] == throughput["cached_vs_seed"]
 
     sweep = sweep_throughput.main(flags + ["--block_heads", "2", "--block_d_k", "8", "--batch_size", "16"])
-    assert set(sweep["seconds"]) == {"seed", "cached", "store"} and sweep["store_bytes"] > 0
+    assert set(sweep["seconds"]) == {"seed", "cached", "store", "lockstep"} and sweep["store_bytes"] > 0
     assert 0 < sweep["student_training_share_of_peak"] < 1 and sweep["threads"] >= 1
+
+
+def write_results(root: Path, evaluation: str, masks: str, models: dict) -> None:
+    folder = root / "results" / evaluation
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"sentences": 100, "masks": masks, "models": models}))
+
+
+def test_report_pools_the_seeds_of_a_model_evaluated_on_the_same_masks(tmp_path):
+    first, second = tmp_path / "seed42", tmp_path / "seed43"
+    teacher = {"top1": 0.3}
+    write_results(first, "half", "m1", {"teacher": teacher, "a": {"top1": 0.2, "agree_top1": 0.6}, "b": {"top1": 0.1}})
+    write_results(second, "half", "m1", {"teacher": teacher, "a": {"top1": 0.3, "agree_top1": 0.8}})
+    write_results(second, "other", "m2", {"teacher": teacher, "b": {"top1": 0.5}})  # other masks: not pooled
+
+    make_report.main(["--storage_directory", str(first), "--seed_runs", str(second)])
+    pooled = list(csv.DictReader(open(first / "report" / "seeds.csv")))
+    assert [row["model"] for row in pooled] == ["a"] and pooled[0]["seeds"] == "2"
+    assert abs(float(pooled[0]["top1_mean"]) - 0.25) < 1e-9 and abs(float(pooled[0]["top1_std"]) - 0.0707107) < 1e-6
+    text = (first / "report" / "seeds.md").read_text()
+    assert "| a | 2 | 25.00% ± 7.07 [20.00, 30.00] | 70.00% ± 14.14 [60.00, 80.00] |" in text
+    assert "## Across seeds" in (first / "report" / "report.md").read_text()
+
+
+def test_several_models_are_evaluated_in_one_pass_on_the_same_masks(run_flags, tiny_teacher_dir, tmp_path):
+    teacher = load_teacher(tiny_teacher_dir)
+    storage = storage_of(run_flags())
+    for name in ("copy_a", "copy_b"):
+        save_simplified(assemble(teacher.model), teacher.tokenizer, storage.model(name))
+    flags = run_flags(drop=["batch_size", "eval_sentences"]) + ["--reference", "none", "--latency_repeats", "0"]
+    models = [str(storage.model(name)) for name in ("copy_a", "copy_b")]
+    result = eval_retrained_12.main(flags + ["--models", *models, "--evaluation", "copies"])
+    written = json.loads((storage.results("copies") / "metrics.json").read_text())
+    assert set(written["models"]) == {"teacher", "copy_a", "copy_b"} == set(result["models"])
+    assert (
+        written["models"]["copy_a"]["top1"]
+        == written["models"]["copy_b"]["top1"]
+        == written["models"]["teacher"]["top1"]
+    )
