@@ -13,6 +13,7 @@ from transformers import GPT2Config
 
 import eval_retrained_12
 import retrain_single_block
+import utils.students
 from conftest import REPO, one_line_error, storage_of
 
 BLOCK = ["--block", "1", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1"]
@@ -219,7 +220,7 @@ def test_full_disk_while_checkpointing_names_path_and_space(capsys, run_flags, m
 
 
 def test_unexpected_errors_are_one_line_too(capsys, common_flags, monkeypatch):
-    monkeypatch.setattr(retrain_single_block, "load_data", lambda *args, **kwargs: 1 / 0)
+    monkeypatch.setattr(utils.students, "load_data", lambda *args, **kwargs: 1 / 0)
     assert "error: ZeroDivisionError: division by zero" in run_expecting_error(capsys, common_flags + BLOCK)
     assert "Traceback" not in capsys.readouterr().err
 
