@@ -268,7 +268,8 @@ def healed(row: dict) -> bool:
 
 def plot_frontier(rows, output: Path) -> Path | None:
     """Top-1 and agreement with the teacher against encoder FLOPs per token: one marker per method, filled
-    when healed by finetuning, hollow when training-free; error bars are the 95% intervals."""
+    when healed by finetuning, hollow before healing (training-free, or trained but not healed); error bars
+    are the 95% intervals."""
     points = {row["model"]: row for row in rows if "top1" in row and "flops_per_token" in row}
     if len(points) < 2:
         return None
@@ -303,7 +304,7 @@ def plot_frontier(rows, output: Path) -> Path | None:
         axes.grid(alpha=0.3)
     handles, labels = axes_pair[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    axes_pair[0].legend(unique.values(), unique.keys(), fontsize=7, title="filled: healed; hollow: training-free")
+    axes_pair[0].legend(unique.values(), unique.keys(), fontsize=7, title="filled: healed; hollow: before healing")
     figure.tight_layout()
     path = output / "frontier.png"
     figure.savefig(path, dpi=120)
