@@ -141,7 +141,12 @@ def _select(split: Callable[[dict], list[dict]] | None, indices: list[int]) -> C
     """``split`` for the members at ``indices`` only."""
     if split is None:
         return None
-    return lambda batch: [batches[index] for batches in [split(batch)] for index in indices]
+
+    def selected(batch: dict) -> list[dict]:
+        batches = split(batch)  # one teacher forward for the whole group
+        return [batches[index] for index in indices]
+
+    return selected
 
 
 def _fit_group(members: list[Member], train_set, valid_loader, training, device, seed, split, world) -> None:
