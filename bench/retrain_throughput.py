@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import TIMING_DEFAULTS  # noqa: E402
 from models import student_attention  # noqa: E402
 from utils.args import (  # noqa: E402
     CacheArguments,
@@ -42,15 +43,7 @@ from utils.teacher_cache import teacher_training_set  # noqa: E402
 from utils.training import fit  # noqa: E402
 
 GROUPS = [TeacherArguments, StudentArguments, DataArguments, StorageArguments, TrainingArguments]
-DEFAULTS = dict(
-    teacher="minilm",
-    max_sentences=4000,
-    storage_directory="storage/bench",
-    eval_sentences=1,
-    epochs=1,
-    block_heads=12,
-    block_d_k=32,
-)
+DEFAULTS = {**TIMING_DEFAULTS, "max_sentences": 4000, "block_heads": 12}
 
 
 @cli_entry

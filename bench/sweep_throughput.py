@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import TIMING_DEFAULTS  # noqa: E402
 from models import SimplifiedBert, student_attention  # noqa: E402
 from utils.args import (  # noqa: E402
     CacheArguments,
@@ -83,16 +84,7 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 5) -> flo
 @cli_entry
 def main(argv=None) -> dict:
     groups = [TeacherArguments, SweepArguments, StudentArguments, DataArguments, StorageArguments, TrainingArguments]
-    defaults = dict(
-        teacher="minilm",
-        max_sentences=256,
-        storage_directory="storage/bench",
-        eval_sentences=1,
-        epochs=1,
-        block_heads=6,
-        block_d_k=32,
-    )
-    flags = parse_args(groups, __doc__, argv, **defaults)
+    flags = parse_args(groups, __doc__, argv, **{**TIMING_DEFAULTS, "max_sentences": 256, "block_heads": 6})
     device = start(flags, flags.data.seed)
     teacher = (
         random_teacher(device)
