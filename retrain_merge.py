@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict[str, list[dict]]:
     def build(student: StudentRun, teacher: Teacher, data: WikiTextSplits) -> tuple:
         return merge_objective(teacher, student.block, student.flags, device, data)
 
-    histories = train_students(students, flags, info, device, build, target_offset=2)
+    histories = train_students(students, flags, info, device, build, kind="merge")
     return next(iter(histories.values())) if len(histories) == 1 else histories
 
 

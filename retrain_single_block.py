@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict[str, list[dict]]:
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     students = plan_students(flags, info, block_run)
     build = functools.partial(build_student, device=device)
-    histories = train_students(students, flags, info, device, build, target_offset=0)
+    histories = train_students(students, flags, info, device, build, kind="block")
     return next(iter(histories.values())) if len(histories) == 1 else histories
 
 

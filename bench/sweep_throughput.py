@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
             objective = objective_of(block)
             run = RunDirectory(root / "lockstep" / f"block_{block}", {}, 1000)
             members.append(Member(objective, run, make_optimizer(objective.trainable, training)))
-        split = one_teacher_forward(teacher, [(block, block) for block in blocks])
+        split = one_teacher_forward(teacher, "block", list(blocks))
         fit_together(members, data.train, valid, replace(training, no_resume=True), device, flags.data.seed, split)
         return time.perf_counter() - started
 

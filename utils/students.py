@@ -18,7 +18,7 @@ from utils.data import WikiTextSplits, eval_loader, load_data
 from utils.runs import already_finished
 from utils.signals import STORED_INPUT, STORED_TARGET
 from utils.teacher import Teacher, TeacherInfo, load_teacher
-from utils.teacher_cache import teacher_pass
+from utils.teacher_cache import signal_arrays, teacher_pass
 from utils.training import Member, Objective, fit, fit_together, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -47,23 +47,17 @@ def plan_students(
     return students
 
 
-def one_teacher_forward(teacher: Teacher, targets: list[tuple[int, int]]) -> Callable[[dict], list[dict]]:
-    """``split(batch)``: one teacher forward over a batch of sentences gives, for every ``(input layer,
-    target layer)`` of ``targets``, the batch with the stored input (hidden state entering the input layer)
-    and target (that layer's attention output when both are equal, else the hidden state entering the
-    target layer), as a store would hold them, but in full precision."""
-    layers = {layer for pair in targets for layer in pair if layer < teacher.num_layers}
+def one_teacher_forward(teacher: Teacher, kind: str, blocks: list[int]) -> Callable[[dict], list[dict]]:
+    """``split(batch)``: one teacher forward over a batch of sentences gives, for each ``kind`` run of
+    ``blocks``, the batch with its stored input and target (:func:`utils.teacher_cache.signal_arrays`), as a
+    store would hold them, but in full precision."""
+    arrays = [signal_arrays(kind, block) for block in blocks]
+    layers = set(blocks) | {block + 2 for block in blocks if kind == "merge"}
+    layers = {layer for layer in layers if layer < teacher.num_layers}  # the output is always recorded
 
     def split(batch: dict) -> list[dict]:
         recorded = teacher_pass(teacher.model, layers, batch)
-        return [
-            {
-                **batch,
-                STORED_INPUT: recorded[f"hidden_{source}"],
-                STORED_TARGET: recorded[f"attention_{source}" if target == source else f"hidden_{target}"],
-            }
-            for source, target in targets
-        ]
+        return [{**batch, STORED_INPUT: recorded[source], STORED_TARGET: recorded[target]} for source, target in arrays]
 
     return split
 
@@ -74,11 +68,11 @@ def train_students(
     info: TeacherInfo,
     device: torch.device,
     build: Callable[[StudentRun, Teacher, WikiTextSplits], tuple[Objective, object]],
-    target_offset: int,
+    kind: str,
 ) -> dict[str, list[dict]]:
     """Train every unfinished student; ``build(student, teacher, data)`` gives its objective and training set
-    (the store's or cache's slice, or the sentences). In lockstep, a student of block ``b`` learns the
-    teacher's signal from layer ``b`` to layer ``b + target_offset`` (0: the attention output of ``b``).
+    (the store's or cache's slice, or the sentences); ``kind`` (block or merge) says which teacher signal
+    each learns in lockstep.
     Returns the metric records of every student by run folder name."""
     pending = [student for student in students if not already_finished(student.run, student.flags)]
     if pending:
@@ -96,7 +90,7 @@ def train_students(
                 Member(objective, student.run, make_optimizer(objective.trainable, flags.training))
                 for student, (objective, _) in zip(pending, built, strict=True)
             ]
-            split = one_teacher_forward(teacher, [(s.block, s.block + target_offset) for s in pending])
+            split = one_teacher_forward(teacher, kind, [student.block for student in pending])
             fit_together(members, data.train, valid, flags.training, device, flags.data.seed, split)
         else:
             for student, (objective, train_set) in zip(pending, built, strict=True):

@@ -190,6 +190,13 @@ def store_arrays(num_layers: int, layers: list[int]) -> list[str]:
     ]
 
 
+def signal_arrays(kind: str, block: int) -> tuple[str, str]:
+    """The arrays of :func:`teacher_pass` a ``kind`` run of ``block`` learns from: its input (the hidden state
+    entering layer ``block``) and target (a block: that layer's attention output; a merge: the state entering
+    layer ``block + 2``)."""
+    return f"hidden_{block}", f"attention_{block}" if kind == "block" else f"hidden_{block + 2}"
+
+
 @torch.no_grad()
 def teacher_pass(model: SimplifiedBert, layers: set[int], batch: dict) -> dict[str, torch.Tensor]:
     """One forward of the teacher recording the arrays of :func:`store_arrays`, each [B, T, H]."""
@@ -260,10 +267,10 @@ def teacher_training_set(
     hidden = teacher.model.config.hidden_size
     if flags.cache.teacher_store:
         folder = open_store(flags, teacher, train_set, device)
-        target = f"attention_{block}" if kind == "block" else f"hidden_{block + 2}"
-        if not all((folder / f"{name}.f16").exists() for name in (f"hidden_{block}", target)):
+        source, target = signal_arrays(kind, block)
+        if not all((folder / f"{name}.f16").exists() for name in (source, target)):
             raise UserError(f"--store_layers: the store lacks the input or target of {kind} {block}; include it")
-        return CachedSignals(folder, hidden, f"hidden_{block}", target)
+        return CachedSignals(folder, hidden, source, target)
     if not flags.cache.cache_teacher:
         return train_set
     name = f"{kind}_{block}"
