@@ -16,8 +16,10 @@
 # ("42 43": the first trains everything, the others repeat the final half-attention and half-depth models in
 # STUDY/seed{N}), BLOCK_EPOCHS, MERGE_EPOCHS (1 each over all training sentences), CHAIN_SENTENCES (20,000: the
 # conditioned chain warm-starts from the merges), TILL_END_SENTENCES (10,000), HEAL_SENTENCES (8,000: one epoch
-# of end-to-end finetuning for every healed model), PERCENT (share of the test split evaluated, 1.0); SENTENCES
-# (default all) caps the store's and the students' training sentences, for a smoke run of the script.
+# of end-to-end finetuning for every healed model), STUDENT_EVAL_SENTENCES (500: the validation sentences each
+# block and merge student is checked on before and after training, a diagnostic; at 2,000 these checks took
+# 13 minutes of the study), PERCENT (share of the test split evaluated, 1.0); SENTENCES (default all) caps the
+# store's and the students' training sentences, for a smoke run of the script.
 # Stage times go to STUDY/study_times.tsv; the report (tables, frontier, seeds, paired comparisons) to
 # STUDY/report/. Every run resumes or skips when finished, so a stopped study continues where it was.
 set -euo pipefail
@@ -28,7 +30,7 @@ TEACHER=${TEACHER:-$STUDY/teacher}
 read -r -a SEEDS <<< "${SEEDS:-42 43}"
 BLOCK_EPOCHS=${BLOCK_EPOCHS:-1} MERGE_EPOCHS=${MERGE_EPOCHS:-1}
 CHAIN_SENTENCES=${CHAIN_SENTENCES:-20000} TILL_END_SENTENCES=${TILL_END_SENTENCES:-10000}
-HEAL_SENTENCES=${HEAL_SENTENCES:-8000} PERCENT=${PERCENT:-1.0}
+HEAL_SENTENCES=${HEAL_SENTENCES:-8000} PERCENT=${PERCENT:-1.0} STUDENT_EVAL_SENTENCES=${STUDENT_EVAL_SENTENCES:-500}
 ALL=(${SENTENCES:+--max_sentences "$SENTENCES"})
 DK=32 HALF=6 QUARTER=3 MERGE_HEADS=12        # the teacher has 12 heads of 32
 MERGED=merged_${DK}_${MERGE_HEADS}
@@ -60,7 +62,7 @@ students() {  # students STORAGE SEED HEADS...: the store, every block at each H
   shift 2
   local common=(--teacher "$TEACHER" --storage_directory "$storage" --seed "$seed" "${ALL[@]}")
   stage "store (seed $seed)" $PY build_teacher_store.py "${common[@]}"
-  common+=(--teacher_store)
+  common+=(--teacher_store --eval_sentences "$STUDENT_EVAL_SENTENCES")
   stage "blocks $* x $DK (seed $seed)" $PY retrain_single_block.py "${common[@]}" --block all --block_heads "$@" \
       --block_d_k $DK --epochs "$BLOCK_EPOCHS"
   stage "merges (seed $seed)" $PY retrain_merge.py "${common[@]}" --block all --block_heads $MERGE_HEADS \
