@@ -52,8 +52,9 @@ def one_teacher_forward(teacher: Teacher, kind: str, blocks: list[int]) -> Calla
     ``blocks``, the batch with its stored input and target (:func:`utils.teacher_cache.signal_arrays`), as a
     store would hold them, but in full precision."""
     arrays = [signal_arrays(kind, block) for block in blocks]
-    layers = set(blocks) | {block + 2 for block in blocks if kind == "merge"}
-    layers = {layer for layer in layers if layer < teacher.num_layers}  # the output is always recorded
+    # the layer each array belongs to is the number in its name (hidden_3, attention_3); the output is always recorded
+    layers = {int(name.rsplit("_", 1)[1]) for pair in arrays for name in pair}
+    layers = {layer for layer in layers if layer < teacher.num_layers}
 
     def split(batch: dict) -> list[dict]:
         recorded = teacher_pass(teacher.model, layers, batch)
