@@ -2,26 +2,39 @@
 metrics of eval_retrained_12.py (written to the storage directory's results, under the run's name)."""
 
 from models import assemble
-from utils.args import EVAL_FLAGS, BlockArguments, StudentArguments, TeacherArguments, parse_args
+from utils.args import (
+    EVAL_FLAGS,
+    BlockArguments,
+    DropoutArguments,
+    MergeArguments,
+    StudentArguments,
+    TeacherArguments,
+    parse_args,
+)
 from utils.assembly import merged_layer_from_state
 from utils.data import load_data
 from utils.errors import cli_entry
 from utils.evaluation import evaluate_against_teacher
 from utils.experiment import start
 from utils.model_io import load_block_checkpoint
+from utils.runs import run_variant
 from utils.storage import Storage
 from utils.teacher import load_teacher
 
 
+# --block_dropout and --merge_init pick the merge run, as they named it
+GROUPS = [TeacherArguments, BlockArguments, StudentArguments, DropoutArguments, MergeArguments, *EVAL_FLAGS]
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args([TeacherArguments, BlockArguments, StudentArguments, *EVAL_FLAGS], __doc__, argv)
+    flags = parse_args(GROUPS, __doc__, argv)
     device = start(flags, flags.data.seed)
     teacher = load_teacher(flags.teacher.teacher, device)
     block, heads, d_k = flags.block.block, flags.student.block_heads, flags.student.block_d_k
     teacher.check_layer(block, pair=True)
     storage = Storage(flags.storage.storage_directory)
-    checkpoint = storage.block_checkpoint("merge", block, heads, d_k)
+    checkpoint = storage.block_checkpoint("merge", block, heads, d_k, run_variant(flags, "merge"))
     state = load_block_checkpoint(checkpoint, heads, d_k, flag="merged-layer checkpoint")
     merged = merged_layer_from_state(state, teacher.model, block).to(device)
     name = checkpoint.parent.name

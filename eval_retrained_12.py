@@ -9,24 +9,46 @@ into the results folder ``--evaluation`` (default: the first model's name).
 
 from pathlib import Path
 
-from utils.args import EVAL_FLAGS, ModelArguments, ModelsArguments, StudentArguments, TeacherArguments, parse_args
+from utils.args import (
+    EVAL_FLAGS,
+    DistillationArguments,
+    DropoutArguments,
+    ModelArguments,
+    ModelsArguments,
+    StudentArguments,
+    StudentInitArguments,
+    TeacherArguments,
+    parse_args,
+)
 from utils.data import load_data
 from utils.errors import cli_entry
 from utils.evaluation import evaluate_against_teacher
 from utils.experiment import start
 from utils.model_io import load_models
+from utils.runs import run_variant
 from utils.storage import Storage
 from utils.teacher import load_teacher
 
 
+# the student flags name the assembled model evaluated by default: the one made of the block runs they trained
+GROUPS = [
+    TeacherArguments,
+    ModelArguments,
+    ModelsArguments,
+    StudentArguments,
+    DropoutArguments,
+    StudentInitArguments,
+    DistillationArguments,
+    *EVAL_FLAGS,
+]
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args(
-        [TeacherArguments, ModelArguments, ModelsArguments, StudentArguments, *EVAL_FLAGS], __doc__, argv
-    )
+    flags = parse_args(GROUPS, __doc__, argv)
     device = start(flags, flags.data.seed)
     storage = Storage(flags.storage.storage_directory)
-    default = storage.retrained_model(flags.student.block_heads, flags.student.block_d_k)
+    default = storage.retrained_model(flags.student.block_heads, flags.student.block_d_k, run_variant(flags, "block"))
     folders = [Path(folder) for folder in flags.models.models or [flags.model.model or default]]
     teacher = load_teacher(flags.teacher.teacher, device)
     models, metas = load_models(folders, device)

@@ -5,26 +5,49 @@ directory's results, as fully_merged_{d_k}_{heads}."""
 
 from pathlib import Path
 
-from utils.args import EVAL_FLAGS, ModelsArguments, StudentArguments, TeacherArguments, parse_args
+from utils.args import (
+    EVAL_FLAGS,
+    DropoutArguments,
+    MergeArguments,
+    ModelsArguments,
+    OutputDistillationArguments,
+    StudentArguments,
+    TeacherArguments,
+    parse_args,
+)
 from utils.data import load_data
 from utils.errors import UserError, cli_entry
 from utils.evaluation import evaluate_against_teacher
 from utils.experiment import start
 from utils.model_io import is_simplified, load_models
+from utils.identity import variant
 from utils.storage import Storage
 from utils.teacher import load_teacher
 
 
+# the flags finetune_fully_merged.py named its models by: the merged runs' and the healing's
+GROUPS = [
+    TeacherArguments,
+    ModelsArguments,
+    StudentArguments,
+    DropoutArguments,
+    MergeArguments,
+    OutputDistillationArguments,
+    *EVAL_FLAGS,
+]
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args([TeacherArguments, ModelsArguments, StudentArguments, *EVAL_FLAGS], __doc__, argv)
+    flags = parse_args(GROUPS, __doc__, argv)
     device = start(flags, flags.data.seed)
     storage = Storage(flags.storage.storage_directory)
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
     folders = [Path(folder) for folder in flags.models.models or []]
     if not folders:
-        candidates = [storage.merged_model(heads, d_k, source) for source in ("merge", "conditioned")]
-        candidates.append(storage.layer_drop_model())
+        merged, healing = variant(flags.groups), variant([flags.output_distillation])
+        candidates = [storage.merged_model(heads, d_k, source, merged) for source in ("merge", "conditioned")]
+        candidates.append(storage.layer_drop_model("alternate", healing))
         folders = [folder for folder in candidates if is_simplified(folder)]
         if not folders:
             looked_for = ", ".join(str(c) for c in candidates)
@@ -35,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = (
         storage.results(flags.models.evaluation)
         if flags.models.evaluation
-        else storage.fully_merged_results(heads, d_k)
+        else storage.fully_merged_results(heads, d_k, variant(flags.groups))
     )
     return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir, metas)
 

@@ -3,7 +3,7 @@ layers already trained before it (not the teacher's hidden states) and learns th
 layer block+1. ``--all`` trains the whole chain in order, each pair conditioned on the ones before.
 
 Each pair's layer warm-starts from its retrain_merge checkpoint when there is one (else --merge_init);
-checkpoints go to the pair's ``conditioned_{block}_{d_k}_{heads}`` run.
+checkpoints go to the pair's ``conditioned_{block}_{d_k}_{heads}{variant}`` run.
 """
 
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from utils.errors import UserError, cli_entry
 from utils.experiment import start
 from utils.merging import train_merged_layer
 from utils.model_io import load_block_checkpoint
-from utils.runs import already_finished, merge_run
+from utils.runs import already_finished, merge_run, run_variant
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 
@@ -55,18 +55,21 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
         if chain.block % 2:
             raise UserError(f"--block {chain.block}: conditioned pairs start at even layers ({pairs})")
         pairs = [chain.block]
-    runs = {block: merge_run(flags, info, block, "conditioned") for block in pairs}
+    storage = Storage(flags.storage.storage_directory)
+    warm_paths = {block: storage.block_checkpoint("merge", block, heads, d_k, run_variant(flags, "merge")) for block in pairs}
+    # where each pair starts is part of its run: its merge run's checkpoint when there is one, else --merge_init
+    warm_starts = {block: str(path.resolve()) if path.exists() else "none" for block, path in warm_paths.items()}
+    runs = {block: merge_run(flags, info, block, "conditioned", warm_start=warm_starts[block]) for block in pairs}
     pending = [block for block in pairs if not already_finished(runs[block], flags)]
     if not pending:
         return {block: run.read_metrics() for block, run in runs.items()}
     teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
-    storage = Storage(flags.storage.storage_directory)
 
     histories = {block: runs[block].read_metrics() for block in pairs if block not in pending}
     for block in pending:
         earlier, _, missing = collect_merged_layers(
-            storage.root, teacher.model, teacher.name, heads, d_k, kind="conditioned", below=block
+            storage.root, teacher.model, teacher.name, heads, d_k, "conditioned", block, run_variant(flags, "conditioned")
         )
         if missing:
             names = ", ".join(f"{b}-{b + 1}" for b in missing)
@@ -74,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
                 f"--block {block}: the conditioned layers of pairs {names} are missing; train them first (or use --all)"
             )
         prefix = assemble(teacher.model, merged={b: layer.to(device) for b, layer in earlier.items()}).eval()
-        warm = storage.block_checkpoint("merge", block, heads, d_k)
-        warm_start = load_block_checkpoint(warm, heads, d_k)["model"] if warm.exists() else None
+        warm = warm_starts[block]
+        warm_start = load_block_checkpoint(warm, heads, d_k)["model"] if warm != "none" else None
         histories[block] = train_merged_layer(
             teacher, block, flags, device, data, runs[block], prefix, prefix_stop=len(earlier), warm_start=warm_start
         )

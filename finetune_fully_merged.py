@@ -11,14 +11,24 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from models import assemble, layers_to_drop
-from utils.args import FINETUNE_FLAGS, ExportArguments, StudentArguments, TeacherArguments, flag, parse_args
+from utils.args import (
+    FINETUNE_FLAGS,
+    DropoutArguments,
+    ExportArguments,
+    MergeArguments,
+    StudentArguments,
+    TeacherArguments,
+    flag,
+    parse_args,
+)
 from utils.assembly import collect_merged_layers
 from utils.data import eval_loader, load_data
 from utils.errors import UserError, cli_entry
 from utils.experiment import log, start
 from utils.finetune import finetune_and_save
 from utils.metrics import hidden_state_similarity
-from utils.runs import already_finished, finetune_run
+from utils.identity import variant
+from utils.runs import already_finished, finetune_run, run_variant
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 
@@ -40,7 +50,16 @@ class FullyMergedArguments:
     output_model: Optional[str] = flag(None, "Folder of the finetuned model (default: the storage directory's models).")
 
 
-GROUPS = [TeacherArguments, StudentArguments, FullyMergedArguments, *FINETUNE_FLAGS, ExportArguments]
+# --block_dropout and --merge_init pick the merge (or conditioned) runs the model is made of, as they named them
+GROUPS = [
+    TeacherArguments,
+    StudentArguments,
+    DropoutArguments,
+    MergeArguments,
+    FullyMergedArguments,
+    *FINETUNE_FLAGS,
+    ExportArguments,
+]
 
 
 @cli_entry
@@ -51,9 +70,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     storage, options = Storage(flags.storage.storage_directory), flags.fully_merged
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
     layer_drop = options.baseline == "layer_drop"
-    default_output = (
-        storage.layer_drop_model(options.drop) if layer_drop else storage.merged_model(heads, d_k, options.source)
-    )
+    if layer_drop:  # named by its rule and its healing
+        default_output = storage.layer_drop_model(options.drop, variant([flags.output_distillation]))
+    else:  # named by its merged runs and its healing
+        default_output = storage.merged_model(heads, d_k, options.source, variant(flags.groups))
     output = Path(options.output_model or default_output)
     run = finetune_run(flags, info, default_output.name)
     if already_finished(run, flags, output):
@@ -70,8 +90,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         student = assemble(teacher.model, dropped=set(dropped))
         meta = {"drop_rule": options.drop, "dropped_teacher_layers": dropped}
     else:
+        merged_runs = run_variant(flags, options.source)
         layers, sources, missing = collect_merged_layers(
-            storage.root, teacher.model, teacher.name, heads, d_k, kind=options.source
+            storage.root, teacher.model, teacher.name, heads, d_k, kind=options.source, variant=merged_runs
         )
         if missing:
             pairs = ", ".join(f"{b}-{b + 1}" for b in missing)
@@ -81,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 else "finetune_conditioned_fully_merged.py --all"
             )
             raise UserError(
-                f"no {options.source} checkpoint (heads {heads}, d_k {d_k}) for pairs {pairs} under "
+                f"no {options.source}{merged_runs} checkpoint (heads {heads}, d_k {d_k}) for pairs {pairs} under "
                 f"{storage.root}; run {script} first"
             )
         student = assemble(teacher.model, merged=layers)

@@ -4,32 +4,20 @@ Gradients flow through the frozen teacher layers above the block. Starts from th
 retrain_single_block checkpoint when there is one (or ``--init_from``), otherwise from scratch.
 """
 
-from dataclasses import dataclass
-from typing import Optional
-
 from models import assemble, student_attention
-from utils.args import BLOCK_STUDENT_FLAGS, FINETUNE_FLAGS, TeacherArguments, flag, parse_args
+from utils.args import BLOCK_STUDENT_FLAGS, FINETUNE_FLAGS, InitFromArguments, TeacherArguments, parse_args
 from utils.data import eval_loader, load_data
 from utils.errors import cli_entry
 from utils.experiment import log, start
 from utils.model_io import load_block_checkpoint
 from utils.objectives import OutputDistillation
-from utils.runs import already_finished, till_end_run
+from utils.runs import already_finished, run_variant, till_end_run
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 from utils.training import fit
 
 
-@dataclass
-class InitArguments:
-    init_from: Optional[str] = flag(
-        None,
-        "Checkpoint to start from; default: this block's retrain_single_block latest.pt if it exists; "
-        "'none' starts from random weights.",
-    )
-
-
-GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, InitArguments, *FINETUNE_FLAGS]
+GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, InitFromArguments, *FINETUNE_FLAGS]
 
 
 @cli_entry
@@ -38,19 +26,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = start(flags, flags.data.seed)
     info, block, shape = inspect_teacher(flags.teacher.teacher, flags.data.seq_len), flags.block.block, flags.student
     info.check_layer(block)
-    run = till_end_run(flags, info, block)
+    init_from = flags.init_from.init_from
+    if init_from is None:  # the block run of the same shape (default variant), when it exists
+        default = Storage(flags.storage.storage_directory).block_checkpoint(
+            "block", block, shape.block_heads, shape.block_d_k, run_variant(flags, "block")
+        )
+        init_from = str(default.resolve()) if default.exists() else "none"
+    run = till_end_run(flags, info, block, init_from)
     if already_finished(run, flags):
         return run.read_metrics()
     teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
 
     student = student_attention(teacher.model, shape.block_heads, shape.block_d_k, flags.dropout.block_dropout)
-    init_from = flags.init.init_from
-    if init_from is None:
-        default = Storage(flags.storage.storage_directory).block_checkpoint(
-            "block", block, shape.block_heads, shape.block_d_k
-        )
-        init_from = str(default) if default.exists() else "none"
     if init_from != "none":
         state = load_block_checkpoint(init_from, shape.block_heads, shape.block_d_k)
         student.load_state_dict(state["model"])

@@ -23,6 +23,7 @@ from utils.errors import cli_entry
 from utils.experiment import start
 from utils.finetune import finetune_and_save
 from utils.model_io import load_simplified
+from utils.identity import variant
 from utils.runs import already_finished, finetune_run
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -31,7 +32,9 @@ from utils.teacher import inspect_teacher, load_teacher
 @dataclass
 class FinetuneArguments:
     train_ffn: bool = flag(False, "Also train every layer's feed-forward and LayerNorms.")
-    output_model: Optional[str] = flag(None, "Folder of the finetuned model (default: --model with suffix _finetuned).")
+    output_model: Optional[str] = flag(
+        None, "Folder of the finetuned model (default: --model with suffix _finetuned and the healing's variant)."
+    )
 
 
 GROUPS = [TeacherArguments, ModelArguments, StudentArguments, FinetuneArguments, *FINETUNE_FLAGS, ExportArguments]
@@ -43,9 +46,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = start(flags, flags.data.seed)
     storage, options = Storage(flags.storage.storage_directory), flags.finetune
     model_dir = Path(flags.model.model or storage.retrained_model(flags.student.block_heads, flags.student.block_d_k))
-    output = Path(options.output_model or f"{model_dir}_finetuned")
+    healing = variant(flags.groups)  # -ffn, -t4: how it is healed
+    output = Path(options.output_model or model_dir.parent / f"{model_dir.name}_finetuned{healing}")
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
-    run = finetune_run(flags, info, model_dir.name, model=str(model_dir.resolve()), train_ffn=options.train_ffn)
+    run = finetune_run(flags, info, model_dir.name + healing, model=str(model_dir.resolve()))
     if already_finished(run, flags, output):
         return run.read_metrics()
     teacher = load_teacher(info, device)

@@ -40,10 +40,12 @@ class TeacherTrainingArguments:
         require(0 < self.mlm_probability <= 1, f"--mlm_probability must be in (0, 1], got {self.mlm_probability}")
 
 
+GROUPS = [TeacherTrainingArguments, *RUN_FLAGS]
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    groups = [TeacherTrainingArguments, *RUN_FLAGS]
-    flags = parse_args(groups, __doc__, argv, lr=1e-4, batch_size=32, epochs=1, max_steps=500, save_checkpoint_every=1)
+    flags = parse_args(GROUPS, __doc__, argv, lr=1e-4, batch_size=32, epochs=1, max_steps=500, save_checkpoint_every=1)
     device = start(flags, flags.data.seed)
     options, training = flags.teacher_training, flags.training
     info = inspect_teacher(options.init, flags.data.seq_len)

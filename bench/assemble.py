@@ -1,9 +1,14 @@
 """Run the assembly notebook headless with parameters, as papermill would (for the bench scripts).
 
-python bench/assemble.py --storage_directory S --teacher T --block_heads 6 --block_d_k 32
+python bench/assemble.py --storage_directory S --teacher T --block_heads 6 --block_d_k 32 [--source till_end] \
+    [-- --criterion CrossEntropy --loss_on_logits]
+
+Flags after ``--`` are the variant flags the runs were trained with (the notebook's ``run_flags``): they
+pick the runs' folders (``block_5_32_6-ce_logits``) and name the assembled model alike.
 """
 
 import argparse
+import shlex
 from pathlib import Path
 
 import nbformat
@@ -18,11 +23,14 @@ def main(argv=None) -> None:
         parser.add_argument(f"--{name}", required=True)
     for name in ("block_heads", "block_d_k"):
         parser.add_argument(f"--{name}", type=int, required=True)
+    parser.add_argument("--source", choices=("block", "till_end"), default="block")
     parser.add_argument("--executed", help="Also save the executed notebook here.")
+    parser.add_argument("run_flags", nargs="*", help="The runs' variant flags, after --.")
     args = parser.parse_args(argv)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
     values = {key: value for key, value in vars(args).items() if key != "executed"}
+    values["run_flags"] = shlex.join(args.run_flags)
     cell.source += "\n" + "\n".join(f"{key} = {value!r}" for key, value in values.items())
     NotebookClient(
         notebook, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parents[1])}}

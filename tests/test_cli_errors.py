@@ -88,8 +88,8 @@ def test_truncated_and_mismatched_checkpoints_are_refused_and_kept(capsys, commo
     latest = storage_of(common_flags).block_checkpoint("block", 1, heads=2, d_k=8)
     before = digest(latest)
 
-    message = run_expecting_error(capsys, common_flags + BLOCK + ["--criterion", "L1", "--epochs", "2"])
-    assert "does not match the flags: criterion='MSE' (flags say 'L1')" in message
+    message = run_expecting_error(capsys, common_flags + BLOCK + ["--seq_len", "30", "--epochs", "2"])
+    assert "does not match the flags: seq_len=40 (flags say 30)" in message
     assert digest(latest) == before
 
     data = latest.read_bytes()

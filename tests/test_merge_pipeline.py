@@ -57,7 +57,7 @@ def test_merge_pipeline(flags, eval_flags, run_flags, tiny_teacher_5_layers, cap
     assert "--block 4: the teacher has 5 layers, expected the first of two adjacent layers (0..3)" in one_line_error(
         capsys, retrain_merge.main, flags + ["--block", "4"]
     )
-    history = retrain_merge.main(flags + ["--block", "0", "--epochs", "2", "--merge_init", "first", "--lr", "3e-3"])
+    history = retrain_merge.main(flags + ["--block", "0", "--epochs", "2", "--lr", "3e-3"])
     assert history[-1]["merge_mse"] < history[0]["merge_mse"] and "merged_top1" in history[-1]
 
     message = one_line_error(capsys, finetune_fully_merged.main, flags + ["--epochs", "1"])

@@ -18,8 +18,9 @@ from utils.teacher import load_teacher
 NO_DROPOUT = ["--block_dropout", "0", "--epochs", "1"]
 
 
-def checkpoint_weights(flags, kind: str, block: int, heads: int, d_k: int = 8) -> dict:
-    return torch.load(storage_of(flags).block_checkpoint(kind, block, heads, d_k), weights_only=True)["model"]
+def checkpoint_weights(flags, kind: str, block: int, heads: int, d_k: int = 8, variant: str = "") -> dict:
+    path = storage_of(flags).block_checkpoint(kind, block, heads, d_k, variant)
+    return torch.load(path, weights_only=True)["model"]
 
 
 @pytest.mark.parametrize("dropout", ["0", "0.1"])
@@ -58,13 +59,13 @@ def test_lockstep_runs_one_teacher_forward_per_batch_for_all_merges(run_flags, t
     together = run_flags(storage=tmp_path / "together")
     merge = ["--block_heads", "2", "--block_d_k", "8", "--merge_init", "first", "--epochs", "2"]
     histories = retrain_merge.main(together + ["--block", "0", "1"] + merge)
-    batches_per_epoch = histories["merge_0_8_2"][1]["step"]
+    batches_per_epoch = histories["merge_0_8_2-init_first"][1]["step"]
     assert len(passes) == 2 * batches_per_epoch > 0
     for block in (0, 1):  # pair 1-2 ends at the last layer: its target is the teacher's output
         alone = run_flags(storage=tmp_path / f"alone_{block}")
         retrain_merge.main(alone + ["--block", str(block)] + merge)
-        expected = checkpoint_weights(alone, "merge", block, 2)
-        got = checkpoint_weights(together, "merge", block, 2)
+        expected = checkpoint_weights(alone, "merge", block, 2, variant="-init_first")
+        got = checkpoint_weights(together, "merge", block, 2, variant="-init_first")
         assert all((got[name] - tensor).abs().max() <= 1e-6 for name, tensor in expected.items())
 
 

@@ -108,6 +108,15 @@ class StudentInitArguments:
 
 
 @dataclass
+class InitFromArguments:
+    init_from: Optional[str] = flag(
+        None,
+        "Checkpoint to start from; default: this block's retrain_single_block latest.pt if it exists; "
+        "'none' starts from random weights.",
+    )
+
+
+@dataclass
 class DistillationArguments:
     criterion: Literal["MSE", "L1", "CrossEntropy"] = flag("MSE", "Distillation loss.")
     loss_on_logits: bool = flag(
@@ -336,6 +345,9 @@ class FlagParser(HfArgumentParser):
 
     def __init__(self, groups: list[type], description: str):
         super().__init__(groups, description=description, allow_abbrev=False)
+        for action in self._actions:  # argparse %-formats help: a literal "95%" must not be read as a format
+            if action.help and "%" in action.help:
+                action.help = re.sub(r"%(?!\()", "%%", action.help)
 
     def error(self, message: str):
         raise UserError(f"{message} (see --help)")

@@ -69,15 +69,17 @@ def collect_attentions(
     d_k: int,
     blocks: list[int] | None = None,
     kind: str = "block",
+    variant: str = "",
 ) -> tuple[dict[int, MultiHeadAttention], dict[int, Path], list[int]]:
     """Student attentions of ``blocks`` (default: every layer) from ``kind`` runs (``block`` =
-    retrain_single_block, ``till_end`` = train_block_till_end). Returns the attentions, the checkpoint
-    each came from, and the blocks without a checkpoint (they keep the teacher's attention)."""
+    retrain_single_block, ``till_end`` = train_block_till_end) of ``variant`` (:func:`utils.runs.run_variant`).
+    Returns the attentions, the checkpoint each came from, and the blocks without a checkpoint (they keep
+    the teacher's attention)."""
     storage = Storage(storage_directory)
     blocks = list(range(len(teacher.layers))) if blocks is None else blocks
     attentions, sources, missing = {}, {}, []
     for block in blocks:
-        path = storage.block_checkpoint(kind, block, heads, d_k)
+        path = storage.block_checkpoint(kind, block, heads, d_k, variant)
         if not path.exists():
             missing.append(block)
             continue
@@ -95,15 +97,16 @@ def collect_merged_layers(
     d_k: int,
     kind: str = "merge",
     below: int | None = None,
+    variant: str = "",
 ) -> tuple[dict[int, TransformerLayer], dict[int, Path], list[int]]:
     """Merged layers of every pair (0-1, 2-3, ...; an odd last layer stays the teacher's) from ``kind``
-    runs (``merge`` = retrain_merge, ``conditioned`` = finetune_conditioned_fully_merged); with
-    ``below``, only the pairs starting before that layer."""
+    runs (``merge`` = retrain_merge, ``conditioned`` = finetune_conditioned_fully_merged) of ``variant``;
+    with ``below``, only the pairs starting before that layer."""
     storage = Storage(storage_directory)
     layers, sources, missing = {}, {}, []
     last_start = len(teacher.layers) - 1 if below is None else below
     for block in range(0, last_start, 2):
-        path = storage.block_checkpoint(kind, block, heads, d_k)
+        path = storage.block_checkpoint(kind, block, heads, d_k, variant)
         if not path.exists():
             missing.append(block)
             continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import Diverged, UserError
 from utils.files import RunLock, atomic_write, ensure_writable, move_aside, remove_stale_temporaries
 from utils.storage import LATEST
 
@@ -70,20 +70,34 @@ def load_checkpoint(path: str | Path, flag: str = "checkpoint") -> dict:
 
 
 def check_identity(state: dict, expected: dict, path: Path | str) -> None:
-    """Refuse a checkpoint made with other architecture/teacher flags, naming each difference.
+    """Refuse a checkpoint made with other identity flags (:mod:`utils.identity`), naming each difference.
 
-    A key the checkpoint does not record (written before that flag existed) is not held against it.
+    A key its identity does not record (written before sitra recorded that flag) is read from the flags the
+    checkpoint also records; only a key recorded in neither is not held against it.
     """
-    saved = dict(state.get("identity", {}))
-    if saved.get("teacher_fingerprint") and saved.get("teacher_fingerprint") == expected.get("teacher_fingerprint"):
-        saved.pop("teacher", None)  # the same weights at another path are the same teacher
+    saved = {**state.get("flags", {}), **state.get("identity", {})}
+    for name, fingerprint in (("teacher", "teacher_fingerprint"), ("init", "init_fingerprint")):
+        if saved.get(fingerprint) and saved.get(fingerprint) == expected.get(fingerprint):
+            saved.pop(name, None)  # the same weights at another path are the same model
     differences = [
         f"{key}={saved[key]!r} (flags say {value!r})"
         for key, value in expected.items()
-        if key in saved and saved[key] != value
+        if key in saved and _comparable(saved[key]) != _comparable(value)
     ]
     if differences:
         raise UserError(f"checkpoint {path} does not match the flags: {', '.join(differences)}")
+
+
+def _comparable(value):
+    """Lists and tuples compare equal (a checkpoint stores a tuple flag as a list)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_finite(state: dict, path: Path | str) -> None:
+    """A checkpoint holds only finite values: refuse to write one that does not (a diverged run)."""
+    bad = [name for name, tensor in state["model"].items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise Diverged(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); {path} not written")
 
 
 def rng_state() -> dict:
@@ -102,11 +116,19 @@ def set_rng_state(state: dict) -> None:
 class RunDirectory:
     """The folder of one run: checkpoints and the per-epoch metrics file."""
 
-    def __init__(self, path: str | Path, identity: dict, save_every: int, flags: dict | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        identity: dict,
+        save_every: int,
+        flags: dict | None = None,
+        continuable: dict | None = None,
+    ):
         self.path = Path(path)
         self.identity = identity  # must match to resume
         self.save_every = save_every
-        self.flags = flags or {}  # recorded for the reader, not checked
+        self.flags = flags or {}  # recorded for the reader (and for identities of older checkpoints)
+        self.continuable = continuable or {}  # may change when the run goes on; a finished run must match them
         self.writer = True  # False on every process but rank 0 under torchrun
         self.lock: RunLock | None = None  # held from prepare() until the process ends
 
@@ -144,17 +166,34 @@ class RunDirectory:
             check_identity(state, self.identity, self.latest)
             done = state["batches_done"] == 0 and state["epoch"] >= epochs
             if done or (max_steps is not None and state["step"] >= max_steps):
+                self._check_continuable(state)
                 log.info("%s is finished (epoch %d, step %d): nothing to do", self.path, state["epoch"], state["step"])
                 return True
         ensure_writable(self.path.parent)
         self.lock = RunLock(self.path)
         return False
 
+    def _check_continuable(self, state: dict) -> None:
+        """A finished run rerun with another learning rate (or another continuable flag that is not its length)
+        is another experiment: refuse it rather than report the finished one."""
+        saved = state.get("flags", {})
+        differences = [
+            f"{key}={saved[key]!r} (flags say {value!r})"
+            for key, value in self.continuable.items()
+            if key in saved and key not in ("epochs", "max_steps") and saved[key] != value
+        ]
+        if differences:
+            raise UserError(
+                f"{self.path} is finished with {', '.join(differences)}: to continue it with the new values raise "
+                "--epochs (or --max_steps); to train it anew pass --no_resume (the finished run is moved aside)"
+            )
+
     def save(self, state: dict) -> None:
         """The kept ``epoch_NNN.pt`` first, then ``latest.pt``: a kill between the two leaves the previous
         latest, and the resumed run writes both again."""
         if not self.writer:
             return
+        check_finite(state, self.latest)
         state = {**state, "identity": self.identity, "flags": self.flags}
         epoch = state["epoch"]
         if state["batches_done"] == 0 and epoch > 0 and epoch % self.save_every == 0:

@@ -11,6 +11,10 @@ class UserError(Exception):
     """Bad input (flag, file, checkpoint); the message names it and says what was expected."""
 
 
+class Diverged(UserError):
+    """Training produced a non-finite loss, gradient or weight: the run stops, its last finite checkpoint kept."""
+
+
 EXIT_USER_ERROR = 2
 SHOW_TRACEBACK = "SITRA_TRACEBACK"  # set to 1 to see the traceback of an unexpected error
 

@@ -1,20 +1,57 @@
-"""Training runs by kind: each knows its folder (from :mod:`utils.storage`) and its identity, the values
-a checkpoint must share with the flags to be resumed. Nothing else builds a run's name or identity."""
+"""Training runs by kind: each knows its folder (from :mod:`utils.storage`) and its identity, the values a
+checkpoint must share with the flags to be resumed. Both derive from one declaration,
+:mod:`utils.identity`: every flag of the script is identity unless declared neutral or continuable, and
+the named ones that differ from their default add a suffix to the folder name. Nothing else builds a
+run's name or identity."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
-from utils.args import Flags
+from utils.args import (
+    DistillationArguments,
+    Flags,
+    InitFromArguments,
+    MergeArguments,
+    OutputDistillationArguments,
+    StudentInitArguments,
+    parse_args,
+)
 from utils.checkpoint import RunDirectory
 from utils.distributed import init_distributed
+from utils.identity import CONTINUABLE, run_identity, variant
 from utils.storage import Storage
 from utils.teacher import TeacherInfo
 
+# The flag groups that name each block-run kind's variants: what a script that reads those runs (assembly,
+# evaluation, the conditioned chain, finetuning of the merged model) takes to find the run a flag set made.
+# tests/test_identity.py checks them against the training scripts' own groups.
+VARIANT_GROUPS = {
+    "block": (StudentInitArguments, DistillationArguments),
+    "till_end": (InitFromArguments, OutputDistillationArguments),
+    "merge": (MergeArguments,),
+    "conditioned": (MergeArguments,),
+}
 
-def open_run(flags: Flags, folder: Path, identity: dict) -> RunDirectory:
-    """The run at ``folder``; every flag is recorded with its checkpoints (for the reader, not checked)."""
-    return RunDirectory(folder, identity, flags.training.save_checkpoint_every, flags.as_dict())
+
+def run_variant(flags: Flags, kind: str) -> str:
+    """The folder-name suffix of the ``kind`` block runs these flags ask for (``""`` for the defaults)."""
+    return variant([group for group in flags.groups if isinstance(group, VARIANT_GROUPS[kind])])
+
+
+def variant_of_command_line(kind: str, command_line: str) -> str:
+    """:func:`run_variant` of the flags in ``command_line`` (as the ``kind`` runs were trained with, e.g.
+    ``"--criterion CrossEntropy --loss_on_logits"``); flags of other groups are an error. For the notebook."""
+    return run_variant(parse_args(list(VARIANT_GROUPS[kind]), "", shlex.split(command_line)), kind)
+
+
+def open_run(flags: Flags, folder: Path, **explicit) -> RunDirectory:
+    """The run at ``folder``: its identity is every identity flag (``explicit`` values replace or add), every
+    flag is recorded with its checkpoints, and the continuable ones are checked when a finished run is rerun."""
+    continuable = {key: value for key, value in flags.as_dict().items() if key in CONTINUABLE}
+    identity = run_identity(flags.groups, **explicit)
+    return RunDirectory(folder, identity, flags.training.save_checkpoint_every, flags.as_dict(), continuable)
 
 
 def already_finished(run: RunDirectory, flags: Flags, output: Path | None = None) -> bool:
@@ -30,65 +67,49 @@ def _teacher_identity(teacher: TeacherInfo) -> dict:
     return {"teacher": teacher.name, "teacher_fingerprint": teacher.fingerprint}
 
 
-def _block_identity(flags: Flags, teacher: TeacherInfo, block: int) -> dict:
-    """What every run training a module for one block (or pair) must share with its checkpoint."""
-    student = flags.student
-    return {
-        **_teacher_identity(teacher),
-        "block": block,
-        "block_heads": student.block_heads,
-        "block_d_k": student.block_d_k,
-        "seq_len": flags.data.seq_len,
-    }
-
-
 def _block_folder(flags: Flags, kind: str, block: int) -> Path:
+    """``{kind}_{block}_{d_k}_{heads}`` and the suffix of every named flag of the script off its default."""
+    student = flags.student
     return Storage(flags.storage.storage_directory).block_run(
-        kind, block, flags.student.block_heads, flags.student.block_d_k
+        kind, block, student.block_heads, student.block_d_k, variant(flags.groups)
     )
 
 
 def block_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
     """retrain_single_block.py: one student attention distilled on layer ``block``."""
-    distillation = flags.distillation
-    identity = {
-        **_block_identity(flags, teacher, block),
-        "criterion": distillation.criterion,
-        "loss_on_logits": distillation.loss_on_logits,
-        "loss_on_scores": distillation.loss_on_scores,
-        "cache_teacher": flags.cache.epoch_one_masks,
-    }
-    return open_run(flags, _block_folder(flags, "block", block), identity)
+    return open_run(
+        flags,
+        _block_folder(flags, "block", block),
+        **_teacher_identity(teacher),
+        block=block,
+        cache_teacher=flags.cache.epoch_one_masks,
+    )
 
 
-def till_end_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
-    """train_block_till_end.py: the student attention of ``block`` trained on the teacher's outputs."""
-    return open_run(flags, _block_folder(flags, "till_end", block), _block_identity(flags, teacher, block))
+def till_end_run(flags: Flags, teacher: TeacherInfo, block: int, init_from: str) -> RunDirectory:
+    """train_block_till_end.py: the student attention of ``block`` trained on the teacher's outputs, started
+    from ``init_from`` (the resolved --init_from: a checkpoint path or 'none')."""
+    folder = _block_folder(flags, "till_end", block)
+    return open_run(flags, folder, **_teacher_identity(teacher), block=block, init_from=init_from)
 
 
-def merge_run(flags: Flags, teacher: TeacherInfo, block: int, kind: str) -> RunDirectory:
+def merge_run(flags: Flags, teacher: TeacherInfo, block: int, kind: str, **start) -> RunDirectory:
     """retrain_merge.py (``kind`` merge) and finetune_conditioned_fully_merged.py (``conditioned``): the
-    merged layer of pair ``block, block+1`` (only the unconditioned merge offers --cache_teacher)."""
-    identity = {
-        **_block_identity(flags, teacher, block),
-        "merge_init": flags.merge.merge_init,
-        "cache_teacher": kind == "merge" and flags.cache.epoch_one_masks,
-    }
-    return open_run(flags, _block_folder(flags, kind, block), identity)
+    merged layer of pair ``block, block+1`` (only the unconditioned merge offers --cache_teacher); ``start``:
+    where a conditioned layer starts from (its merge run's checkpoint or 'none')."""
+    epoch_one_masks = kind == "merge" and flags.cache.epoch_one_masks
+    folder = _block_folder(flags, kind, block)
+    identity = {**_teacher_identity(teacher), "block": block, "cache_teacher": epoch_one_masks, **start}
+    return open_run(flags, folder, **identity)
 
 
 def finetune_run(flags: Flags, teacher: TeacherInfo, model_name: str, **model_identity) -> RunDirectory:
-    """End-to-end finetuning of the saved model ``model_name`` (``model_identity``: what else defines it)."""
-    identity = {**_teacher_identity(teacher), "model": model_name, "seq_len": flags.data.seq_len, **model_identity}
-    return open_run(flags, Storage(flags.storage.storage_directory).run(f"finetune_{model_name}"), identity)
+    """End-to-end finetuning that saves the model ``model_name`` (``model_identity``: what else defines it)."""
+    folder = Storage(flags.storage.storage_directory).run(f"finetune_{model_name}")
+    return open_run(flags, folder, **_teacher_identity(teacher), **model_identity)
 
 
 def teacher_run(flags: Flags, init: TeacherInfo) -> RunDirectory:
     """train_teacher.py: MLM training of the teacher started from ``init``."""
-    identity = {
-        "init": init.name,
-        "init_fingerprint": init.fingerprint,
-        "seq_len": flags.data.seq_len,
-        "mlm_probability": flags.teacher_training.mlm_probability,
-    }
-    return open_run(flags, Storage(flags.storage.storage_directory).run("teacher"), identity)
+    folder = Storage(flags.storage.storage_directory).run("teacher")
+    return open_run(flags, folder, init=init.name, init_fingerprint=init.fingerprint)

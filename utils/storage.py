@@ -3,7 +3,8 @@
 ::
 
     {root}/checkpoints/wikitext2/{run}/     one training run: latest.pt, epoch_NNN.pt, metrics.jsonl
-        block runs are named {kind}_{block}_{d_k}_{heads} (kind: block, till_end, merge, conditioned)
+        block runs are named {kind}_{block}_{d_k}_{heads}{variant} (kind: block, till_end, merge, conditioned;
+        variant: "" with today's defaults, else e.g. -init_svd or -ce_logits, see utils/identity.py)
     {root}/models/{name}/                   saved simplified models (sitra.json + model.safetensors)
     {root}/results/{name}/                  evaluations: metrics.json, metrics.md, predictions.tsv
     {root}/cache/{name}/                    teacher caches (--cache_teacher)
@@ -21,21 +22,23 @@ DATASET_NAME = "wikitext2"
 LATEST = "latest.pt"
 LAYER_DROP_MODEL = "layer_drop"
 BLOCK_RUN_KINDS = ("block", "till_end", "merge", "conditioned")
-_BLOCK_RUN = re.compile(rf"^({'|'.join(BLOCK_RUN_KINDS)})_(\d+)_(\d+)_(\d+)$")
+_BLOCK_RUN = re.compile(rf"^({'|'.join(BLOCK_RUN_KINDS)})_(\d+)_(\d+)_(\d+)(-[a-z0-9_.]+)?$")
 
 
 @dataclass(frozen=True)
 class BlockRun:
-    """What a block run's folder name says: its kind, block and student shape."""
+    """What a block run's folder name says: its kind, block, student shape and variant (``""`` or ``-...``)."""
 
     kind: str
     block: int
     heads: int
     d_k: int
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.kind}_{self.block}_{self.d_k}_{self.heads}"  # the seed's order: d_k before heads
+        # the original repository's order: d_k before heads
+        return f"{self.kind}_{self.block}_{self.d_k}_{self.heads}{self.variant}"
 
     @classmethod
     def parse(cls, name: str) -> BlockRun | None:
@@ -43,8 +46,8 @@ class BlockRun:
         match = _BLOCK_RUN.match(name)
         if match is None:
             return None
-        kind, block, d_k, heads = match.groups()
-        return cls(kind, int(block), int(heads), int(d_k))
+        kind, block, d_k, heads, variant = match.groups()
+        return cls(kind, int(block), int(heads), int(d_k), variant or "")
 
 
 class Storage:
@@ -60,15 +63,15 @@ class Storage:
     def run(self, name: str) -> Path:
         return self.runs / name
 
-    def block_run(self, kind: str, block: int, heads: int, d_k: int) -> Path:
-        return self.run(BlockRun(kind, block, heads, d_k).name)
+    def block_run(self, kind: str, block: int, heads: int, d_k: int, variant: str = "") -> Path:
+        return self.run(BlockRun(kind, block, heads, d_k, variant).name)
 
-    def block_checkpoint(self, kind: str, block: int, heads: int, d_k: int) -> Path:
+    def block_checkpoint(self, kind: str, block: int, heads: int, d_k: int, variant: str = "") -> Path:
         """The rolling checkpoint of a block run."""
-        return self.block_run(kind, block, heads, d_k) / LATEST
+        return self.block_run(kind, block, heads, d_k, variant) / LATEST
 
     def block_runs(self, kind: str) -> list[tuple[BlockRun, Path]]:
-        """Every run folder of ``kind`` with its parsed name, sorted by name."""
+        """Every run folder of ``kind`` (every variant) with its parsed name, sorted by name."""
         found = [(BlockRun.parse(path.name), path) for path in sorted(self.runs.glob(f"{kind}_*"))]
         return [(run, path) for run, path in found if run is not None and run.kind == kind]
 
@@ -79,22 +82,26 @@ class Storage:
     def model(self, name: str) -> Path:
         return self.models / name
 
-    def retrained_model(self, heads: int, d_k: int) -> Path:
-        """Where the notebook saves the assembled retrained model."""
-        return self.model(f"retrained_{d_k}_{heads}")
+    def retrained_model(self, heads: int, d_k: int, variant: str = "", source: str = "block") -> Path:
+        """Where the notebook saves the model assembled from the ``source`` runs (block or till_end) of
+        ``variant``."""
+        kind = "" if source == "block" else f"_{source}"
+        return self.model(f"retrained{kind}_{d_k}_{heads}{variant}")
 
-    def merged_model(self, heads: int, d_k: int, source: str = "merge") -> Path:
+    def merged_model(self, heads: int, d_k: int, source: str = "merge", variant: str = "") -> Path:
         """Where finetune_fully_merged.py saves the fully merged model (``source``: merge or conditioned)."""
         suffix = "" if source == "merge" else f"_{source}"
-        return self.model(f"merged_{d_k}_{heads}{suffix}")
+        return self.model(f"merged_{d_k}_{heads}{suffix}{variant}")
 
     def pruned_model(self, heads: int, d_k: int, per_layer: bool) -> Path:
         """Where prune_heads.py saves a head-pruned teacher (``_global``: heads chosen across layers)."""
         return self.model(f"pruned_{d_k}_{heads}" + ("" if per_layer else "_global"))
 
-    def layer_drop_model(self, rule: str = "alternate") -> Path:
-        """The layer-drop baseline: ``layer_drop`` (every second layer, the seed's) or ``layer_drop_{rule}``."""
-        return self.model(LAYER_DROP_MODEL if rule == "alternate" else f"{LAYER_DROP_MODEL}_{rule}")
+    def layer_drop_model(self, rule: str = "alternate", variant: str = "") -> Path:
+        """The layer-drop baseline: ``layer_drop`` (every second layer, the original repository's) or
+        ``layer_drop_{rule}``, and the variant of its healing (``-t4``)."""
+        name = LAYER_DROP_MODEL if rule == "alternate" else f"{LAYER_DROP_MODEL}_{rule}"
+        return self.model(name + variant)
 
     def results(self, name: str) -> Path:
         return self.root / "results" / name
@@ -104,8 +111,8 @@ class Storage:
         """Every evaluation's metrics.json."""
         return sorted((self.root / "results").glob("*/metrics.json"))
 
-    def fully_merged_results(self, heads: int, d_k: int) -> Path:
-        return self.results(f"fully_merged_{d_k}_{heads}")
+    def fully_merged_results(self, heads: int, d_k: int, variant: str = "") -> Path:
+        return self.results(f"fully_merged_{d_k}_{heads}{variant}")
 
     def cache(self, name: str) -> Path:
         return self.root / "cache" / name

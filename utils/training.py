@@ -19,6 +19,7 @@ from utils.checkpoint import RunDirectory, rng_state, set_rng_state
 from utils.data import epoch_batches, make_loader
 from utils.device import autocast, to_device
 from utils.distributed import Distributed, init_distributed
+from utils.errors import Diverged
 from utils.preemption import EXIT_REQUEUE, PREEMPTION
 
 log = logging.getLogger(__name__)
@@ -339,6 +340,7 @@ def _step(member: Member, batch: dict, training, device, world) -> float:
     loss = loss_sum * (world.world_size / global_count)
     member.optimizer.zero_grad(set_to_none=True)
     member.scaler.scale(loss).backward()
+    _stop_if_diverged(member, loss)
     member.scaler.step(member.optimizer)
     member.scaler.update()
     position, summary = member.position, member.summary
@@ -347,6 +349,28 @@ def _step(member: Member, batch: dict, training, device, world) -> float:
     value = (world.sum(loss_sum.float()) / global_count).item()
     summary.loss_total, summary.batches = summary.loss_total + value, summary.batches + 1
     return value
+
+
+def _stop_if_diverged(member: Member, loss: torch.Tensor) -> None:
+    """Before the step is applied: a non-finite loss, or a non-finite gradient norm, stops the run with one
+    error line, so nothing of the bad step reaches the weights or a checkpoint (the last checkpoint stays the
+    latest; a rerun with a smaller --lr resumes from it). With fp16 loss scaling a non-finite gradient is the
+    scaler's to skip, on purpose, and is not divergence."""
+    parameters = [p for group in member.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    finite_loss = bool(torch.isfinite(loss.detach()).all())
+    finite_gradient = member.scaler.is_enabled() or bool(
+        torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in parameters])).all()
+    )
+    if finite_loss and finite_gradient:
+        return
+    what = "loss" if not finite_loss else "gradient norm"
+    position = member.position
+    learning_rates = sorted({group["lr"] for group in member.optimizer.param_groups})
+    raise Diverged(
+        f"{member.run.path.name} diverged: non-finite {what} at epoch {position.epoch + 1}, step {position.step + 1} "
+        f"(lr {', '.join(f'{lr:g}' for lr in learning_rates)}); nothing of this step was saved, "
+        f"{member.run.latest} is the last finite checkpoint: rerun with a smaller --lr to resume from it"
+    )
 
 
 def _resume_state(run: RunDirectory, no_resume: bool, world: Distributed) -> dict | None:
