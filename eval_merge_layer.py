@@ -5,7 +5,6 @@ from models import assemble
 from utils.args import (
     EVAL_FLAGS,
     BlockArguments,
-    DropoutArguments,
     MergeArguments,
     StudentArguments,
     TeacherArguments,
@@ -21,9 +20,8 @@ from utils.runs import run_variant
 from utils.storage import Storage
 from utils.teacher import load_teacher
 
-
-# --block_dropout and --merge_init pick the merge run, as they named it
-GROUPS = [TeacherArguments, BlockArguments, StudentArguments, DropoutArguments, MergeArguments, *EVAL_FLAGS]
+# --merge_init picks the merge runs, as it named them
+GROUPS = [TeacherArguments, BlockArguments, StudentArguments, MergeArguments, *EVAL_FLAGS]
 
 
 @cli_entry

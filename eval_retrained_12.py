@@ -12,7 +12,6 @@ from pathlib import Path
 from utils.args import (
     EVAL_FLAGS,
     DistillationArguments,
-    DropoutArguments,
     ModelArguments,
     ModelsArguments,
     StudentArguments,
@@ -29,14 +28,12 @@ from utils.runs import run_variant
 from utils.storage import Storage
 from utils.teacher import load_teacher
 
-
 # the student flags name the assembled model evaluated by default: the one made of the block runs they trained
 GROUPS = [
     TeacherArguments,
     ModelArguments,
     ModelsArguments,
     StudentArguments,
-    DropoutArguments,
     StudentInitArguments,
     DistillationArguments,
     *EVAL_FLAGS,

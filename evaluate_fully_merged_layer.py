@@ -7,7 +7,6 @@ from pathlib import Path
 
 from utils.args import (
     EVAL_FLAGS,
-    DropoutArguments,
     MergeArguments,
     ModelsArguments,
     OutputDistillationArguments,
@@ -19,18 +18,16 @@ from utils.data import load_data
 from utils.errors import UserError, cli_entry
 from utils.evaluation import evaluate_against_teacher
 from utils.experiment import start
-from utils.model_io import is_simplified, load_models
 from utils.identity import variant
+from utils.model_io import is_simplified, load_models
 from utils.storage import Storage
 from utils.teacher import load_teacher
-
 
 # the flags finetune_fully_merged.py named its models by: the merged runs' and the healing's
 GROUPS = [
     TeacherArguments,
     ModelsArguments,
     StudentArguments,
-    DropoutArguments,
     MergeArguments,
     OutputDistillationArguments,
     *EVAL_FLAGS,

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
             raise UserError(f"--block {chain.block}: conditioned pairs start at even layers ({pairs})")
         pairs = [chain.block]
     storage = Storage(flags.storage.storage_directory)
-    warm_paths = {block: storage.block_checkpoint("merge", block, heads, d_k, run_variant(flags, "merge")) for block in pairs}
+    warm_paths = {
+        block: storage.block_checkpoint("merge", block, heads, d_k, run_variant(flags, "merge")) for block in pairs
+    }
     # where each pair starts is part of its run: its merge run's checkpoint when there is one, else --merge_init
     warm_starts = {block: str(path.resolve()) if path.exists() else "none" for block, path in warm_paths.items()}
     runs = {block: merge_run(flags, info, block, "conditioned", warm_start=warm_starts[block]) for block in pairs}
@@ -69,7 +71,14 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
     histories = {block: runs[block].read_metrics() for block in pairs if block not in pending}
     for block in pending:
         earlier, _, missing = collect_merged_layers(
-            storage.root, teacher.model, teacher.name, heads, d_k, "conditioned", block, run_variant(flags, "conditioned")
+            storage.root,
+            teacher.model,
+            teacher.name,
+            heads,
+            d_k,
+            "conditioned",
+            block,
+            run_variant(flags, "conditioned"),
         )
         if missing:
             names = ", ".join(f"{b}-{b + 1}" for b in missing)

@@ -13,7 +13,6 @@ from typing import Literal, Optional
 from models import assemble, layers_to_drop
 from utils.args import (
     FINETUNE_FLAGS,
-    DropoutArguments,
     ExportArguments,
     MergeArguments,
     StudentArguments,
@@ -26,8 +25,8 @@ from utils.data import eval_loader, load_data
 from utils.errors import UserError, cli_entry
 from utils.experiment import log, start
 from utils.finetune import finetune_and_save
-from utils.metrics import hidden_state_similarity
 from utils.identity import variant
+from utils.metrics import hidden_state_similarity
 from utils.runs import already_finished, finetune_run, run_variant
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -50,11 +49,10 @@ class FullyMergedArguments:
     output_model: Optional[str] = flag(None, "Folder of the finetuned model (default: the storage directory's models).")
 
 
-# --block_dropout and --merge_init pick the merge (or conditioned) runs the model is made of, as they named them
+# --merge_init picks the merge (or conditioned) runs the model is made of, as it named them
 GROUPS = [
     TeacherArguments,
     StudentArguments,
-    DropoutArguments,
     MergeArguments,
     FullyMergedArguments,
     *FINETUNE_FLAGS,

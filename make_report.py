@@ -1,8 +1,9 @@
 """Collect every evaluation under a storage directory into one table (markdown + CSV) and plots.
 
 - ``report.md`` / ``report.csv``: one row per (evaluation, model) from every ``results/*/metrics.json``;
-- ``top1_heatmap_heads{H}.png``: MLM top-1 of the teacher with one block retrained, blocks x d_k, one
-  plot per head count (last epoch of every retrain_single_block run);
+- ``top1_heatmap_heads{H}{variant}.png``: MLM top-1 of the teacher with one block retrained, blocks x d_k,
+  one plot per head count and run variant (``-ce_logits``, ``-init_svd``, ...), last epoch of every
+  retrain_single_block run;
 - ``accuracy_vs_parameters.png``: top-1 against parameters for the teacher, retrained, merged and
   layer-drop models;
 - ``frontier.png`` and one table per compute budget;
@@ -166,9 +167,9 @@ def kind_of(model: str) -> str:
     return next((label for prefix, label in KINDS.items() if model.startswith(prefix)), "other")
 
 
-def block_grid(storage: Storage) -> dict[int, dict[tuple[int, int], float]]:
-    """heads -> {(block, d_k): replaced_top1 of the last epoch}"""
-    grid: dict[int, dict[tuple[int, int], float]] = {}
+def block_grid(storage: Storage) -> dict[tuple[int, str], dict[tuple[int, int], float]]:
+    """(heads, variant) -> {(block, d_k): replaced_top1 of the last epoch}: variants are never mixed in one grid"""
+    grid: dict[tuple[int, str], dict[tuple[int, int], float]] = {}
     for run, folder in storage.block_runs("block"):
         metrics = folder / "metrics.jsonl"
         lines = metrics.read_text().splitlines() if metrics.exists() else []
@@ -176,13 +177,13 @@ def block_grid(storage: Storage) -> dict[int, dict[tuple[int, int], float]]:
             continue
         last = json.loads(lines[-1])
         if "replaced_top1" in last:
-            grid.setdefault(run.heads, {})[(run.block, run.d_k)] = last["replaced_top1"]
+            grid.setdefault((run.heads, run.variant), {})[(run.block, run.d_k)] = last["replaced_top1"]
     return grid
 
 
 def plot_heatmaps(grid, output: Path) -> list[Path]:
     paths = []
-    for heads, values in sorted(grid.items()):
+    for (heads, variant), values in sorted(grid.items()):
         blocks = sorted({block for block, _ in values})
         d_ks = sorted({d_k for _, d_k in values})
         table = [[values.get((block, d_k), float("nan")) for d_k in d_ks] for block in blocks]
@@ -192,13 +193,13 @@ def plot_heatmaps(grid, output: Path) -> list[Path]:
         axes.set_yticks(range(len(blocks)), [str(b) for b in blocks])
         axes.set_xlabel("d_k of the student attention")
         axes.set_ylabel("retrained block")
-        axes.set_title(f"MLM top-1 with one block retrained ({heads} heads)")
+        axes.set_title(f"MLM top-1 with one block retrained ({heads} heads{', ' + variant[1:] if variant else ''})")
         for row, block_values in enumerate(table):
             for column, value in enumerate(block_values):
                 axes.text(column, row, f"{value:.1%}", ha="center", va="center", color="w", fontsize=8)
         figure.colorbar(image, ax=axes, label="top-1")
         figure.tight_layout()
-        path = output / f"top1_heatmap_heads{heads}.png"
+        path = output / f"top1_heatmap_heads{heads}{variant}.png"
         figure.savefig(path, dpi=120)
         plt.close(figure)
         paths.append(path)
@@ -255,7 +256,8 @@ def method_of(model: str) -> tuple[str, str]:
     for prefix, label, marker in METHODS:
         if model.startswith(prefix):
             if prefix == "layer_drop":
-                rule = model.removeprefix("layer_drop").removesuffix(HEALED).strip("_") or "alternate"
+                stem = model.split("-", 1)[0]  # without a variant suffix (-t4)
+                rule = stem.removeprefix("layer_drop").removesuffix(HEALED).strip("_") or "alternate"
                 return f"layer drop ({rule})", marker
             return label, marker
     return "other", "x"

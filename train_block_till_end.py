@@ -16,7 +16,6 @@ from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 from utils.training import fit
 
-
 GROUPS = [TeacherArguments, *BLOCK_STUDENT_FLAGS, InitFromArguments, *FINETUNE_FLAGS]
 
 

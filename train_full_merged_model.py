@@ -22,8 +22,8 @@ from utils.data import load_data
 from utils.errors import cli_entry
 from utils.experiment import start
 from utils.finetune import finetune_and_save
-from utils.model_io import load_simplified
 from utils.identity import variant
+from utils.model_io import load_simplified
 from utils.runs import already_finished, finetune_run
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher

@@ -24,6 +24,8 @@ def main(argv=None) -> None:
     for name in ("block_heads", "block_d_k"):
         parser.add_argument(f"--{name}", type=int, required=True)
     parser.add_argument("--source", choices=("block", "till_end"), default="block")
+    parser.add_argument("--data_dir", help="WikiText-2 folder of the notebook's check (default: $SITRA_DATA_DIR).")
+    parser.add_argument("--eval_sentences", type=int, default=300, help="Test sentences the notebook checks.")
     parser.add_argument("--executed", help="Also save the executed notebook here.")
     parser.add_argument("run_flags", nargs="*", help="The runs' variant flags, after --.")
     args = parser.parse_args(argv)

@@ -36,11 +36,11 @@ for model in "retrained_${DK}_${HEADS}" "pruned_${DK}_${HEADS}"; do
 done
 
 # -- half the depth -----------------------------------------------------------------------------------------
-fully_merged() {  # fully_merged STORAGE NAME: the merged model of STORAGE's merge runs, then healed
+fully_merged() {  # fully_merged STORAGE NAME INIT: the merged model of STORAGE's --merge_init INIT runs, then healed
   $PY finetune_fully_merged.py "${COMMON[@]}" --storage_directory "$1" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK \
-      --epochs 0 --output_model "$MODELS/$2"
+      --merge_init "$3" --epochs 0 --output_model "$MODELS/$2"
   $PY finetune_fully_merged.py "${COMMON[@]}" --storage_directory "$1" --block_heads $MERGE_HEADS --block_d_k $MERGE_DK \
-      --epochs "$HEAL_EPOCHS" --output_model "$MODELS/${2}_finetuned"
+      --merge_init "$3" --epochs "$HEAL_EPOCHS" --output_model "$MODELS/${2}_finetuned"
 }
 for ((block = 0; block + 1 < LAYERS; block += 2)); do
   $PY retrain_merge.py "${COMMON[@]}" --storage_directory "$STORAGE" --block $block --block_heads $MERGE_HEADS \
@@ -48,8 +48,8 @@ for ((block = 0; block + 1 < LAYERS; block += 2)); do
   $PY retrain_merge.py "${COMMON[@]}" --storage_directory "$STORAGE/average" --block $block --block_heads $MERGE_HEADS \
       --block_d_k $MERGE_DK --merge_init average --epochs 0
 done
-fully_merged "$STORAGE" "merged_${MERGE_DK}_${MERGE_HEADS}"
-fully_merged "$STORAGE/average" "merged_average"
+fully_merged "$STORAGE" "merged_${MERGE_DK}_${MERGE_HEADS}" first
+fully_merged "$STORAGE/average" "merged_average" average
 half_depth=("$MODELS/merged_${MERGE_DK}_${MERGE_HEADS}" "$MODELS/merged_${MERGE_DK}_${MERGE_HEADS}_finetuned"
             "$MODELS/merged_average" "$MODELS/merged_average_finetuned")
 for rule in alternate top influence angular; do

@@ -99,10 +99,11 @@ stage "conditioned chain" $PY finetune_conditioned_fully_merged.py --teacher "$T
     --all --block_heads $MERGE_HEADS --block_d_k $DK --merge_init first --max_sentences "$CHAIN_SENTENCES" --epochs 1
 stage "averaged pairs" $PY retrain_merge.py --teacher "$TEACHER" --storage_directory "$STUDY/average" --block all \
     --block_heads $MERGE_HEADS --block_d_k $DK --merge_init average --epochs 0
-stage "heal $MERGED" half_depth "$STUDY" "$SEED" "$STUDY/models/$MERGED"
+# --merge_init names the merge runs a merged model is made of (merge_0_32_12-init_first), as they were trained
+stage "heal $MERGED" half_depth "$STUDY" "$SEED" "$STUDY/models/$MERGED" --merge_init first
 stage "heal ${MERGED}_conditioned" half_depth "$STUDY" "$SEED" "$STUDY/models/${MERGED}_conditioned" \
-    --source conditioned
-stage "heal merged_average" half_depth "$STUDY/average" "$SEED" "$STUDY/models/merged_average"
+    --source conditioned --merge_init first
+stage "heal merged_average" half_depth "$STUDY/average" "$SEED" "$STUDY/models/merged_average" --merge_init average
 depth_models=("$MERGED" "${MERGED}_finetuned" "${MERGED}_conditioned" "${MERGED}_conditioned_finetuned"
               merged_average merged_average_finetuned)
 for rule in alternate top influence angular; do
@@ -122,7 +123,7 @@ for SEED in "${SEEDS[@]:1}"; do
   stage "assemble (seed $SEED)" $PY bench/assemble.py --storage_directory "$storage" --teacher "$TEACHER" \
       --block_heads $HALF --block_d_k $DK
   stage "heal retrained_${DK}_$HALF (seed $SEED)" heal_attention "$storage" "$SEED" "retrained_${DK}_$HALF"
-  stage "heal $MERGED (seed $SEED)" half_depth "$storage" "$SEED" "$storage/models/$MERGED"
+  stage "heal $MERGED (seed $SEED)" half_depth "$storage" "$SEED" "$storage/models/$MERGED" --merge_init first
   stage "evaluate (seed $SEED)" evaluate "$storage" seed_models "retrained_${DK}_$HALF" \
       "retrained_${DK}_${HALF}_finetuned" "$MERGED" "${MERGED}_finetuned"
 done

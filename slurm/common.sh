@@ -10,10 +10,16 @@
 : "${SITRA_PARTITION:=}"                           # --partition (empty: the cluster's default)
 : "${SITRA_MAX_PARALLEL:=}"                        # at most this many tasks at once (array %N)
 : "${SITRA_EXTRA:=}"                               # extra flags appended to every task's command
+: "${SITRA_VARIANTS:=}"                            # ';'-separated flag sets, each a variant of the whole grid, e.g.
+                                                   # "; --criterion L1; --criterion CrossEntropy --loss_on_logits"
+                                                   # (each trains into its own run folders, utils/identity.py)
 : "${SITRA_SIGNAL_SECONDS:=300}"                   # SIGUSR1 this long before the time limit: checkpoint and requeue
 
 export SITRA_REPO=${SITRA_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}  # tasks run from here
 export SITRA_STORAGE SITRA_TEACHER SITRA_PYTHON
+# the variants as an array ("" when SITRA_VARIANTS is unset: the grid once, with default flags)
+IFS=';' read -r -a SITRA_VARIANT_LIST <<< "${SITRA_VARIANTS:-}"
+((${#SITRA_VARIANT_LIST[@]})) || SITRA_VARIANT_LIST=("")
 EXIT_REQUEUE=75  # utils/distributed.py: the run checkpointed on a signal and wants to be resubmitted
 
 # submit_array NAME DRY_RUN COMMAND...  (each COMMAND one string, one array task)

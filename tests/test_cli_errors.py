@@ -1,6 +1,7 @@
 """Bad input: a one-line ``error:`` message naming the flag or file, exit code 2, nothing saved is touched."""
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -230,3 +231,17 @@ def test_train_and_eval_without_arguments_list_their_sweeps():
         result = subprocess.run(["bash", script], cwd=REPO, capture_output=True, text=True, check=False)
         assert result.returncode == 2 and "usage:" in result.stderr and f"  {sweep} " in result.stderr
         assert "unbound variable" not in result.stderr
+
+
+TOP_LEVEL_SCRIPTS = sorted(path.stem for path in REPO.glob("*.py"))
+
+
+@pytest.mark.parametrize("script", TOP_LEVEL_SCRIPTS)
+def test_every_script_has_a_working_help(script, capsys):
+    """``--help`` exits 0 and lists the script's flags (argparse %-formats help text: a stray '%' broke it)."""
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage:") and "--device" in shown  # every script takes --device

@@ -187,3 +187,18 @@ def test_store_sweep_waits_for_one_store_build(tmp_path):
     store, sweep = dry.stdout.split("would submit")[1:]
     assert "build_teacher_store.py" in store and "1 tasks" in store
     assert "--dependency afterok:STORE_JOB" in sweep and sweep.count("--teacher_store") == 2
+
+
+def test_variants_repeat_the_grid_once_per_flag_set(tmp_path):
+    """SITRA_VARIANTS: a criteria sweep is one submission into one storage directory, one task per variant."""
+    env = {**os.environ, "SITRA_BLOCKS": "0 1", "SITRA_DKS": "8", "SITRA_HEADS": "2", "SITRA_STORAGE": str(tmp_path),
+           "SITRA_VARIANTS": "; --criterion L1; --criterion CrossEntropy --loss_on_logits"}  # fmt: skip
+    dry = subprocess.run(
+        ["./.train", "--dry-run", "blocks"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    tasks = [line for line in dry.splitlines() if line.strip().startswith("task ")]
+    assert "would submit 6 tasks" in dry and len(tasks) == 6
+    assert (
+        sum("--criterion" not in task for task in tasks) == 2 and sum("--criterion L1" in task for task in tasks) == 2
+    )
+    assert sum("--criterion CrossEntropy --loss_on_logits" in task for task in tasks) == 2

@@ -95,9 +95,13 @@ def _comparable(value):
 
 def check_finite(state: dict, path: Path | str) -> None:
     """A checkpoint holds only finite values: refuse to write one that does not (a diverged run)."""
-    bad = [name for name, tensor in state["model"].items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    bad = [
+        name for name, tensor in state["model"].items() if tensor.is_floating_point() and not tensor.isfinite().all()
+    ]
     if bad:
-        raise Diverged(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); {path} not written")
+        raise Diverged(
+            f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); {path} not written"
+        )
 
 
 def rng_state() -> dict:

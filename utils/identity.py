@@ -30,7 +30,6 @@ NEUTRAL = {
     "output_model": "where the finished model is saved",
     "output_dir": "where the finished teacher is saved",
     "all": "which pairs of the chain this invocation trains; each pair's run is the same",
-    "teacher_store": "its effect, each sentence keeping its epoch-1 mask, is recorded as cache_teacher",
     "store_layers": "which layers a shared store keeps; a run's own layers are there or it is refused",
 }
 
