@@ -1,8 +1,8 @@
 """Compose the fully merged model (every pair 0-1, 2-3, ... replaced by its merged layer; an odd last
 layer stays the teacher's; half the depth) and finetune it end to end by distillation on the teacher's
-MLM outputs. ``--baseline layer_drop`` instead finetunes the teacher with half its layers dropped (``--drop``:
-every second one by default, or the top ones, the least influential, or the most similar contiguous block),
-with the same budget, as the layer-reduction baseline.
+MLM outputs. ``--baseline layer_drop`` instead finetunes the teacher with half its layers dropped by ``--drop``
+(the original repository's command for the layer-reduction baseline; drop_layers.py is its own script), with the
+same budget.
 """
 
 import copy
@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from models import assemble, layers_to_drop
+from models import assemble
 from utils.args import (
     FINETUNE_FLAGS,
     ExportArguments,
+    LayerDropArguments,
     MergeArguments,
     StudentArguments,
     TeacherArguments,
@@ -21,12 +22,11 @@ from utils.args import (
     parse_args,
 )
 from utils.assembly import collect_merged_layers
-from utils.data import eval_loader, load_data
+from utils.data import load_data
 from utils.errors import UserError, cli_entry
-from utils.experiment import log, start
-from utils.finetune import finetune_and_save
+from utils.experiment import start
+from utils.finetune import finetune_and_save, layer_drop_model
 from utils.identity import variant
-from utils.metrics import hidden_state_similarity
 from utils.runs import already_finished, finetune_run, run_variant
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -40,12 +40,6 @@ class FullyMergedArguments:
     baseline: Optional[Literal["layer_drop"]] = flag(
         None, "Finetune the layer-drop baseline instead of the merged model."
     )
-    drop: Literal["alternate", "top", "influence", "angular"] = flag(
-        "alternate",
-        "With --baseline layer_drop, which half of the layers to drop: every second one (the seed's), the top ones, "
-        "the least influential (1 - cos(input, output), ShortGPT) or the contiguous block with the smallest angular "
-        "distance (Gromov et al.), measured on --eval_sentences validation sentences. --epochs 0: no healing.",
-    )
     output_model: Optional[str] = flag(None, "Folder of the finetuned model (default: the storage directory's models).")
 
 
@@ -55,6 +49,7 @@ GROUPS = [
     StudentArguments,
     MergeArguments,
     FullyMergedArguments,
+    LayerDropArguments,
     *FINETUNE_FLAGS,
     ExportArguments,
 ]
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
     layer_drop = options.baseline == "layer_drop"
     if layer_drop:  # named by its rule and its healing
-        default_output = storage.layer_drop_model(options.drop, variant([flags.output_distillation]))
+        default_output = storage.layer_drop_model(flags.layer_drop.drop, variant([flags.output_distillation]))
     else:  # named by its merged runs and its healing
         default_output = storage.merged_model(heads, d_k, options.source, variant(flags.groups))
     output = Path(options.output_model or default_output)
@@ -79,14 +74,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
     if layer_drop:
-        similarity = None
-        if options.drop in ("influence", "angular"):
-            valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
-            similarity = hidden_state_similarity(teacher.model, valid, device)
-        dropped = layers_to_drop(options.drop, teacher.num_layers, teacher.num_layers // 2, similarity)
-        log.info("--drop %s removes teacher layers %s", options.drop, dropped)
-        student = assemble(teacher.model, dropped=set(dropped))
-        meta = {"drop_rule": options.drop, "dropped_teacher_layers": dropped}
+        training = flags.training
+        count = teacher.num_layers // 2
+        student, meta = layer_drop_model(
+            teacher, flags.layer_drop.drop, count, data, training.batch_size, training.eval_sentences, device
+        )
     else:
         merged_runs = run_variant(flags, options.source)
         layers, sources, missing = collect_merged_layers(

@@ -4,20 +4,23 @@ from models.attention import MultiHeadAttention
 from models.bert import IGNORE_INDEX, SimplifiedBert
 from models.cost import model_cost, parameter_count
 from models.layers import TransformerLayer
-from models.surgery import (
-    DROP_RULES,
-    assemble,
+from models.methods import (
+    DROP,
+    MERGE_INIT,
+    STUDENT_INIT,
     attention_low_rank,
     attention_of_heads,
     layers_to_drop,
     merged_layer,
-    select_trainable,
     student_attention,
 )
+from models.surgery import assemble, select_trainable
 
 __all__ = [
-    "DROP_RULES",
+    "DROP",
     "IGNORE_INDEX",
+    "MERGE_INIT",
+    "STUDENT_INIT",
     "MultiHeadAttention",
     "SimplifiedBert",
     "TransformerLayer",

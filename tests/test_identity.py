@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import drop_layers
 import finetune_conditioned_fully_merged
 import finetune_fully_merged
 import retrain_merge
@@ -34,6 +35,7 @@ TRAINING_SCRIPTS = {
     "train_block_till_end": (train_block_till_end, train_block_till_end, ["--block", "1", *SHAPE]),
     "finetune_conditioned_fully_merged": (finetune_conditioned_fully_merged, finetune_conditioned_fully_merged, SHAPE),
     "finetune_fully_merged": (finetune_fully_merged, finetune_fully_merged, SHAPE),
+    "drop_layers": (drop_layers, drop_layers, []),
     "train_full_merged_model": (train_full_merged_model, train_full_merged_model, SHAPE),
     "train_teacher": (train_teacher, train_teacher, []),
 }
@@ -47,6 +49,7 @@ ALTERNATIVES = {
     "init_from": ["--init_from", "none"],
     "all": ["--all", "False", "--block", "0"],
     "store_layers": ["--store_layers", "0", "1"],
+    "drop_count": ["--drop_count", "2"],  # the tiny teacher has 3 layers
     "model": ["--model", "/elsewhere/some_model"],
 }
 
@@ -56,6 +59,8 @@ def alternative(group: type, field: dataclasses.Field) -> list[str]:
     if field.name in ALTERNATIVES:
         return ALTERNATIVES[field.name]
     kind, default = typing.get_type_hints(group)[field.name], field.default
+    if "choices" in field.metadata:  # a registry's methods (models/methods.py)
+        return [f"--{field.name}", next(choice for choice in field.metadata["choices"] if choice != default)]
     if typing.get_origin(kind) is typing.Union:  # Optional[X]: X
         kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     if typing.get_origin(kind) is typing.Literal:

@@ -1,4 +1,5 @@
-"""The comparison methods: ranked layer dropping and training-free (averaged) merging."""
+"""The registered methods (models/methods.py): every one through the same checks, and each rule's known
+answer; ranked layer dropping, training-free (averaged) merging, teacher-initialised students."""
 
 import json
 
@@ -6,12 +7,15 @@ import pytest
 import torch
 from transformers import BertForMaskedLM
 
+import drop_layers
 import finetune_fully_merged
 import prune_heads
 import retrain_merge
 import retrain_single_block
 from conftest import storage_of, tiny_config
-from models import SimplifiedBert, layers_to_drop, merged_layer
+from models import DROP, MERGE_INIT, STUDENT_INIT, SimplifiedBert, layers_to_drop, merged_layer
+from models.methods import IMPORTANCE, SIMILARITY
+from utils.args import MergeArguments, StudentInitArguments, parse_args
 from utils.data import eval_loader, load_masked_splits
 from utils.export import export_hf
 from utils.metrics import hidden_state_similarity
@@ -25,10 +29,56 @@ def test_rules_on_known_similarities():
     similarity[3, 4] = 0.99  # layer 3 barely changes its input
     similarity[1, 4] = 0.9  # layers 1-3 together change it least
     assert layers_to_drop("alternate", 6, 3) == [1, 3, 5] and layers_to_drop("top", 6, 3) == [3, 4, 5]
+    assert layers_to_drop("symmetric", 6, 3) == [1, 2, 3] and layers_to_drop("symmetric", 12, 6) == [3, 4, 5, 6, 7, 8]
     assert layers_to_drop("influence", 6, 1, similarity) == [3]
     assert layers_to_drop("angular", 6, 3, similarity) == [1, 2, 3]
     with pytest.raises(ValueError):
         layers_to_drop("influence", 6, 3)
+
+
+@pytest.mark.parametrize("rule", DROP.names())
+def test_every_drop_rule_drops_the_asked_number_of_distinct_layers(rule):
+    generator = torch.Generator().manual_seed(0)
+    for layers, count in ((6, 3), (12, 6), (5, 2), (4, 1)):
+        similarity = torch.rand(layers + 1, layers + 1, generator=generator)
+        dropped = layers_to_drop(rule, layers, count, similarity)
+        assert dropped == sorted(set(dropped)) and len(dropped) == count and 0 <= dropped[0] and dropped[-1] < layers
+    if SIMILARITY in DROP[rule].needs:
+        with pytest.raises(ValueError, match="needs the hidden states' similarities"):
+            layers_to_drop(rule, 6, 3)
+
+
+@pytest.mark.parametrize("init", STUDENT_INIT.names())
+def test_every_student_init_gives_a_student_of_the_asked_shape(init):
+    torch.manual_seed(0)
+    model = SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config()).eval())  # 4 heads of 8
+    keep = [2, 0] if IMPORTANCE in STUDENT_INIT[init].needs else None
+    student = STUDENT_INIT[init].function(model, 1, 2, 8, 0.0, keep).eval()
+    assert (student.heads, student.d_k) == (2, 8)
+    states = torch.randn(3, 5, 32)
+    assert student(states, torch.ones(3, 5, dtype=torch.bool))[0].shape == (3, 5, 32)
+    assert parse_args([StudentInitArguments], "", ["--student_init", init]).student_init.student_init == init
+
+
+@pytest.mark.parametrize("init", MERGE_INIT.names())
+def test_every_merge_init_gives_a_layer_of_the_asked_shape(init):
+    torch.manual_seed(0)
+    model = SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config()).eval())
+    layer = merged_layer(model, 1, 4, 8, 0.0, init).eval()
+    assert layer.origin["teacher_layers"] == [1, 2] and (layer.attention.heads, layer.attention.d_k) == (4, 8)
+    states = torch.randn(3, 5, 32)
+    assert layer(states, torch.ones(3, 5, dtype=torch.bool)).isfinite().all()
+    assert parse_args([MergeArguments], "", ["--merge_init", init]).merge.merge_init == init
+
+
+def test_merge_inits_copy_what_they_name():
+    torch.manual_seed(0)
+    model = SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config()).eval())
+    for init, source in (("first", 0), ("second", 1)):
+        layer = merged_layer(model, 0, 4, 8, 0.1, init)
+        for key, value in model.layers[source].state_dict().items():
+            assert torch.equal(layer.state_dict()[key], value), (init, key)
+    assert not torch.equal(merged_layer(model, 0, 4, 8, 0.1).ffn_in.weight, model.layers[0].ffn_in.weight)
 
 
 def test_influence_drops_a_layer_made_an_identity(tokenizer, tiny_data_dir):
@@ -55,7 +105,7 @@ def test_average_of_two_identical_layers_is_the_layer():
         merged_layer(model, 0, 2, 8, 0.1, "average")
 
 
-def test_drop_rules_and_training_free_merging_from_the_scripts(run_flags, tiny_teacher_5_layers):
+def test_drop_rules_and_training_free_merging_from_the_scripts(run_flags, tiny_teacher_5_layers, capsys):
     flags = run_flags(teacher=tiny_teacher_5_layers) + ["--block_heads", "4", "--block_d_k", "8"]
     history = retrain_merge.main(flags + ["--block", "0", "--merge_init", "average", "--epochs", "0"])
     assert [r["epoch"] for r in history] == [0] and "merged_top1" in history[0]  # evaluated, not trained
@@ -68,6 +118,13 @@ def test_drop_rules_and_training_free_merging_from_the_scripts(run_flags, tiny_t
         assert meta["drop_rule"] == rule
     top = json.loads((storage.layer_drop_model("top") / "sitra.json").read_text())["meta"]
     assert top["dropped_teacher_layers"] == [3, 4]
+    # drop_layers.py: its own script, any count; for half the layers the same run and model as the above
+    drop = run_flags(teacher=tiny_teacher_5_layers) + ["--epochs", "0"]
+    history = drop_layers.main(drop + ["--drop", "top"])
+    assert "finetune_layer_drop_top is finished" in capsys.readouterr().err and [r["epoch"] for r in history] == [0]
+    drop_layers.main(drop + ["--drop", "symmetric", "--drop_count", "3"])
+    model, _, meta = load_simplified(storage.layer_drop_model("symmetric", "-drop3"))
+    assert meta["dropped_teacher_layers"] == [1, 2, 3] and len(model.layers) == 2 and meta["method"] == "layer_drop"
 
 
 def test_head_importance_ranks_a_silenced_head_last(tiny_teacher_dir, tiny_data_dir):

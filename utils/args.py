@@ -15,6 +15,7 @@ from typing import Literal, Optional
 
 from transformers import HfArgumentParser
 
+from models.methods import DROP, MERGE_INIT, STUDENT_INIT
 from utils.errors import UserError
 
 
@@ -100,11 +101,7 @@ class DropoutArguments:
 
 @dataclass
 class StudentInitArguments:
-    student_init: Literal["random", "heads", "svd"] = flag(
-        "random",
-        "Start the student from random weights (the seed's), from copies of the block's --block_heads most important "
-        "teacher heads (needs the teacher's d_k), or from a truncated SVD of those heads at --block_d_k.",
-    )
+    student_init: str = flag("random", STUDENT_INIT.help("How the student starts:"), choices=STUDENT_INIT.names())
 
 
 @dataclass
@@ -215,11 +212,19 @@ class EvalArguments:
 
 @dataclass
 class MergeArguments:
-    merge_init: Literal["random", "first", "second", "average"] = flag(
+    merge_init: str = flag(
         "random",
-        "Start the merged layer from random weights (the seed), from a copy of the pair's first or second "
-        "teacher layer (attention copied when heads and d_k match), or from the average of the pair's "
-        "parameters (training-free merging with --epochs 0; needs the teacher's heads and d_k).",
+        MERGE_INIT.help("How the merged layer starts (--epochs 0 keeps it as it starts, e.g. training-free average):"),
+        choices=MERGE_INIT.names(),
+    )
+
+
+@dataclass
+class LayerDropArguments:
+    drop: str = flag(
+        "alternate",
+        DROP.help("Which teacher layers to drop (--epochs 0: no healing):"),
+        choices=DROP.names(),
     )
 
 

@@ -7,17 +7,34 @@ from pathlib import Path
 
 import torch
 
-from models import SimplifiedBert, parameter_count
+from models import DROP, SimplifiedBert, assemble, layers_to_drop, parameter_count
+from models.methods import SIMILARITY
 from utils.args import Flags
 from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader
 from utils.export import export_hf
+from utils.metrics import hidden_state_similarity
 from utils.model_io import save_simplified
 from utils.objectives import OutputDistillation
 from utils.teacher import Teacher
 from utils.training import fit
 
 log = logging.getLogger(__name__)
+
+
+def layer_drop_model(
+    teacher: Teacher, rule: str, count: int, data: WikiTextSplits, batch_size: int, sentences: int | None, device
+) -> tuple[SimplifiedBert, dict]:
+    """The teacher without the ``count`` layers the drop rule ``rule`` (:data:`models.DROP`) chooses, and the
+    meta its saved model records; a rule that needs the hidden states' similarities measures them on
+    ``sentences`` validation sentences."""
+    similarity = None
+    if SIMILARITY in DROP[rule].needs:
+        similarity = hidden_state_similarity(teacher.model, eval_loader(data.validation, batch_size, sentences), device)
+    dropped = layers_to_drop(rule, teacher.num_layers, count, similarity)
+    log.info("--drop %s removes teacher layers %s", rule, dropped)
+    meta = {"method": "layer_drop", "drop_rule": rule, "dropped_teacher_layers": dropped}
+    return assemble(teacher.model, dropped=set(dropped)), meta
 
 
 def finetune_and_save(

@@ -53,6 +53,7 @@ NAMED: dict[str, Callable[[object], str]] = {
     "loss_on_logits": lambda value: "logits",
     "loss_on_scores": lambda value: "scores",
     "init_from": _init_source,
+    "drop_count": lambda value: f"drop{value}",
     "train_ffn": lambda value: "ffn",
     "temperature": lambda value: f"t{value:g}",
     "hard_label_weight": lambda value: f"hard{value:g}",

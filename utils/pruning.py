@@ -7,14 +7,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from models import (
-    IGNORE_INDEX,
-    MultiHeadAttention,
-    SimplifiedBert,
-    attention_low_rank,
-    attention_of_heads,
-    student_attention,
-)
+from models import IGNORE_INDEX, STUDENT_INIT, MultiHeadAttention, SimplifiedBert
+from models.methods import IMPORTANCE
 from utils.device import to_device
 from utils.errors import UserError
 
@@ -67,21 +61,17 @@ def heads_to_keep(importance: torch.Tensor, heads: int, per_layer: bool) -> list
 def initial_student(
     teacher: SimplifiedBert, block: int, heads: int, d_k: int, dropout: float, init: str, loader, device: torch.device
 ) -> MultiHeadAttention:
-    """The student attention of ``block`` before training: ``random`` (BERT's init, the seed's), ``heads``
-    (copies of the block's ``heads`` most important teacher heads; needs the teacher's d_k) or ``svd``
-    (those heads at head size ``d_k`` from a truncated SVD of their products; d_k <= the teacher's)."""
-    if init == "random":
-        return student_attention(teacher, heads, d_k, dropout)
-    attention = teacher.layers[block].attention
-    if heads > attention.heads:
-        raise UserError(f"--student_init {init}: --block_heads {heads} exceeds the teacher's {attention.heads} heads")
-    if init == "heads" and d_k != attention.d_k:
-        raise UserError(
-            f"--student_init heads copies heads of size {attention.d_k}: use --block_d_k {attention.d_k} or svd"
-        )
-    if init == "svd" and d_k > attention.d_k:
-        raise UserError(f"--student_init svd: --block_d_k {d_k} exceeds the teacher's head size {attention.d_k}")
-    keep = heads_to_keep(head_importance(teacher, loader, device, [block]), heads, per_layer=True)[0]
-    if init == "heads":
-        return attention_of_heads(attention, keep, dropout)
-    return attention_low_rank(attention, keep, d_k, dropout)
+    """The student attention of ``block`` before training, by the student init ``init`` (:data:`STUDENT_INIT`);
+    a method that needs importance gets the block's ``heads`` most important teacher heads, ranked on
+    ``loader``."""
+    method = STUDENT_INIT[init]
+    keep = None
+    if IMPORTANCE in method.needs:
+        available = teacher.layers[block].attention.heads
+        if heads > available:
+            raise UserError(f"--student_init {init}: --block_heads {heads} exceeds the teacher's {available} heads")
+        keep = heads_to_keep(head_importance(teacher, loader, device, [block]), heads, per_layer=True)[0]
+    try:
+        return method.function(teacher, block, heads, d_k, dropout, keep)
+    except ValueError as error:  # a shape the teacher cannot give
+        raise UserError(f"--student_init {error}") from None
