@@ -8,8 +8,7 @@ Example: python build_teacher_store.py --teacher storage/teacher --storage_direc
 
 from utils.args import DataArguments, StorageArguments, StoreArguments, TeacherArguments, parse_args
 from utils.data import load_data
-from utils.errors import cli_entry
-from utils.experiment import log, start
+from utils.experiment import cli_entry, log, start
 from utils.teacher import inspect_teacher, load_teacher
 from utils.teacher_cache import open_store
 

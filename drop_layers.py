@@ -13,8 +13,8 @@ from typing import Optional
 
 from utils.args import FINETUNE_FLAGS, ExportArguments, LayerDropArguments, TeacherArguments, flag, parse_args
 from utils.data import load_data
-from utils.errors import UserError, cli_entry
-from utils.experiment import start
+from utils.errors import UserError
+from utils.experiment import cli_entry, start
 from utils.finetune import finetune_and_save, layer_drop_model
 from utils.identity import variant
 from utils.runs import already_finished, finetune_run
@@ -24,6 +24,8 @@ from utils.teacher import inspect_teacher, load_teacher
 
 @dataclass
 class DropCountArguments:
+    attribute = "drop_count"
+
     drop_count: Optional[int] = flag(None, "How many layers to drop (default: half the teacher's, rounded down).")
     output_model: Optional[str] = flag(None, "Folder of the model (default: the storage directory's models).")
 

@@ -12,9 +12,8 @@ from utils.args import (
 )
 from utils.assembly import merged_layer_from_state
 from utils.data import load_data
-from utils.errors import cli_entry
 from utils.evaluation import evaluate_against_teacher
-from utils.experiment import start
+from utils.experiment import cli_entry, start
 from utils.model_io import load_block_checkpoint
 from utils.runs import run_variant
 from utils.storage import Storage

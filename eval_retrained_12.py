@@ -12,17 +12,16 @@ from pathlib import Path
 from utils.args import (
     EVAL_FLAGS,
     DistillationArguments,
+    EvaluationSetArguments,
     ModelArguments,
-    ModelsArguments,
     StudentArguments,
     StudentInitArguments,
     TeacherArguments,
     parse_args,
 )
 from utils.data import load_data
-from utils.errors import cli_entry
 from utils.evaluation import evaluate_against_teacher
-from utils.experiment import start
+from utils.experiment import cli_entry, start
 from utils.model_io import load_models
 from utils.runs import run_variant
 from utils.storage import Storage
@@ -32,7 +31,7 @@ from utils.teacher import load_teacher
 GROUPS = [
     TeacherArguments,
     ModelArguments,
-    ModelsArguments,
+    EvaluationSetArguments,
     StudentArguments,
     StudentInitArguments,
     DistillationArguments,
@@ -46,11 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
     device = start(flags, flags.data.seed)
     storage = Storage(flags.storage.storage_directory)
     default = storage.retrained_model(flags.student.block_heads, flags.student.block_d_k, run_variant(flags, "block"))
-    folders = [Path(folder) for folder in flags.models.models or [flags.model.model or default]]
+    folders = [Path(folder) for folder in flags.evaluation_set.models or [flags.model.model or default]]
     teacher = load_teacher(flags.teacher.teacher, device)
     models, metas = load_models(folders, device)
     data = load_data(flags.data, teacher.tokenizer)
-    output_dir = storage.results(flags.models.evaluation or folders[0].name)
+    output_dir = storage.results(flags.evaluation_set.evaluation or folders[0].name)
     return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir, metas)
 
 

@@ -7,17 +7,17 @@ from pathlib import Path
 
 from utils.args import (
     EVAL_FLAGS,
+    EvaluationSetArguments,
     MergeArguments,
-    ModelsArguments,
     OutputDistillationArguments,
     StudentArguments,
     TeacherArguments,
     parse_args,
 )
 from utils.data import load_data
-from utils.errors import UserError, cli_entry
+from utils.errors import UserError
 from utils.evaluation import evaluate_against_teacher
-from utils.experiment import start
+from utils.experiment import cli_entry, start
 from utils.identity import variant
 from utils.model_io import is_simplified, load_models
 from utils.storage import Storage
@@ -26,7 +26,7 @@ from utils.teacher import load_teacher
 # the flags finetune_fully_merged.py named its models by: the merged runs' and the healing's
 GROUPS = [
     TeacherArguments,
-    ModelsArguments,
+    EvaluationSetArguments,
     StudentArguments,
     MergeArguments,
     OutputDistillationArguments,
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = start(flags, flags.data.seed)
     storage = Storage(flags.storage.storage_directory)
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
-    folders = [Path(folder) for folder in flags.models.models or []]
+    folders = [Path(folder) for folder in flags.evaluation_set.models or []]
     if not folders:
         merged, healing = variant(flags.groups), variant([flags.output_distillation])
         candidates = [storage.merged_model(heads, d_k, source, merged) for source in ("merge", "conditioned")]
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     models, metas = load_models(folders, device)
     data = load_data(flags.data, teacher.tokenizer)
     output_dir = (
-        storage.results(flags.models.evaluation)
-        if flags.models.evaluation
+        storage.results(flags.evaluation_set.evaluation)
+        if flags.evaluation_set.evaluation
         else storage.fully_merged_results(heads, d_k, variant(flags.groups))
     )
     return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir, metas)

@@ -8,14 +8,15 @@ Example: python export_hf.py --model storage/models/merged_32_12 --output_dir ex
 from dataclasses import dataclass
 
 from utils.args import flag, parse_args
-from utils.errors import cli_entry
-from utils.experiment import log, start
+from utils.experiment import cli_entry, log, start
 from utils.export import export_hf
 from utils.model_io import load_simplified
 
 
 @dataclass
 class ExportTargetArguments:
+    attribute = "export_target"
+
     model: str = flag(None, "Folder of a saved simplified model (sitra.json + model.safetensors).", required=True)
     output_dir: str = flag(
         None, "Folder to write the Hugging Face model to (replaced only once complete).", required=True

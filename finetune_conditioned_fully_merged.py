@@ -22,8 +22,8 @@ from utils.args import (
 )
 from utils.assembly import collect_merged_layers
 from utils.data import load_data
-from utils.errors import UserError, cli_entry
-from utils.experiment import start
+from utils.errors import UserError
+from utils.experiment import cli_entry, start
 from utils.merging import train_merged_layer
 from utils.model_io import load_block_checkpoint
 from utils.runs import already_finished, merge_run, run_variant
@@ -33,6 +33,8 @@ from utils.teacher import inspect_teacher, load_teacher
 
 @dataclass
 class ChainArguments:
+    attribute = "chain"
+
     block: Optional[int] = flag(None, "First layer of the pair to train (even: pairs are 0-1, 2-3, ...).")
     all: bool = flag(False, "Train every pair in order, each conditioned on the merged layers before it.")
 

@@ -23,8 +23,8 @@ from utils.args import (
 )
 from utils.assembly import collect_merged_layers
 from utils.data import load_data
-from utils.errors import UserError, cli_entry
-from utils.experiment import start
+from utils.errors import UserError
+from utils.experiment import cli_entry, start
 from utils.finetune import finetune_and_save, layer_drop_model
 from utils.identity import variant
 from utils.runs import already_finished, finetune_run, run_variant
@@ -34,6 +34,8 @@ from utils.teacher import inspect_teacher, load_teacher
 
 @dataclass
 class FullyMergedArguments:
+    attribute = "fully_merged"
+
     source: Literal["merge", "conditioned"] = flag(
         "merge", "Merged layers from retrain_merge runs ('merge') or finetune_conditioned_fully_merged runs."
     )

@@ -26,9 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from utils.args import StorageArguments, parse_args, require  # noqa: E402
-from utils.errors import UserError, cli_entry  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.evaluation import PER_SENTENCE, markdown_table  # noqa: E402
-from utils.experiment import log, start  # noqa: E402
+from utils.experiment import cli_entry, log, start  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 from utils.statistics import paired_difference  # noqa: E402
 from utils.storage import Storage  # noqa: E402
@@ -44,6 +44,8 @@ KINDS = {
 
 @dataclass
 class ReportArguments:
+    attribute = "report"
+
     output_dir: str = field(default="", metadata={"help": "Where to write (default: the storage directory's report)."})
     compare: Optional[list[str]] = field(
         default=None,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from models import assemble, attention_of_heads
 from utils.args import DataArguments, ExportArguments, StorageArguments, TeacherArguments, flag, parse_args, require
 from utils.data import eval_loader, load_data
-from utils.errors import UserError, cli_entry
-from utils.experiment import log, start
+from utils.errors import UserError
+from utils.experiment import cli_entry, log, start
 from utils.export import export_hf
 from utils.model_io import save_simplified
 from utils.pruning import head_importance, heads_to_keep
@@ -25,6 +25,8 @@ IMPORTANCE_BATCH = 64
 
 @dataclass
 class PruneArguments:
+    attribute = "prune"
+
     block_heads: int = flag(None, "Heads kept per layer (on average, with the global choice).", required=True)
     per_layer: bool = flag(False, "Keep the same number of heads in every layer (default: choose across layers).")
     importance_sentences: int = flag(2000, "Validation sentences the importance is accumulated over.")

@@ -18,8 +18,7 @@ from utils.args import (
     parse_args,
 )
 from utils.data import WikiTextSplits
-from utils.errors import cli_entry
-from utils.experiment import start
+from utils.experiment import cli_entry, start
 from utils.merging import merge_objective
 from utils.runs import merge_run
 from utils.students import StudentRun, plan_students, train_students

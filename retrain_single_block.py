@@ -22,8 +22,7 @@ from utils.args import (
     parse_args,
 )
 from utils.data import WikiTextSplits, eval_loader
-from utils.errors import cli_entry
-from utils.experiment import start
+from utils.experiment import cli_entry, start
 from utils.objectives import AttentionDistillation
 from utils.pruning import initial_student
 from utils.runs import block_run

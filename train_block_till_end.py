@@ -7,8 +7,7 @@ retrain_single_block checkpoint when there is one (or ``--init_from``), otherwis
 from models import assemble, student_attention
 from utils.args import BLOCK_STUDENT_FLAGS, FINETUNE_FLAGS, InitFromArguments, TeacherArguments, parse_args
 from utils.data import eval_loader, load_data
-from utils.errors import cli_entry
-from utils.experiment import log, start
+from utils.experiment import cli_entry, log, start
 from utils.model_io import load_block_checkpoint
 from utils.objectives import OutputDistillation
 from utils.runs import already_finished, run_variant, till_end_run

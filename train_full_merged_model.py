@@ -19,8 +19,7 @@ from utils.args import (
     parse_args,
 )
 from utils.data import load_data
-from utils.errors import cli_entry
-from utils.experiment import start
+from utils.experiment import cli_entry, start
 from utils.finetune import finetune_and_save
 from utils.identity import variant
 from utils.model_io import load_simplified
@@ -31,6 +30,8 @@ from utils.teacher import inspect_teacher, load_teacher
 
 @dataclass
 class FinetuneArguments:
+    attribute = "finetune"
+
     train_ffn: bool = flag(False, "Also train every layer's feed-forward and LayerNorms.")
     output_model: Optional[str] = flag(
         None, "Folder of the finetuned model (default: --model with suffix _finetuned and the healing's variant)."

@@ -14,8 +14,7 @@ import torch
 
 from utils.args import RUN_FLAGS, flag, parse_args, require
 from utils.data import eval_loader, load_data
-from utils.errors import cli_entry
-from utils.experiment import log, start
+from utils.experiment import cli_entry, log, start
 from utils.files import atomic_write, atomic_write_dir
 from utils.objectives import MaskedLMTraining
 from utils.runs import already_finished, teacher_run
@@ -28,6 +27,8 @@ EVAL_FILE = "eval.json"  # the test evaluation saved with the teacher
 
 @dataclass
 class TeacherTrainingArguments:
+    attribute = "teacher_training"
+
     init: str = flag("minilm", "Model to start from: hub id, local folder or 'minilm' (as --teacher).")
     output_dir: Optional[str] = flag(
         None, "Where the trained teacher is saved (default: the storage directory's teacher)."

@@ -6,27 +6,26 @@ python bench/model_cost.py --teacher storage/teacher --storage_directory storage
 """
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.args import StorageArguments, TeacherArguments, parse_args  # noqa: E402
-from utils.benchmark import costs_and_latencies, relative_to  # noqa: E402
-from utils.errors import UserError, cli_entry  # noqa: E402
-from utils.experiment import log, start  # noqa: E402
-from utils.files import atomic_write  # noqa: E402
-from utils.model_io import is_simplified, load_simplified  # noqa: E402
-from utils.storage import Storage  # noqa: E402
-from utils.teacher import load_teacher  # noqa: E402
+from utils.args import StorageArguments, TeacherArguments, parse_args
+from utils.benchmark import costs_and_latencies, relative_to
+from utils.errors import UserError
+from utils.experiment import cli_entry, log, start
+from utils.files import atomic_write
+from utils.model_io import is_simplified, load_simplified
+from utils.storage import Storage
+from utils.teacher import load_teacher
 
 
 @dataclass
 class CostArguments:
+    attribute = "cost"
+
     models: Optional[list[str]] = field(
         default=None, metadata={"help": "Saved model folders (default: every model in the storage directory)."}
     )

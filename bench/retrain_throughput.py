@@ -1,5 +1,5 @@
 """Sentences per second of training one block (the teacher's last layer, where its prefix costs most),
-the seed's way and this project's ways, in one run on the same data, teacher and flags:
+the original repository's way and this project's ways, in one run on the same data, teacher and flags:
 
 - seed:     teacher prefix recomputed every batch, every sentence padded to --seq_len, fp32, no cache;
 - defaults: this project's defaults (batches grouped by length and padded to their longest sentence, bf16
@@ -13,16 +13,12 @@ python bench/retrain_throughput.py --teacher minilm --max_sentences 4000
 """
 
 import json
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import TIMING_DEFAULTS  # noqa: E402
-from models import student_attention  # noqa: E402
-from utils.args import (  # noqa: E402
+from bench import TIMING_DEFAULTS
+from models import student_attention
+from utils.args import (
     CacheArguments,
     DataArguments,
     Flags,
@@ -32,15 +28,14 @@ from utils.args import (  # noqa: E402
     TrainingArguments,
     parse_args,
 )
-from utils.checkpoint import RunDirectory  # noqa: E402
-from utils.data import eval_loader, load_data  # noqa: E402
-from utils.errors import cli_entry  # noqa: E402
-from utils.experiment import log, start  # noqa: E402
-from utils.files import reserve_unique_dir  # noqa: E402
-from utils.objectives import AttentionDistillation  # noqa: E402
-from utils.teacher import load_teacher  # noqa: E402
-from utils.teacher_cache import teacher_training_set  # noqa: E402
-from utils.training import fit  # noqa: E402
+from utils.checkpoint import RunDirectory
+from utils.data import eval_loader, load_data
+from utils.experiment import cli_entry, log, start
+from utils.files import reserve_unique_dir
+from utils.objectives import AttentionDistillation
+from utils.teacher import load_teacher
+from utils.teacher_cache import teacher_training_set
+from utils.training import fit
 
 GROUPS = [TeacherArguments, StudentArguments, DataArguments, StorageArguments, TrainingArguments]
 DEFAULTS = {**TIMING_DEFAULTS, "max_sentences": 4000, "block_heads": 12}
@@ -92,7 +87,9 @@ def main(argv=None) -> dict:
     sentences, batch_size = len(data.train), training.batch_size
     print(f"training block {block} of {teacher.name} on {device}, {sentences} sentences, batch {batch_size}")
     for name in ("seed", "defaults", "cached"):
-        print(f"  {name:9s} {results[name]:8.1f} sentences/s  ({results[name] / results['seed']:.2f}x the seed's way)")
+        print(
+            f"  {name:9s} {results[name]:8.1f} sentences/s  ({results[name] / results['seed']:.2f}x the original's way)"
+        )
     print(f"  cache built once in {results['cache_build_seconds']:.1f} s")
     return results
 

@@ -17,19 +17,15 @@ python bench/sweep_throughput.py --teacher storage/teacher --max_sentences 2000
 
 import json
 import resource
-import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import TIMING_DEFAULTS  # noqa: E402
-from models import SimplifiedBert, student_attention  # noqa: E402
-from utils.args import (  # noqa: E402
+from bench import TIMING_DEFAULTS
+from models import SimplifiedBert, student_attention
+from utils.args import (
     CacheArguments,
     DataArguments,
     Flags,
@@ -40,22 +36,23 @@ from utils.args import (  # noqa: E402
     TrainingArguments,
     parse_args,
 )
-from utils.checkpoint import RunDirectory  # noqa: E402
-from utils.data import eval_loader, load_data  # noqa: E402
-from utils.errors import cli_entry  # noqa: E402
-from utils.experiment import log, start  # noqa: E402
-from utils.files import reserve_unique_dir  # noqa: E402
-from utils.objectives import AttentionDistillation  # noqa: E402
-from utils.students import one_teacher_forward  # noqa: E402
-from utils.teacher import Teacher, TeacherInfo, inspect_teacher, load_teacher, resolve_teacher  # noqa: E402
-from utils.teacher_cache import open_store, teacher_training_set  # noqa: E402
-from utils.training import Member, fit, fit_together, make_optimizer  # noqa: E402
+from utils.checkpoint import RunDirectory
+from utils.data import eval_loader, load_data
+from utils.experiment import cli_entry, log, start
+from utils.files import reserve_unique_dir
+from utils.objectives import AttentionDistillation
+from utils.students import one_teacher_forward
+from utils.teacher import Teacher, TeacherInfo, inspect_teacher, load_teacher, resolve_teacher
+from utils.teacher_cache import open_store, teacher_training_set
+from utils.training import Member, fit, fit_together, make_optimizer
 
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 
 
 @dataclass
 class SweepArguments:
+    attribute = "sweep"
+
     shape: str = field(default="", metadata={"help": "'bert-base': a random teacher of that shape (timing only)."})
 
 
@@ -173,7 +170,9 @@ def main(argv=None) -> dict:
     )
     for way in ("seed", "cached", "store", "lockstep"):
         rate, ratio = results["sentences_students_per_second"][way], seconds["seed"] / seconds[way]
-        print(f"  {way:8s} {seconds[way]:8.1f} s  {rate:8.1f} sentences x students / s  ({ratio:.2f}x the seed's way)")
+        print(
+            f"  {way:8s} {seconds[way]:8.1f} s  {rate:8.1f} sentences x students / s  ({ratio:.2f}x the original's way)"
+        )
     print(
         f"  store built once in {store_build:.1f} s, {results['store_bytes'] / 1e6:.0f} MB; peak memory "
         f"{results['peak_memory_mb']:.0f} MB; students' training uses {results['student_training_share_of_peak']:.1%} "

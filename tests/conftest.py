@@ -87,12 +87,6 @@ def run_flags(tiny_teacher_dir, tiny_data_dir, tmp_path):
     return make
 
 
-@pytest.fixture
-def common_flags(run_flags) -> list[str]:
-    """Flags of a fast run on the tiny teacher and data, storing under a fresh temporary folder."""
-    return run_flags()
-
-
 def one_line_error(capsys, main, argv: list[str]) -> str:
     """Run a script's ``main`` expecting exit code 2 and exactly one ``error:`` line on stderr; returns it."""
     with pytest.raises(SystemExit) as exit_info:

@@ -38,8 +38,8 @@ def digest(path: Path) -> str:
         (["--criterion", "CrossEntropy"], "--criterion CrossEntropy needs --loss_on_logits or --loss_on_scores"),
     ],
 )
-def test_bad_flags(capsys, common_flags, flags, expected):
-    assert expected in run_expecting_error(capsys, common_flags + BLOCK + flags)
+def test_bad_flags(run_flags, capsys, flags, expected):
+    assert expected in run_expecting_error(capsys, run_flags() + BLOCK + flags)
 
 
 @pytest.mark.parametrize(
@@ -56,15 +56,15 @@ def test_bad_flags(capsys, common_flags, flags, expected):
         (["--epoch", "3"], "unrecognized arguments: --epoch 3 (see --help)"),  # no abbreviations
     ],
 )
-def test_bad_values_are_refused_before_anything_is_loaded_or_written(capsys, common_flags, flags, expected):
-    message = run_expecting_error(capsys, common_flags + BLOCK + flags)
+def test_bad_values_are_refused_before_anything_is_loaded_or_written(run_flags, capsys, flags, expected):
+    message = run_expecting_error(capsys, run_flags() + BLOCK + flags)
     assert expected in message
     assert "usage:" not in capsys.readouterr().err
-    assert not storage_of(common_flags).root.exists()
+    assert not storage_of(run_flags()).root.exists()
 
 
-def test_missing_data_folder_and_empty_file(capsys, common_flags, tmp_path):
-    flags = common_flags + BLOCK
+def test_missing_data_folder_and_empty_file(run_flags, capsys, tmp_path):
+    flags = run_flags() + BLOCK
     data_index = flags.index("--data_dir") + 1
     flags[data_index] = str(tmp_path / "nowhere")
     message = run_expecting_error(capsys, flags)
@@ -77,36 +77,36 @@ def test_missing_data_folder_and_empty_file(capsys, common_flags, tmp_path):
     assert "wiki.test.tokens is empty" in run_expecting_error(capsys, flags)
 
 
-def test_non_bert_teacher_is_refused(capsys, common_flags, tmp_path):
+def test_non_bert_teacher_is_refused(run_flags, capsys, tmp_path):
     GPT2Config().save_pretrained(tmp_path / "gpt2")
-    flags = common_flags + BLOCK
+    flags = run_flags() + BLOCK
     flags[flags.index("--teacher") + 1] = str(tmp_path / "gpt2")
     assert "is a 'gpt2' model; sitra needs a BERT masked LM" in run_expecting_error(capsys, flags)
 
 
-def test_truncated_and_mismatched_checkpoints_are_refused_and_kept(capsys, common_flags, tmp_path):
-    retrain_single_block.main(common_flags + BLOCK)
-    latest = storage_of(common_flags).block_checkpoint("block", 1, heads=2, d_k=8)
+def test_truncated_and_mismatched_checkpoints_are_refused_and_kept(run_flags, capsys, tmp_path):
+    retrain_single_block.main(run_flags() + BLOCK)
+    latest = storage_of(run_flags()).block_checkpoint("block", 1, heads=2, d_k=8)
     before = digest(latest)
 
-    message = run_expecting_error(capsys, common_flags + BLOCK + ["--seq_len", "30", "--epochs", "2"])
+    message = run_expecting_error(capsys, run_flags() + BLOCK + ["--seq_len", "30", "--epochs", "2"])
     assert "does not match the flags: seq_len=40 (flags say 30)" in message
     assert digest(latest) == before
 
     data = latest.read_bytes()
     latest.write_bytes(data[: len(data) // 2])
     truncated = digest(latest)
-    message = run_expecting_error(capsys, common_flags + BLOCK + ["--epochs", "2"])
+    message = run_expecting_error(capsys, run_flags() + BLOCK + ["--epochs", "2"])
     assert "is corrupt or truncated" in message and str(latest) in message
     assert digest(latest) == truncated
     metrics = latest.parent / "metrics.jsonl"
     assert len(metrics.read_text().splitlines()) == 2  # epochs 0 and 1, untouched
 
 
-def test_no_resume_moves_the_old_run_aside(common_flags, tmp_path):
-    retrain_single_block.main(common_flags + BLOCK)
-    retrain_single_block.main(common_flags + BLOCK + ["--no_resume"])
-    runs = sorted(p.name for p in storage_of(common_flags).runs.iterdir() if p.suffix != ".lock")
+def test_no_resume_moves_the_old_run_aside(run_flags, tmp_path):
+    retrain_single_block.main(run_flags() + BLOCK)
+    retrain_single_block.main(run_flags() + BLOCK + ["--no_resume"])
+    runs = sorted(p.name for p in storage_of(run_flags()).runs.iterdir() if p.suffix != ".lock")
     assert runs[0] == "block_1_8_2" and runs[1].startswith("block_1_8_2.old-") and len(runs) == 2
 
 
@@ -220,9 +220,9 @@ def test_full_disk_while_checkpointing_names_path_and_space(capsys, run_flags, m
     assert not any(".tmp-" in p.name for p in mount_point.rglob("*"))
 
 
-def test_unexpected_errors_are_one_line_too(capsys, common_flags, monkeypatch):
+def test_unexpected_errors_are_one_line_too(run_flags, capsys, monkeypatch):
     monkeypatch.setattr(utils.students, "load_data", lambda *args, **kwargs: 1 / 0)
-    assert "error: ZeroDivisionError: division by zero" in run_expecting_error(capsys, common_flags + BLOCK)
+    assert "error: ZeroDivisionError: division by zero" in run_expecting_error(capsys, run_flags() + BLOCK)
     assert "Traceback" not in capsys.readouterr().err
 
 

@@ -18,8 +18,8 @@ def error_of(capsys, argv) -> str:
     return one_line_error(capsys, retrain_single_block.main, argv)
 
 
-def test_a_second_run_on_the_same_folder_fails_at_once(common_flags, capsys):
-    lock = storage_of(common_flags).block_run("block", 1, heads=2, d_k=8).with_suffix(".lock")
+def test_a_second_run_on_the_same_folder_fails_at_once(run_flags, capsys):
+    lock = storage_of(run_flags()).block_run("block", 1, heads=2, d_k=8).with_suffix(".lock")
     lock.parent.mkdir(parents=True)
     hold = f"from utils.files import RunLock; RunLock({str(lock)[:-5]!r}); print('held', flush=True); input()"
     # another process holds the run's lock, as a running training would
@@ -28,14 +28,14 @@ def test_a_second_run_on_the_same_folder_fails_at_once(common_flags, capsys):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        message = error_of(capsys, common_flags + BLOCK + ["--epochs", "1"])
+        message = error_of(capsys, run_flags() + BLOCK + ["--epochs", "1"])
         assert f"is in use by PID {holder.pid} on {socket.gethostname()}" in message
         assert "Loading weights" not in capsys.readouterr().err  # refused before the teacher was loaded
     finally:
         holder.kill()
         holder.wait()
     # the holder died without releasing anything: its lock is taken over
-    history = retrain_single_block.main(common_flags + BLOCK + ["--epochs", "1"])
+    history = retrain_single_block.main(run_flags() + BLOCK + ["--epochs", "1"])
     assert [r["epoch"] for r in history] == [0, 1]
     assert "took over the lock" in capsys.readouterr().err
 
@@ -55,10 +55,10 @@ def test_the_teacher_is_identified_by_its_weights(run_flags, tiny_teacher_dir, t
     assert "does not match the flags" in message and "teacher_fingerprint=" in message
 
 
-def test_a_changed_learning_rate_is_applied_on_resume_and_said(common_flags, capsys):
-    retrain_single_block.main(common_flags + BLOCK + ["--epochs", "1"])
-    retrain_single_block.main(common_flags + BLOCK + ["--epochs", "2", "--lr", "0.01", "--adam_weight_decay", "0"])
+def test_a_changed_learning_rate_is_applied_on_resume_and_said(run_flags, capsys):
+    retrain_single_block.main(run_flags() + BLOCK + ["--epochs", "1"])
+    retrain_single_block.main(run_flags() + BLOCK + ["--epochs", "2", "--lr", "0.01", "--adam_weight_decay", "0"])
     err = capsys.readouterr().err
     assert "lr changed from 0.001 (checkpoint) to 0.01 (flags)" in err and "weight_decay changed from 0.01" in err
-    state = torch.load(storage_of(common_flags).block_checkpoint("block", 1, 2, 8), weights_only=True)
+    state = torch.load(storage_of(run_flags()).block_checkpoint("block", 1, 2, 8), weights_only=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.01 and state["flags"]["lr"] == 0.01

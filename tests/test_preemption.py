@@ -93,16 +93,16 @@ class SignalAt:
         return self.method(*args, **kwargs)
 
 
-def test_signal_during_epoch_0_evaluation_checkpoints_then_exits_75(common_flags, monkeypatch):
+def test_signal_during_epoch_0_evaluation_checkpoints_then_exits_75(run_flags, monkeypatch):
     evaluate = SignalAt(AttentionDistillation.evaluate, 1, signal.SIGUSR1)
     monkeypatch.setattr(AttentionDistillation, "evaluate", lambda self, loader: evaluate(self, loader))
     with pytest.raises(SystemExit) as exit_info:
-        retrain_single_block.main(common_flags + BLOCK[:6] + ["--epochs", "1"])
+        retrain_single_block.main(run_flags() + BLOCK[:6] + ["--epochs", "1"])
     assert exit_info.value.code == EXIT_REQUEUE
-    run = storage_of(common_flags).block_run("block", 1, heads=2, d_k=8)
+    run = storage_of(run_flags()).block_run("block", 1, heads=2, d_k=8)
     assert torch.load(run / "latest.pt", weights_only=True)["step"] == 0  # the first checkpoint is complete
     monkeypatch.undo()
-    assert [r["epoch"] for r in retrain_single_block.main(common_flags + BLOCK[:6] + ["--epochs", "1"])] == [0, 1]
+    assert [r["epoch"] for r in retrain_single_block.main(run_flags() + BLOCK[:6] + ["--epochs", "1"])] == [0, 1]
 
 
 def test_ctrl_c_mid_epoch_keeps_the_whole_epochs_metrics(run_flags, tmp_path, monkeypatch, capsys):
@@ -123,8 +123,8 @@ def test_ctrl_c_mid_epoch_keeps_the_whole_epochs_metrics(run_flags, tmp_path, mo
     assert resumed[1]["sentences_per_second"] * resumed[1]["train_seconds"] == pytest.approx(96)
 
 
-def test_metrics_and_checkpoint_agree_whatever_dies_when(common_flags, monkeypatch):
-    run = storage_of(common_flags).block_run("block", 1, heads=2, d_k=8)
+def test_metrics_and_checkpoint_agree_whatever_dies_when(run_flags, monkeypatch):
+    run = storage_of(run_flags()).block_run("block", 1, heads=2, d_k=8)
     log_metrics = RunDirectory.log_metrics
 
     def killed_after_the_first_checkpoint(self, record):
@@ -132,7 +132,7 @@ def test_metrics_and_checkpoint_agree_whatever_dies_when(common_flags, monkeypat
 
     monkeypatch.setattr(RunDirectory, "log_metrics", killed_after_the_first_checkpoint)
     with pytest.raises(SystemExit):
-        retrain_single_block.main(common_flags + BLOCK[:6] + ["--epochs", "1", "--save_checkpoint_every", "1"])
+        retrain_single_block.main(run_flags() + BLOCK[:6] + ["--epochs", "1", "--save_checkpoint_every", "1"])
     monkeypatch.setattr(RunDirectory, "log_metrics", log_metrics)
     (run / ".latest.pt.tmp-4194321-x").write_bytes(b"half a checkpoint")  # left by a killed write
     written = []
@@ -140,7 +140,7 @@ def test_metrics_and_checkpoint_agree_whatever_dies_when(common_flags, monkeypat
     monkeypatch.setattr(
         checkpoint_module, "save_checkpoint", lambda state, path: (written.append(path.name), save(state, path))
     )
-    retrain_single_block.main(common_flags + BLOCK[:6] + ["--epochs", "1", "--save_checkpoint_every", "1"])
+    retrain_single_block.main(run_flags() + BLOCK[:6] + ["--epochs", "1", "--save_checkpoint_every", "1"])
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]  # epoch 0 restored from the checkpoint, none twice
     assert written == ["epoch_001.pt", "latest.pt"]  # the kept file first: a kill between leaves the old latest

@@ -15,12 +15,12 @@ from utils.model_io import save_simplified
 from utils.teacher import load_teacher
 
 
-def test_report_benchmarks(common_flags, run_flags, tiny_teacher_dir, tmp_path):
-    storage = storage_of(common_flags)
+def test_report_benchmarks(run_flags, tiny_teacher_dir, tmp_path):
+    storage = storage_of(run_flags())
     for block in (0, 1):
         for d_k in (4, 8):
             retrain_single_block.main(
-                common_flags + ["--block", str(block), "--block_heads", "2", "--block_d_k", str(d_k), "--epochs", "1"]
+                run_flags() + ["--block", str(block), "--block_heads", "2", "--block_d_k", str(d_k), "--epochs", "1"]
             )
     teacher = load_teacher(tiny_teacher_dir)
     attentions, _, missing = collect_attentions(storage.root, teacher.model, teacher.name, 2, 8)

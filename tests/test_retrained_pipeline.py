@@ -37,8 +37,8 @@ def outputs(notebook) -> str:
 
 
 @pytest.fixture
-def flags(common_flags):
-    return common_flags + SHAPE
+def flags(run_flags):
+    return run_flags() + SHAPE
 
 
 def test_retrained_pipeline(flags, run_flags, tiny_teacher_dir, tiny_data_dir, capsys):

@@ -13,10 +13,10 @@ from utils.teacher import load_teacher
 BLOCK = ["--block", "2", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1"]
 
 
-def test_cached_signals_equal_the_teachers(common_flags, tiny_teacher_dir, tiny_data_dir, tmp_path, capsys):
-    retrain_single_block.main(common_flags + BLOCK + ["--cache_teacher"])
+def test_cached_signals_equal_the_teachers(run_flags, tiny_teacher_dir, tiny_data_dir, tmp_path, capsys):
+    retrain_single_block.main(run_flags() + BLOCK + ["--cache_teacher"])
     assert "building the teacher cache" in capsys.readouterr().err
-    folder = storage_of(common_flags).cache("block_2")
+    folder = storage_of(run_flags()).cache("block_2")
     key = json.loads((folder / "key.json").read_text())
     assert key["block"] == 2 and key["seq_len"] == 40 and key["masking_seed"] == 42 and len(key["data"]) == 40
 
@@ -36,9 +36,9 @@ def test_cached_signals_equal_the_teachers(common_flags, tiny_teacher_dir, tiny_
         assert torch.allclose(torch.from_numpy(inputs[rows].astype(np.float32)), hidden_in, atol=2e-3)
         assert torch.allclose(torch.from_numpy(targets[rows].astype(np.float32)), target, atol=2e-3)
 
-    retrain_single_block.main(common_flags + BLOCK + ["--cache_teacher", "--no_resume"])
+    retrain_single_block.main(run_flags() + BLOCK + ["--cache_teacher", "--no_resume"])
     assert "building the teacher cache" not in capsys.readouterr().err  # same key: reused
-    retrain_single_block.main(common_flags + BLOCK + ["--cache_teacher", "--no_resume", "--seq_len", "20"])
+    retrain_single_block.main(run_flags() + BLOCK + ["--cache_teacher", "--no_resume", "--seq_len", "20"])
     assert "building the teacher cache" in capsys.readouterr().err  # seq_len changed: rebuilt
     assert json.loads((folder / "key.json").read_text())["seq_len"] == 20
 

@@ -112,26 +112,25 @@ def test_resume_gives_the_same_weights_as_a_straight_run(run_flags, tmp_path):
     assert "replaced_top1" in straight[-1] and "teacher_top1" in straight[-1]
 
 
-def test_bf16_autocast_trains_on_cpu(common_flags):
+def test_bf16_autocast_trains_on_cpu(run_flags):
     history = retrain_single_block.main(
-        common_flags
-        + ["--block", "0", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1", "--precision", "bf16"]
+        run_flags() + ["--block", "0", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1", "--precision", "bf16"]
     )
     assert (
         torch.isfinite(torch.tensor(history[-1]["train_loss"])) and history[-1]["block_mse"] < history[0]["block_mse"]
     )
 
 
-def test_checkpoint_holds_the_module_spec_that_assembly_rebuilds(common_flags, tiny_teacher_dir):
+def test_checkpoint_holds_the_module_spec_that_assembly_rebuilds(run_flags, tiny_teacher_dir):
     retrain_single_block.main(
-        common_flags
+        run_flags()
         + ["--block", "1", "--block_heads", "2", "--block_d_k", "8", "--epochs", "1", "--block_dropout", "0.3"]
     )
-    path = storage_of(common_flags).block_checkpoint("block", 1, heads=2, d_k=8)
+    path = storage_of(run_flags()).block_checkpoint("block", 1, heads=2, d_k=8)
     state = torch.load(path, weights_only=True)
     assert state["spec"] == {"heads": 2, "d_k": 8, "dropout": 0.3}
     teacher = load_teacher(tiny_teacher_dir)
-    attentions, _, _ = collect_attentions(storage_of(common_flags).root, teacher.model, teacher.name, 2, 8, [1])
+    attentions, _, _ = collect_attentions(storage_of(run_flags()).root, teacher.model, teacher.name, 2, 8, [1])
     assert attentions[1].dropout == 0.3 and torch.equal(attentions[1].query.weight, state["model"]["query.weight"])
     # a checkpoint written before specs were stored: its shape comes from identity and flags
     del state["spec"]

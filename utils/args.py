@@ -3,7 +3,7 @@
 Every script picks the groups it needs with :func:`parse_args` and gets a :class:`Flags` holding one
 instance per group (``flags.training.lr``, ``flags.data.seq_len``); library code takes the group it
 needs, typed. Each group checks its own values in ``__post_init__``, so every script that uses a group
-rejects the same bad values with the same one-line error. Defaults follow the seed repository.
+rejects the same bad values with the same one-line error. Defaults follow the original repository.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def require_finite(group, *names: str) -> None:
 
 @dataclass
 class TeacherArguments:
+    attribute = "teacher"
+
     teacher: str = flag(
         "bert-base-uncased",
         "Hugging Face hub id or local folder of a BERT masked LM (e.g. one written by train_teacher.py); "
@@ -54,6 +56,8 @@ class TeacherArguments:
 
 @dataclass
 class DataArguments:
+    attribute = "data"
+
     data_dir: Optional[str] = flag(
         None,
         "Folder with wiki.{train,valid,test}.tokens (or .raw); default $SITRA_DATA_DIR, else WikiText-2 from "
@@ -70,11 +74,15 @@ class DataArguments:
 
 @dataclass
 class StorageArguments:
+    attribute = "storage"
+
     storage_directory: str = flag("storage", "Root of checkpoints, metrics, caches, saved models and results.")
 
 
 @dataclass
 class BlockArguments:
+    attribute = "block"
+
     block: int = flag(
         None, "Teacher layer (0 .. layers-1); for merging, the first of the pair block, block+1.", required=True
     )
@@ -82,6 +90,8 @@ class BlockArguments:
 
 @dataclass
 class StudentArguments:
+    attribute = "student"
+
     block_d_k: int = flag(64, "Head size of the student attention.")
     block_heads: int = flag(12, "Head count of the student attention.")
 
@@ -91,6 +101,8 @@ class StudentArguments:
 
 @dataclass
 class DropoutArguments:
+    attribute = "dropout"
+
     block_dropout: float = flag(
         0.1, "Dropout on the student's attention probabilities (and a merged layer's hidden states)."
     )
@@ -101,11 +113,15 @@ class DropoutArguments:
 
 @dataclass
 class StudentInitArguments:
+    attribute = "student_init"
+
     student_init: str = flag("random", STUDENT_INIT.help("How the student starts:"), choices=STUDENT_INIT.names())
 
 
 @dataclass
 class InitFromArguments:
+    attribute = "init_from"
+
     init_from: Optional[str] = flag(
         None,
         "Checkpoint to start from; default: this block's retrain_single_block latest.pt if it exists; "
@@ -115,6 +131,8 @@ class InitFromArguments:
 
 @dataclass
 class DistillationArguments:
+    attribute = "distillation"
+
     criterion: Literal["MSE", "L1", "CrossEntropy"] = flag("MSE", "Distillation loss.")
     loss_on_logits: bool = flag(
         False,
@@ -144,6 +162,8 @@ class DistillationArguments:
 
 @dataclass
 class TrainingArguments:
+    attribute = "training"
+
     batch_size: int = flag(64, "Sentences per optimizer step (global, over all processes).")
     epochs: int = flag(50, "Training epochs; epoch 0 is the evaluation before training.")
     max_steps: Optional[int] = flag(None, "Stop after this many optimizer steps in total (may end mid-epoch).")
@@ -173,6 +193,8 @@ class TrainingArguments:
 
 @dataclass
 class OutputDistillationArguments:
+    attribute = "output_distillation"
+
     temperature: float = flag(1.0, "Softmax temperature of the KL(teacher || student) loss on the MLM outputs.")
     hard_label_weight: float = flag(0.0, "Weight of the cross-entropy with the true masked token, added to the KL.")
 
@@ -184,13 +206,17 @@ class OutputDistillationArguments:
 
 @dataclass
 class ModelArguments:
+    attribute = "model"
+
     model: Optional[str] = flag(
         None, "Folder of a saved simplified model (default: the one the pipeline step before wrote)."
     )
 
 
 @dataclass
-class ModelsArguments:
+class EvaluationSetArguments:
+    attribute = "evaluation_set"
+
     models: Optional[list[str]] = flag(
         None, "Several saved model folders, evaluated in one pass on the same test masks (the teacher runs once)."
     )
@@ -199,6 +225,8 @@ class ModelsArguments:
 
 @dataclass
 class EvalArguments:
+    attribute = "eval"
+
     percentage_data: float = flag(1.0, "Fraction of the test sentences evaluated (in corpus order).")
     reference: str = flag("bert-large-uncased", "Larger reference model for the top-k agreement score; 'none' to skip.")
     eval_batch_size: int = flag(128, "Sentences per evaluation batch.")
@@ -212,6 +240,8 @@ class EvalArguments:
 
 @dataclass
 class MergeArguments:
+    attribute = "merge"
+
     merge_init: str = flag(
         "random",
         MERGE_INIT.help("How the merged layer starts (--epochs 0 keeps it as it starts, e.g. training-free average):"),
@@ -221,6 +251,8 @@ class MergeArguments:
 
 @dataclass
 class LayerDropArguments:
+    attribute = "layer_drop"
+
     drop: str = flag(
         "alternate",
         DROP.help("Which teacher layers to drop (--epochs 0: no healing):"),
@@ -230,6 +262,8 @@ class LayerDropArguments:
 
 @dataclass
 class CacheArguments:
+    attribute = "cache"
+
     cache_teacher: bool = flag(
         False,
         "Compute the teacher's input and target of the block once and keep them (fp16, memory-mapped, under "
@@ -255,13 +289,17 @@ class CacheArguments:
 
 @dataclass
 class StoreArguments:
+    attribute = "store"
+
     store_layers: Optional[list[int]] = flag(
         None, "Layers whose input and attention output the shared store keeps (default: all)."
     )
 
 
 @dataclass
-class BlocksArguments:
+class LayerSelectionArguments:
+    attribute = "layer_selection"
+
     block: list[str] = flag(
         None,
         "Teacher layers to train students for, each in its own run (e.g. --block 0 2 5, or all); for merging, "
@@ -281,7 +319,9 @@ class BlocksArguments:
 
 
 @dataclass
-class ShapesArguments:
+class ShapeGridArguments:
+    attribute = "shape_grid"
+
     block_d_k: list[int] = flag([64], "Head sizes of the students (every combination with --block_heads is trained).")
     block_heads: list[int] = flag([12], "Head counts of the students.")
 
@@ -297,6 +337,8 @@ class ShapesArguments:
 
 @dataclass
 class ExportArguments:
+    attribute = "export"
+
     export_hf: Optional[str] = flag(
         None, "Also export the saved model as a Hugging Face folder here (see export_hf.py)."
     )
@@ -304,6 +346,8 @@ class ExportArguments:
 
 @dataclass
 class RuntimeArguments:
+    attribute = "runtime"
+
     device: Optional[str] = flag(
         None, "torch device; default cuda (this process's GPU under torchrun) when available, else cpu."
     )
@@ -314,23 +358,21 @@ RUN_FLAGS = [DataArguments, StorageArguments, TrainingArguments]  # every traini
 FINETUNE_FLAGS = [OutputDistillationArguments, *RUN_FLAGS]  # distillation on the teacher's MLM outputs
 EVAL_FLAGS = [DataArguments, StorageArguments, EvalArguments]  # every evaluation
 BLOCK_STUDENT_FLAGS = [BlockArguments, StudentArguments, DropoutArguments]  # a student for one block
-MANY_STUDENTS_FLAGS = [BlocksArguments, ShapesArguments, DropoutArguments]  # students for several blocks and shapes
-
-
-def group_name(group: type) -> str:
-    """``TeacherTrainingArguments`` -> ``teacher_training``: the attribute of :class:`Flags` holding it."""
-    stem = group.__name__.removesuffix("Arguments")
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", stem).lower()
+MANY_STUDENTS_FLAGS = [
+    LayerSelectionArguments,
+    ShapeGridArguments,
+    DropoutArguments,
+]  # students for several blocks and shapes
 
 
 class Flags:
     """The parsed flag groups of one script: ``flags.training`` is its :class:`TrainingArguments`, and so on
-    (the attribute is the group's name without ``Arguments``, in snake case)."""
+    (each group declares its ``attribute``)."""
 
     def __init__(self, groups: list):
         self.groups = groups
         for group in groups:
-            setattr(self, group_name(type(group)), group)
+            setattr(self, group.attribute, group)
 
     def as_dict(self) -> dict:
         """Every flag and its value, flat (what a run records next to its checkpoints)."""
@@ -338,7 +380,7 @@ class Flags:
 
     def for_student(self, block: int, student: StudentArguments) -> Flags:
         """These flags as a single-student run would have them: ``--block`` one layer, one shape."""
-        replaced = {BlocksArguments: BlockArguments(block), ShapesArguments: student}
+        replaced = {LayerSelectionArguments: BlockArguments(block), ShapeGridArguments: student}
         return Flags([replaced.get(type(group), group) for group in self.groups])
 
     def command_line(self) -> str:

@@ -167,7 +167,9 @@ class MaskedSentences(torch.utils.data.Dataset):
         self.seed = seed
         self.mlm_probability = mlm_probability
         self.epoch = EVAL_EPOCH
-        self.pad_to: int | None = None  # pad every batch to this length (the seed's way; benchmarks only)
+        self.pad_to: int | None = (
+            None  # pad every batch to this length (the original repository's way; benchmarks only)
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils.preemption import EXIT_REQUEUE  # noqa: F401 - re-exported for the scripts and tests
-
 log = logging.getLogger(__name__)
 
 

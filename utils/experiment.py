@@ -1,8 +1,11 @@
-"""Start-up shared by the scripts: logging, seeding, device."""
+"""Start-up shared by the scripts: the error boundary, logging, seeding, device."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import sys
 
 import datasets
 import torch
@@ -11,6 +14,9 @@ import transformers
 from utils.args import Flags
 from utils.device import pick_device
 from utils.distributed import init_distributed
+from utils.errors import UserError
+from utils.files import release_run_locks
+from utils.preemption import PREEMPTION
 
 log = logging.getLogger("sitra")
 
@@ -26,3 +32,35 @@ def start(flags: Flags, seed: int = 0) -> torch.device:
     device = pick_device(flags.runtime.device, world.local_rank)
     log.info("device %s; flags: %s", device, flags.command_line())
     return device
+
+
+EXIT_USER_ERROR = 2
+SHOW_TRACEBACK = "SITRA_TRACEBACK"  # set to 1 to see the traceback of an unexpected error
+
+
+def cli_entry(main):
+    """Run ``main()`` with the preemption signals handled from its first line; a :class:`UserError`
+    becomes ``error: <message>`` and exit code 2, and so does any other exception (one line naming its
+    type; ``SITRA_TRACEBACK=1`` shows the traceback). Run locks are released however it ends."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        previous = PREEMPTION.install()
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except Exception as error:
+            if os.environ.get(SHOW_TRACEBACK) == "1":
+                raise
+            message = (str(error).strip().splitlines() or [""])[0][:300]
+            print(
+                f"error: {type(error).__name__}: {message} (set {SHOW_TRACEBACK}=1 for the traceback)", file=sys.stderr
+            )
+            sys.exit(EXIT_USER_ERROR)
+        finally:
+            PREEMPTION.restore(previous)
+            release_run_locks()
+
+    return wrapper

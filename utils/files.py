@@ -150,7 +150,7 @@ class RunLock:
 
     def __init__(self, run_folder: str | Path):
         self.path = Path(f"{run_folder}.lock")
-        self.handle = open(self.path, "a+")  # noqa: SIM115 - kept open: closing it would release the lock
+        self.handle = open(self.path, "a+")  # kept open: closing it would release the lock
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

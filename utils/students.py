@@ -39,9 +39,9 @@ def plan_students(
     """Every (block, shape) of ``--block`` x ``--block_heads`` x ``--block_d_k`` (blocks are pair starts when
     ``pair``), each checked against the teacher and given its run."""
     students = []
-    for block in flags.blocks.resolve(info.num_layers, pair=pair):
+    for block in flags.layer_selection.resolve(info.num_layers, pair=pair):
         info.check_layer(block, pair=pair)
-        for shape in flags.shapes.students():
+        for shape in flags.shape_grid.students():
             single = flags.for_student(block, shape)
             students.append(StudentRun(block, single, make_run(single, info, block)))
     return students

@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from utils.data import MaskedSentences, make_loader, sequential_batches
 from utils.device import to_device
 from utils.distributed import Distributed, init_distributed
 from utils.errors import UserError
-from utils.files import temporary_prefix
+from utils.files import atomic_write_dir
 from utils.signals import STORED_INPUT, STORED_TARGET, Signal, TeacherSignal
 from utils.storage import Storage
 from utils.teacher import Teacher
@@ -156,30 +154,28 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
     )
     if size > free:
         raise UserError(f"{folder}: needs {size / 1e9:.2f} GB, only {free / 1e9:.2f} GB free there")
-    scratch = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder), dir=folder.parent))
-    tmp = scratch / "cache"
-    tmp.mkdir()
-    maps = {
-        name: np.memmap(tmp / f"{name}.f16", dtype=np.float16, mode="w+", shape=(tokens, hidden)) for name in arrays
-    }
-    train_set.set_epoch(CACHE_EPOCH)
-    loader = make_loader(train_set, sequential_batches(len(train_set), batch_size))  # corpus order, epoch-1 masks
-    index = 0
-    for batch in tqdm(loader, desc=f"teacher pass ({folder.name})"):
-        values = compute(to_device(batch, device))
-        for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
-            start, stop = offsets[index], offsets[index + 1]
-            for name, array in maps.items():
-                array[start:stop] = values[name][row, :length].float().cpu().numpy()
-            index += 1
-    for array in maps.values():
-        array.flush()
-    np.save(tmp / "offsets.npy", offsets)
-    (tmp / KEY_FILE).write_text(json.dumps(key, indent=2))  # written last: a folder without it is rebuilt
-    if folder.exists():
-        os.replace(folder, scratch / "old")
-    os.replace(tmp, folder)
-    shutil.rmtree(scratch, ignore_errors=True)
+
+    def write(tmp: Path) -> None:  # the new folder, swapped in whole once key.json is written
+        tmp.mkdir()
+        maps = {
+            name: np.memmap(tmp / f"{name}.f16", dtype=np.float16, mode="w+", shape=(tokens, hidden)) for name in arrays
+        }
+        train_set.set_epoch(CACHE_EPOCH)
+        loader = make_loader(train_set, sequential_batches(len(train_set), batch_size))  # corpus order, epoch-1 masks
+        index = 0
+        for batch in tqdm(loader, desc=f"teacher pass ({folder.name})"):
+            values = compute(to_device(batch, device))
+            for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+                start, stop = offsets[index], offsets[index + 1]
+                for name, array in maps.items():
+                    array[start:stop] = values[name][row, :length].float().cpu().numpy()
+                index += 1
+        for array in maps.values():
+            array.flush()
+        np.save(tmp / "offsets.npy", offsets)
+        (tmp / KEY_FILE).write_text(json.dumps(key, indent=2))  # written last: a folder without it is rebuilt
+
+    atomic_write_dir(folder, write)
 
 
 def store_arrays(num_layers: int, layers: list[int]) -> list[str]:
