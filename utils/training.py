@@ -1,11 +1,16 @@
-"""The one training loop every script uses: epochs of an :class:`Objective`, evaluation, checkpoints, resume."""
+"""The one training loop every script uses: epochs of an :class:`Objective`, evaluation, checkpoints, resume.
+
+Read top to bottom: :func:`fit` starts (or resumes) a run and trains it; :func:`train_members` runs the epochs,
+:func:`_train_epoch` the batches, :func:`_step` one optimizer step, :func:`_end_epoch` the evaluation and
+checkpoint. Where a run stands and how it resumes is :mod:`utils.run_state`; several students trained on the
+same batches is :mod:`utils.lockstep`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -13,7 +18,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models import MultiHeadAttention, TransformerLayer
 from utils.args import TrainingArguments
 from utils.checkpoint import RunDirectory, rng_state, set_rng_state
 from utils.data import epoch_batches, make_loader
@@ -21,6 +25,7 @@ from utils.device import autocast, to_device
 from utils.distributed import Distributed, init_distributed
 from utils.errors import Diverged
 from utils.preemption import EXIT_REQUEUE, PREEMPTION
+from utils.run_state import EpochSummary, Member, Position, checkpoint_state, format_record, start_or_resume
 
 log = logging.getLogger(__name__)
 
@@ -44,40 +49,15 @@ class Objective(Protocol):
     def evaluate(self, loader) -> dict[str, float]: ...
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the dropout randomness of one epoch, so a resumed epoch replays exactly."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
 def make_optimizer(module: nn.Module, training: TrainingArguments) -> torch.optim.Optimizer:
     parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
     betas = (training.adam_beta1, training.adam_beta2)
     return torch.optim.AdamW(parameters, lr=training.lr, betas=betas, weight_decay=training.adam_weight_decay)
 
 
-@dataclass
-class Position:
-    """Where training stands: finished epochs, batches of the next epoch already trained, optimizer steps."""
-
-    epoch: int = 0
-    batches_done: int = 0
-    step: int = 0
-
-
-@dataclass
-class Member:
-    """One objective of a :func:`fit_together` loop with everything of its own: run folder, optimizer, the
-    network the loss runs (its DDP wrapper under torchrun), position, the epoch's measurements and, when
-    it shares the loop with others, its own random stream (dropout)."""
-
-    objective: Objective
-    run: RunDirectory
-    optimizer: torch.optim.Optimizer
-    network: nn.Module | None = None
-    position: Position | None = None
-    summary: EpochSummary | None = None
-    rng: dict | None = None
-    scaler: torch.amp.GradScaler | None = None
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the dropout randomness of one epoch, so a resumed epoch replays exactly."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def fit(
@@ -96,62 +76,42 @@ def fit(
     (and a kept one every ``save_checkpoint_every``), append a JSON line to ``metrics.jsonl``.
     Resumes from the run's latest checkpoint unless ``training.no_resume``. On SIGTERM/SIGUSR1/SIGINT
     (see :mod:`utils.preemption`) it finishes the step, checkpoints its position in the epoch and exits
-    with :data:`EXIT_REQUEUE`. ``seed`` fixes the order of sentences and the dropout of every epoch.
-    Returns all metric records.
+    with :data:`EXIT_REQUEUE`; a non-finite loss or gradient stops it (:class:`Diverged`) before the step is
+    applied. ``seed`` fixes the order of sentences and the dropout of every epoch. Returns all metric records.
     """
     member = Member(objective, run, optimizer or make_optimizer(objective.trainable, training))
-    return fit_together([member], train_set, valid_loader, training, device, seed)[0]
+    world = init_distributed(device)
+    with PREEMPTION.deferred():
+        start_members([member], valid_loader, training, device, world)
+        train_members([member], train_set, valid_loader, training, device, seed, world)
+    return run.read_metrics()
 
 
-def fit_together(
+def start_members(members: list[Member], valid_loader, training: TrainingArguments, device, world: Distributed) -> None:
+    """Start or resume every member's run, and wrap its network for DistributedDataParallel under torchrun."""
+    _exit_if_signalled(None)
+    for member in members:
+        member.run.writer = world.is_main
+        start_or_resume(member, valid_loader, training.no_resume, world)
+        member.network = member.objective.network
+        if world.enabled:  # the wrapper only runs the loss; evaluation and checkpoints use the module itself
+            device_ids = [device.index] if device.type == "cuda" else None
+            member.network = nn.parallel.DistributedDataParallel(member.network, device_ids=device_ids)
+    _exit_if_signalled(members[0].position)
+
+
+def train_members(
     members: list[Member],
     train_set,
     valid_loader,
     training: TrainingArguments,
     device: torch.device,
     seed: int,
+    world: Distributed,
     split: Callable[[dict], list[dict]] | None = None,
-) -> list[list[dict]]:
-    """:func:`fit` of several objectives in lockstep: every batch is drawn once and ``split(batch)`` turns it
-    into one batch per member (e.g. one teacher forward whose activations feed every student); default:
-    the same batch for all. Each member keeps its own checkpoints, metrics, resume and dropout stream, so
-    its weights are those it gets trained alone with the same seed. Members resumed at different
-    positions train in groups, one group after another. Returns each member's metric records."""
-    world = init_distributed(device)
-    with PREEMPTION.deferred():
-        _exit_if_signalled(None)
-        for member in members:
-            member.run.writer = world.is_main
-            member.position, member.summary = _start_or_resume(member, valid_loader, training.no_resume, world)
-            member.network = member.objective.network
-            if world.enabled:  # the wrapper only runs the loss; evaluation and checkpoints use the module itself
-                device_ids = [device.index] if device.type == "cuda" else None
-                member.network = nn.parallel.DistributedDataParallel(member.network, device_ids=device_ids)
-        _exit_if_signalled(members[0].position)
-        groups: dict[tuple[int, int, int], list[int]] = {}
-        for index, member in enumerate(members):
-            position = member.position
-            groups.setdefault((position.epoch, position.batches_done, position.step), []).append(index)
-        for indices in groups.values():
-            group = [members[index] for index in indices]
-            _fit_group(group, train_set, valid_loader, training, device, seed, _select(split, indices), world)
-    return [member.run.read_metrics() for member in members]
-
-
-def _select(split: Callable[[dict], list[dict]] | None, indices: list[int]) -> Callable[[dict], list[dict]] | None:
-    """``split`` for the members at ``indices`` only."""
-    if split is None:
-        return None
-
-    def selected(batch: dict) -> list[dict]:
-        batches = split(batch)  # one teacher forward for the whole group
-        return [batches[index] for index in indices]
-
-    return selected
-
-
-def _fit_group(members: list[Member], train_set, valid_loader, training, device, seed, split, world) -> None:
-    """Epochs of members standing at the same position (see :func:`fit`)."""
+) -> None:
+    """The epochs of members standing at the same position (one member, or several in lockstep, each with
+    its own dropout stream; ``split(batch)`` gives one batch per member, default the same batch for all)."""
     for member in members:
         member.scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
@@ -177,120 +137,6 @@ def _fit_group(members: list[Member], train_set, valid_loader, training, device,
         position = members[0].position
 
 
-def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, valid_loader) -> None:
-    """Evaluate and checkpoint after an epoch, or on preemption in mid-epoch only checkpoint the position
-    (no evaluation: time is short)."""
-    objective, position, summary = member.objective, member.position, member.summary
-    if stopped and not finished:
-        member.run.save(_state(objective, member.optimizer, position, epoch_progress=summary))
-        log.warning(
-            "preempted at epoch %d, batch %d (step %d); checkpoint written, exiting (exit %d)",
-            current,
-            position.batches_done,
-            position.step,
-            EXIT_REQUEUE,
-        )
-        return
-    record = summary.record(current, position, finished)
-    objective.trainable.eval()
-    record.update(objective.evaluate(valid_loader))
-    log.info("epoch %d: %s", current, _format(record))
-    if finished:
-        position.epoch, position.batches_done = current, 0
-    member.run.save(_state(objective, member.optimizer, position, record=record))
-    member.run.log_metrics(record)
-    member.summary = EpochSummary()
-
-
-def _done(position: Position, training: TrainingArguments) -> bool:
-    return position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps)
-
-
-def _exit_if_signalled(position: Position | None) -> None:
-    """A signal that came before training started: exit for requeueing (after the first checkpoint, if any)."""
-    if PREEMPTION.received is not None:
-        where = "before the first checkpoint" if position is None else f"at step {position.step}, checkpoint written"
-        log.warning("stopped by a signal %s; exiting (exit %d)", where, EXIT_REQUEUE)
-        raise SystemExit(EXIT_REQUEUE)
-
-
-def _start_or_resume(
-    member: Member, valid_loader, no_resume: bool, world: Distributed
-) -> tuple[Position, EpochSummary]:
-    """A fresh run is evaluated (epoch 0) and checkpointed; a resumed one restores weights, optimizer, RNG,
-    position and the measurements of a partial epoch, and reconciles ``metrics.jsonl`` with the checkpoint.
-    Learning rate, weight decay and betas come from the flags: when they differ from the checkpoint's,
-    the new values are applied and the change is logged."""
-    objective, optimizer, run = member.objective, member.optimizer, member.run
-    state = _resume_state(run, no_resume, world)
-    run.reconcile_metrics(state)
-    if state is None:
-        position = Position()
-        objective.trainable.eval()
-        record = {"epoch": 0, "step": 0, **objective.evaluate(valid_loader)}
-        log.info("epoch 0 (before training): %s", _format(record))
-        run.save(_state(objective, optimizer, position, record=record))
-        run.log_metrics(record)
-        return position, EpochSummary()
-    objective.trainable.load_state_dict(state["model"])
-    wanted = [{key: group[key] for key in HYPERPARAMETERS if key in group} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
-    for index, (group, values) in enumerate(zip(optimizer.param_groups, wanted, strict=True)):
-        for key, value in values.items():
-            if group[key] != value:
-                log.warning(
-                    "parameter group %d: %s changed from %s (checkpoint) to %s (flags)", index, key, group[key], value
-                )
-                group[key] = value
-    position = Position(state["epoch"], state["batches_done"], state["step"])
-    set_rng_state(state["rng"])
-    member.rng = state["rng"] if position.batches_done else None  # a mid-epoch stream goes on from here
-    progress = state.get("epoch_progress") if position.batches_done else None
-    summary = EpochSummary(**progress) if progress else EpochSummary()
-    log.info(
-        "resuming %s at epoch %d (batch %d), step %d",
-        run.latest,
-        position.epoch + 1,
-        position.batches_done,
-        position.step,
-    )
-    return position, summary
-
-
-HYPERPARAMETERS = ("lr", "weight_decay", "betas")
-
-
-@dataclass
-class EpochSummary:
-    """What the passes over an epoch's batches measured, accumulated across an interruption."""
-
-    loss_total: float = 0.0
-    batches: int = 0
-    sentences: int = 0
-    seconds: float = 0.0
-    stopped: bool = False  # a preemption signal arrived
-
-    def record(self, epoch: int, position: Position, finished: bool) -> dict:
-        record = {
-            "epoch": epoch,
-            "step": position.step,
-            "train_loss": self.loss_total / max(self.batches, 1),
-            "train_seconds": self.seconds,
-            "sentences_per_second": self.sentences / max(self.seconds, 1e-9),
-        }
-        if not finished:
-            record["batches_done"] = position.batches_done  # a partial epoch, ended by --max_steps
-        return record
-
-    def progress(self) -> dict:
-        return {
-            "loss_total": self.loss_total,
-            "batches": self.batches,
-            "sentences": self.sentences,
-            "seconds": self.seconds,
-        }
-
-
 def _train_epoch(members, train_set, batches, training, device, world, split) -> bool:
     """Optimizer steps of every member over ``batches[position.batches_done:]``, advancing each member's
     position and summary; stops early at ``max_steps`` or on a preemption signal (returns True then)."""
@@ -299,10 +145,10 @@ def _train_epoch(members, train_set, batches, training, device, world, split) ->
         member.objective.trainable.train()
     running, started = None, time.perf_counter()
     loader = make_loader(train_set, batches[position.batches_done :])
+    students = f" ({len(members)} students)" if len(members) > 1 else ""
     bar = tqdm(
         loader,
-        desc=f"epoch {position.epoch + 1}/{training.epochs}"
-        + (f" ({len(members)} students)" if len(members) > 1 else ""),
+        desc=f"epoch {position.epoch + 1}/{training.epochs}{students}",
         initial=position.batches_done,
         total=len(batches),
         dynamic_ncols=True,
@@ -373,42 +219,38 @@ def _stop_if_diverged(member: Member, loss: torch.Tensor) -> None:
     )
 
 
-def _resume_state(run: RunDirectory, no_resume: bool, world: Distributed) -> dict | None:
-    """Rank 0 decides (and moves an old run aside with --no_resume); the others then read the same
-    checkpoint, before rank 0 writes anything new."""
-    state = run.resume_state(no_resume) if world.is_main else None
-    world.barrier()
-    if not world.is_main:
-        state = run.resume_state(False)
-    world.barrier()
-    return state
+def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, valid_loader) -> None:
+    """Evaluate and checkpoint after an epoch, or on preemption in mid-epoch only checkpoint the position
+    (no evaluation: time is short)."""
+    objective, position, summary = member.objective, member.position, member.summary
+    if stopped and not finished:
+        member.run.save(checkpoint_state(member, epoch_progress=summary))
+        log.warning(
+            "preempted at epoch %d, batch %d (step %d); checkpoint written, exiting (exit %d)",
+            current,
+            position.batches_done,
+            position.step,
+            EXIT_REQUEUE,
+        )
+        return
+    record = summary.record(current, position, finished)
+    objective.trainable.eval()
+    record.update(objective.evaluate(valid_loader))
+    log.info("epoch %d: %s", current, format_record(record))
+    if finished:
+        position.epoch, position.batches_done = current, 0
+    member.run.save(checkpoint_state(member, record=record))
+    member.run.log_metrics(record)
+    member.summary = EpochSummary()
 
 
-def _state(
-    objective: Objective,
-    optimizer,
-    position: Position,
-    record: dict | None = None,
-    epoch_progress: EpochSummary | None = None,
-) -> dict:
-    state = {
-        "model": objective.trainable.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": position.epoch,
-        "batches_done": position.batches_done,
-        "step": position.step,
-        "rng": rng_state(),
-    }
-    if record is not None:
-        state["record"] = record
-    if epoch_progress is not None:
-        state["epoch_progress"] = epoch_progress.progress()
-    if isinstance(objective.trainable, (MultiHeadAttention, TransformerLayer)):
-        state["spec"] = objective.trainable.spec  # what assembly rebuilds the module from
-    return state
+def _done(position: Position, training: TrainingArguments) -> bool:
+    return position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps)
 
 
-def _format(record: dict) -> str:
-    return " ".join(
-        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in record.items()
-    )
+def _exit_if_signalled(position: Position | None) -> None:
+    """A signal that came before training started: exit for requeueing (after the first checkpoint, if any)."""
+    if PREEMPTION.received is not None:
+        where = "before the first checkpoint" if position is None else f"at step {position.step}, checkpoint written"
+        log.warning("stopped by a signal %s; exiting (exit %d)", where, EXIT_REQUEUE)
+        raise SystemExit(EXIT_REQUEUE)

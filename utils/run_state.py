@@ -1,0 +1,153 @@
+"""Where a run stands and how it starts or resumes: the position, the measurements of the epoch in progress, the
+checkpoint's content, and restoring all of it (weights, optimizer, RNG, position) from the run's latest
+checkpoint. :mod:`utils.training` reads as a loop because this lives here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models import MultiHeadAttention, TransformerLayer
+from utils.checkpoint import RunDirectory, rng_state, set_rng_state
+from utils.distributed import Distributed
+
+log = logging.getLogger(__name__)
+
+HYPERPARAMETERS = ("lr", "weight_decay", "betas")  # taken from the flags when a run resumes
+
+
+@dataclass
+class Position:
+    """Where training stands: finished epochs, batches of the next epoch already trained, optimizer steps."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    step: int = 0
+
+
+@dataclass
+class EpochSummary:
+    """What the passes over an epoch's batches measured, accumulated across an interruption."""
+
+    loss_total: float = 0.0
+    batches: int = 0
+    sentences: int = 0
+    seconds: float = 0.0
+    stopped: bool = False  # a preemption signal arrived
+
+    def record(self, epoch: int, position: Position, finished: bool) -> dict:
+        record = {
+            "epoch": epoch,
+            "step": position.step,
+            "train_loss": self.loss_total / max(self.batches, 1),
+            "train_seconds": self.seconds,
+            "sentences_per_second": self.sentences / max(self.seconds, 1e-9),
+        }
+        if not finished:
+            record["batches_done"] = position.batches_done  # a partial epoch, ended by --max_steps
+        return record
+
+    def progress(self) -> dict:
+        return {
+            "loss_total": self.loss_total,
+            "batches": self.batches,
+            "sentences": self.sentences,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class Member:
+    """One objective being trained, with everything of its own: run folder, optimizer, the network the loss runs
+    (its DDP wrapper under torchrun), position, the epoch's measurements and, when it shares the loop with others
+    (:mod:`utils.lockstep`), its own random stream (dropout)."""
+
+    objective: object  # utils.training.Objective
+    run: RunDirectory
+    optimizer: torch.optim.Optimizer
+    network: nn.Module | None = None
+    position: Position | None = None
+    summary: EpochSummary | None = None
+    rng: dict | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
+def checkpoint_state(member: Member, record: dict | None = None, epoch_progress: EpochSummary | None = None) -> dict:
+    """What a checkpoint holds (see :mod:`utils.checkpoint`)."""
+    position, trainable = member.position, member.objective.trainable
+    state = {
+        "model": trainable.state_dict(),
+        "optimizer": member.optimizer.state_dict(),
+        "epoch": position.epoch,
+        "batches_done": position.batches_done,
+        "step": position.step,
+        "rng": rng_state(),
+    }
+    if record is not None:
+        state["record"] = record
+    if epoch_progress is not None:
+        state["epoch_progress"] = epoch_progress.progress()
+    if isinstance(trainable, (MultiHeadAttention, TransformerLayer)):
+        state["spec"] = trainable.spec  # what assembly rebuilds the module from
+    return state
+
+
+def format_record(record: dict) -> str:
+    return " ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in record.items()
+    )
+
+
+def start_or_resume(member: Member, valid_loader, no_resume: bool, world: Distributed) -> None:
+    """Set ``member.position`` and ``member.summary``. A fresh run is evaluated (epoch 0) and checkpointed; a
+    resumed one restores weights, optimizer, RNG, position and the measurements of a partial epoch, and
+    reconciles ``metrics.jsonl`` with the checkpoint. Learning rate, weight decay and betas come from the flags:
+    when they differ from the checkpoint's, the new values are applied and the change is logged."""
+    objective, optimizer, run = member.objective, member.optimizer, member.run
+    state = _resume_state(run, no_resume, world)
+    run.reconcile_metrics(state)
+    if state is None:
+        member.position, member.summary = Position(), EpochSummary()
+        objective.trainable.eval()
+        record = {"epoch": 0, "step": 0, **objective.evaluate(valid_loader)}
+        log.info("epoch 0 (before training): %s", format_record(record))
+        run.save(checkpoint_state(member, record=record))
+        run.log_metrics(record)
+        return
+    objective.trainable.load_state_dict(state["model"])
+    wanted = [{key: group[key] for key in HYPERPARAMETERS if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for index, (group, values) in enumerate(zip(optimizer.param_groups, wanted, strict=True)):
+        for key, value in values.items():
+            if group[key] != value:
+                log.warning(
+                    "parameter group %d: %s changed from %s (checkpoint) to %s (flags)", index, key, group[key], value
+                )
+                group[key] = value
+    member.position = Position(state["epoch"], state["batches_done"], state["step"])
+    set_rng_state(state["rng"])
+    member.rng = state["rng"] if member.position.batches_done else None  # a mid-epoch stream goes on from here
+    progress = state.get("epoch_progress") if member.position.batches_done else None
+    member.summary = EpochSummary(**progress) if progress else EpochSummary()
+    position = member.position
+    log.info(
+        "resuming %s at epoch %d (batch %d), step %d",
+        run.latest,
+        position.epoch + 1,
+        position.batches_done,
+        position.step,
+    )
+
+
+def _resume_state(run: RunDirectory, no_resume: bool, world: Distributed) -> dict | None:
+    """Rank 0 decides (and moves an old run aside with --no_resume); the others then read the same
+    checkpoint, before rank 0 writes anything new."""
+    state = run.resume_state(no_resume) if world.is_main else None
+    world.barrier()
+    if not world.is_main:
+        state = run.resume_state(False)
+    world.barrier()
+    return state
