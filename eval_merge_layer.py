@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> dict:
     name = checkpoint.parent.name
     model = assemble(teacher.model, merged={block: merged}).eval()
     data = load_data(flags.data, teacher.tokenizer)
-    return evaluate_against_teacher(flags, teacher, {name: model}, data.test, device, storage.results(name))
+    meta = {"method": "merged_pair", "merge_init": flags.merge.merge_init}
+    return evaluate_against_teacher(
+        flags, teacher, {name: model}, data.test, device, storage.results(name), {name: meta}
+    )
 
 
 if __name__ == "__main__":

@@ -98,7 +98,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{storage.root}; run {script} first"
             )
         student = assemble(teacher.model, merged=layers)
-        meta = {"sources": {b: str(path) for b, path in sources.items()}}
+        method = "merged_layers" if options.source == "merge" else "conditioned_merged_layers"
+        meta = {
+            "method": method,
+            "merge_init": flags.merge.merge_init,
+            "sources": {b: str(path) for b, path in sources.items()},
+        }
     # an independent copy: finetuning (and its dropout) must not touch the teacher's shared modules
     student = copy.deepcopy(student).to(device).requires_grad_(False)
     student.layers.requires_grad_(True)  # all encoder layers; embeddings and MLM head stay frozen

@@ -73,7 +73,7 @@ def evaluate_models(
     device: torch.device,
     output_dir: Path,
     reference: SimplifiedBert | None = None,
-    healing_steps: dict[str, int] | None = None,
+    described: dict[str, dict] | None = None,
 ) -> dict:
     """Evaluate ``models`` (one named ``teacher``) on the same masked test sentences and write
     ``metrics.json`` (every figure with its 95% bootstrap interval, and each model's paired top-1
@@ -83,8 +83,8 @@ def evaluate_models(
     loader = eval_loader(test, evaluation.eval_batch_size, count)
     metrics, details = evaluate_mlm(models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True)
     with_intervals(metrics, details.values, TEACHER)
-    for name, steps in (healing_steps or {}).items():
-        metrics[name]["healing_steps"] = steps  # finetuning steps after the simplification (0: training-free)
+    for name, description in (described or {}).items():
+        metrics[name].update(description)  # method, drop rule, healing steps: what the report groups by
     costs = costs_and_latencies(models, data.seq_len, device, evaluation.latency_repeats, LATENCY_BATCHES)
     for name in models:
         metrics[name].update(costs[name])
@@ -122,8 +122,8 @@ def evaluate_against_teacher(
     metas: dict[str, dict] | None = None,
 ) -> dict:
     """:func:`evaluate_models` of the teacher and ``models`` with the evaluation flags, and the larger
-    reference model ``--reference`` when it can be loaded; ``metas`` (of saved models) tell how many
-    finetuning steps healed each."""
+    reference model ``--reference`` when it can be loaded; ``metas`` (of saved models) tell each one's method
+    and how many finetuning steps healed it (:func:`describe`)."""
     reference = load_reference(flags.eval.reference, device)
     return evaluate_models(
         {TEACHER: teacher.model, **models},
@@ -134,8 +134,18 @@ def evaluate_against_teacher(
         device,
         output_dir,
         reference,
-        {name: meta.get("healing_steps", 0) for name, meta in (metas or {}).items()},
+        {name: describe(meta) for name, meta in (metas or {}).items()},
     )
+
+
+DESCRIBED = ("method", "drop_rule", "merge_init")  # from a saved model's meta into its evaluation
+
+
+def describe(meta: dict) -> dict:
+    """What an evaluation records about a model from its saved meta: its method (utils/report.py labels it),
+    the rule or init that made it, and ``healing_steps``, the finetuning steps after the simplification
+    (0: training-free)."""
+    return {"healing_steps": meta.get("healing_steps", 0), **{key: meta[key] for key in DESCRIBED if key in meta}}
 
 
 def masks_fingerprint(test: MaskedSentences, count: int) -> str:
