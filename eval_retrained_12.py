@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     models, metas = load_models(folders, device)
     data = load_data(flags.data, teacher.tokenizer)
     output_dir = storage.results(flags.evaluation_set.evaluation or folders[0].name)
-    return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir, metas)
+    return evaluate_against_teacher(flags.eval, flags.data, teacher, models, data.test, device, output_dir, metas)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         if flags.evaluation_set.evaluation
         else storage.fully_merged_results(heads, d_k, variant(flags.groups))
     )
-    return evaluate_against_teacher(flags, teacher, models, data.test, device, output_dir, metas)
+    return evaluate_against_teacher(flags.eval, flags.data, teacher, models, data.test, device, output_dir, metas)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 from transformers import HfArgumentParser
 
-from models.methods import DROP, MERGE_INIT, STUDENT_INIT
+from models.methods import DROP, MERGE_INIT, STUDENT_INIT, Family
 from utils.errors import UserError
 
 
@@ -23,6 +23,11 @@ def flag(default, help: str, **kwargs):
     if isinstance(default, list):  # a fresh list per instance
         return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+def method_flag(family: Family, default: str, lead: str):
+    """A flag choosing one of a registry family's methods (models/methods.py): its choices and help come from it."""
+    return flag(default, family.help(lead), choices=family.names())
 
 
 def require(condition: bool, message: str) -> None:
@@ -115,7 +120,7 @@ class DropoutArguments:
 class StudentInitArguments:
     attribute = "student_init"
 
-    student_init: str = flag("random", STUDENT_INIT.help("How the student starts:"), choices=STUDENT_INIT.names())
+    student_init: str = method_flag(STUDENT_INIT, "random", "How the student starts:")
 
 
 @dataclass
@@ -242,10 +247,10 @@ class EvalArguments:
 class MergeArguments:
     attribute = "merge"
 
-    merge_init: str = flag(
+    merge_init: str = method_flag(
+        MERGE_INIT,
         "random",
-        MERGE_INIT.help("How the merged layer starts (--epochs 0 keeps it as it starts, e.g. training-free average):"),
-        choices=MERGE_INIT.names(),
+        "How the merged layer starts (--epochs 0 keeps it as it starts, e.g. training-free average):",
     )
 
 
@@ -253,11 +258,7 @@ class MergeArguments:
 class LayerDropArguments:
     attribute = "layer_drop"
 
-    drop: str = flag(
-        "alternate",
-        DROP.help("Which teacher layers to drop (--epochs 0: no healing):"),
-        choices=DROP.names(),
-    )
+    drop: str = method_flag(DROP, "alternate", "Which teacher layers to drop (--epochs 0: no healing):")
 
 
 @dataclass

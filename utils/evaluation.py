@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from models import IGNORE_INDEX, SimplifiedBert, model_cost, parameter_count
 from models.cost import layer_flops_per_token
-from utils.args import DataArguments, EvalArguments, Flags
+from utils.args import DataArguments, EvalArguments
 from utils.benchmark import costs_and_latencies, relative_to
 from utils.data import MaskedSentences, eval_loader
 from utils.errors import UserError
@@ -113,7 +113,8 @@ def evaluate_models(
 
 
 def evaluate_against_teacher(
-    flags: Flags,
+    evaluation: EvalArguments,
+    data: DataArguments,
     teacher: Teacher,
     models: dict[str, SimplifiedBert],
     test: MaskedSentences,
@@ -121,16 +122,16 @@ def evaluate_against_teacher(
     output_dir: Path,
     metas: dict[str, dict] | None = None,
 ) -> dict:
-    """:func:`evaluate_models` of the teacher and ``models`` with the evaluation flags, and the larger
+    """:func:`evaluate_models` of the teacher and ``models`` with the evaluation and data flags, and the larger
     reference model ``--reference`` when it can be loaded; ``metas`` (of saved models) tell each one's method
     and how many finetuning steps healed it (:func:`describe`)."""
-    reference = load_reference(flags.eval.reference, device)
+    reference = load_reference(evaluation.reference, device)
     return evaluate_models(
         {TEACHER: teacher.model, **models},
         test,
         teacher.tokenizer,
-        flags.eval,
-        flags.data,
+        evaluation,
+        data,
         device,
         output_dir,
         reference,

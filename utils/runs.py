@@ -86,11 +86,11 @@ def block_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
     )
 
 
-def till_end_run(flags: Flags, teacher: TeacherInfo, block: int, init_from: str) -> RunDirectory:
+def till_end_run(flags: Flags, teacher: TeacherInfo, block: int, init_checkpoint: str) -> RunDirectory:
     """train_block_till_end.py: the student attention of ``block`` trained on the teacher's outputs, started
-    from ``init_from`` (the resolved --init_from: a checkpoint path or 'none')."""
+    from ``init_checkpoint`` (what --init_from resolved to: a checkpoint path or 'none')."""
     folder = _block_folder(flags, "till_end", block)
-    return open_run(flags, folder, **_teacher_identity(teacher), block=block, init_from=init_from)
+    return open_run(flags, folder, **_teacher_identity(teacher), block=block, init_checkpoint=init_checkpoint)
 
 
 def merge_run(flags: Flags, teacher: TeacherInfo, block: int, kind: str, **start) -> RunDirectory:
