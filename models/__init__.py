@@ -10,8 +10,10 @@ from models.methods import (
     STUDENT_INIT,
     attention_low_rank,
     attention_of_heads,
+    feed_forward_of_neurons,
     layers_to_drop,
     merged_layer,
+    reconstruct_feed_forward_output,
     student_attention,
 )
 from models.surgery import assemble, select_trainable
@@ -27,10 +29,12 @@ __all__ = [
     "assemble",
     "attention_low_rank",
     "attention_of_heads",
+    "feed_forward_of_neurons",
     "layers_to_drop",
     "merged_layer",
     "model_cost",
     "parameter_count",
+    "reconstruct_feed_forward_output",
     "select_trainable",
     "student_attention",
 ]

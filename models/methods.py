@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from models.attention import MultiHeadAttention
 from models.bert import SimplifiedBert
@@ -258,3 +259,35 @@ def merged_layer(
     layer = TransformerLayer.fresh(config, heads, d_k, dropout, config.intermediate_size, origin)
     method.function(base, first, layer)
     return layer
+
+
+# -- feed-forward neurons: a layer keeping some of its intermediate neurons --------------------------------------
+@torch.no_grad()
+def feed_forward_of_neurons(layer: TransformerLayer, keep: list[int]) -> TransformerLayer:
+    """``layer`` keeping only the intermediate neurons ``keep``: their rows of the first feed-forward matrix and
+    columns of the second are copied, attention and norms shared; with every neuron kept it computes exactly
+    what ``layer`` does."""
+    index = torch.as_tensor(sorted(keep), dtype=torch.long)
+    ffn_in = nn.Linear(layer.ffn_in.in_features, len(index)).to(layer.ffn_in.weight)
+    ffn_out = nn.Linear(len(index), layer.ffn_out.out_features).to(layer.ffn_out.weight)
+    ffn_in.weight.copy_(layer.ffn_in.weight[index])
+    ffn_in.bias.copy_(layer.ffn_in.bias[index])
+    ffn_out.weight.copy_(layer.ffn_out.weight[:, index])
+    ffn_out.bias.copy_(layer.ffn_out.bias)
+    norms_and_attention = (layer.attention, layer.attention_norm)
+    pruned = TransformerLayer(
+        *norms_and_attention, ffn_in, ffn_out, layer.ffn_norm, layer.activation, layer.dropout.p, layer.origin
+    )
+    return pruned.train(layer.training)  # a pruned frozen teacher layer is in eval mode, as the layer was
+
+
+@torch.no_grad()
+def reconstruct_feed_forward_output(layer: TransformerLayer, gram: torch.Tensor, cross: torch.Tensor) -> None:
+    """Least-squares reconstruction of a pruned layer's second feed-forward matrix (Kwon et al. 2022): the
+    weights and bias that best map the kept neurons' activations ``a`` to the full layer's feed-forward output
+    ``y`` over calibration tokens, from the sums ``gram`` = Σ [a;1][a;1]ᵀ [k+1, k+1] and ``cross`` = Σ [a;1] yᵀ
+    [k+1, hidden] (float64). A ridge of 1e-6 of the mean diagonal keeps a rank-deficient system solvable."""
+    ridge = 1e-6 * gram.diagonal().mean().clamp_min(1e-12)
+    solution = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), cross)  # [k+1, hidden]
+    layer.ffn_out.weight.copy_(solution[:-1].T.to(layer.ffn_out.weight))
+    layer.ffn_out.bias.copy_(solution[-1].to(layer.ffn_out.bias))

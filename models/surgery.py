@@ -43,8 +43,9 @@ def assemble(
 
 
 def select_trainable(model: SimplifiedBert, feed_forward: bool = False) -> SimplifiedBert:
-    """Freeze everything but what simplification introduced: student attentions and merged layers
-    (and, with ``feed_forward``, every layer's feed-forward and LayerNorms). Embeddings and MLM head stay frozen."""
+    """Freeze everything but what simplification introduced: student attentions, merged layers and pruned
+    feed-forwards (and, with ``feed_forward``, every layer's feed-forward and LayerNorms). Embeddings and MLM
+    head stay frozen."""
     model.requires_grad_(False)
     for layer in model.layers:
         kind = layer.origin["kind"]
@@ -52,6 +53,9 @@ def select_trainable(model: SimplifiedBert, feed_forward: bool = False) -> Simpl
             layer.requires_grad_(True)
         elif kind == "student_attention":
             layer.attention.requires_grad_(True)
+        if layer.ffn_in.out_features != model.config.intermediate_size:  # a pruned feed-forward is simplified too
+            for part in (layer.ffn_in, layer.ffn_out):
+                part.requires_grad_(True)
         if feed_forward:
             for part in (layer.attention_norm, layer.ffn_in, layer.ffn_out, layer.ffn_norm):
                 part.requires_grad_(True)

@@ -45,12 +45,13 @@ def hf_layer_specs(model: SimplifiedBert) -> list[dict]:
 
 
 def is_plain_bert(model: SimplifiedBert) -> bool:
-    """Whether ``BertForMaskedLM`` can hold the model: one head count, heads x d_k = hidden, the teacher's
-    feed-forward width and activation in every layer."""
+    """Whether ``BertForMaskedLM`` can hold the model: one head count with heads x d_k = hidden, and one
+    feed-forward width (the teacher's, or a uniformly narrower one: its ``intermediate_size``), in every layer."""
     config, specs = model.config, hf_layer_specs(model)
-    return len({spec["heads"] for spec in specs}) == 1 and all(
-        spec["heads"] * spec["d_k"] == config.hidden_size and spec["intermediate_size"] == config.intermediate_size
-        for spec in specs
+    return (
+        len({spec["heads"] for spec in specs}) == 1
+        and len({spec["intermediate_size"] for spec in specs}) == 1
+        and all(spec["heads"] * spec["d_k"] == config.hidden_size for spec in specs)
     )
 
 
@@ -89,7 +90,12 @@ def to_hugging_face(model: SimplifiedBert) -> BertForMaskedLM | SitraBertForMask
     specs = hf_layer_specs(model)
     if is_plain_bert(model):
         config = BertConfig(
-            **{**_bert_fields(model.config), "num_hidden_layers": len(specs), "num_attention_heads": specs[0]["heads"]},
+            **{
+                **_bert_fields(model.config),
+                "num_hidden_layers": len(specs),
+                "num_attention_heads": specs[0]["heads"],
+                "intermediate_size": specs[0]["intermediate_size"],
+            },
             sitra_layers=specs,
         )
         hf_model, state = BertForMaskedLM(config), _plain_state_dict(model)

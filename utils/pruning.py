@@ -75,3 +75,79 @@ def initial_student(
         return method.function(teacher, block, heads, d_k, dropout, keep)
     except ValueError as error:  # a shape the teacher cannot give
         raise UserError(f"--student_init {error}") from None
+
+
+def neuron_importance(model: SimplifiedBert, loader, device: torch.device) -> list[torch.Tensor]:
+    """Per layer [intermediate]: accumulated |d MLM loss / d gate| of a gate (all ones) on each feed-forward
+    neuron's activation over ``loader``'s masked tokens, L2-normalised per layer (as for heads, so layers can be
+    ranked together). A neuron whose removal would not change the loss scores ~0."""
+    gates = [torch.ones(layer.ffn_in.out_features, device=device, requires_grad=True) for layer in model.layers]
+    hooks = [
+        layer.ffn_out.register_forward_pre_hook(lambda module, inputs, gate=gate: (inputs[0] * gate,))
+        for layer, gate in zip(model.layers, gates, strict=True)
+    ]
+    importance = [torch.zeros_like(gate) for gate in gates]
+    try:
+        for batch in tqdm(loader, desc="neuron importance", leave=False):
+            batch = to_device(batch, device)
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            F.cross_entropy(model(**batch).float(), targets).backward()
+            for total, gate in zip(importance, gates, strict=True):
+                total += gate.grad.abs()
+                gate.grad = None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [(total / total.norm().clamp_min(1e-12)).detach().cpu() for total in importance]
+
+
+def neurons_to_keep(importance: list[torch.Tensor], width: int, per_layer: bool) -> list[list[int]]:
+    """The ``width`` most important neurons of every layer (``per_layer``), or ``layers x width`` chosen across
+    layers by importance with at least one per layer; each list sorted."""
+    if any(width > len(row) for row in importance):
+        raise ValueError(f"cannot keep {width} of {min(len(row) for row in importance)} neurons")
+    if per_layer:
+        return [sorted(row.argsort(descending=True)[:width].tolist()) for row in importance]
+    keep = [{int(row.argmax())} for row in importance]
+    ranked = sorted(((float(row[c]), r, c) for r, row in enumerate(importance) for c in range(len(row))), reverse=True)
+    for _, layer, neuron in ranked:
+        if sum(map(len, keep)) >= len(importance) * width:
+            break
+        keep[layer].add(neuron)
+    return [sorted(layer) for layer in keep]
+
+
+@torch.no_grad()
+def feed_forward_statistics(
+    model: SimplifiedBert, keep: list[list[int]], loader, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, over the real tokens of ``loader``: Σ [a;1][a;1]ᵀ [k+1, k+1] and Σ [a;1] yᵀ [k+1, hidden]
+    (float64), ``a`` the activations of the neurons ``keep[layer]`` and ``y`` the layer's full feed-forward
+    output: what :func:`models.reconstruct_feed_forward_output` solves. The inputs are the unpruned model's
+    (each layer reconstructed on its own)."""
+    sums = [None] * len(model.layers)
+    real: dict[str, torch.Tensor] = {}
+
+    def record(index: int):
+        columns = torch.as_tensor(keep[index], device=device)
+
+        def hook(module, inputs, output):
+            tokens = real["mask"]
+            kept = inputs[0][tokens][:, columns].double()
+            augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=kept.dtype, device=device)], dim=1)
+            gram, cross = augmented.T @ augmented, augmented.T @ output[tokens].double()
+            previous = sums[index]
+            sums[index] = (gram, cross) if previous is None else (previous[0] + gram, previous[1] + cross)
+
+        return hook
+
+    hooks = [layer.ffn_out.register_forward_hook(record(index)) for index, layer in enumerate(model.layers)]
+    try:
+        for batch in tqdm(loader, desc="calibration", leave=False):
+            batch = to_device(batch, device)
+            real["mask"] = batch["attention_mask"].bool()
+            model.encode(batch["input_ids"], batch["attention_mask"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [(gram.cpu(), cross.cpu()) for gram, cross in sums]

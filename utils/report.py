@@ -198,6 +198,7 @@ def plot_accuracy_vs_parameters(rows, output: Path) -> Path | None:
 METHODS = {
     "teacher": ("teacher", "*"),
     "head_pruning": ("head pruning", "v"),
+    "neuron_pruning": ("neuron pruning", "<"),
     "retrained_attention": (STUDENT_INIT.label, "o"),
     "till_end": ("attention trained till the end", "D"),
     "merged_layers": (MERGE_INIT.label, "s"),
@@ -207,6 +208,7 @@ METHODS = {
 }
 # evaluations written before models recorded their method: the method of a model by its name's start
 BY_NAME = {
+    "pruned_ffn": "neuron_pruning",
     "pruned": "head_pruning",
     "retrained": "retrained_attention",
     "merged": "merged_layers",
@@ -229,6 +231,8 @@ def method_of(row: dict) -> tuple[str, str]:
         stem = name.split("-", 1)[0]  # an older row: the rule from the name, without a variant suffix (-t4)
         rule = row.get("drop_rule") or stem.removeprefix("layer_drop").removesuffix(HEALED).strip("_") or "alternate"
         label = f"{label} ({rule})"
+    elif method == "neuron_pruning" and row.get("reconstructed"):
+        label = f"{label} + least squares"
     elif row.get("merge_init") == "average":
         label = f"{label} (average)"
     return label, marker

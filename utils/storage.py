@@ -97,6 +97,11 @@ class Storage:
         """Where prune_heads.py saves a head-pruned teacher (``_global``: heads chosen across layers)."""
         return self.model(f"pruned_{d_k}_{heads}" + ("" if per_layer else "_global"))
 
+    def neuron_pruned_model(self, width: int, per_layer: bool, reconstructed: bool) -> Path:
+        """Where prune_neurons.py saves a teacher with ``width`` feed-forward neurons per layer (``_global``:
+        chosen across layers; ``_ls``: output projections reconstructed by least squares)."""
+        return self.model(f"pruned_ffn_{width}" + ("" if per_layer else "_global") + ("_ls" if reconstructed else ""))
+
     def layer_drop_model(self, rule: str = "alternate", variant: str = "") -> Path:
         """The layer-drop baseline: ``layer_drop`` (every second layer, the original repository's) or
         ``layer_drop_{rule}``, and the variant of its healing (``-t4``)."""

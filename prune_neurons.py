@@ -1,0 +1,86 @@
+"""Feed-forward neuron pruning without training (the field's width baseline; Michel et al.'s gate importance,
+Kwon et al. 2022's least-squares reconstruction): rank every layer's intermediate neurons by the accumulated
+|gradient of the MLM loss w.r.t. a per-neuron gate| on validation sentences, keep ``--ffn_width`` per layer
+(``--per_layer``) or the same total chosen across layers, and with ``--reconstruct`` refit each layer's output
+projection by least squares so that the kept neurons reproduce the full feed-forward output on
+``--calibration_sentences`` training sentences. Saves a simplified model every evaluation, healing script and
+the export take (a uniform width exports as plain ``BertForMaskedLM`` with a smaller ``intermediate_size``).
+
+Example: python prune_neurons.py --teacher storage/teacher --ffn_width 768 --per_layer --reconstruct
+"""
+
+from dataclasses import dataclass
+
+from models import SimplifiedBert, feed_forward_of_neurons, reconstruct_feed_forward_output
+from utils.args import DataArguments, ExportArguments, StorageArguments, TeacherArguments, flag, parse_args, require
+from utils.data import eval_loader, load_data
+from utils.errors import UserError
+from utils.experiment import cli_entry, log, start
+from utils.export import export_hf
+from utils.model_io import save_simplified
+from utils.pruning import feed_forward_statistics, neuron_importance, neurons_to_keep
+from utils.storage import Storage
+from utils.teacher import inspect_teacher, load_teacher
+
+BATCH = 64
+
+
+@dataclass
+class NeuronPruneArguments:
+    attribute = "neuron_prune"
+
+    ffn_width: int = flag(
+        None, "Feed-forward neurons kept per layer (on average, with the global choice).", required=True
+    )
+    per_layer: bool = flag(False, "Keep the same number of neurons in every layer (default: choose across layers).")
+    reconstruct: bool = flag(False, "Refit each pruned layer's output projection by least squares (Kwon et al.).")
+    importance_sentences: int = flag(2000, "Validation sentences the importance is accumulated over.")
+    calibration_sentences: int = flag(512, "Training sentences the reconstruction is fitted on.")
+
+    def __post_init__(self):
+        for name in ("ffn_width", "importance_sentences", "calibration_sentences"):
+            require(getattr(self, name) > 0, f"--{name} must be positive, got {getattr(self, name)}")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict:
+    flags = parse_args(
+        [TeacherArguments, NeuronPruneArguments, DataArguments, StorageArguments, ExportArguments], __doc__, argv
+    )
+    device = start(flags, flags.data.seed)
+    options = flags.neuron_prune
+    info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
+    if options.ffn_width >= info.config.intermediate_size:
+        raise UserError(f"--ffn_width {options.ffn_width}: the teacher has {info.config.intermediate_size} neurons")
+    teacher = load_teacher(info, device)
+    data = load_data(flags.data, teacher.tokenizer)
+    importance = neuron_importance(
+        teacher.model, eval_loader(data.validation, BATCH, options.importance_sentences), device
+    )
+    kept = neurons_to_keep(importance, options.ffn_width, options.per_layer)
+    layers = [feed_forward_of_neurons(layer, keep) for layer, keep in zip(teacher.model.layers, kept, strict=True)]
+    if options.reconstruct:
+        calibration = eval_loader(data.train, BATCH, options.calibration_sentences)
+        statistics = feed_forward_statistics(teacher.model, kept, calibration, device)
+        for layer, (gram, cross) in zip(layers, statistics, strict=True):
+            reconstruct_feed_forward_output(layer, gram, cross)
+    base = teacher.model
+    model = SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head).eval()
+    output = Storage(flags.storage.storage_directory).neuron_pruned_model(
+        options.ffn_width, options.per_layer, options.reconstruct
+    )
+    meta = {
+        "teacher": teacher.name,
+        "method": "neuron_pruning",
+        "reconstructed": options.reconstruct,
+        "kept_neurons": [len(keep) for keep in kept],
+    }
+    save_simplified(model, teacher.tokenizer, output, meta)
+    log.info("kept neurons per layer %s; saved to %s", meta["kept_neurons"], output)
+    if flags.export.export_hf:
+        export_hf(model, teacher.tokenizer, flags.export.export_hf, meta)
+    return {"output": str(output), **meta}
+
+
+if __name__ == "__main__":
+    main()

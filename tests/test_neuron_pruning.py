@@ -1,0 +1,101 @@
+"""Feed-forward neuron pruning (prune_neurons.py): exact at full width, importance finds a dead neuron, the
+least-squares reconstruction fits the full layer better than plain pruning, and the saved model evaluates and
+exports as plain BertForMaskedLM with a smaller intermediate_size."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, BertForMaskedLM
+
+import eval_retrained_12
+import prune_neurons
+from conftest import storage_of, tiny_config
+from models import (
+    IGNORE_INDEX,
+    SimplifiedBert,
+    feed_forward_of_neurons,
+    reconstruct_feed_forward_output,
+    select_trainable,
+)
+from utils.data import eval_loader, load_masked_splits
+from utils.model_io import load_simplified
+from utils.pruning import feed_forward_statistics, neuron_importance, neurons_to_keep
+
+
+def tiny_model() -> SimplifiedBert:
+    torch.manual_seed(0)
+    return SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config()).eval()).eval()  # 64 neurons per layer
+
+
+def test_keeping_every_neuron_is_the_layer_and_a_subset_is_the_sum_of_its_neurons():
+    layer = tiny_model().layers[1]
+    states, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool)
+    assert torch.allclose(feed_forward_of_neurons(layer, list(range(64)))(states, mask), layer(states, mask), atol=1e-6)
+    pruned = feed_forward_of_neurons(layer, [3, 7, 60])
+    assert pruned.ffn_in.out_features == 3 and pruned.attention is layer.attention
+    activations = layer.activation(layer.ffn_in(states))[..., [3, 7, 60]]
+    expected = activations @ layer.ffn_out.weight[:, [3, 7, 60]].T + layer.ffn_out.bias
+    assert torch.allclose(pruned.ffn_out(pruned.activation(pruned.ffn_in(states))), expected, atol=1e-6)
+
+
+def test_importance_ranks_a_silenced_neuron_last_and_the_choice_keeps_the_budget(tokenizer, tiny_data_dir):
+    model = tiny_model()
+    with torch.no_grad():
+        model.layers[0].ffn_out.weight[:, 5] = 0  # neuron 5 of layer 0 contributes nothing
+    splits = load_masked_splits(tiny_data_dir, tokenizer, 40, 32, seed=0)
+    importance = neuron_importance(model, eval_loader(splits.validation, 16), torch.device("cpu"))
+    assert len(importance) == 3 and importance[0].shape == (64,)
+    assert int(importance[0].argmin()) == 5 and float(importance[0][5]) == 0.0
+    per_layer = neurons_to_keep(importance, 16, per_layer=True)
+    assert [len(keep) for keep in per_layer] == [16, 16, 16] and 5 not in per_layer[0]
+    chosen = neurons_to_keep(importance, 16, per_layer=False)
+    assert sum(map(len, chosen)) == 48 and all(chosen) and all(keep == sorted(keep) for keep in chosen)
+    with pytest.raises(ValueError):
+        neurons_to_keep(importance, 65, per_layer=True)
+
+
+def test_reconstruction_fits_the_full_feed_forward_better_than_pruning(tokenizer, tiny_data_dir):
+    model = tiny_model()
+    splits = load_masked_splits(tiny_data_dir, tokenizer, 40, 64, seed=0)
+    keep = [list(range(0, 64, 4))] * 3  # a quarter of the neurons
+    statistics = feed_forward_statistics(model, keep, eval_loader(splits.train, 16), torch.device("cpu"))
+    held_out = next(iter(eval_loader(splits.validation, 32)))
+    states = model.embeddings(input_ids=held_out["input_ids"])
+    real = held_out["attention_mask"].bool()
+    layer = model.layers[0]
+    hidden = layer.attention_norm(states + layer.attention(states, real)[0])
+    full = layer.ffn_out(layer.activation(layer.ffn_in(hidden)))[real]
+    pruned = feed_forward_of_neurons(layer, keep[0])
+    error_pruned = (pruned.ffn_out(pruned.activation(pruned.ffn_in(hidden)))[real] - full).pow(2).mean()
+    reconstruct_feed_forward_output(pruned, *statistics[0])
+    error_fitted = (pruned.ffn_out(pruned.activation(pruned.ffn_in(hidden)))[real] - full).pow(2).mean()
+    assert error_fitted < 0.5 * error_pruned  # on sentences the fit never saw
+
+
+def test_the_script_saves_a_model_that_evaluates_and_exports_as_plain_bert(run_flags, tmp_path):
+    flags = run_flags(drop=("batch_size", "eval_sentences"))
+    flags += ["--ffn_width", "16", "--per_layer", "--reconstruct", "--importance_sentences", "32"]
+    flags += ["--calibration_sentences", "64", "--export_hf", str(tmp_path / "exported")]
+    result = prune_neurons.main(flags)
+    storage = storage_of(flags)
+    folder = storage.neuron_pruned_model(16, per_layer=True, reconstructed=True)
+    assert result["output"] == str(folder) and result["kept_neurons"] == [16, 16, 16]
+    model, _, meta = load_simplified(folder)
+    assert meta["method"] == "neuron_pruning" and [layer.ffn_in.out_features for layer in model.layers] == [16] * 3
+    exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "exported").eval()
+    assert type(exported) is BertForMaskedLM and exported.config.intermediate_size == 16
+    ids = torch.tensor([[101, 2023, 2003, 103, 1012, 102]])
+    mask, labels = torch.ones_like(ids), torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 3] = 2023
+    expected = model(ids, mask, labels)[0]  # the logits at the masked position
+    assert torch.allclose(exported(input_ids=ids, attention_mask=mask).logits[0, 3], expected, atol=1e-4)
+    eval_flags = run_flags(drop=("batch_size", "eval_sentences")) + ["--reference", "none", "--latency_repeats", "0"]
+    report = eval_retrained_12.main(eval_flags + ["--model", str(folder)])
+    row = report["models"][folder.name]
+    assert row["method"] == "neuron_pruning" and row["flop_ratio"] < 1
+    written = json.loads((storage.results(folder.name) / "metrics.json").read_text())
+    assert written["models"][folder.name]["method"] == "neuron_pruning"
+    select_trainable(model)  # healing trains the pruned feed-forwards, nothing else
+    trainable = {name.split(".", 2)[2] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"ffn_in.weight", "ffn_in.bias", "ffn_out.weight", "ffn_out.bias"}
