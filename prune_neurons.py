@@ -6,19 +6,22 @@ projection by least squares so that the kept neurons reproduce the full feed-for
 ``--calibration_sentences`` training sentences. Saves a simplified model every evaluation, healing script and
 the export take (a uniform width exports as plain ``BertForMaskedLM`` with a smaller ``intermediate_size``).
 
+``--block_heads H`` also keeps each layer's H most important heads: head + neuron pruning at one budget.
+
 Example: python prune_neurons.py --teacher storage/teacher --ffn_width 768 --per_layer --reconstruct
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
-from models import SimplifiedBert, feed_forward_of_neurons, reconstruct_feed_forward_output
+from models import SimplifiedBert, attention_of_heads, feed_forward_of_neurons, reconstruct_feed_forward_output
 from utils.args import DataArguments, ExportArguments, StorageArguments, TeacherArguments, flag, parse_args, require
 from utils.data import eval_loader, load_data
 from utils.errors import UserError
 from utils.experiment import cli_entry, log, start
 from utils.export import export_hf
 from utils.model_io import save_simplified
-from utils.pruning import feed_forward_statistics, neuron_importance, neurons_to_keep
+from utils.pruning import feed_forward_statistics, head_importance, heads_to_keep, neuron_importance, neurons_to_keep
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 
@@ -36,10 +39,14 @@ class NeuronPruneArguments:
     reconstruct: bool = flag(False, "Refit each pruned layer's output projection by least squares (Kwon et al.).")
     importance_sentences: int = flag(2000, "Validation sentences the importance is accumulated over.")
     calibration_sentences: int = flag(512, "Training sentences the reconstruction is fitted on.")
+    block_heads: Optional[int] = flag(
+        None, "Also prune every layer's attention to its H most important heads (head + neuron pruning at one budget)."
+    )
 
     def __post_init__(self):
-        for name in ("ffn_width", "importance_sentences", "calibration_sentences"):
-            require(getattr(self, name) > 0, f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("ffn_width", "importance_sentences", "calibration_sentences", "block_heads"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"--{name} must be positive, got {value}")
 
 
 @cli_entry
@@ -52,13 +59,20 @@ def main(argv: list[str] | None = None) -> dict:
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     if options.ffn_width >= info.config.intermediate_size:
         raise UserError(f"--ffn_width {options.ffn_width}: the teacher has {info.config.intermediate_size} neurons")
+    if options.block_heads is not None and options.block_heads >= info.config.num_attention_heads:
+        raise UserError(f"--block_heads {options.block_heads}: the teacher has {info.config.num_attention_heads} heads")
     teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
-    importance = neuron_importance(
-        teacher.model, eval_loader(data.validation, BATCH, options.importance_sentences), device
-    )
-    kept = neurons_to_keep(importance, options.ffn_width, options.per_layer)
+    valid = eval_loader(data.validation, BATCH, options.importance_sentences)
+    kept = neurons_to_keep(neuron_importance(teacher.model, valid, device), options.ffn_width, options.per_layer)
     layers = [feed_forward_of_neurons(layer, keep) for layer, keep in zip(teacher.model.layers, kept, strict=True)]
+    heads = None
+    if options.block_heads is not None:  # both importances on the teacher, as each method alone would rank
+        heads = heads_to_keep(head_importance(teacher.model, valid, device), options.block_heads, per_layer=True)
+        layers = [
+            layer.with_attention(attention_of_heads(layer.attention, keep, layer.attention.dropout))
+            for layer, keep in zip(layers, heads, strict=True)
+        ]
     if options.reconstruct:
         calibration = eval_loader(data.train, BATCH, options.calibration_sentences)
         statistics = feed_forward_statistics(teacher.model, kept, calibration, device)
@@ -67,13 +81,14 @@ def main(argv: list[str] | None = None) -> dict:
     base = teacher.model
     model = SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head).eval()
     output = Storage(flags.storage.storage_directory).neuron_pruned_model(
-        options.ffn_width, options.per_layer, options.reconstruct
+        options.ffn_width, options.per_layer, options.reconstruct, options.block_heads
     )
     meta = {
         "teacher": teacher.name,
-        "method": "neuron_pruning",
+        "method": "neuron_pruning" if heads is None else "head_neuron_pruning",
         "reconstructed": options.reconstruct,
         "kept_neurons": [len(keep) for keep in kept],
+        **({} if heads is None else {"kept_heads": heads}),
     }
     save_simplified(model, teacher.tokenizer, output, meta)
     log.info("kept neurons per layer %s; saved to %s", meta["kept_neurons"], output)

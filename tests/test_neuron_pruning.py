@@ -99,3 +99,12 @@ def test_the_script_saves_a_model_that_evaluates_and_exports_as_plain_bert(run_f
     select_trainable(model)  # healing trains the pruned feed-forwards, nothing else
     trainable = {name.split(".", 2)[2] for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"ffn_in.weight", "ffn_in.bias", "ffn_out.weight", "ffn_out.bias"}
+
+
+def test_heads_and_neurons_pruned_together(run_flags):
+    flags = run_flags(drop=("batch_size", "eval_sentences")) + ["--ffn_width", "32", "--block_heads", "2"]
+    result = prune_neurons.main(flags + ["--importance_sentences", "32"])
+    model, _, meta = load_simplified(storage_of(flags).neuron_pruned_model(32, False, False, heads=2))
+    assert result["method"] == meta["method"] == "head_neuron_pruning" and sum(meta["kept_neurons"]) == 3 * 32
+    assert [layer.attention.heads for layer in model.layers] == [2, 2, 2] and len(meta["kept_heads"][0]) == 2
+    assert all(layer.origin["kind"] == "student_attention" for layer in model.layers)

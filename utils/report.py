@@ -199,6 +199,7 @@ METHODS = {
     "teacher": ("teacher", "*"),
     "head_pruning": ("head pruning", "v"),
     "neuron_pruning": ("neuron pruning", "<"),
+    "head_neuron_pruning": ("head + neuron pruning", ">"),
     "retrained_attention": (STUDENT_INIT.label, "o"),
     "till_end": ("attention trained till the end", "D"),
     "merged_layers": (MERGE_INIT.label, "s"),
@@ -231,7 +232,7 @@ def method_of(row: dict) -> tuple[str, str]:
         stem = name.split("-", 1)[0]  # an older row: the rule from the name, without a variant suffix (-t4)
         rule = row.get("drop_rule") or stem.removeprefix("layer_drop").removesuffix(HEALED).strip("_") or "alternate"
         label = f"{label} ({rule})"
-    elif method == "neuron_pruning" and row.get("reconstructed"):
+    elif method in ("neuron_pruning", "head_neuron_pruning") and row.get("reconstructed"):
         label = f"{label} + least squares"
     elif row.get("merge_init") == "average":
         label = f"{label} (average)"
