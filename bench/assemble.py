@@ -24,6 +24,8 @@ def main(argv=None) -> None:
     for name in ("block_heads", "block_d_k"):
         parser.add_argument(f"--{name}", type=int, required=True)
     parser.add_argument("--source", choices=("block", "till_end"), default="block")
+    parser.add_argument("--ffn_width", type=int, help="Also put in the feed-forward students of this width.")
+    parser.add_argument("--ffn_run_flags", default="", help="The feed-forward runs' variant flags, as one string.")
     parser.add_argument("--data_dir", help="WikiText-2 folder of the notebook's check (default: $SITRA_DATA_DIR).")
     parser.add_argument("--eval_sentences", type=int, default=300, help="Test sentences the notebook checks.")
     parser.add_argument("--executed", help="Also save the executed notebook here.")

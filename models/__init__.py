@@ -3,9 +3,11 @@
 from models.attention import MultiHeadAttention
 from models.bert import IGNORE_INDEX, SimplifiedBert
 from models.cost import model_cost, parameter_count
+from models.feed_forward import FeedForward
 from models.layers import TransformerLayer
 from models.methods import (
     DROP,
+    FFN_INIT,
     MERGE_INIT,
     STUDENT_INIT,
     attention_low_rank,
@@ -20,6 +22,8 @@ from models.surgery import assemble, select_trainable
 
 __all__ = [
     "DROP",
+    "FFN_INIT",
+    "FeedForward",
     "IGNORE_INDEX",
     "MERGE_INIT",
     "STUDENT_INIT",

@@ -90,6 +90,20 @@ class TransformerLayer(nn.Module):
             origin,
         )
 
+    def with_feed_forward(self, feed_forward) -> TransformerLayer:
+        """This layer with its feed-forward replaced by ``feed_forward`` (a :class:`models.FeedForward`);
+        attention and norms stay shared."""
+        return TransformerLayer(
+            self.attention,
+            self.attention_norm,
+            feed_forward.ffn_in,
+            feed_forward.ffn_out,
+            self.ffn_norm,
+            feed_forward.activation,
+            self.dropout.p,
+            self.origin,
+        ).train(self.training)
+
     @property
     def spec(self) -> dict:
         return {**self.origin, **self.attention.spec, "intermediate_size": self.ffn_in.out_features}

@@ -19,6 +19,7 @@ from torch import nn
 
 from models.attention import MultiHeadAttention
 from models.bert import SimplifiedBert
+from models.feed_forward import FeedForward
 from models.layers import TransformerLayer, init_linear_weights
 
 SIMILARITY, IMPORTANCE, TEACHER_SHAPE = "similarity", "importance", "teacher_shape"
@@ -259,6 +260,25 @@ def merged_layer(
     layer = TransformerLayer.fresh(config, heads, d_k, dropout, config.intermediate_size, origin)
     method.function(base, first, layer)
     return layer
+
+
+# -- feed-forward student inits: the student feed-forward of layer ``block`` before training --------------------
+# ``keep``: the ``width`` teacher neurons to start from (given when the method needs importance).
+FFN_INIT = Family("ffn_init", produces="a student feed-forward", label="retrained feed-forward")
+
+
+@FFN_INIT.register("random", "random weights (BERT's init)")
+def ffn_random(base: SimplifiedBert, block: int, width: int, keep=None) -> FeedForward:
+    layer = base.layers[block]
+    student = FeedForward.fresh(base.config.hidden_size, width, layer.activation)
+    return init_linear_weights(student, base.config.initializer_range)
+
+
+@FFN_INIT.register(
+    "neurons", "copies of the layer's most important teacher neurons (exact at full width)", (IMPORTANCE,)
+)
+def ffn_neurons(base: SimplifiedBert, block: int, width: int, keep=None) -> FeedForward:
+    return FeedForward.of_layer(feed_forward_of_neurons(base.layers[block], keep))
 
 
 # -- feed-forward neurons: a layer keeping some of its intermediate neurons --------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from models.attention import MultiHeadAttention
 from models.bert import SimplifiedBert
+from models.feed_forward import FeedForward
 from models.layers import TransformerLayer
 
 
@@ -18,11 +19,13 @@ def assemble(
     attentions: dict[int, MultiHeadAttention] | None = None,
     merged: dict[int, TransformerLayer] | None = None,
     dropped: set[int] | frozenset[int] = frozenset(),
+    feed_forwards: dict[int, FeedForward] | None = None,
 ) -> SimplifiedBert:
-    """``base`` with ``attentions[i]`` in layer i, ``merged[i]`` in place of layers i and i+1, ``dropped`` removed."""
-    attentions, merged = attentions or {}, merged or {}
+    """``base`` with ``attentions[i]`` and ``feed_forwards[i]`` in layer i, ``merged[i]`` in place of layers i
+    and i+1, ``dropped`` removed."""
+    attentions, merged, feed_forwards = attentions or {}, merged or {}, feed_forwards or {}
     count = len(base.layers)
-    for index in [*attentions, *dropped]:
+    for index in [*attentions, *dropped, *feed_forwards]:
         if not 0 <= index < count:
             raise IndexError(f"layer {index} is out of range 0..{count - 1}")
     for index in merged:
@@ -36,7 +39,8 @@ def assemble(
             continue
         if index not in dropped:
             layer = base.layers[index]
-            layers.append(layer.with_attention(attentions[index]) if index in attentions else layer)
+            layer = layer.with_attention(attentions[index]) if index in attentions else layer
+            layers.append(layer.with_feed_forward(feed_forwards[index]) if index in feed_forwards else layer)
         index += 1
     # new wrapper modules follow the base's mode: an assembled model of a frozen teacher is in eval mode
     return SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head).train(base.training)

@@ -12,6 +12,7 @@ from conftest import storage_of
 from models import assemble
 from utils.assembly import collect_attentions
 from utils.model_io import save_simplified
+from utils.report import budget_of
 from utils.teacher import load_teacher
 
 
@@ -46,7 +47,7 @@ def test_report_benchmarks(run_flags, tiny_teacher_dir, tmp_path):
     text = (report / "report.md").read_text()
     assert "### retrained_8_2" in text and "![top1_heatmap_heads2](top1_heatmap_heads2.png)" in text
 
-    assert "### Budget: " in text and "![frontier](frontier.png)" in text
+    assert "### Budget: at most " in text and "![frontier](frontier.png)" in text
     assert " ± " in text and "top1_low" in rows[0] and float(rows[0]["top1_low"]) <= float(rows[0]["top1"])
     compared = make_report.main(["--storage_directory", str(storage.root), "--compare", "retrained_8_2", "teacher"])
     assert compared["top1"]["low"] <= compared["top1"]["difference"] <= compared["top1"]["high"]
@@ -104,3 +105,10 @@ def test_several_models_are_evaluated_in_one_pass_on_the_same_masks(run_flags, t
         == written["models"]["copy_b"]["top1"]
         == written["models"]["teacher"]["top1"]
     )
+
+
+def test_models_fall_in_the_tightest_budget_they_fit():
+    assert [budget_of(ratio) for ratio in (1.0, 0.83, 0.74, 0.51, 0.5, 0.4, 0.3, 0.1)] == [
+        1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.33, 0.25
+    ]  # fmt: skip
+    assert budget_of(0.66) == 0.67 and budget_of(0.69) == 0.67 and budget_of(0.70) == 1.0

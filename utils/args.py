@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 from transformers import HfArgumentParser
 
-from models.methods import DROP, MERGE_INIT, STUDENT_INIT, Family
+from models.methods import DROP, FFN_INIT, MERGE_INIT, STUDENT_INIT, Family
 from utils.errors import UserError
 
 
@@ -121,6 +121,23 @@ class StudentInitArguments:
     attribute = "student_init"
 
     student_init: str = method_flag(STUDENT_INIT, "random", "How the student starts:")
+
+
+@dataclass
+class FeedForwardArguments:
+    attribute = "feed_forward"
+
+    part: Literal["attention", "ffn"] = flag(
+        "attention",
+        "Which sub-block of each --block to retrain: its attention (--block_heads x --block_d_k) or its feed-forward "
+        "(--ffn_width), distilled on the teacher's own activations.",
+    )
+    ffn_width: Optional[list[int]] = flag(None, "Widths of the feed-forward students (each its own run; --part ffn).")
+    ffn_init: str = method_flag(FFN_INIT, "random", "How a feed-forward student starts:")
+
+    def __post_init__(self):
+        require(self.part != "ffn" or bool(self.ffn_width), "--part ffn needs --ffn_width")
+        require(all(width > 0 for width in self.ffn_width or []), f"--ffn_width must be positive, got {self.ffn_width}")
 
 
 @dataclass
@@ -381,7 +398,10 @@ class Flags:
 
     def for_student(self, block: int, student: StudentArguments) -> Flags:
         """These flags as a single-student run would have them: ``--block`` one layer, one shape."""
-        replaced = {LayerSelectionArguments: BlockArguments(block), ShapeGridArguments: student}
+        return self.replacing({LayerSelectionArguments: BlockArguments(block), ShapeGridArguments: student})
+
+    def replacing(self, replaced: dict[type, object]) -> Flags:
+        """These flags with the groups of the given types replaced."""
         return Flags([replaced.get(type(group), group) for group in self.groups])
 
     def command_line(self) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from models import MultiHeadAttention, SimplifiedBert, TransformerLayer
+from models import FeedForward, MultiHeadAttention, SimplifiedBert, TransformerLayer
+from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.model_io import load_block_checkpoint
-from utils.storage import Storage
+from utils.storage import LATEST, Storage
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,36 @@ def collect_attentions(
         attentions[block] = attention_from_state(state, teacher.config.hidden_size)
         sources[block] = path
     return attentions, sources, missing
+
+
+def collect_feed_forwards(
+    storage_directory: str | Path,
+    teacher: SimplifiedBert,
+    teacher_name: str,
+    width: int,
+    blocks: list[int] | None = None,
+    variant: str = "",
+) -> tuple[dict[int, FeedForward], dict[int, Path], list[int]]:
+    """Student feed-forwards of width ``width`` of ``blocks`` (default: every layer) from ``ffn`` runs of
+    ``variant``. Returns the feed-forwards, the checkpoint each came from, and the blocks without one (they
+    keep the teacher's feed-forward)."""
+    storage = Storage(storage_directory)
+    blocks = list(range(len(teacher.layers))) if blocks is None else blocks
+    feed_forwards, sources, missing = {}, {}, []
+    for block in blocks:
+        path = storage.ffn_run(block, width, variant) / LATEST
+        if not path.exists():
+            missing.append(block)
+            continue
+        state = load_checkpoint(path)
+        trained_on = state.get("identity", {}).get("teacher")
+        if trained_on != teacher_name:
+            raise UserError(f"checkpoint {path} was trained on teacher {trained_on}, not {teacher_name}")
+        layer = teacher.layers[block]
+        feed_forward = FeedForward.fresh(layer.ffn_in.in_features, state["spec"]["intermediate_size"], layer.activation)
+        feed_forward.load_state_dict(state["model"])
+        feed_forwards[block], sources[block] = feed_forward, path
+    return feed_forwards, sources, missing
 
 
 def collect_merged_layers(

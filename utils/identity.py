@@ -49,6 +49,7 @@ def _init_source(path: str) -> str:
 NAMED: dict[str, Callable[[object], str]] = {
     "student_init": lambda value: f"init_{value}",
     "merge_init": lambda value: f"init_{value}",
+    "ffn_init": lambda value: f"init_{value}",
     "criterion": lambda value: _CRITERIA[value],
     "loss_on_logits": lambda value: "logits",
     "loss_on_scores": lambda value: "scores",

@@ -8,13 +8,14 @@ only ``trainable`` gets gradients.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import IGNORE_INDEX, MultiHeadAttention, SimplifiedBert, assemble
+from models import IGNORE_INDEX, FeedForward, MultiHeadAttention, SimplifiedBert, assemble
 from utils.device import to_device
 from utils.metrics import evaluate_mlm, kl_divergence
 from utils.signals import Signal, TeacherSignal
@@ -65,6 +66,14 @@ def mean_squared_error(loader, device: torch.device, pairs: Callable[[dict], Sig
     return squared_error / values
 
 
+@torch.no_grad()
+def block_signal(teacher: SimplifiedBert, block: int, batch: dict) -> Signal:
+    """What a block's attention or feed-forward student learns from: the hidden state entering layer ``block``
+    and the teacher's attention output there (before residual + LayerNorm), [B, T, H] each."""
+    hidden_in = teacher.encode(batch["input_ids"], batch["attention_mask"], stop=block)
+    return hidden_in, teacher.layers[block].attention(hidden_in, batch["attention_mask"].bool())[0]
+
+
 class AttentionDistillation:
     """Retrain one layer's attention on the teacher's own activations (retrain_single_block.py).
 
@@ -89,12 +98,7 @@ class AttentionDistillation:
         self.teacher_attention = teacher.layers[block].attention
         self.criterion, self.loss_on_logits, self.loss_on_scores = criterion, loss_on_logits, loss_on_scores
         self.mlm_metrics, self.device = mlm_metrics, device
-        self.signal = TeacherSignal(self._teacher_signal)
-
-    @torch.no_grad()
-    def _teacher_signal(self, batch: dict) -> Signal:
-        hidden_in = self.teacher.encode(batch["input_ids"], batch["attention_mask"], stop=self.block)
-        return hidden_in, self.teacher_attention(hidden_in, batch["attention_mask"].bool())[0]
+        self.signal = TeacherSignal(functools.partial(block_signal, teacher, block))
 
     def loss(self, batch: dict, network: nn.Module) -> LossParts:
         hidden_in, teacher_out = self.signal(batch)
@@ -125,6 +129,60 @@ class AttentionDistillation:
         metrics = {"block_mse": mean_squared_error(loader, self.device, self._outputs)}
         if self.mlm_metrics:
             replaced = assemble(self.teacher, attentions={self.block: self.trainable}).eval()
+            mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
+            metrics.update(
+                teacher_top1=mlm["teacher"]["top1"],
+                replaced_top1=mlm["replaced"]["top1"],
+                replaced_agree_top1=mlm["replaced"]["agree_top1"],
+            )
+        return metrics
+
+
+class FeedForwardDistillation:
+    """Retrain one layer's feed-forward on the teacher's own activations (retrain_single_block.py --part ffn).
+
+    Signal: the same as :class:`AttentionDistillation`'s (the hidden state entering layer ``block`` and its
+    attention output, [B, T, H] each), so the store, the caches and lockstep serve both; the feed-forward's
+    input is ``LN(input + attention output)`` and its target the teacher's feed-forward output before residual
+    + LayerNorm, both computed here by the frozen teacher layer (cheap: one LayerNorm and one feed-forward).
+    """
+
+    def __init__(
+        self,
+        teacher: SimplifiedBert,
+        block: int,
+        student: FeedForward,
+        criterion: str = "MSE",
+        mlm_metrics: bool = True,
+        device: torch.device = CPU,
+    ):
+        self.teacher, self.block, self.criterion = teacher, block, criterion
+        self.trainable = self.network = student
+        self.layer = teacher.layers[block]
+        self.mlm_metrics, self.device = mlm_metrics, device
+        self.signal = TeacherSignal(functools.partial(block_signal, teacher, block))
+
+    @torch.no_grad()
+    def _input_and_target(self, batch: dict) -> Signal:
+        """The feed-forward's input and the teacher's output at the real tokens, [N_real, H] each."""
+        hidden_in, attention_out = self.signal(batch)
+        real = batch["attention_mask"].bool()
+        ffn_in = self.layer.attention_norm(hidden_in + attention_out)[real]
+        return ffn_in, FeedForward.of_layer(self.layer)(ffn_in)
+
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
+        ffn_in, target = self._input_and_target(batch)
+        return pointwise(self.criterion, network(ffn_in).float(), target.float())
+
+    def _outputs(self, batch: dict) -> Signal:
+        ffn_in, target = self._input_and_target(batch)
+        return self.trainable(ffn_in), target
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        metrics = {"ffn_mse": mean_squared_error(loader, self.device, self._outputs)}
+        if self.mlm_metrics:
+            replaced = assemble(self.teacher, feed_forwards={self.block: self.trainable}).eval()
             mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
             metrics.update(
                 teacher_top1=mlm["teacher"]["top1"],

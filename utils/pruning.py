@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from models import IGNORE_INDEX, STUDENT_INIT, MultiHeadAttention, SimplifiedBert
+from models import FFN_INIT, IGNORE_INDEX, STUDENT_INIT, FeedForward, MultiHeadAttention, SimplifiedBert
 from models.methods import IMPORTANCE
 from utils.device import to_device
 from utils.errors import UserError
@@ -151,3 +151,19 @@ def feed_forward_statistics(
         for hook in hooks:
             hook.remove()
     return [(gram.cpu(), cross.cpu()) for gram, cross in sums]
+
+
+def initial_feed_forward(
+    teacher: SimplifiedBert, block: int, width: int, init: str, loader, device: torch.device
+) -> FeedForward:
+    """The student feed-forward of ``block`` before training, by the feed-forward init ``init``
+    (:data:`FFN_INIT`); a method that needs importance gets the layer's ``width`` most important neurons,
+    ranked on ``loader``."""
+    method = FFN_INIT[init]
+    available = teacher.layers[block].ffn_in.out_features
+    keep = None
+    if IMPORTANCE in method.needs:
+        if width > available:
+            raise UserError(f"--ffn_init {init}: --ffn_width {width} exceeds the teacher's {available} neurons")
+        keep = neurons_to_keep([neuron_importance(teacher, loader, device)[block]], width, per_layer=True)[0]
+    return method.function(teacher, block, width, keep)

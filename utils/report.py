@@ -289,19 +289,28 @@ def plot_frontier(rows, output: Path) -> Path | None:
     return path
 
 
+BUDGETS = (1.0, 0.67, 0.5, 0.33, 0.25)  # shares of the teacher's encoder FLOPs per token the study compares at
+BUDGET_SLACK = 0.02  # a model at 51% (an odd last layer kept) still counts at 50%
+
+
+def budget_of(flop_ratio: float) -> float:
+    """The tightest of :data:`BUDGETS` a model with this FLOP ratio fits in (below 25%: 25%)."""
+    return min((budget for budget in BUDGETS if flop_ratio <= budget + BUDGET_SLACK), default=BUDGETS[0])
+
+
 def budget_tables(rows) -> list[str]:
-    """Markdown sections, one per compute budget (FLOPs per token relative to the teacher, to 0.05), the
+    """Markdown sections, one per compute budget (:data:`BUDGETS`; each model in the tightest it fits), the
     teacher in each, models sorted by top-1."""
     latest = {row["model"]: row for row in rows if "top1" in row and "flop_ratio" in row}
     budgets: dict[float, dict] = {}
     for name, row in latest.items():
         if name != "teacher":
-            budgets.setdefault(round(row["flop_ratio"] * 20) / 20, {})[name] = row
+            budgets.setdefault(budget_of(row["flop_ratio"]), {})[name] = row
     sections = []
-    for budget, models in sorted(budgets.items()):
+    for budget, models in sorted(budgets.items(), reverse=True):
         ordered = dict(sorted(models.items(), key=lambda item: -item[1]["top1"]))
         table = markdown_table({"teacher": latest["teacher"], **ordered} if "teacher" in latest else ordered)
-        sections.append(f"### Budget: {budget:.0%} of the teacher's FLOPs per token\n\n{table}")
+        sections.append(f"### Budget: at most {budget:.0%} of the teacher's FLOPs per token\n\n{table}")
     return sections
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models import MultiHeadAttention, TransformerLayer
+from models import FeedForward, MultiHeadAttention, TransformerLayer
 from utils.checkpoint import RunDirectory, rng_state, set_rng_state
 from utils.distributed import Distributed
 
@@ -90,7 +90,7 @@ def checkpoint_state(member: Member, record: dict | None = None, epoch_progress:
         state["record"] = record
     if epoch_progress is not None:
         state["epoch_progress"] = epoch_progress.progress()
-    if isinstance(trainable, (MultiHeadAttention, TransformerLayer)):
+    if isinstance(trainable, (MultiHeadAttention, TransformerLayer, FeedForward)):
         state["spec"] = trainable.spec  # what assembly rebuilds the module from
     return state
 

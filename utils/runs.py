@@ -11,6 +11,7 @@ from pathlib import Path
 
 from utils.args import (
     DistillationArguments,
+    FeedForwardArguments,
     Flags,
     InitFromArguments,
     MergeArguments,
@@ -28,7 +29,8 @@ from utils.teacher import TeacherInfo
 # evaluation, the conditioned chain, finetuning of the merged model) takes to find the run a flag set made.
 # tests/test_identity.py checks them against the training scripts' own groups.
 VARIANT_GROUPS = {
-    "block": (StudentInitArguments, DistillationArguments),
+    "block": (StudentInitArguments, DistillationArguments, FeedForwardArguments),
+    "ffn": (StudentInitArguments, DistillationArguments, FeedForwardArguments),
     "till_end": (InitFromArguments, OutputDistillationArguments),
     "merge": (MergeArguments,),
     "conditioned": (MergeArguments,),
@@ -84,6 +86,14 @@ def block_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
         block=block,
         cache_teacher=flags.cache.epoch_one_masks,
     )
+
+
+def ffn_run(flags: Flags, teacher: TeacherInfo, block: int) -> RunDirectory:
+    """retrain_single_block.py --part ffn: one student feed-forward of width ``--ffn_width`` distilled on layer
+    ``block``."""
+    width = flags.feed_forward.ffn_width[0]
+    folder = Storage(flags.storage.storage_directory).ffn_run(block, width, variant(flags.groups))
+    return open_run(flags, folder, **_teacher_identity(teacher), block=block, cache_teacher=flags.cache.epoch_one_masks)
 
 
 def till_end_run(flags: Flags, teacher: TeacherInfo, block: int, init_checkpoint: str) -> RunDirectory:

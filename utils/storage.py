@@ -4,7 +4,8 @@
 
     {root}/checkpoints/wikitext2/{run}/     one training run: latest.pt, epoch_NNN.pt, metrics.jsonl
         block runs are named {kind}_{block}_{d_k}_{heads}{variant} (kind: block, till_end, merge, conditioned;
-        variant: "" with today's defaults, else e.g. -init_svd or -ce_logits, see utils/identity.py)
+        variant: "" with today's defaults, else e.g. -init_svd or -ce_logits, see utils/identity.py);
+        feed-forward students ffn_{block}_{width}{variant}
     {root}/models/{name}/                   saved simplified models (sitra.json + model.safetensors)
     {root}/results/{name}/                  evaluations: metrics.json, metrics.md, predictions.tsv
     {root}/cache/{name}/                    teacher caches (--cache_teacher)
@@ -70,6 +71,10 @@ class Storage:
         """The rolling checkpoint of a block run."""
         return self.block_run(kind, block, heads, d_k, variant) / LATEST
 
+    def ffn_run(self, block: int, width: int, variant: str = "") -> Path:
+        """A feed-forward student's run: ``ffn_{block}_{width}{variant}``."""
+        return self.run(f"ffn_{block}_{width}{variant}")
+
     def block_runs(self, kind: str) -> list[tuple[BlockRun, Path]]:
         """Every run folder of ``kind`` (every variant) with its parsed name, sorted by name."""
         found = [(BlockRun.parse(path.name), path) for path in sorted(self.runs.glob(f"{kind}_*"))]
@@ -82,11 +87,14 @@ class Storage:
     def model(self, name: str) -> Path:
         return self.models / name
 
-    def retrained_model(self, heads: int, d_k: int, variant: str = "", source: str = "block") -> Path:
+    def retrained_model(
+        self, heads: int, d_k: int, variant: str = "", source: str = "block", ffn_width: int | None = None
+    ) -> Path:
         """Where the notebook saves the model assembled from the ``source`` runs (block or till_end) of
-        ``variant``."""
+        ``variant``, with the feed-forward students of width ``ffn_width`` when it takes them (``_ffn{width}``)."""
         kind = "" if source == "block" else f"_{source}"
-        return self.model(f"retrained{kind}_{d_k}_{heads}{variant}")
+        feed_forward = "" if ffn_width is None else f"_ffn{ffn_width}"
+        return self.model(f"retrained{kind}_{d_k}_{heads}{feed_forward}{variant}")
 
     def merged_model(self, heads: int, d_k: int, source: str = "merge", variant: str = "") -> Path:
         """Where finetune_fully_merged.py saves the fully merged model (``source``: merge or conditioned)."""

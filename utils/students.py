@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.args import Flags
+from utils.args import FeedForwardArguments, Flags, StudentArguments
 from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader, load_data
 from utils.lockstep import fit_together
@@ -38,15 +38,29 @@ class StudentRun:
 def plan_students(
     flags: Flags, info: TeacherInfo, make_run: Callable[[Flags, TeacherInfo, int], RunDirectory], pair: bool = False
 ) -> list[StudentRun]:
-    """Every (block, shape) of ``--block`` x ``--block_heads`` x ``--block_d_k`` (blocks are pair starts when
-    ``pair``), each checked against the teacher and given its run."""
+    """Every (block, shape) of ``--block`` x ``--block_heads`` x ``--block_d_k`` (or x ``--ffn_width`` for
+    feed-forward students; blocks are pair starts when ``pair``), each checked against the teacher and given
+    its run."""
     students = []
     for block in flags.layer_selection.resolve(info.num_layers, pair=pair):
         info.check_layer(block, pair=pair)
-        for shape in flags.shape_grid.students():
-            single = flags.for_student(block, shape)
+        for single in _single_students(flags, block):
             students.append(StudentRun(block, single, make_run(single, info, block)))
     return students
+
+
+def _single_students(flags: Flags, block: int) -> list[Flags]:
+    """The flags of each single-student run of ``block``: one attention shape, or one feed-forward width."""
+    feed_forward = getattr(flags, "feed_forward", None)
+    if feed_forward is None or feed_forward.part != "ffn":
+        return [flags.for_student(block, shape) for shape in flags.shape_grid.students()]
+    default_shape = StudentArguments()  # the attention shape does not apply to a feed-forward student
+    return [
+        flags.for_student(block, default_shape).replacing(
+            {FeedForwardArguments: FeedForwardArguments("ffn", [width], feed_forward.ffn_init)}
+        )
+        for width in feed_forward.ffn_width
+    ]
 
 
 def one_teacher_forward(teacher: Teacher, kind: str, blocks: list[int]) -> Callable[[dict], list[dict]]:
