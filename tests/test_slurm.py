@@ -202,3 +202,13 @@ def test_variants_repeat_the_grid_once_per_flag_set(tmp_path):
         sum("--criterion" not in task for task in tasks) == 2 and sum("--criterion L1" in task for task in tasks) == 2
     )
     assert sum("--criterion CrossEntropy --loss_on_logits" in task for task in tasks) == 2
+
+
+def test_the_ffn_sweep_trains_every_block_at_every_width(tmp_path):
+    env = {**os.environ, "SITRA_BLOCKS": "0 1", "SITRA_FFN_WIDTHS": "128 256", "SITRA_STORAGE": str(tmp_path)}
+    dry = subprocess.run(
+        ["./.train", "--dry-run", "ffn"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    tasks = [line for line in dry.stdout.splitlines() if line.strip().startswith("task ")]
+    assert len(tasks) == 4 and all("--part ffn" in task for task in tasks)
+    assert any("--block 1 --ffn_width 256" in task for task in tasks)

@@ -206,6 +206,7 @@ METHODS = {
     "conditioned_merged_layers": ("conditioned merged layers", "P"),
     "merged_pair": ("merged pair", "s"),
     "layer_drop": (DROP.label, "^"),
+    "compound": ("compound", "X"),
 }
 # evaluations written before models recorded their method: the method of a model by its name's start
 BY_NAME = {

@@ -1,0 +1,74 @@
+"""Build a compound model — several cuts in one model — from a short declarative recipe (see utils/compound.py):
+retrained or pruned attentions, retrained or pruned feed-forwards, merged pairs or dropped layers, per layer.
+Saves it as a simplified model that healing (train_full_merged_model.py --model), every evaluation,
+make_report.py, bench/model_cost.py and export_hf.py take.
+
+Example: python build_compound.py --teacher storage/teacher --name half_attention_ffn768 \
+    --recipe '{"attention": {"heads": 6, "d_k": 32}, "prune_neurons": {"width": 768, "reconstruct": true}}'
+"""
+
+import json
+from dataclasses import dataclass
+
+from utils.args import DataArguments, ExportArguments, StorageArguments, TeacherArguments, flag, parse_args, require
+from utils.compound import NEEDS_DATA, build_compound, read_recipe
+from utils.data import eval_loader, load_data
+from utils.errors import UserError
+from utils.experiment import cli_entry, log, start
+from utils.export import export_hf
+from utils.model_io import is_simplified, save_simplified
+from utils.storage import Storage
+from utils.teacher import inspect_teacher, load_teacher
+
+BATCH = 64
+
+
+@dataclass
+class CompoundArguments:
+    attribute = "compound"
+
+    recipe: str = flag(None, "The recipe: a JSON file or inline JSON (see utils/compound.py).", required=True)
+    name: str = flag(None, "Name of the saved model (under the storage directory's models).", required=True)
+    importance_sentences: int = flag(2000, "Validation sentences that rank heads and neurons (pruning parts).")
+    calibration_sentences: int = flag(512, "Training sentences of a least-squares reconstruction.")
+
+    def __post_init__(self):
+        require("/" not in self.name and self.name.strip(), f"--name {self.name!r}: expected a plain folder name")
+        for name in ("importance_sentences", "calibration_sentences"):
+            require(getattr(self, name) > 0, f"--{name} must be positive, got {getattr(self, name)}")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict:
+    flags = parse_args(
+        [TeacherArguments, CompoundArguments, DataArguments, StorageArguments, ExportArguments], __doc__, argv
+    )
+    device = start(flags, flags.data.seed)
+    options = flags.compound
+    recipe = read_recipe(options.recipe)  # before anything is loaded
+    output = Storage(flags.storage.storage_directory).model(options.name)
+    if is_simplified(output):
+        saved = json.loads((output / "sitra.json").read_text()).get("meta", {}).get("recipe")
+        if saved != recipe:
+            raise UserError(f"--name {options.name}: {output} holds another model; choose another name")
+        log.info("%s already holds this recipe's model: nothing to do", output)
+        return {"output": str(output), "recipe": recipe}
+    info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
+    teacher = load_teacher(info, device)
+    validation = calibration = None
+    if any(part in recipe for part in NEEDS_DATA):
+        data = load_data(flags.data, teacher.tokenizer)
+        validation = eval_loader(data.validation, BATCH, options.importance_sentences)
+        calibration = eval_loader(data.train, BATCH, options.calibration_sentences)
+    model, meta = build_compound(recipe, flags.storage.storage_directory, teacher, validation, calibration, device)
+    save_simplified(model, teacher.tokenizer, output, meta)
+    widths = [layer.ffn_in.out_features for layer in model.layers]
+    heads = [layer.attention.heads for layer in model.layers]
+    log.info("saved %s: %d layers, heads %s, feed-forward widths %s", output, len(model.layers), heads, widths)
+    if flags.export.export_hf:
+        export_hf(model, teacher.tokenizer, flags.export.export_hf, meta)
+    return {"output": str(output), "layers": len(model.layers), "heads": heads, "widths": widths, **meta}
+
+
+if __name__ == "__main__":
+    main()

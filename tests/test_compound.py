@@ -1,0 +1,76 @@
+"""Compound models (build_compound.py): a recipe combining cuts gives one saved model with exactly those modules,
+refuses contradictions in one line before loading anything, and heals, evaluates and exports like any other."""
+
+import json
+
+import pytest
+import torch
+
+import build_compound
+import eval_retrained_12
+import retrain_merge
+import retrain_single_block
+import train_full_merged_model
+from conftest import one_line_error, storage_of
+from utils.compound import read_recipe
+from utils.errors import UserError
+from utils.model_io import load_simplified
+
+
+def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_flags, tiny_teacher_5_layers, tmp_path):
+    flags = run_flags(teacher=tiny_teacher_5_layers) + ["--epochs", "1"]
+    retrain_single_block.main(flags + ["--block", "0", "1", "--block_heads", "2", "--block_d_k", "8"])
+    retrain_merge.main(flags + ["--block", "2", "--block_heads", "4", "--block_d_k", "8", "--merge_init", "first"])
+    recipe = {
+        "attention": {"heads": 2, "d_k": 8, "layers": [0, 1]},
+        "prune_neurons": {"width": 16, "reconstruct": True, "layers": [0, 1, 4]},
+        "merge": {"heads": 4, "d_k": 8, "run_flags": "--merge_init first", "pairs": [2]},
+    }
+    build = run_flags(teacher=tiny_teacher_5_layers, drop=("batch_size", "eval_sentences"))
+    build += ["--name", "compound_a", "--recipe", json.dumps(recipe), "--importance_sentences", "32"]
+    result = build_compound.main(build + ["--calibration_sentences", "32", "--export_hf", str(tmp_path / "hf")])
+    assert result["layers"] == 4 and result["heads"] == [2, 2, 4, 4] and result["widths"] == [16, 16, 64, 16]
+    storage = storage_of(flags)
+    model, _, meta = load_simplified(storage.model("compound_a"))
+    assert meta["method"] == "compound" and meta["recipe"] == recipe
+    assert [layer.origin["teacher_layers"] for layer in model.layers] == [[0], [1], [2, 3], [4]]
+    trained = torch.load(storage.block_checkpoint("block", 1, 2, 8), weights_only=True)["model"]
+    assert torch.equal(model.layers[1].attention.query.weight, trained["query.weight"])
+    merged = torch.load(storage.block_checkpoint("merge", 2, 4, 8, "-init_first"), weights_only=True)["model"]
+    assert torch.equal(model.layers[2].ffn_in.weight, merged["ffn_in.weight"])
+    assert build_compound.main(build)["output"] == str(storage.model("compound_a"))  # the same recipe: nothing to do
+    history = train_full_merged_model.main(flags + ["--model", str(storage.model("compound_a"))])
+    assert [r["epoch"] for r in history] == [0, 1]
+    healed = storage.model("compound_a_finetuned")
+    eval_flags = run_flags(teacher=tiny_teacher_5_layers, drop=("batch_size", "eval_sentences"))
+    report = eval_retrained_12.main(eval_flags + ["--reference", "none", "--latency_repeats", "0", "--models",
+                                                  str(storage.model("compound_a")), str(healed)])  # fmt: skip
+    row = report["models"]["compound_a"]
+    assert (
+        row["method"] == "compound"
+        and row["flop_ratio"] < 0.7
+        and report["models"]["compound_a_finetuned"]["healing_steps"] > 0
+    )
+
+
+def test_recipes_that_contradict_themselves_are_refused_before_loading(run_flags, capsys):
+    with pytest.raises(UserError, match="attention and prune_heads both replace the same layers"):
+        read_recipe('{"attention": {"heads": 2, "d_k": 8}, "prune_heads": {"heads": 2, "layers": [0]}}')
+    with pytest.raises(UserError, match="unknown part 'ffn'"):
+        read_recipe('{"ffn": {"width": 3}}')
+    with pytest.raises(UserError, match="prune_neurons: needs width"):
+        read_recipe('{"prune_neurons": {"reconstruct": true}}')
+    build = run_flags(drop=("batch_size", "eval_sentences")) + [
+        "--name",
+        "x",
+        "--recipe",
+        '{"drop": {"rule": "nope", "count": 1}}',
+    ]
+    assert "--recipe drop: rule 'nope' is not one of" in one_line_error(capsys, build_compound.main, build)
+    build = run_flags(drop=("batch_size", "eval_sentences")) + [
+        "--name",
+        "x",
+        "--recipe",
+        '{"attention": {"heads": 2, "d_k": 8}}',
+    ]
+    assert "--recipe attention: no trained run for layers 0, 1, 2" in one_line_error(capsys, build_compound.main, build)

@@ -1,0 +1,165 @@
+"""Compound models: several cuts in one model, from a short declarative recipe (JSON: a file or inline).
+
+A recipe names, per part, where each layer's module comes from; a part left out keeps the teacher's::
+
+    {
+      "attention":     {"heads": 6, "d_k": 32, "run_flags": "", "source": "block", "layers": [0, 1, 2]},
+      "prune_heads":   {"heads": 6, "layers": [3, 4, 5]},
+      "feed_forward":  {"width": 768, "run_flags": "--ffn_init neurons"},
+      "prune_neurons": {"width": 768, "reconstruct": true},
+      "merge":         {"heads": 12, "d_k": 32, "source": "conditioned", "run_flags": "--merge_init first",
+                        "pairs": [0, 2]},
+      "drop":          {"rule": "top", "count": 2}
+    }
+
+``attention`` / ``feed_forward`` / ``merge`` take the students trained by retrain_single_block.py (``--part
+ffn``), retrain_merge.py or the conditioned chain, found by the same flags they were trained with
+(``run_flags``); ``prune_heads`` / ``prune_neurons`` prune the teacher's own modules by importance (neurons
+optionally reconstructed by least squares); ``layers`` (default: every layer) and ``pairs`` (the first layers
+of the merged pairs; default: 0, 2, ...) say where. A layer takes at
+most one attention and one feed-forward source; merged pairs and dropped layers replace whole layers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from models import (
+    DROP,
+    FeedForward,
+    SimplifiedBert,
+    assemble,
+    attention_of_heads,
+    feed_forward_of_neurons,
+    layers_to_drop,
+    reconstruct_feed_forward_output,
+)
+from utils.assembly import collect_attentions, collect_feed_forwards, collect_merged_layers
+from utils.errors import UserError
+from utils.pruning import feed_forward_statistics, head_importance, heads_to_keep, neuron_importance, neurons_to_keep
+from utils.runs import variant_of_command_line
+
+PARTS = {  # recipe key -> the keys it takes (required ones first, then optional)
+    "attention": (("heads", "d_k"), ("run_flags", "source", "layers")),
+    "prune_heads": (("heads",), ("layers",)),
+    "feed_forward": (("width",), ("run_flags", "layers")),
+    "prune_neurons": (("width",), ("reconstruct", "layers")),
+    "merge": (("heads", "d_k"), ("run_flags", "source", "pairs")),
+    "drop": (("rule", "count"), ()),
+}
+NEEDS_DATA = ("prune_heads", "prune_neurons")  # importance (and calibration) sentences
+
+
+def read_recipe(text: str) -> dict:
+    """The recipe in ``text`` (a JSON file's path, or JSON), checked: one-line errors name the recipe key."""
+    source = Path(text)
+    try:
+        recipe = json.loads(source.read_text() if source.is_file() else text)
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"--recipe: neither a JSON file nor JSON ({type(error).__name__}: {error})") from None
+    if not isinstance(recipe, dict) or not recipe:
+        raise UserError("--recipe: expected a JSON object with at least one of " + ", ".join(PARTS))
+    for part, options in recipe.items():
+        if part not in PARTS:
+            raise UserError(f"--recipe: unknown part {part!r} (expected one of {', '.join(PARTS)})")
+        required, optional = PARTS[part]
+        if not isinstance(options, dict):
+            raise UserError(f"--recipe {part}: expected an object of {', '.join(required + optional)}")
+        missing, unknown = set(required) - set(options), set(options) - set(required) - set(optional)
+        if missing or unknown:
+            raise UserError(
+                f"--recipe {part}: needs {', '.join(required)}; may take {', '.join(optional) or 'nothing else'}"
+            )
+    for first, second in (("attention", "prune_heads"), ("feed_forward", "prune_neurons"), ("merge", "drop")):
+        if first in recipe and second in recipe and _overlap(recipe[first], recipe[second]):
+            raise UserError(f"--recipe: {first} and {second} both replace the same layers")
+    if "drop" in recipe and recipe["drop"]["rule"] not in DROP.names():
+        raise UserError(f"--recipe drop: rule {recipe['drop']['rule']!r} is not one of {', '.join(DROP.names())}")
+    return recipe
+
+
+def _overlap(first: dict, second: dict) -> bool:
+    layers_a, layers_b = first.get("layers"), second.get("layers")
+    return layers_a is None or layers_b is None or bool(set(layers_a) & set(layers_b))
+
+
+def build_compound(
+    recipe: dict, storage_directory, teacher, validation=None, calibration=None, device=None
+) -> tuple[SimplifiedBert, dict]:
+    """The compound model of ``recipe`` and its meta. ``validation`` / ``calibration`` loaders serve the
+    pruning parts (importance; least-squares reconstruction)."""
+    model, name, count = teacher.model, teacher.name, teacher.num_layers
+    every = list(range(count))
+    attentions, feed_forwards, merged, dropped, sources = {}, {}, {}, set(), {}
+    if "attention" in recipe:
+        options = recipe["attention"]
+        kind = options.get("source", "block")
+        variant = variant_of_command_line(kind, options.get("run_flags", ""))
+        found, paths, missing = collect_attentions(
+            storage_directory, model, name, options["heads"], options["d_k"], options.get("layers"), kind, variant
+        )
+        _require_all("attention", missing)
+        attentions.update(found)
+        sources["attention"] = {b: str(p) for b, p in paths.items()}
+    if "prune_heads" in recipe:
+        options = recipe["prune_heads"]
+        layers = options.get("layers", every)
+        kept = heads_to_keep(head_importance(model, validation, device, layers), options["heads"], per_layer=True)
+        for layer, heads in zip(layers, kept, strict=True):
+            attention = model.layers[layer].attention
+            attentions[layer] = attention_of_heads(attention, heads, attention.dropout)
+    if "feed_forward" in recipe:
+        options = recipe["feed_forward"]
+        variant = variant_of_command_line("ffn", options.get("run_flags", ""))
+        found, paths, missing = collect_feed_forwards(
+            storage_directory, model, name, options["width"], options.get("layers"), variant
+        )
+        _require_all("feed_forward", missing)
+        feed_forwards.update(found)
+        sources["feed_forward"] = {b: str(p) for b, p in paths.items()}
+    if "prune_neurons" in recipe:
+        options = recipe["prune_neurons"]
+        layers = options.get("layers", every)
+        importance = neuron_importance(model, validation, device)
+        kept = neurons_to_keep([importance[layer] for layer in layers], options["width"], per_layer=True)
+        pruned = {
+            layer: feed_forward_of_neurons(model.layers[layer], keep) for layer, keep in zip(layers, kept, strict=True)
+        }
+        if options.get("reconstruct"):
+            everything = [kept[layers.index(i)] if i in pruned else [0] for i in every]  # statistics per layer
+            statistics = feed_forward_statistics(model, everything, calibration, device)
+            for layer, pruned_layer in pruned.items():
+                reconstruct_feed_forward_output(pruned_layer, *statistics[layer])
+        feed_forwards.update({layer: FeedForward.of_layer(pruned_layer) for layer, pruned_layer in pruned.items()})
+    if "merge" in recipe:
+        options = recipe["merge"]
+        kind = options.get("source", "merge")
+        variant = variant_of_command_line(kind, options.get("run_flags", ""))
+        found, paths, missing = collect_merged_layers(
+            storage_directory, model, name, options["heads"], options["d_k"], kind, variant=variant
+        )
+        pairs = options.get("pairs", list(range(0, count - 1, 2)))
+        _require_all("merge", [b for b in missing if b in pairs], pairs=True)
+        merged.update({b: layer for b, layer in found.items() if b in pairs})
+        sources["merge"] = {b: str(p) for b, p in paths.items() if b in pairs}
+    if "drop" in recipe:
+        options = recipe["drop"]
+        if DROP[options["rule"]].needs:
+            raise UserError(f"--recipe drop: rule {options['rule']} ranks by similarities; use drop_layers.py for it")
+        dropped = set(layers_to_drop(options["rule"], count, options["count"]))
+    replaced = set(merged) | {b + 1 for b in merged} | dropped
+    clashes = sorted(replaced & (set(attentions) | set(feed_forwards)))
+    if clashes:
+        raise UserError(f"--recipe: layers {clashes} are merged or dropped and also given a new module")
+    compound = assemble(model, attentions=attentions, merged=merged, dropped=dropped, feed_forwards=feed_forwards)
+    meta = {"method": "compound", "recipe": recipe, "teacher": name, "sources": sources, "dropped": sorted(dropped)}
+    return compound.eval(), meta
+
+
+def _require_all(part: str, missing: list[int], pairs: bool = False) -> None:
+    if missing:
+        what = ", ".join(f"{b}-{b + 1}" for b in missing) if pairs else ", ".join(map(str, missing))
+        raise UserError(
+            f"--recipe {part}: no trained run for {'pairs' if pairs else 'layers'} {what}; train them first"
+        )
