@@ -244,20 +244,30 @@ def merge_average(base: SimplifiedBert, first: int, layer: TransformerLayer) -> 
         raise ValueError(
             f"averaging layers {first}, {first + 1} needs their attention shape, not {shape[0]} x {shape[1]}"
         )
+    if any(source.ffn_in.out_features != layer.ffn_in.out_features for source in pair):
+        raise ValueError(f"averaging layers {first}, {first + 1} needs their feed-forward width")
     layer.load_state_dict({key: (pair[0].state_dict()[key] + value) / 2 for key, value in pair[1].state_dict().items()})
 
 
 def merged_layer(
-    base: SimplifiedBert, first: int, heads: int, d_k: int, dropout: float, init: str = "random"
+    base: SimplifiedBert,
+    first: int,
+    heads: int,
+    d_k: int,
+    dropout: float,
+    init: str = "random",
+    intermediate_size: int | None = None,
 ) -> TransformerLayer:
     """One layer meant to replace ``base.layers[first]`` and ``base.layers[first + 1]``, started by the merge
-    init ``init`` (:data:`MERGE_INIT`); feed-forward as wide as the teacher's."""
+    init ``init`` (:data:`MERGE_INIT`); feed-forward ``intermediate_size`` wide (default: the teacher's; a copy
+    init copies the feed-forward only when the widths agree)."""
     if not 0 <= first < len(base.layers) - 1:
         raise IndexError(f"merging layers {first} and {first + 1}: needs 0 <= first < {len(base.layers) - 1}")
     method = MERGE_INIT[init]
     config = base.config
     origin = {"kind": "merged", "teacher_layers": [first, first + 1]}
-    layer = TransformerLayer.fresh(config, heads, d_k, dropout, config.intermediate_size, origin)
+    width = intermediate_size or config.intermediate_size
+    layer = TransformerLayer.fresh(config, heads, d_k, dropout, width, origin)
     method.function(base, first, layer)
     return layer
 

@@ -4,6 +4,8 @@ own runs, assembly into a model that saves, reloads and exports."""
 import torch
 from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
+import finetune_fully_merged
+import retrain_merge
 import retrain_single_block
 from bench import assemble as assemble_notebook
 from conftest import one_line_error, storage_of, tiny_config
@@ -75,3 +77,21 @@ def test_a_model_with_per_layer_feed_forward_widths_exports_with_remote_code(tmp
     assert torch.allclose(
         exported(input_ids=ids, attention_mask=mask).logits[0, 2], mixed(ids, mask, labels)[0], atol=1e-4
     )
+
+
+def test_merged_pairs_take_a_narrower_feed_forward(run_flags, tiny_teacher_5_layers, capsys):
+    flags = run_flags(teacher=tiny_teacher_5_layers) + [
+        "--block_heads",
+        "4",
+        "--block_d_k",
+        "8",
+        "--merge_ffn_width",
+        "16",
+    ]
+    histories = retrain_merge.main(flags + ["--block", "all", "--merge_init", "first", "--epochs", "1"])
+    assert sorted(histories) == ["merge_0_8_4-init_first_ffn16", "merge_2_8_4-init_first_ffn16"]
+    finetune_fully_merged.main(flags + ["--merge_init", "first", "--epochs", "0"])
+    model, _, meta = load_simplified(storage_of(flags).merged_model(4, 8, "merge", "-init_first_ffn16"))
+    assert [layer.ffn_in.out_features for layer in model.layers] == [16, 16, 64] and meta["merge_init"] == "first"
+    message = one_line_error(capsys, retrain_merge.main, flags + ["--block", "0", "--merge_init", "average"])
+    assert "needs their feed-forward width" in message

@@ -269,6 +269,12 @@ class MergeArguments:
         "random",
         "How the merged layer starts (--epochs 0 keeps it as it starts, e.g. training-free average):",
     )
+    merge_ffn_width: Optional[int] = flag(
+        None, "Feed-forward width of the merged layer (default: the teacher's): depth and width cut together."
+    )
+
+    def __post_init__(self):
+        require_positive(self, "merge_ffn_width")
 
 
 @dataclass

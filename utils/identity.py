@@ -50,6 +50,7 @@ NAMED: dict[str, Callable[[object], str]] = {
     "student_init": lambda value: f"init_{value}",
     "merge_init": lambda value: f"init_{value}",
     "ffn_init": lambda value: f"init_{value}",
+    "merge_ffn_width": lambda value: f"ffn{value}",
     "criterion": lambda value: _CRITERIA[value],
     "loss_on_logits": lambda value: "logits",
     "loss_on_scores": lambda value: "scores",

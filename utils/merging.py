@@ -42,6 +42,7 @@ def merge_objective(
             student.block_d_k,
             flags.dropout.block_dropout,
             flags.merge.merge_init,
+            flags.merge.merge_ffn_width,
         )
     except ValueError as error:  # --merge_init average of layers whose shape is not the student's
         raise UserError(f"--merge_init {flags.merge.merge_init}: {error}") from None
