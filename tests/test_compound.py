@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoModelForMaskedLM
 
 import build_compound
 import eval_retrained_12
@@ -12,9 +13,12 @@ import retrain_merge
 import retrain_single_block
 import train_full_merged_model
 from conftest import one_line_error, storage_of
+from models import IGNORE_INDEX, assemble
+from utils.assembly import collect_attentions, collect_feed_forwards, collect_merged_layers
 from utils.compound import read_recipe
 from utils.errors import UserError
 from utils.model_io import load_simplified
+from utils.teacher import load_teacher
 
 
 def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_flags, tiny_teacher_5_layers, tmp_path):
@@ -74,3 +78,34 @@ def test_recipes_that_contradict_themselves_are_refused_before_loading(run_flags
         '{"attention": {"heads": 2, "d_k": 8}}',
     ]
     assert "--recipe attention: no trained run for layers 0, 1, 2" in one_line_error(capsys, build_compound.main, build)
+
+
+def test_a_compound_gives_the_logits_of_its_parts_by_hand_and_after_export(run_flags, tiny_teacher_5_layers, tmp_path):
+    """Retrained attention in layer 0, a student feed-forward in layer 4, a merged pair 2-3: the saved compound, the
+    same parts assembled by hand, and its export loaded through AutoModelForMaskedLM give the same logits."""
+    flags = run_flags(teacher=tiny_teacher_5_layers) + ["--epochs", "1"]
+    retrain_single_block.main(flags + ["--block", "0", "--block_heads", "2", "--block_d_k", "8"])
+    retrain_single_block.main(flags + ["--block", "4", "--part", "ffn", "--ffn_width", "24"])
+    retrain_merge.main(flags + ["--block", "2", "--block_heads", "4", "--block_d_k", "8"])
+    recipe = {
+        "attention": {"heads": 2, "d_k": 8, "layers": [0]},
+        "feed_forward": {"width": 24, "layers": [4]},
+        "merge": {"heads": 4, "d_k": 8, "pairs": [2]},
+    }
+    build = run_flags(teacher=tiny_teacher_5_layers, drop=("batch_size", "eval_sentences"))
+    build_compound.main(
+        build + ["--name", "parts", "--recipe", json.dumps(recipe), "--export_hf", str(tmp_path / "hf")]
+    )
+    storage, teacher = storage_of(flags), load_teacher(tiny_teacher_5_layers)
+    saved, _, _ = load_simplified(storage.model("parts"))
+    attentions, _, _ = collect_attentions(storage.root, teacher.model, teacher.name, 2, 8, [0])
+    feed_forwards, _, _ = collect_feed_forwards(storage.root, teacher.model, teacher.name, 24, [4])
+    merged, _, _ = collect_merged_layers(storage.root, teacher.model, teacher.name, 4, 8)
+    by_hand = assemble(teacher.model, attentions=attentions, feed_forwards=feed_forwards, merged={2: merged[2]}).eval()
+    ids = torch.tensor([[101, 2023, 2003, 103, 2204, 1012, 102]])
+    mask, labels = torch.ones_like(ids), torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 3] = 2023
+    expected = by_hand(ids, mask, labels)
+    assert torch.allclose(saved(ids, mask, labels), expected, atol=1e-5)
+    exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    assert torch.allclose(exported(input_ids=ids, attention_mask=mask).logits[0, 3], expected[0], atol=1e-5)

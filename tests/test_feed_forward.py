@@ -95,3 +95,15 @@ def test_merged_pairs_take_a_narrower_feed_forward(run_flags, tiny_teacher_5_lay
     assert [layer.ffn_in.out_features for layer in model.layers] == [16, 16, 64] and meta["merge_init"] == "first"
     message = one_line_error(capsys, retrain_merge.main, flags + ["--block", "0", "--merge_init", "average"])
     assert "needs their feed-forward width" in message
+
+
+def test_a_multi_block_multi_width_run_gives_each_student_its_own_runs_weights(run_flags, tmp_path):
+    together = run_flags(storage=tmp_path / "together") + ["--epochs", "1"]
+    retrain_single_block.main(together + ["--block", "0", "2"] + FFN)
+    for block in (0, 2):
+        for width in (16, 32):
+            alone = run_flags(storage=tmp_path / f"alone_{block}_{width}") + ["--epochs", "1"]
+            retrain_single_block.main(alone + ["--block", str(block), "--part", "ffn", "--ffn_width", str(width)])
+            expected = torch.load(storage_of(alone).ffn_run(block, width) / "latest.pt", weights_only=True)["model"]
+            got = torch.load(storage_of(together).ffn_run(block, width) / "latest.pt", weights_only=True)["model"]
+            assert all((got[name] - tensor).abs().max() <= 1e-6 for name, tensor in expected.items())

@@ -13,6 +13,7 @@ import prune_neurons
 from conftest import storage_of, tiny_config
 from models import (
     IGNORE_INDEX,
+    FeedForward,
     SimplifiedBert,
     feed_forward_of_neurons,
     reconstruct_feed_forward_output,
@@ -108,3 +109,29 @@ def test_heads_and_neurons_pruned_together(run_flags):
     assert result["method"] == meta["method"] == "head_neuron_pruning" and sum(meta["kept_neurons"]) == 3 * 32
     assert [layer.attention.heads for layer in model.layers] == [2, 2, 2] and len(meta["kept_heads"][0]) == 2
     assert all(layer.origin["kind"] == "student_attention" for layer in model.layers)
+
+
+def test_neurons_init_keeps_exactly_the_most_important_neurons():
+    layer = tiny_model().layers[0]
+    importance = torch.zeros(64)
+    importance[[40, 2, 17]] = torch.tensor([3.0, 2.0, 1.0])  # known importances: 40 > 2 > 17 > the rest
+    keep = neurons_to_keep([importance], 3, per_layer=True)[0]
+    assert keep == [2, 17, 40]
+    student = FeedForward.of_layer(feed_forward_of_neurons(layer, keep))
+    assert torch.equal(student.ffn_in.weight, layer.ffn_in.weight[[2, 17, 40]])
+    assert torch.equal(student.ffn_out.weight, layer.ffn_out.weight[:, [2, 17, 40]])
+
+
+def test_reconstruction_recovers_a_dropped_neuron_that_copies_a_kept_one():
+    layer = tiny_model().layers[0]
+    with torch.no_grad():  # neuron 5 is neuron 3 again: dropping 5 loses nothing least squares cannot restore
+        layer.ffn_in.weight[5], layer.ffn_in.bias[5] = layer.ffn_in.weight[3], layer.ffn_in.bias[3]
+    keep = [index for index in range(64) if index != 5]
+    states = torch.randn(500, 32)
+    full = FeedForward.of_layer(layer)(states)
+    pruned = feed_forward_of_neurons(layer, keep)
+    kept = pruned.activation(pruned.ffn_in(states)).double()
+    augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=torch.float64)], dim=1)
+    assert (FeedForward.of_layer(pruned)(states) - full).abs().max() > 1e-3  # plain pruning loses neuron 5
+    reconstruct_feed_forward_output(pruned, augmented.T @ augmented, augmented.T @ full.double())
+    assert torch.allclose(FeedForward.of_layer(pruned)(states), full, atol=1e-4)
