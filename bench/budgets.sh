@@ -5,14 +5,16 @@
 # with least-squares reconstruction (compound models), on the offline teacher.
 # Usage: bash bench/budgets.sh [STORAGE]   (needs the venv of `make setup` and SITRA_DATA_DIR)
 # Settings: TEACHER (default STORAGE/teacher, trained if missing), SENTENCES (2000 training sentences per run),
-# HEAL_EPOCHS (1), PERCENT (share of the test split evaluated, 0.2). Every run resumes or skips when finished.
+# HEAL_EPOCHS (1), PERCENT (share of the test split evaluated, 0.2), CHECK_SENTENCES (300). Every run resumes or
+# skips when finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORAGE=${1:-storage/budgets}
 PY=${PY:-.venv/bin/python}
 TEACHER=${TEACHER:-$STORAGE/teacher}
-SENTENCES=${SENTENCES:-2000} HEAL_EPOCHS=${HEAL_EPOCHS:-1} PERCENT=${PERCENT:-0.2}
-COMMON=(--teacher "$TEACHER" --storage_directory "$STORAGE" --max_sentences "$SENTENCES")
+SENTENCES=${SENTENCES:-2000} HEAL_EPOCHS=${HEAL_EPOCHS:-1} PERCENT=${PERCENT:-0.2} CHECK_SENTENCES=${CHECK_SENTENCES:-300}
+# every run checks itself on CHECK_SENTENCES validation sentences before and after training (a diagnostic)
+COMMON=(--teacher "$TEACHER" --storage_directory "$STORAGE" --max_sentences "$SENTENCES" --eval_sentences "$CHECK_SENTENCES")
 EVAL=(--teacher "$TEACHER" --storage_directory "$STORAGE" --percentage_data "$PERCENT" --reference none --latency_repeats 0)
 MERGE=(--block_heads 12 --block_d_k 32 --merge_init first)
 [ -f "$TEACHER/config.json" ] || $PY train_teacher.py --init minilm --max_steps 500 --output_dir "$TEACHER" --storage_directory "$STORAGE"

@@ -4,7 +4,8 @@ a teacher (one shape, one epoch of --max_sentences sentences):
 1. seed:   separate runs, the teacher's layers below the block recomputed every batch;
 2. cached: separate runs with today's per-run --cache_teacher (each block builds its own cache);
 3. store:  one shared teacher store (one teacher pass for all layers) read by one multi-block run;
-4. lockstep: one multi-block run without a store: one teacher forward per batch feeds every student.
+4. lockstep: one multi-block run without a store: one teacher forward per batch feeds every student;
+and the same lockstep sweep of feed-forward students (--ffn_width, default half the teacher's width).
 
 Prints sentences x students per second of each way (builds included), their ratios, the store's build time
 and size, the peak memory, the machine's threads and how much of its measured matmul peak the students'
@@ -24,7 +25,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from bench import TIMING_DEFAULTS
-from models import SimplifiedBert, student_attention
+from models import FFN_INIT, SimplifiedBert, student_attention
 from utils.args import (
     CacheArguments,
     DataArguments,
@@ -41,7 +42,7 @@ from utils.data import eval_loader, load_data
 from utils.experiment import cli_entry, log, start
 from utils.files import reserve_unique_dir
 from utils.lockstep import fit_together
-from utils.objectives import AttentionDistillation
+from utils.objectives import AttentionDistillation, FeedForwardDistillation
 from utils.run_state import Member
 from utils.students import one_teacher_forward
 from utils.teacher import Teacher, TeacherInfo, inspect_teacher, load_teacher, resolve_teacher
@@ -56,6 +57,9 @@ class SweepArguments:
     attribute = "sweep"
 
     shape: str = field(default="", metadata={"help": "'bert-base': a random teacher of that shape (timing only)."})
+    ffn_width: int = field(
+        default=0, metadata={"help": "Width of the feed-forward students of the ffn way (default: half the teacher's)."}
+    )
 
 
 def random_teacher(device: torch.device) -> Teacher:
@@ -126,6 +130,22 @@ def main(argv=None) -> dict:
         fit_together(members, data.train, valid, replace(training, no_resume=True), device, flags.data.seed, split)
         return time.perf_counter() - started
 
+    ffn_width = flags.sweep.ffn_width or teacher.model.config.intermediate_size // 2
+
+    def run_ffn_lockstep() -> float:
+        """Seconds to train a feed-forward student for every block together, one teacher forward per batch."""
+        started = time.perf_counter()
+        members = []
+        for block in blocks:
+            torch.manual_seed(flags.data.seed)
+            student = FFN_INIT["random"].function(teacher.model, block, ffn_width).to(device)
+            objective = FeedForwardDistillation(teacher.model, block, student, mlm_metrics=False, device=device)
+            run = RunDirectory(root / "ffn_lockstep" / f"ffn_{block}", {}, 1000)
+            members.append(Member(objective, run, make_optimizer(objective.trainable, training)))
+        split = one_teacher_forward(teacher, "block", list(blocks))  # the same signal as attention students'
+        fit_together(members, data.train, valid, replace(training, no_resume=True), device, flags.data.seed, split)
+        return time.perf_counter() - started
+
     storage = replace(flags.storage, storage_directory=str(root))
     cached_flags = Flags([storage, flags.data, CacheArguments(cache_teacher=True), StoreArguments()])
     store_flags = Flags([storage, flags.data, CacheArguments(teacher_store=True), StoreArguments()])
@@ -135,11 +155,14 @@ def main(argv=None) -> dict:
     store_build = time.perf_counter() - build_started
     seconds["store"] = store_build + run_all("store", store_flags)
     seconds["lockstep"] = run_lockstep()
+    seconds["ffn_lockstep"] = run_ffn_lockstep()
     work = len(data.train) * len(blocks)  # sentences x students
     tokens = sum(data.train.lengths())
     inner, hidden = shape.block_heads * shape.block_d_k, teacher.model.config.hidden_size
     # forward: Q/K/V/output projections and scores/mixing per token; backward about twice the forward
     attention_flops = 3 * (8 * hidden * inner + 4 * flags.data.seq_len * inner) * tokens
+    # a feed-forward student: two dense layers per token, forward and (about twice) backward
+    ffn_flops = 3 * (2 * 2 * hidden * ffn_width) * tokens
     peak = matmul_peak(device)
     results = {
         "device": str(device),
@@ -159,6 +182,8 @@ def main(argv=None) -> dict:
         "lockstep_vs_seed": seconds["seed"] / seconds["lockstep"],
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "matmul_peak_gflops": peak / 1e9,
+        "ffn_student": ffn_width,
+        "ffn_students_share_of_peak": ffn_flops * len(blocks) / seconds["ffn_lockstep"] / peak,
         "student_training_share_of_peak": attention_flops
         * len(blocks)
         / max(seconds["store"] - store_build, 1e-9)
@@ -179,6 +204,11 @@ def main(argv=None) -> dict:
         f"  store built once in {store_build:.1f} s, {results['store_bytes'] / 1e6:.0f} MB; peak memory "
         f"{results['peak_memory_mb']:.0f} MB; students' training uses {results['student_training_share_of_peak']:.1%} "
         f"of the measured {results['matmul_peak_gflops']:.0f} GFLOP/s matmul peak"
+    )
+    print(
+        f"  feed-forward students (width {ffn_width}), lockstep: {seconds['ffn_lockstep']:.1f} s, "
+        f"{results['sentences_students_per_second']['ffn_lockstep']:.1f} sentences x students / s, "
+        f"{results['ffn_students_share_of_peak']:.1%} of the matmul peak"
     )
     return results
 

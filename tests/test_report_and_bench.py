@@ -64,8 +64,9 @@ def test_report_benchmarks(run_flags, tiny_teacher_dir, tmp_path):
     assert written["cached_vs_seed"] == throughput["cached_vs_seed"]
 
     sweep = sweep_throughput.main(flags + ["--block_heads", "2", "--block_d_k", "8", "--batch_size", "16"])
-    assert set(sweep["seconds"]) == {"seed", "cached", "store", "lockstep"} and sweep["store_bytes"] > 0
+    assert set(sweep["seconds"]) == {"seed", "cached", "store", "lockstep", "ffn_lockstep"} and sweep["store_bytes"] > 0
     assert 0 < sweep["student_training_share_of_peak"] < 1 and sweep["threads"] >= 1
+    assert sweep["ffn_student"] == 32 and 0 < sweep["ffn_students_share_of_peak"] < 1  # half the tiny teacher's 64
 
 
 def write_results(root: Path, evaluation: str, masks: str, models: dict) -> None:
