@@ -28,6 +28,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ffn_run_flags", default="", help="The feed-forward runs' variant flags, as one string.")
     parser.add_argument("--data_dir", help="WikiText-2 folder of the notebook's check (default: $SITRA_DATA_DIR).")
     parser.add_argument("--eval_sentences", type=int, default=300, help="Test sentences the notebook checks.")
+    parser.add_argument("--recipe", help="A compound recipe (JSON text or file): build that model instead.")
+    parser.add_argument("--compound_name", default="compound", help="The compound model's name.")
     parser.add_argument("--executed", help="Also save the executed notebook here.")
     parser.add_argument("run_flags", nargs="*", help="The runs' variant flags, after --.")
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import eval_retrained_12
 import retrain_merge
 import retrain_single_block
 import train_full_merged_model
+from bench import assemble as assemble_notebook
 from conftest import one_line_error, storage_of
 from models import IGNORE_INDEX, assemble
 from utils.assembly import collect_attentions, collect_feed_forwards, collect_merged_layers
@@ -109,3 +110,17 @@ def test_a_compound_gives_the_logits_of_its_parts_by_hand_and_after_export(run_f
     assert torch.allclose(saved(ids, mask, labels), expected, atol=1e-5)
     exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
     assert torch.allclose(exported(input_ids=ids, attention_mask=mask).logits[0, 3], expected[0], atol=1e-5)
+
+
+def test_the_notebook_builds_a_compound_from_a_recipe(run_flags, tiny_teacher_dir, tiny_data_dir):
+    storage = storage_of(run_flags())
+    recipe = (
+        '{"prune_neurons": {"width": 16, "reconstruct": true, "layers": [0, 1]}, "drop": {"rule": "top", "count": 1}}'
+    )
+    assemble_notebook.main(
+        ["--storage_directory", str(storage.root), "--teacher", tiny_teacher_dir, "--block_heads", "2",
+         "--block_d_k", "8", "--data_dir", tiny_data_dir, "--eval_sentences", "16", "--recipe", recipe,
+         "--compound_name", "from_notebook"]
+    )  # fmt: skip
+    model, _, meta = load_simplified(storage.model("from_notebook"))
+    assert [layer.ffn_in.out_features for layer in model.layers] == [16, 16] and meta["dropped"] == [2]
