@@ -67,6 +67,17 @@ def mean_squared_error(loader, device: torch.device, pairs: Callable[[dict], Sig
 
 
 @torch.no_grad()
+def replaced_mlm_metrics(teacher: SimplifiedBert, replaced: SimplifiedBert, loader, device) -> dict[str, float]:
+    """Top-1 of the teacher, of the teacher with one module replaced, and their agreement, on ``loader``."""
+    mlm, _ = evaluate_mlm({"teacher": teacher, "replaced": replaced.eval()}, loader, device)
+    return {
+        "teacher_top1": mlm["teacher"]["top1"],
+        "replaced_top1": mlm["replaced"]["top1"],
+        "replaced_agree_top1": mlm["replaced"]["agree_top1"],
+    }
+
+
+@torch.no_grad()
 def block_signal(teacher: SimplifiedBert, block: int, batch: dict) -> Signal:
     """What a block's attention or feed-forward student learns from: the hidden state entering layer ``block``
     and the teacher's attention output there (before residual + LayerNorm), [B, T, H] each."""
@@ -128,13 +139,8 @@ class AttentionDistillation:
     def evaluate(self, loader) -> dict[str, float]:
         metrics = {"block_mse": mean_squared_error(loader, self.device, self._outputs)}
         if self.mlm_metrics:
-            replaced = assemble(self.teacher, attentions={self.block: self.trainable}).eval()
-            mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
-            metrics.update(
-                teacher_top1=mlm["teacher"]["top1"],
-                replaced_top1=mlm["replaced"]["top1"],
-                replaced_agree_top1=mlm["replaced"]["agree_top1"],
-            )
+            replaced = assemble(self.teacher, attentions={self.block: self.trainable})
+            metrics.update(replaced_mlm_metrics(self.teacher, replaced, loader, self.device))
         return metrics
 
 
@@ -182,13 +188,8 @@ class FeedForwardDistillation:
     def evaluate(self, loader) -> dict[str, float]:
         metrics = {"ffn_mse": mean_squared_error(loader, self.device, self._outputs)}
         if self.mlm_metrics:
-            replaced = assemble(self.teacher, feed_forwards={self.block: self.trainable}).eval()
-            mlm, _ = evaluate_mlm({"teacher": self.teacher, "replaced": replaced}, loader, self.device)
-            metrics.update(
-                teacher_top1=mlm["teacher"]["top1"],
-                replaced_top1=mlm["replaced"]["top1"],
-                replaced_agree_top1=mlm["replaced"]["agree_top1"],
-            )
+            replaced = assemble(self.teacher, feed_forwards={self.block: self.trainable})
+            metrics.update(replaced_mlm_metrics(self.teacher, replaced, loader, self.device))
         return metrics
 
 
