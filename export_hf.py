@@ -2,15 +2,20 @@
 Trainer load it without sitra. Plain ``BertForMaskedLM`` (no code) when every layer has the teacher's layout,
 else a folder with its own modeling code (load with ``trust_remote_code=True``).
 
+``--onnx FILE`` also writes an ONNX model for ONNX Runtime (dynamic batch and sequence; ``--onnx_masked_only``: logits
+at the [MASK] positions only; ``--onnx_int8``: a dynamically quantized copy).
+
 Example: python export_hf.py --model storage/models/merged_32_12 --output_dir exported/merged_32_12
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
-from utils.args import flag, parse_args
+from utils.args import flag, parse_args, require
 from utils.experiment import cli_entry, log, start
 from utils.export import export_hf
 from utils.model_io import load_simplified
+from utils.onnx_export import export_onnx, import_onnx_runtime, quantize_int8
 
 
 @dataclass
@@ -18,9 +23,15 @@ class ExportTargetArguments:
     attribute = "export_target"
 
     model: str = flag(None, "Folder of a saved simplified model (sitra.json + model.safetensors).", required=True)
-    output_dir: str = flag(
-        None, "Folder to write the Hugging Face model to (replaced only once complete).", required=True
-    )
+    output_dir: Optional[str] = flag(None, "Folder to write the Hugging Face model to (replaced only once complete).")
+    onnx: Optional[str] = flag(None, "Also (or only) write an ONNX file here, for ONNX Runtime (needs '.[deploy]').")
+    onnx_masked_only: bool = flag(False, "The ONNX model computes the logits at the [MASK] positions only.")
+    onnx_int8: bool = flag(False, "Also write a dynamically quantized int8 copy beside it ({name}.int8.onnx).")
+
+    def __post_init__(self):
+        require(self.output_dir or self.onnx, "give --output_dir, --onnx or both")
+        require(not self.onnx_int8 or self.onnx, "--onnx_int8 needs --onnx")
+        require(not self.onnx or self.onnx.endswith(".onnx"), f"--onnx {self.onnx}: expected a file name ending .onnx")
 
 
 @cli_entry
@@ -28,10 +39,20 @@ def main(argv: list[str] | None = None) -> str:
     flags = parse_args([ExportTargetArguments], __doc__, argv)
     start(flags)
     options = flags.export_target
+    if options.onnx:
+        import_onnx_runtime()  # before anything is loaded
     model, tokenizer, meta = load_simplified(options.model)
-    kind = export_hf(model, tokenizer, options.output_dir, meta)
-    how = "plain BertForMaskedLM" if kind == "bert" else "custom code: load with trust_remote_code=True"
-    log.info("exported %s to %s (%s)", options.model, options.output_dir, how)
+    kind = None
+    if options.output_dir:
+        kind = export_hf(model, tokenizer, options.output_dir, meta)
+        how = "plain BertForMaskedLM" if kind == "bert" else "custom code: load with trust_remote_code=True"
+        log.info("exported %s to %s (%s)", options.model, options.output_dir, how)
+    if options.onnx:
+        masked = tokenizer.mask_token_id if options.onnx_masked_only else None
+        path = export_onnx(model, options.onnx, masked)
+        log.info("exported %s to %s (ONNX, %s)", options.model, path, "masked positions" if masked else "all logits")
+        if options.onnx_int8:
+            log.info("int8 copy: %s", quantize_int8(path, path.with_suffix(".int8.onnx")))
     return kind
 
 
