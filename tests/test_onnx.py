@@ -8,6 +8,7 @@ import torch
 from transformers import BertForMaskedLM
 
 import export_hf
+from bench import latency
 from conftest import one_line_error, tiny_config
 from models import FFN_INIT, SimplifiedBert, assemble, feed_forward_of_neurons, merged_layer, student_attention
 from utils.model_io import save_simplified
@@ -69,3 +70,19 @@ def test_the_script_writes_onnx_and_an_int8_copy(base, tokenizer, tmp_path):
 def test_onnx_without_a_file_name_is_refused(capsys, tmp_path):
     message = one_line_error(capsys, export_hf.main, ["--model", str(tmp_path), "--onnx", str(tmp_path / "x.bin")])
     assert "--onnx" in message and "expected a file name ending .onnx" in message
+
+
+def test_the_latency_benchmark_runs_every_model_in_both_runtimes(base, tokenizer, tiny_teacher_dir, tmp_path):
+    """Smoke mode: one batch size, one length, one thread, two repeats; timings are asserted nowhere."""
+    save_simplified(build("layer_drop", base), tokenizer, tmp_path / "dropped")
+    result = latency.main(
+        ["--teacher", tiny_teacher_dir, "--models", str(tmp_path / "dropped"), "--batch_sizes", "2", "--seq_lens", "12",
+         "--threads", "1", "--repeats", "2", "--storage_directory", str(tmp_path / "bench")]
+    )  # fmt: skip
+    rows = {(row["model"], row["runtime"]): row for row in result["rows"]}
+    assert set(rows) == {(m, r) for m in ("teacher", "dropped") for r in ("pytorch", "onnxruntime")}
+    assert rows[("dropped", "onnxruntime")]["flop_reduction"] == pytest.approx(1.5)
+    assert (
+        rows[("teacher", "pytorch")]["speedup"] == 1.0
+        and (next((tmp_path / "bench").glob("latency_*")) / "latency.md").is_file()
+    )

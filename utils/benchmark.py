@@ -31,14 +31,23 @@ def measure_latencies(
 ) -> dict[str, dict[str, float]]:
     """Per model: ``median``, ``min`` and ``max`` milliseconds of one forward pass, models interleaved."""
     batch = timing_batch(next(iter(models.values())).config.vocab_size, batch_size, seq_len, device)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    calls = {name: (lambda model=model: model(**batch)) for name, model in models.items()}
+    return measure_interleaved(calls, device, repeats, warmup)
+
+
+def measure_interleaved(
+    calls: dict, device: torch.device | None = None, repeats: int = 20, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Per named call (no arguments): ``median``, ``min`` and ``max`` milliseconds, the calls round-robin."""
+    cuda = device is not None and device.type == "cuda"
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for index in range(warmup + repeats):
-        for name, model in models.items():
-            if device.type == "cuda":
+        for name, call in calls.items():
+            if cuda:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            model(**batch)
-            if device.type == "cuda":
+            call()
+            if cuda:
                 torch.cuda.synchronize(device)
             if index >= warmup:
                 times[name].append(1000 * (time.perf_counter() - start))
