@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
         ]
     if options.reconstruct:
         calibration = eval_loader(data.train, BATCH, options.calibration_sentences)
-        statistics = feed_forward_statistics(teacher.model, kept, calibration, device)
-        for layer, (gram, cross) in zip(layers, statistics, strict=True):
-            reconstruct_feed_forward_output(layer, gram, cross)
+        statistics = feed_forward_statistics(teacher.model, dict(enumerate(kept)), calibration, device)
+        for index, layer in enumerate(layers):
+            reconstruct_feed_forward_output(layer, *statistics[index])
     base = teacher.model
     model = SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head).eval()
     output = Storage(flags.storage.storage_directory).neuron_pruned_model(

@@ -60,7 +60,9 @@ def test_reconstruction_fits_the_full_feed_forward_better_than_pruning(tokenizer
     model = tiny_model()
     splits = load_masked_splits(tiny_data_dir, tokenizer, 40, 64, seed=0)
     keep = [list(range(0, 64, 4))] * 3  # a quarter of the neurons
-    statistics = feed_forward_statistics(model, keep, eval_loader(splits.train, 16), torch.device("cpu"))
+    statistics = feed_forward_statistics(
+        model, dict(enumerate(keep)), eval_loader(splits.train, 16), torch.device("cpu")
+    )
     held_out = next(iter(eval_loader(splits.validation, 32)))
     states = model.embeddings(input_ids=held_out["input_ids"])
     real = held_out["attention_mask"].bool()

@@ -121,14 +121,12 @@ def build_compound(
     if "prune_neurons" in recipe:
         options = recipe["prune_neurons"]
         layers = options.get("layers", every)
-        importance = neuron_importance(model, validation, device)
-        kept = neurons_to_keep([importance[layer] for layer in layers], options["width"], per_layer=True)
+        kept = neurons_to_keep(neuron_importance(model, validation, device, layers), options["width"], per_layer=True)
         pruned = {
             layer: feed_forward_of_neurons(model.layers[layer], keep) for layer, keep in zip(layers, kept, strict=True)
         }
         if options.get("reconstruct"):
-            everything = [kept[layers.index(i)] if i in pruned else [0] for i in every]  # statistics per layer
-            statistics = feed_forward_statistics(model, everything, calibration, device)
+            statistics = feed_forward_statistics(model, dict(zip(layers, kept, strict=True)), calibration, device)
             for layer, pruned_layer in pruned.items():
                 reconstruct_feed_forward_output(pruned_layer, *statistics[layer])
         feed_forwards.update({layer: FeedForward.of_layer(pruned_layer) for layer, pruned_layer in pruned.items()})

@@ -1,5 +1,6 @@
-"""Head importance (Michel et al. 2019, "Are Sixteen Heads Really Better than One?") and the choice of heads
-to keep: the data-driven half of head pruning and of teacher-initialised students."""
+"""Head and feed-forward neuron importance (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"), the
+choice of units to keep, and the calibration sums of a least-squares reconstruction: the data-driven half of
+head and neuron pruning and of teacher-initialised students."""
 
 from __future__ import annotations
 
@@ -13,49 +14,64 @@ from utils.device import to_device
 from utils.errors import UserError
 
 
-def head_importance(
-    model: SimplifiedBert, loader, device: torch.device, layers: list[int] | None = None
-) -> torch.Tensor:
-    """Accumulated |d MLM loss / d gate| of a per-head gate (all ones) over ``loader``'s masked tokens,
-    [layers, heads] for ``layers`` (default: all), each layer's row L2-normalised as in Michel et al. so
-    that layers can be ranked together. A head whose removal would not change the loss scores ~0."""
-    layers = list(range(len(model.layers))) if layers is None else layers
-    gates = {
-        index: torch.ones(model.layers[index].attention.heads, device=device, requires_grad=True) for index in layers
-    }
+def _gate_gradients(model: SimplifiedBert, gates: dict[int, torch.Tensor], loader, device, desc: str) -> torch.Tensor:
+    """Accumulated |d MLM loss / d gate| of every gate (all ones, installed on the model by the caller) over
+    ``loader``'s masked tokens, [layers, units] in the order of ``gates``, each layer's row L2-normalised as in
+    Michel et al. so that layers can be ranked together."""
     importance = {index: torch.zeros_like(gate) for index, gate in gates.items()}
-    try:
+    for batch in tqdm(loader, desc=desc, leave=False):
+        batch = to_device(batch, device)
+        targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+        F.cross_entropy(model(**batch).float(), targets).backward()
         for index, gate in gates.items():
-            model.layers[index].attention.head_gate = gate
-        for batch in tqdm(loader, desc="head importance", leave=False):
-            batch = to_device(batch, device)
-            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            F.cross_entropy(model(**batch).float(), targets).backward()
-            for index, gate in gates.items():
-                importance[index] += gate.grad.abs()
-                gate.grad = None
-    finally:
-        for index in gates:
-            model.layers[index].attention.head_gate = None
-    table = torch.stack([importance[index] for index in layers]).detach().cpu()
+            importance[index] += gate.grad.abs()
+            gate.grad = None
+    table = torch.stack(list(importance.values())).detach().cpu()
     return table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def heads_to_keep(importance: torch.Tensor, heads: int, per_layer: bool) -> list[list[int]]:
-    """The ``heads`` most important heads of every layer (``per_layer``), or the ``rows x heads`` most
-    important overall with at least one per layer; each list in the teacher's head order."""
-    rows, columns = importance.shape
-    if heads > columns:
-        raise ValueError(f"cannot keep {heads} of {columns} heads")
+def _every_layer(model: SimplifiedBert, layers: list[int] | None) -> list[int]:
+    return list(range(len(model.layers))) if layers is None else layers
+
+
+def head_importance(
+    model: SimplifiedBert, loader, device: torch.device, layers: list[int] | None = None
+) -> torch.Tensor:
+    """Per-head importance, [layers, heads] for ``layers`` (default: all): a gate on each head's output
+    (:func:`_gate_gradients`). A head whose removal would not change the loss scores ~0."""
+    layers = _every_layer(model, layers)
+    gates = {
+        index: torch.ones(model.layers[index].attention.heads, device=device, requires_grad=True) for index in layers
+    }
+    try:
+        for index, gate in gates.items():
+            model.layers[index].attention.head_gate = gate
+        return _gate_gradients(model, gates, loader, device, "head importance")
+    finally:
+        for index in gates:
+            model.layers[index].attention.head_gate = None
+
+
+def most_important(importance, count: int, per_layer: bool, unit: str = "heads") -> list[list[int]]:
+    """The ``count`` most important units of every layer (``per_layer``), or ``layers x count`` chosen across
+    layers with at least one per layer; ``importance``: one row of scores per layer; each list sorted."""
+    rows = list(importance)
+    if any(count > len(row) for row in rows):
+        raise ValueError(f"cannot keep {count} of {min(len(row) for row in rows)} {unit}")
     if per_layer:
-        return [sorted(row.argsort(descending=True)[:heads].tolist()) for row in importance]
-    keep = [{int(row.argmax())} for row in importance]  # every layer keeps its best head
-    ranked = sorted(((float(importance[r, c]), r, c) for r in range(rows) for c in range(columns)), reverse=True)
-    for _, row, column in ranked:
-        if sum(map(len, keep)) == rows * heads:
+        return [sorted(row.argsort(descending=True)[:count].tolist()) for row in rows]
+    keep = [{int(row.argmax())} for row in rows]  # every layer keeps its best unit
+    ranked = sorted(((float(row[c]), r, c) for r, row in enumerate(rows) for c in range(len(row))), reverse=True)
+    for _, layer, unit_index in ranked:
+        if sum(map(len, keep)) >= len(rows) * count:
             break
-        keep[row].add(column)
+        keep[layer].add(unit_index)
     return [sorted(layer) for layer in keep]
+
+
+def heads_to_keep(importance: torch.Tensor, heads: int, per_layer: bool) -> list[list[int]]:
+    """The heads to keep of every layer of ``importance`` [layers, heads] (:func:`most_important`)."""
+    return most_important(importance, heads, per_layer, "heads")
 
 
 def initial_student(
@@ -77,55 +93,41 @@ def initial_student(
         raise UserError(f"--student_init {error}") from None
 
 
-def neuron_importance(model: SimplifiedBert, loader, device: torch.device) -> list[torch.Tensor]:
-    """Per layer [intermediate]: accumulated |d MLM loss / d gate| of a gate (all ones) on each feed-forward
-    neuron's activation over ``loader``'s masked tokens, L2-normalised per layer (as for heads, so layers can be
-    ranked together). A neuron whose removal would not change the loss scores ~0."""
-    gates = [torch.ones(layer.ffn_in.out_features, device=device, requires_grad=True) for layer in model.layers]
+def neuron_importance(
+    model: SimplifiedBert, loader, device: torch.device, layers: list[int] | None = None
+) -> torch.Tensor:
+    """Per-neuron importance, [layers, intermediate] for ``layers`` (default: all): a gate on each feed-forward
+    neuron's activation (:func:`_gate_gradients`). A neuron whose removal would not change the loss scores ~0."""
+    layers = _every_layer(model, layers)
+    gates = {
+        index: torch.ones(model.layers[index].ffn_in.out_features, device=device, requires_grad=True)
+        for index in layers
+    }
     hooks = [
-        layer.ffn_out.register_forward_pre_hook(lambda module, inputs, gate=gate: (inputs[0] * gate,))
-        for layer, gate in zip(model.layers, gates, strict=True)
+        model.layers[index].ffn_out.register_forward_pre_hook(lambda module, inputs, gate=gate: (inputs[0] * gate,))
+        for index, gate in gates.items()
     ]
-    importance = [torch.zeros_like(gate) for gate in gates]
     try:
-        for batch in tqdm(loader, desc="neuron importance", leave=False):
-            batch = to_device(batch, device)
-            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            F.cross_entropy(model(**batch).float(), targets).backward()
-            for total, gate in zip(importance, gates, strict=True):
-                total += gate.grad.abs()
-                gate.grad = None
+        return _gate_gradients(model, gates, loader, device, "neuron importance")
     finally:
         for hook in hooks:
             hook.remove()
-    return [(total / total.norm().clamp_min(1e-12)).detach().cpu() for total in importance]
 
 
-def neurons_to_keep(importance: list[torch.Tensor], width: int, per_layer: bool) -> list[list[int]]:
-    """The ``width`` most important neurons of every layer (``per_layer``), or ``layers x width`` chosen across
-    layers by importance with at least one per layer; each list sorted."""
-    if any(width > len(row) for row in importance):
-        raise ValueError(f"cannot keep {width} of {min(len(row) for row in importance)} neurons")
-    if per_layer:
-        return [sorted(row.argsort(descending=True)[:width].tolist()) for row in importance]
-    keep = [{int(row.argmax())} for row in importance]
-    ranked = sorted(((float(row[c]), r, c) for r, row in enumerate(importance) for c in range(len(row))), reverse=True)
-    for _, layer, neuron in ranked:
-        if sum(map(len, keep)) >= len(importance) * width:
-            break
-        keep[layer].add(neuron)
-    return [sorted(layer) for layer in keep]
+def neurons_to_keep(importance, width: int, per_layer: bool) -> list[list[int]]:
+    """The neurons to keep of every layer of ``importance`` (one row per layer; :func:`most_important`)."""
+    return most_important(importance, width, per_layer, "neurons")
 
 
 @torch.no_grad()
 def feed_forward_statistics(
-    model: SimplifiedBert, keep: list[list[int]], loader, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, over the real tokens of ``loader``: Σ [a;1][a;1]ᵀ [k+1, k+1] and Σ [a;1] yᵀ [k+1, hidden]
-    (float64), ``a`` the activations of the neurons ``keep[layer]`` and ``y`` the layer's full feed-forward
-    output: what :func:`models.reconstruct_feed_forward_output` solves. The inputs are the unpruned model's
-    (each layer reconstructed on its own)."""
-    sums = [None] * len(model.layers)
+    model: SimplifiedBert, keep: dict[int, list[int]], loader, device: torch.device
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer of ``keep`` (only those are recorded), over the real tokens of ``loader``: Σ [a;1][a;1]ᵀ
+    [k+1, k+1] and Σ [a;1] yᵀ [k+1, hidden] (float64), ``a`` the activations of the neurons ``keep[layer]`` and
+    ``y`` the layer's full feed-forward output: what :func:`models.reconstruct_feed_forward_output` solves. The
+    inputs are the unpruned model's (each layer reconstructed on its own)."""
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     real: dict[str, torch.Tensor] = {}
 
     def record(index: int):
@@ -136,12 +138,12 @@ def feed_forward_statistics(
             kept = inputs[0][tokens][:, columns].double()
             augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=kept.dtype, device=device)], dim=1)
             gram, cross = augmented.T @ augmented, augmented.T @ output[tokens].double()
-            previous = sums[index]
+            previous = sums.get(index)
             sums[index] = (gram, cross) if previous is None else (previous[0] + gram, previous[1] + cross)
 
         return hook
 
-    hooks = [layer.ffn_out.register_forward_hook(record(index)) for index, layer in enumerate(model.layers)]
+    hooks = [model.layers[index].ffn_out.register_forward_hook(record(index)) for index in keep]
     try:
         for batch in tqdm(loader, desc="calibration", leave=False):
             batch = to_device(batch, device)
@@ -150,7 +152,7 @@ def feed_forward_statistics(
     finally:
         for hook in hooks:
             hook.remove()
-    return [(gram.cpu(), cross.cpu()) for gram, cross in sums]
+    return {index: (gram.cpu(), cross.cpu()) for index, (gram, cross) in sums.items()}
 
 
 def initial_feed_forward(
@@ -165,5 +167,5 @@ def initial_feed_forward(
     if IMPORTANCE in method.needs:
         if width > available:
             raise UserError(f"--ffn_init {init}: --ffn_width {width} exceeds the teacher's {available} neurons")
-        keep = neurons_to_keep([neuron_importance(teacher, loader, device)[block]], width, per_layer=True)[0]
+        keep = neurons_to_keep(neuron_importance(teacher, loader, device, [block]), width, per_layer=True)[0]
     return method.function(teacher, block, width, keep)
