@@ -165,6 +165,7 @@ class FeedForwardDistillation:
         self.teacher, self.block, self.criterion = teacher, block, criterion
         self.trainable = self.network = student
         self.layer = teacher.layers[block]
+        self.teacher_feed_forward = FeedForward.of_layer(self.layer)
         self.mlm_metrics, self.device = mlm_metrics, device
         self.signal = TeacherSignal(functools.partial(block_signal, teacher, block))
 
@@ -174,7 +175,7 @@ class FeedForwardDistillation:
         hidden_in, attention_out = self.signal(batch)
         real = batch["attention_mask"].bool()
         ffn_in = self.layer.attention_norm(hidden_in + attention_out)[real]
-        return ffn_in, FeedForward.of_layer(self.layer)(ffn_in)
+        return ffn_in, self.teacher_feed_forward(ffn_in)
 
     def loss(self, batch: dict, network: nn.Module) -> LossParts:
         ffn_in, target = self._input_and_target(batch)

@@ -30,11 +30,11 @@ from utils.teacher import TeacherInfo
 # tests/test_identity.py checks them against the training scripts' own groups.
 VARIANT_GROUPS = {
     "block": (StudentInitArguments, DistillationArguments, FeedForwardArguments),
-    "ffn": (StudentInitArguments, DistillationArguments, FeedForwardArguments),
     "till_end": (InitFromArguments, OutputDistillationArguments),
     "merge": (MergeArguments,),
     "conditioned": (MergeArguments,),
 }
+VARIANT_GROUPS["ffn"] = VARIANT_GROUPS["block"]  # feed-forward students come from the same script and flags
 
 
 def run_variant(flags: Flags, kind: str) -> str:
