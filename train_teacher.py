@@ -6,7 +6,7 @@ script takes it as ``--teacher``. Reports top-1/top-5 on single-masked test sent
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,10 +35,58 @@ class TeacherTrainingArguments:
     )
     head_lr: float = flag(1e-3, "Learning rate of the MLM head (--lr is the encoder's).")
     mlm_probability: float = flag(0.15, "Share of tokens masked per training sentence.")
+    plateau_points: Optional[float] = flag(
+        None,
+        "Train until validation top-1 gains less than this many points over --plateau_steps steps (evaluated "
+        "every --plateau_steps; --max_steps and --epochs still cap it). Unset: train --max_steps steps.",
+    )
+    plateau_steps: int = flag(500, "Steps between the validation checks of --plateau_points.")
 
     def __post_init__(self):
         require(0 < self.head_lr < float("inf"), f"--head_lr must be a positive number, got {self.head_lr}")
         require(0 < self.mlm_probability <= 1, f"--mlm_probability must be in (0, 1], got {self.mlm_probability}")
+        require(self.plateau_steps > 0, f"--plateau_steps must be positive, got {self.plateau_steps}")
+        require(
+            self.plateau_points is None or self.plateau_points > 0,
+            f"--plateau_points must be a positive number of top-1 points, got {self.plateau_points}",
+        )
+
+
+def plateau_reached(records: list[dict], points: float, steps: int) -> bool:
+    """True when the last validation top-1 is less than ``points`` (percentage points) above the one
+    ``steps`` steps before it: the teacher has stopped gaining."""
+    top1_at = {record["step"]: record["top1"] for record in records if "top1" in record}
+    if not top1_at:
+        return False
+    last = max(top1_at)
+    return last - steps in top1_at and 100 * (top1_at[last] - top1_at[last - steps]) < points
+
+
+def train_until(fit_to, run, training, options) -> None:
+    """``fit_to(training)`` once for ``--max_steps``, or, with ``--plateau_points``, in chunks of
+    ``--plateau_steps`` steps (each a resumable stop of the same run) until the gain per chunk falls under it."""
+    if options.plateau_points is None:
+        fit_to(training)
+        return
+    step = 0
+    while training.max_steps is None or step < training.max_steps:
+        target = step + options.plateau_steps
+        if training.max_steps is not None:
+            target = min(target, training.max_steps)
+        fit_to(replace(training, max_steps=target))
+        records = run.read_metrics()
+        reached = records[-1]["step"] if records else 0
+        if plateau_reached(records, options.plateau_points, options.plateau_steps):
+            log.info(
+                "validation top-1 gained < %g points over the last %d steps: stopping at step %d",
+                options.plateau_points,
+                options.plateau_steps,
+                reached,
+            )
+            return
+        if reached < target:  # the epochs ended first
+            return
+        step = target
 
 
 GROUPS = [TeacherTrainingArguments, *RUN_FLAGS]
@@ -52,7 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     info = inspect_teacher(options.init, flags.data.seq_len)
     run = teacher_run(flags, info)
     output_dir = Path(options.output_dir or Storage(flags.storage.storage_directory).teacher)
-    if already_finished(run, flags, output_dir / EVAL_FILE):
+    plateaued = options.plateau_points is not None and plateau_reached(
+        run.read_metrics(), options.plateau_points, options.plateau_steps
+    )
+    if (already_finished(run, flags, output_dir / EVAL_FILE) or plateaued) and (output_dir / EVAL_FILE).exists():
         return json.loads((output_dir / EVAL_FILE).read_text())
     teacher = load_teacher(info, device, frozen=False)
     data = load_data(flags.data, teacher.tokenizer, train_mlm_probability=options.mlm_probability)
@@ -66,7 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     objective = MaskedLMTraining(teacher.model, device)
     valid = eval_loader(data.validation, training.batch_size, training.eval_sentences)
-    fit(objective, data.train, valid, training, run, device, flags.data.seed, optimizer=optimizer)
+    train_until(
+        lambda stage: fit(objective, data.train, valid, stage, run, device, flags.data.seed, optimizer=optimizer),
+        run,
+        training,
+        options,
+    )
 
     test = objective.evaluate(eval_loader(data.test, 128))
 

@@ -216,16 +216,17 @@ class RunDirectory:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
     def reconcile_metrics(self, state: dict | None) -> None:
-        """Make ``metrics.jsonl`` agree with the checkpoint: one record per epoch the checkpoint holds, none
-        for epochs it does not (a run killed after logging, before saving), and the checkpoint's own last
-        record when a kill came between saving and logging. ``None``: a fresh run, no records."""
+        """Make ``metrics.jsonl`` agree with the checkpoint: the records of the steps the checkpoint holds (every
+        epoch's, and those of partial epochs ended by ``--max_steps``), none after it (a run killed after
+        logging, before saving), and the checkpoint's own last record when a kill came between saving and
+        logging. ``None``: a fresh run, no records."""
         if not self.writer:
             return
-        last_epoch = -1 if state is None else state["epoch"]
-        by_epoch = {record["epoch"]: record for record in self.read_metrics() if record["epoch"] <= last_epoch}
+        last_step = -1 if state is None else state["step"]
+        by_position = {(r["epoch"], r["step"]): r for r in self.read_metrics() if r["step"] <= last_step}
         saved = (state or {}).get("record")
-        if saved is not None and saved["epoch"] <= last_epoch:
-            by_epoch.setdefault(saved["epoch"], saved)
-        kept = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+        if saved is not None and saved["step"] <= last_step:
+            by_position.setdefault((saved["epoch"], saved["step"]), saved)
+        kept = [by_position[position] for position in sorted(by_position)]
         if kept or (self.path / METRICS).exists():
             atomic_write(self.path / METRICS, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
