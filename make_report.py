@@ -6,7 +6,9 @@
   retrain_single_block run;
 - ``accuracy_vs_parameters.png``: top-1 against parameters for the teacher, retrained, merged and
   layer-drop models;
-- ``frontier.png`` and one table per compute budget;
+- ``frontier.png`` and one table per compute budget (``--frontier_evaluations``: of those evaluations only);
+- ``criteria_heatmap.png``: blocks x distillation criteria, each block alone replaced and all assembled;
+- ``teacher_curve.png``: the teacher's validation top-1 over its training steps;
 - with ``--seed_runs``: ``seeds.md`` / ``seeds.csv``, every model trained under several seeds as mean ± spread.
 Written to ``{storage}/report/``.
 
@@ -45,6 +47,14 @@ class ReportArguments:
         },
     )
 
+    frontier_evaluations: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Evaluations (results folder names) the budget tables, frontier and parameter plot show "
+            "(default: all; e.g. leave out the per-block models of a criteria evaluation)."
+        },
+    )
+
     def __post_init__(self):
         require(self.compare is None or len(self.compare) == 2, "--compare takes exactly two model names")
         for folder in self.seed_runs or []:
@@ -59,7 +69,7 @@ def main(argv=None) -> dict:
     output = Path(options.output_dir or storage.report)
     if options.compare:
         return compare_and_save(storage, *options.compare, output)
-    rows, plots = write_report(storage, output, options.seed_runs or [])
+    rows, plots = write_report(storage, output, options.seed_runs or [], options.frontier_evaluations)
     log.info("report written to %s (%d rows, %d plots)", output, len(rows), len(plots))
     return {"rows": len(rows), "plots": [str(p) for p in plots], "output": str(output)}
 

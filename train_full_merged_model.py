@@ -1,7 +1,8 @@
 """Finetune the assembled retrained model end to end by distillation on the teacher's MLM outputs.
 
-Trains every student attention (``--train_ffn`` also the feed-forwards and LayerNorms) of the model the
-notebook assembled, and saves the result as a new model folder.
+Trains every student attention (``--train_ffn`` also the feed-forwards and LayerNorms; ``--train_layers`` every
+layer whole) of the model the notebook assembled, or of any saved simplified model, and saves the result as a
+new model folder.
 """
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from utils.args import (
     TeacherArguments,
     flag,
     parse_args,
+    require,
 )
 from utils.data import load_data
 from utils.experiment import cli_entry, start
@@ -33,9 +35,17 @@ class FinetuneArguments:
     attribute = "finetune"
 
     train_ffn: bool = flag(False, "Also train every layer's feed-forward and LayerNorms.")
+    train_layers: bool = flag(
+        False,
+        "Train every encoder layer whole (attention, feed-forward, LayerNorms), as drop_layers.py and "
+        "finetune_fully_merged.py heal: the same healing for every model of a comparison across methods.",
+    )
     output_model: Optional[str] = flag(
         None, "Folder of the finetuned model (default: --model with suffix _finetuned and the healing's variant)."
     )
+
+    def __post_init__(self):
+        require(not (self.train_ffn and self.train_layers), "--train_ffn: already part of --train_layers; pass one")
 
 
 GROUPS = [TeacherArguments, ModelArguments, StudentArguments, FinetuneArguments, *FINETUNE_FLAGS, ExportArguments]
@@ -55,9 +65,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return run.read_metrics()
     teacher = load_teacher(info, device)
     student, _, meta = load_simplified(model_dir, device)
-    select_trainable(student, feed_forward=options.train_ffn)
+    select_trainable(student, feed_forward=options.train_ffn, every_layer=options.train_layers)
     data = load_data(flags.data, teacher.tokenizer)
-    meta = {**meta, "finetuned_from": str(model_dir), "train_ffn": options.train_ffn}
+    trained = {"train_ffn": options.train_ffn, "train_layers": options.train_layers}
+    meta = {**meta, "finetuned_from": str(model_dir), **trained}
     return finetune_and_save(student, teacher, data, flags, device, run, output, meta)
 
 

@@ -37,13 +37,8 @@ MERGED=merged_${DK}_${MERGE_HEADS}
 mkdir -p "$STUDY"
 TIMES=$STUDY/study_times.tsv
 
-stage() {  # stage NAME COMMAND...: run it and append its wall time to study_times.tsv
-  local name=$1 started=$SECONDS
-  shift
-  echo "== $name ($(date +%H:%M:%S))"
-  "$@"
-  printf '%s\t%d\n' "$name" $((SECONDS - started)) >> "$TIMES"
-}
+# shellcheck source=bench/study_common.sh
+source bench/study_common.sh
 heal_attention() {  # heal_attention STORAGE SEED MODEL: MODEL_finetuned, the same budget for every model
   $PY train_full_merged_model.py --teacher "$TEACHER" --storage_directory "$1" --seed "$2" --model "$1/models/$3" \
       --max_sentences "$HEAL_SENTENCES" --epochs 1
@@ -69,13 +64,6 @@ students() {  # students STORAGE SEED HEADS...: the store, every block at each H
       --block_d_k $DK --merge_init first --epochs "$MERGE_EPOCHS"
   [[ ${KEEP_STORE:-0} == 1 ]] || rm -rf "$storage"/cache/store_*
 }
-evaluate() {  # evaluate STORAGE NAME MODEL...: one evaluation of several models on the same test masks
-  local storage=$1 name=$2
-  shift 2
-  $PY eval_retrained_12.py --teacher "$TEACHER" --storage_directory "$storage" --percentage_data "$PERCENT" \
-      --reference none --latency_repeats 0 --evaluation "$name" --models "${@/#/$storage/models/}"
-}
-
 [ -f "$TEACHER/config.json" ] ||
   stage teacher $PY train_teacher.py --init minilm --max_steps 500 --output_dir "$TEACHER" --storage_directory "$STUDY"
 

@@ -46,11 +46,14 @@ def assemble(
     return SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head).train(base.training)
 
 
-def select_trainable(model: SimplifiedBert, feed_forward: bool = False) -> SimplifiedBert:
+def select_trainable(model: SimplifiedBert, feed_forward: bool = False, every_layer: bool = False) -> SimplifiedBert:
     """Freeze everything but what simplification introduced: student attentions, merged layers and pruned
-    feed-forwards (and, with ``feed_forward``, every layer's feed-forward and LayerNorms). Embeddings and MLM
-    head stay frozen."""
+    feed-forwards (and, with ``feed_forward``, every layer's feed-forward and LayerNorms; with ``every_layer``,
+    every encoder layer whole, as layer drop and merged models are healed). Embeddings and MLM head stay frozen."""
     model.requires_grad_(False)
+    if every_layer:
+        model.layers.requires_grad_(True)
+        return model
     for layer in model.layers:
         kind = layer.origin["kind"]
         if kind == "merged":

@@ -102,6 +102,11 @@ def test_retrained_pipeline(flags, run_flags, tiny_teacher_dir, tiny_data_dir, c
     assert torch.equal(finetuned.layers[0].ffn_in.weight, model.layers[0].ffn_in.weight)  # no --train_ffn
     assert torch.equal(finetuned.layers[2].attention.query.weight, model.layers[2].attention.query.weight)
 
+    train_full_merged_model.main(flags + ["--epochs", "1", "--lr", "1e-3", "--train_layers"])  # the same healing
+    whole, _, meta = load_simplified(f"{model_dir}_finetuned-layers")  # as layer drop and merged models get
+    assert meta["train_layers"] and not torch.equal(whole.layers[2].ffn_in.weight, model.layers[2].ffn_in.weight)
+    assert not torch.equal(whole.layers[2].attention.query.weight, model.layers[2].attention.query.weight)
+
 
 def test_till_end_refuses_a_checkpoint_of_another_shape(flags, capsys):
     retrain_single_block.main(flags + ["--block", "0", "--epochs", "1"])

@@ -139,7 +139,14 @@ def evaluate_against_teacher(
     )
 
 
-DESCRIBED = ("method", "drop_rule", "merge_init", "reconstructed")  # from a saved model's meta into its evaluation
+DESCRIBED = (
+    "method",
+    "drop_rule",
+    "merge_init",
+    "reconstructed",
+    "variant",
+    "recipe",
+)  # from a saved model's meta into its evaluation
 
 
 def describe(meta: dict) -> dict:

@@ -57,6 +57,7 @@ NAMED: dict[str, Callable[[object], str]] = {
     "init_from": _init_source,
     "drop_count": lambda value: f"drop{value}",
     "train_ffn": lambda value: "ffn",
+    "train_layers": lambda value: "layers",
     "temperature": lambda value: f"t{value:g}",
     "hard_label_weight": lambda value: f"hard{value:g}",
 }

@@ -17,6 +17,7 @@ from utils.checkpoint import RunDirectory
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, markdown_table
 from utils.files import atomic_write
+from utils.runs import variant_of_command_line
 from utils.statistics import paired_difference
 from utils.storage import Storage
 
@@ -159,6 +160,90 @@ def plot_heatmaps(grid, output: Path) -> list[Path]:
     return paths
 
 
+def criteria_grid(rows) -> tuple[dict[tuple[str, str], dict], list[str]]:
+    """(block, criterion) -> evaluation row of the teacher with that one block replaced by the student of that
+    criterion (a single-layer ``attention`` compound), plus (``"all"``, criterion): the unhealed model assembled
+    from all of that criterion's blocks; and the criteria in their first-seen order. A criterion is named by
+    its runs' variant (``l1``, ``ce_logits``; ``mse`` for the default)."""
+    grid, shapes = {}, set()
+    for row in rows:
+        recipe = row.get("recipe") or {}
+        if (
+            row.get("method") == "compound"
+            and set(recipe) == {"attention"}
+            and len(recipe["attention"].get("layers", [])) == 1
+        ):
+            attention = recipe["attention"]
+            variant = variant_of_command_line(attention.get("source", "block"), attention.get("run_flags", ""))
+            grid[(str(attention["layers"][0]), variant[1:] or "mse")] = row
+            shapes.add((attention["heads"], attention["d_k"], variant))
+    for row in rows:
+        for heads, d_k, variant in shapes:
+            if row["model"] == f"retrained_{d_k}_{heads}{variant}" and not healed(row):
+                grid[("all", variant[1:] or "mse")] = row
+    return grid, list(dict.fromkeys(criterion for _, criterion in grid))
+
+
+def plot_criteria(rows, output: Path) -> Path | None:
+    """Heatmaps, blocks x criteria: top-1 minus the teacher's (points) and agreement with the teacher, with
+    one block replaced, and in the last row all blocks replaced (assembled)."""
+    grid, criteria = criteria_grid(rows)
+    if not grid:
+        return None
+    blocks = sorted({block for block, _ in grid if block != "all"}, key=int) + (
+        ["all"] if any(b == "all" for b, _ in grid) else []
+    )
+    figure, axes_pair = _figure(1, 2, figsize=(4 + 1.6 * len(criteria), 0.45 * len(blocks) + 2.2))
+    panels = (
+        ("top1_vs_teacher", "top-1 − teacher (points)", "{:+.2f}"),
+        ("agree_top1", "same top-1 as the teacher (%)", "{:.1f}"),
+    )
+    for axes, (key, title, fmt) in zip(axes_pair, panels, strict=True):
+        table = np.array(
+            [[100 * grid[(b, c)][key] if key in grid.get((b, c), {}) else np.nan for c in criteria] for b in blocks]
+        )
+        # colored against the row's mean: which criterion wins for that block, whatever the block's own level
+        relative = table - np.nanmean(table, axis=1, keepdims=True)
+        limit = np.nanmax(np.abs(relative)) or 1.0
+        image = axes.imshow(relative, cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto")
+        axes.set_xticks(range(len(criteria)), criteria)
+        axes.set_yticks(range(len(blocks)), [f"block {b}" if b != "all" else "all (assembled)" for b in blocks])
+        axes.set_title(title, fontsize=10)
+        for (row, column), value in np.ndenumerate(table):
+            if np.isfinite(value):
+                axes.text(column, row, fmt.format(value), ha="center", va="center", fontsize=8)
+        figure.colorbar(image, ax=axes, label="points against the row's mean")
+    figure.suptitle("distillation criterion of the student attention, per replaced block", fontsize=10)
+    figure.tight_layout()
+    path = output / "criteria_heatmap.png"
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def plot_teacher_curve(storage: Storage, output: Path) -> Path | None:
+    """Validation top-1 of the teacher's MLM training against its steps (train_teacher.py's checks)."""
+    records = [r for r in RunDirectory(storage.run("teacher"), {}, 1).read_metrics() if "top1" in r]
+    if len(records) < 2:
+        return None
+    figure, axes = _figure(figsize=(6, 3.6))
+    steps, top1 = [r["step"] for r in records], [r["top1"] for r in records]
+    axes.plot(steps, top1, marker="o")
+    for step, value in zip(steps[1:], top1[1:], strict=True):
+        axes.annotate(
+            f"{value:.1%}", (step, value), fontsize=7, xytext=(0, -12), textcoords="offset points", ha="center"
+        )
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("validation MLM top-1")
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_ylim(bottom=min(top1[1:]) - 0.02)  # step 0 (an untrained head, ~0%) would flatten the curve
+    axes.set_title("teacher training", fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path = output / "teacher_curve.png"
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def plot_accuracy_vs_parameters(rows, output: Path) -> Path | None:
     points = {}
     for row in rows:  # one point per model name (the last evaluation that has it)
@@ -229,6 +314,8 @@ def method_of(row: dict) -> tuple[str, str]:
     if method not in METHODS:
         return "other", "x"
     label, marker = METHODS[method]
+    if method == "compound" and row.get("recipe"):
+        return compound_label(row["recipe"]), marker
     if method == "layer_drop":
         stem = name.split("-", 1)[0]  # an older row: the rule from the name, without a variant suffix (-t4)
         rule = row.get("drop_rule") or stem.removeprefix("layer_drop").removesuffix(HEALED).strip("_") or "alternate"
@@ -240,54 +327,130 @@ def method_of(row: dict) -> tuple[str, str]:
     return label, marker
 
 
+COMPOUND_PARTS = {  # a compound recipe's parts as a family label names them (utils/compound.py)
+    "attention": "retrained attention",
+    "feed_forward": "retrained feed-forward",
+    "merge": "merged pairs",
+    "prune_heads": "head pruning",
+    "prune_neurons": "neuron pruning",
+    "drop": "layer drop",
+}
+
+
+def compound_label(recipe: dict) -> str:
+    """The family of a compound model from its recipe: its parts, and least squares when a pruned feed-forward
+    was reconstructed (``retrained attention + retrained feed-forward``; ``layer drop (top)`` alone)."""
+    if set(recipe) == {"drop"}:
+        return f"{DROP.label} ({recipe['drop']['rule']})"
+    label = " + ".join(COMPOUND_PARTS[part] for part in COMPOUND_PARTS if part in recipe)
+    return label + (" + least squares" if recipe.get("prune_neurons", {}).get("reconstruct") else "")
+
+
 def healed(row: dict) -> bool:
     """Finetuned end to end after the simplification (filled markers) or not (hollow)."""
     return row.get("healing_steps", 0) > 0
 
 
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats at the same or lower cost: (cost, value) sorted by cost."""
+    front, best = [], float("-inf")
+    for cost, value in sorted(points, key=lambda point: (point[0], -point[1])):
+        if value > best:
+            front.append((cost, value))
+            best = value
+    return front
+
+
 def plot_frontier(rows, output: Path) -> Path | None:
-    """Top-1 and agreement with the teacher against encoder FLOPs per token: one marker per method, filled
-    when healed by finetuning, hollow before healing (training-free, or trained but not healed); error bars
-    are the 95% intervals."""
-    points = {row["model"]: row for row in rows if "top1" in row and "flops_per_token" in row}
+    """Top-1 and agreement with the teacher against the share of the teacher's encoder FLOPs per token. One
+    color and marker per method family with its Pareto line; filled when healed by finetuning, hollow before
+    healing; error bars are the 95% intervals; the budgets as vertical guides; only the best model of each
+    budget is named (the tables give every model), so no labels overlap."""
+    points = {row["model"]: row for row in rows if "top1" in row and "flop_ratio" in row}
     if len(points) < 2:
         return None
-    figure, axes_pair = _figure(1, 2, figsize=(12, 4.8))
-    colors = {}
+    figure, axes_pair = _figure(1, 2, figsize=(13, 5.2))
+    families = {}
+    for _, row in sorted(points.items()):
+        families.setdefault(method_of(row), []).append(row)
+    best = {}  # budget -> the model with the highest top-1 in it (the teacher excepted)
+    for name, row in points.items():
+        budget = budget_of(row["flop_ratio"])
+        if name != "teacher" and (budget not in best or row["top1"] > best[budget]["top1"]):
+            best[budget] = row
     for axes, metric, title in zip(
         axes_pair, ("top1", "agree_top1"), ("MLM top-1", "same top-1 as the teacher"), strict=True
     ):
-        for name, row in sorted(points.items()):
-            if metric not in row:
-                continue
-            label, marker = method_of(row)
-            color = colors.setdefault(label, f"C{len(colors)}")
-            x, y = row["flops_per_token"] / 1e6, row[metric]
-            error = [[y - row.get(f"{metric}_low", y)], [row.get(f"{metric}_high", y) - y]]
-            filled = healed(row) or label == "teacher"
-            axes.errorbar(
-                x,
-                y,
-                yerr=error,
-                fmt=marker,
-                color=color,
-                markersize=9,
-                capsize=3,
-                markerfacecolor=color if filled else "white",
-                label=label,
+        for budget in BUDGETS:
+            axes.axvline(budget, color="0.6", linestyle=":", linewidth=1, zorder=0)
+            axes.annotate(
+                f"{budget:.0%}",
+                (budget, 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.4",
             )
-            axes.annotate(name, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
-        axes.set_xlabel("encoder MFLOPs per token")
+        for index, ((label, marker), members) in enumerate(families.items()):
+            color = f"C{index % 10}"
+            values = [(row["flop_ratio"], _value(row, metric)) for row in members]
+            front = pareto([value for value in values if value[1] is not None])
+            if len(front) > 1:
+                axes.plot(*zip(*front, strict=True), color=color, linewidth=1, alpha=0.7)
+            for row, (x, y) in zip(members, values, strict=True):
+                if y is None:
+                    continue
+                error = [[y - row.get(f"{metric}_low", y)], [row.get(f"{metric}_high", y) - y]]
+                filled = healed(row) or label == "teacher"
+                axes.errorbar(
+                    x,
+                    y,
+                    yerr=error,
+                    fmt=marker,
+                    color=color,
+                    markersize=8,
+                    capsize=2,
+                    markerfacecolor=color if filled else "white",
+                    label=label,
+                )
+        for order, (_, row) in enumerate(sorted(best.items())):  # alternate heights: neighbouring budgets
+            axes.annotate(
+                row["model"].replace(HEALED, " +heal").replace("+heal-", "+heal "),
+                (row["flop_ratio"], _value(row, metric)),
+                fontsize=7,
+                xytext=(0, 12 + 12 * (order % 2)),
+                textcoords="offset points",
+                ha="center",
+                arrowprops={"arrowstyle": "-", "color": "0.5"},
+            )
+        axes.set_xlabel("share of the teacher's encoder FLOPs per token")
         axes.set_ylabel(title)
+        axes.xaxis.set_major_formatter(PercentFormatter(1.0))
         axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+        axes.invert_xaxis()  # from the teacher to the smallest model
         axes.grid(alpha=0.3)
     handles, labels = axes_pair[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    axes_pair[0].legend(unique.values(), unique.keys(), fontsize=7, title="filled: healed; hollow: before healing")
-    figure.tight_layout()
+    figure.legend(
+        unique.values(),
+        unique.keys(),
+        fontsize=8,
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+        title="filled: healed; hollow: before healing; lines: each family's Pareto front; named: the "
+        "best of each budget",
+    )
+    figure.tight_layout(rect=(0, 0.02 + 0.045 * ((len(unique) + 2) // 3), 1, 1))
     path = output / "frontier.png"
     figure.savefig(path, dpi=120)
     return path
+
+
+def _value(row: dict, metric: str) -> float | None:
+    """The teacher agrees with itself: 100% on the agreement panel."""
+    return 1.0 if metric == "agree_top1" and row["model"] == "teacher" else row.get(metric)
 
 
 BUDGETS = (1.0, 0.67, 0.5, 0.33, 0.25)  # shares of the teacher's encoder FLOPs per token the study compares at
@@ -343,9 +506,12 @@ def compare_and_save(storage: Storage, first: str, second: str, output: Path) ->
     return result
 
 
-def write_report(storage: Storage, output: Path, seed_runs: list[str]) -> tuple[list[dict], list[Path]]:
+def write_report(
+    storage: Storage, output: Path, seed_runs: list[str], frontier_evaluations: list[str] | None = None
+) -> tuple[list[dict], list[Path]]:
     """``report.md`` / ``report.csv`` (one row per evaluation and model, budget tables first), the plots, and
-    with ``seed_runs`` the seeds pooled (``seeds.md`` / ``seeds.csv``). Returns the rows and the plots."""
+    with ``seed_runs`` the seeds pooled (``seeds.md`` / ``seeds.csv``). The budget tables, frontier and
+    parameter plot show the ``frontier_evaluations`` (default: all). Returns the rows and the plots."""
     rows = collect_results(storage)
     grid = block_grid(storage)
     if not rows and not grid:
@@ -363,9 +529,16 @@ def write_report(storage: Storage, output: Path, seed_runs: list[str]) -> tuple[
         table = f"## Across seeds\n\n{description}\n\n{seeds_table(pooled)}\n"
         atomic_write(output / "seeds.md", lambda tmp: tmp.write_text(table))
         sections.append(table)
+    shown = [row for row in rows if not frontier_evaluations or row["evaluation"] in frontier_evaluations]
     plots = plot_heatmaps(grid, output)
-    plots += [p for p in (plot_accuracy_vs_parameters(rows, output), plot_frontier(rows, output)) if p]
-    sections = budget_tables(rows) + sections
+    more = (
+        plot_accuracy_vs_parameters(shown, output),
+        plot_frontier(shown, output),
+        plot_criteria(rows, output),
+        plot_teacher_curve(storage, output),
+    )
+    plots += [p for p in more if p]
+    sections = budget_tables(shown) + sections
     sections += [f"![{path.stem}]({path.name})" for path in plots]
     atomic_write(output / "report.md", lambda tmp: tmp.write_text("# sitra report\n\n" + "\n\n".join(sections) + "\n"))
     return rows, plots

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# The study, round two, in parts that each fit well under 100 minutes on a 2-core CPU and share one teacher
+# and one teacher store; every run resumes or skips when finished, so a part stopped by anything continues
+# where it was when started again, and a part never redoes another's work.
+#
+#   teacher   MLM-train the offline teacher until validation top-1 gains < 0.5 points per 500 steps
+#   criteria  the seed's question: every block at 6 x 32 distilled with MSE, L1, cross-entropy on the attention
+#             output's logits and on the attention scores; each block alone in the teacher, and each
+#             criterion's six blocks assembled; all on the same test masks
+#   inits     teacher-initialised students (--student_init heads, svd) against random at half (6 x 32; 12 x 16,
+#             where only svd applies) and a quarter (3 x 32) of the attention, assembled, healed and not
+#   frontier  about 67%, 50%, 33% and 25% of the teacher's encoder FLOPs per token: sitra's students
+#             (retrained attention + feed-forward students, merged pairs) against the field (head + neuron
+#             pruning with and without least squares, layer drop `top`, DistilBERT-style alternate layers,
+#             layer drop + neuron pruning), every model healed alike (every layer, HEAL_SENTENCES sentences)
+#   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}): the models the
+#             conclusions rest on, trained twice
+#   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled) and the paired
+#             differences of the questions above
+#
+# Usage: bash bench/study.sh PART [STUDY]   (STUDY default storage/study2; needs `make setup` and SITRA_DATA_DIR)
+# Settings: TEACHER (STUDY/teacher), SEED (42), SEED2 (43), SENTENCES (20000 training sentences in the store, for
+# every student), STUDENT_EPOCHS (1), HEAL_SENTENCES (4000: one epoch of end-to-end healing for every healed
+# model), PERCENT (0.4: the share of the test split evaluated, the same masks for every model),
+# CHECK_SENTENCES (300 validation sentences each student checks itself on), ATTENTION_FLAGS (the attention
+# students the frontier's compounds take: "" = random init, MSE). Stage times: STUDY/study_times.tsv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PART=${1:?usage: bash bench/study.sh teacher|criteria|inits|frontier|seeds|report [STUDY]}
+STUDY=${2:-storage/study2}
+PY=${PY:-.venv/bin/python}
+TEACHER=${TEACHER:-$STUDY/teacher}
+SEED=${SEED:-42} SEED2=${SEED2:-43} SENTENCES=${SENTENCES:-20000} STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}
+HEAL_SENTENCES=${HEAL_SENTENCES:-4000} PERCENT=${PERCENT:-0.4} CHECK_SENTENCES=${CHECK_SENTENCES:-300}
+ATTENTION_FLAGS=${ATTENTION_FLAGS:-}
+mkdir -p "$STUDY"
+TIMES=$STUDY/study_times.tsv
+# shellcheck source=bench/study_common.sh
+source bench/study_common.sh
+# the distillation criteria compared (the seed's three commands, plus L1): code and flags
+CRITERIA=("mse:" "l1:--criterion L1" "ce_logits:--criterion CrossEntropy --loss_on_logits"
+          "ce_scores:--criterion CrossEntropy --loss_on_scores")
+
+use_storage() {  # use_storage DIR: the storage of the part's runs, and the flags every run there shares
+  STORAGE=$1
+  COMMON=(--teacher "$TEACHER" --storage_directory "$STORAGE" --seed "$SEED")
+}
+store() {  # the teacher store every student of the part trains from (kept: the parts share it)
+  stage "store (seed $SEED)" "$PY" build_teacher_store.py "${COMMON[@]}" --max_sentences "$SENTENCES"
+}
+students() {  # students SCRIPT FLAGS...: students of every block from the store
+  local script=$1
+  shift
+  "$PY" "$script" "${COMMON[@]}" --max_sentences "$SENTENCES" --teacher_store --eval_sentences "$CHECK_SENTENCES" \
+      --block all --epochs "$STUDENT_EPOCHS" "$@"
+}
+heal() {  # heal MODEL [FLAGS...]: MODEL_finetuned[variant], one epoch of HEAL_SENTENCES sentences
+  local model=$1
+  shift
+  "$PY" train_full_merged_model.py "${COMMON[@]}" --model "$STORAGE/models/$model" \
+      --max_sentences "$HEAL_SENTENCES" --epochs 1 "$@"
+}
+compound() {  # compound NAME RECIPE: a compound model, skipped when built (another recipe there is refused)
+  [ -f "$STORAGE/models/$1/sitra.json" ] || "$PY" build_compound.py "${COMMON[@]}" --name "$1" --recipe "$2"
+}
+variant_of() {  # variant_of KIND FLAGS: the folder suffix of runs trained with FLAGS (e.g. -ce_logits)
+  "$PY" -c 'import sys; from utils.runs import variant_of_command_line as v; print(v(*sys.argv[1:]))' "$1" "$2"
+}
+teacher_ready() {
+  [ -f "$TEACHER/config.json" ] || { echo "error: no teacher at $TEACHER: run 'bash bench/study.sh teacher' first" >&2; exit 1; }
+}
+
+part_teacher() {
+  [ -f "$TEACHER/config.json" ] && { echo "teacher at $TEACHER is trained"; return; }
+  stage teacher "$PY" train_teacher.py --init minilm --epochs 10 --max_steps 6000 --plateau_points 0.5 \
+      --plateau_steps 500 --output_dir "$TEACHER" --storage_directory "$STUDY"
+}
+
+part_criteria() {
+  teacher_ready
+  use_storage "$STUDY"
+  store
+  local models=() code flags
+  for entry in "${CRITERIA[@]}"; do
+    code=${entry%%:*} flags=${entry#*:}
+    # shellcheck disable=SC2086
+    stage "blocks 6 x 32, $code" students retrain_single_block.py --block_heads 6 --block_d_k 32 $flags
+    # shellcheck disable=SC2086  # the criterion's flags, split
+    stage "assemble 6 x 32, $code" "$PY" bench/assemble.py --storage_directory "$STUDY" --teacher "$TEACHER" \
+        --block_heads 6 --block_d_k 32 -- $flags
+    models+=("retrained_32_6$(variant_of block "$flags")")
+    for block in 0 1 2 3 4 5; do  # each block alone in the teacher: its own effect on the test masks
+      compound "criterion_${code}_block$block" \
+          "{\"attention\": {\"heads\": 6, \"d_k\": 32, \"run_flags\": \"$flags\", \"layers\": [$block]}}"
+      models+=("criterion_${code}_block$block")
+    done
+  done
+  stage "evaluate criteria" evaluate "$STUDY" criteria "${models[@]}"
+}
+
+part_inits() {
+  teacher_ready
+  use_storage "$STUDY"
+  store
+  stage "blocks 6 3 x 32, random" students retrain_single_block.py --block_heads 6 3 --block_d_k 32
+  stage "blocks 12 x 16, random" students retrain_single_block.py --block_heads 12 --block_d_k 16
+  stage "blocks 6 3 x 32, heads" students retrain_single_block.py --block_heads 6 3 --block_d_k 32 \
+      --student_init heads
+  stage "blocks svd" students retrain_single_block.py --block_heads 6 3 --block_d_k 32 --student_init svd
+  stage "blocks 12 x 16, svd" students retrain_single_block.py --block_heads 12 --block_d_k 16 \
+      --student_init svd
+  local models=() shape heads d_k init suffix
+  for shape in "6 32" "3 32" "12 16"; do
+    read -r heads d_k <<< "$shape"
+    for init in random heads svd; do
+      [[ $init == heads && $d_k != 32 ]] && continue  # heads of the teacher keep its d_k
+      suffix=$([[ $init == random ]] || echo "-init_$init")
+      stage "assemble $heads x $d_k, $init" "$PY" bench/assemble.py --storage_directory "$STUDY" --teacher "$TEACHER" \
+          --block_heads "$heads" --block_d_k "$d_k" -- --student_init "$init"
+      stage "heal retrained_${d_k}_$heads$suffix" heal "retrained_${d_k}_$heads$suffix"
+      models+=("retrained_${d_k}_$heads$suffix" "retrained_${d_k}_$heads${suffix}_finetuned")
+    done
+  done
+  stage "evaluate inits" evaluate "$STUDY" inits "${models[@]}"
+}
+
+# the frontier's models: name and recipe (compounds of students and of pruned teacher modules); the layer-drop
+# and merged models are made by their own scripts below. FFN is the teacher's width (1536 for the offline one)
+FRONTIER_WIDTHS="1152 768 384"  # feed-forward widths of the 67%, 50% / 33% and 25% models at hidden 384
+frontier_recipes() {
+  local students=${ATTENTION_FLAGS//\"/\\\"}
+  cat <<EOF
+sitra_67 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 1152, "run_flags": "--ffn_init neurons"}}
+sitra_50 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 768, "run_flags": "--ffn_init neurons"}}
+sitra_33 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
+sitra_25 {"attention": {"heads": 3, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
+field_67 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152}}
+field_67_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152, "reconstruct": true}}
+field_50 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768}}
+field_50_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": true}}
+field_33 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 384}}
+field_33_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 384, "reconstruct": true}}
+field_25 {"prune_heads": {"heads": 3}, "prune_neurons": {"width": 384}}
+field_25_ls {"prune_heads": {"heads": 3}, "prune_neurons": {"width": 384, "reconstruct": true}}
+drop_top_ffn768_ls {"drop": {"rule": "top", "count": 3}, "prune_neurons": {"width": 768, "reconstruct": true, "layers": [0, 1, 2]}}
+drop_top_ffn384_ls {"drop": {"rule": "top", "count": 3}, "prune_neurons": {"width": 384, "reconstruct": true, "layers": [0, 1, 2]}}
+drop_top {"drop": {"rule": "top", "count": 3}}
+drop_alternate {"drop": {"rule": "alternate", "count": 3}}
+EOF
+}
+
+part_frontier() {
+  teacher_ready
+  use_storage "$STUDY$([[ $SEED == 42 ]] || echo "/seed$SEED")"
+  store
+  # shellcheck disable=SC2086
+  stage "attention students 6 3 x 32" students retrain_single_block.py --block_heads 6 3 --block_d_k 32 \
+      $ATTENTION_FLAGS
+  # shellcheck disable=SC2086
+  stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
+      --ffn_width $FRONTIER_WIDTHS --ffn_init neurons
+  stage "merge students" students retrain_merge.py --block_heads 12 --block_d_k 32 --merge_init first
+  stage "merged pairs" "$PY" finetune_fully_merged.py "${COMMON[@]}" --block_heads 12 --block_d_k 32 \
+      --merge_init first --epochs 0 --max_sentences "$HEAL_SENTENCES" --output_model "$STORAGE/models/merged_32_12"
+  local models=(merged_32_12) name recipe
+  while read -r name recipe; do
+    stage "build $name" compound "$name" "$recipe"
+    models+=("$name")
+  done < <(frontier_recipes)
+  for name in "${models[@]}"; do
+    stage "heal $name" heal "$name" --train_layers
+  done
+  stage "evaluate frontier" evaluate "$STORAGE" frontier "${models[@]}" "${models[@]/%/_finetuned-layers}"
+}
+
+part_report() {
+  local seeds=()
+  [ -d "$STUDY/seed$SEED2" ] && seeds=(--seed_runs "$STUDY/seed$SEED2")
+  "$PY" make_report.py --storage_directory "$STUDY" "${seeds[@]}"
+  local pairs=()
+  for entry in "${CRITERIA[@]:1}"; do  # every criterion against MSE, assembled and per block
+    code=${entry%%:*}
+    suffix=$(variant_of block "${entry#*:}")
+    pairs+=("retrained_32_6$suffix retrained_32_6")
+  done
+  for shape in 32_6 32_3 16_12; do
+    for init in heads svd; do
+      [[ $init == heads && $shape == 16_12 ]] && continue
+      pairs+=("retrained_${shape}-init_$init retrained_$shape"
+              "retrained_${shape}-init_${init}_finetuned retrained_${shape}_finetuned")
+    done
+  done
+  for budget in 67 50 33 25; do
+    pairs+=("sitra_${budget}_finetuned-layers field_${budget}_ls_finetuned-layers")
+  done
+  pairs+=("merged_32_12_finetuned-layers drop_top_finetuned-layers" "sitra_50_finetuned-layers drop_top_finetuned-layers"
+          "sitra_33_finetuned-layers drop_top_ffn768_ls_finetuned-layers"
+          "sitra_25_finetuned-layers drop_top_ffn384_ls_finetuned-layers")
+  for pair in "${pairs[@]}"; do
+    # shellcheck disable=SC2086
+    "$PY" make_report.py --storage_directory "$STUDY" --compare $pair || true
+  done
+  awk -F'\t' '{total += $2; printf "%-45s %6.1f min\n", $1, $2 / 60} END {printf "%-45s %6.1f min\n", "total", total / 60}' "$TIMES"
+}
+
+case $PART in
+  teacher | criteria | inits | frontier | report) "part_$PART" ;;
+  seeds) SEED=$SEED2 part_frontier ;;
+  *) echo "error: PART must be teacher, criteria, inits, frontier, seeds or report, got '$PART'" >&2; exit 2 ;;
+esac
