@@ -3,6 +3,9 @@
 # and one teacher store; every run resumes or skips when finished, so a part stopped by anything continues
 # where it was when started again, and a part never redoes another's work.
 #
+# Run in this order (a part needs the ones before it only where it says so): teacher first, then criteria,
+# frontier, inits, seeds, report.
+#
 #   teacher   MLM-train the offline teacher until validation top-1 gains < 0.5 points per 500 steps
 #   criteria  the seed's question: every block at 6 x 32 distilled with MSE, L1, cross-entropy on the attention
 #             output's logits and on the attention scores; each block alone in the teacher, and each
@@ -58,7 +61,7 @@ heal() {  # heal MODEL [FLAGS...]: MODEL_finetuned[variant], one epoch of HEAL_S
   local model=$1
   shift
   "$PY" train_full_merged_model.py "${COMMON[@]}" --model "$STORAGE/models/$model" \
-      --max_sentences "$HEAL_SENTENCES" --epochs 1 "$@"
+      --max_sentences "$HEAL_SENTENCES" --epochs 1 --eval_sentences "$CHECK_SENTENCES" "$@"
 }
 compound() {  # compound NAME RECIPE: a compound model, skipped when built (another recipe there is refused)
   [ -f "$STORAGE/models/$1/sitra.json" ] || "$PY" build_compound.py "${COMMON[@]}" --name "$1" --recipe "$2"

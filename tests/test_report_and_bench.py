@@ -12,7 +12,16 @@ from conftest import storage_of
 from models import assemble
 from utils.assembly import collect_attentions
 from utils.model_io import save_simplified
-from utils.report import budget_of
+from utils.report import (
+    budget_of,
+    compound_label,
+    criteria_grid,
+    method_of,
+    pareto,
+    plot_criteria,
+    plot_teacher_curve,
+)
+from utils.storage import Storage
 from utils.teacher import load_teacher
 
 
@@ -113,3 +122,45 @@ def test_models_fall_in_the_tightest_budget_they_fit():
         1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.33, 0.25
     ]  # fmt: skip
     assert budget_of(0.66) == 0.67 and budget_of(0.69) == 0.67 and budget_of(0.70) == 1.0
+
+
+def test_pareto_keeps_the_points_no_cheaper_point_beats():
+    points = [(0.5, 0.20), (0.25, 0.18), (0.33, 0.17), (1.0, 0.30), (0.5, 0.22), (0.67, 0.21)]
+    assert pareto(points) == [(0.25, 0.18), (0.5, 0.22), (1.0, 0.30)]
+
+
+def test_compound_families_come_from_their_recipes():
+    field = {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": True}}
+    assert compound_label(field) == "head pruning + neuron pruning + least squares"
+    assert compound_label({**field, "prune_neurons": {"width": 768}}) == "head pruning + neuron pruning"
+    sitra = {"feed_forward": {"width": 768}, "attention": {"heads": 6, "d_k": 32}}
+    assert compound_label(sitra) == "retrained attention + retrained feed-forward"
+    assert compound_label({"drop": {"rule": "top", "count": 3}}) == "layer drop (top)"
+    assert method_of({"model": "x", "method": "compound", "recipe": field})[0] == compound_label(field)
+
+
+def test_criteria_grid_reads_single_block_compounds_and_the_assembled_models(tmp_path):
+    """Per block: the teacher with that block's student of each criterion; 'all': the unhealed assembly."""
+    rows = []
+    for flags, variant in (("", ""), ("--criterion L1", "-l1")):
+        for block in (0, 1):
+            recipe = {"attention": {"heads": 6, "d_k": 32, "run_flags": flags, "layers": [block]}}
+            rows.append({"model": f"b{block}{variant}", "method": "compound", "recipe": recipe,
+                         "top1_vs_teacher": -0.01 * (block + 1), "agree_top1": 0.9})  # fmt: skip
+        assembled = {"model": f"retrained_32_6{variant}", "top1_vs_teacher": -0.03, "agree_top1": 0.8}
+        rows += [assembled, {**assembled, "model": f"retrained_32_6{variant}_finetuned", "healing_steps": 5}]
+    rows.append({"model": "two_layers", "method": "compound", "recipe": {"attention": {"heads": 6, "d_k": 32}}})
+    grid, criteria = criteria_grid(rows)
+    assert criteria == ["mse", "l1"] and set(grid) == {(b, c) for b in ("0", "1", "all") for c in criteria}
+    assert grid[("1", "l1")]["model"] == "b1-l1" and grid[("all", "mse")]["model"] == "retrained_32_6"
+    assert plot_criteria(rows, tmp_path).exists()
+
+
+def test_the_teacher_curve_is_drawn_from_its_checks(tmp_path):
+    storage = Storage(tmp_path)
+    run = storage.run("teacher")
+    run.mkdir(parents=True)
+    records = [{"epoch": 0, "step": 0, "top1": 0.0}, {"epoch": 1, "step": 500, "top1": 0.2, "batches_done": 500}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert plot_teacher_curve(storage, tmp_path).name == "teacher_curve.png"
+    assert plot_teacher_curve(Storage(tmp_path / "empty"), tmp_path) is None
