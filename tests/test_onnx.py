@@ -8,9 +8,10 @@ import torch
 from transformers import BertForMaskedLM
 
 import export_hf
-from bench import latency
+from bench import fixed_costs, latency
 from conftest import one_line_error, tiny_config
 from models import FFN_INIT, SimplifiedBert, assemble, feed_forward_of_neurons, merged_layer, student_attention
+from utils.benchmark import timing_batch
 from utils.model_io import save_simplified
 from utils.onnx_export import export_onnx, onnx_session
 
@@ -86,3 +87,24 @@ def test_the_latency_benchmark_runs_every_model_in_both_runtimes(base, tokenizer
         rows[("teacher", "pytorch")]["speedup"] == 1.0
         and (next((tmp_path / "bench").glob("latency_*")) / "latency.md").is_file()
     )
+
+
+def test_the_fixed_cost_benchmark_profiles_every_part(base, tokenizer, tiny_teacher_dir, tmp_path):
+    """Smoke mode (no compile, two repeats): each PyTorch variant timed; the ONNX profile splits the call into
+    embeddings, each layer, the vocabulary head and the session's overhead."""
+    save_simplified(build("layer_drop", base), tokenizer, tmp_path / "dropped")
+    result = fixed_costs.main(
+        ["--teacher", tiny_teacher_dir, "--models", str(tmp_path / "dropped"), "--seq_len", "12", "--repeats", "2",
+         "--no_compile", "--storage_directory", str(tmp_path / "bench")]
+    )  # fmt: skip
+    assert set(result["pytorch_ms"]) == {f"{m} / {v}" for m in ("teacher", "dropped") for v in ("masked", "eager")}
+    teacher, dropped = result["onnxruntime_profile_ms"]["teacher"], result["onnxruntime_profile_ms"]["dropped"]
+    assert {"embeddings", "layer 0", "vocabulary head", "session overhead"} <= set(teacher)
+    assert sum(part.startswith("layer") for part in dropped) < sum(part.startswith("layer") for part in teacher)
+
+
+def test_a_batch_without_padding_gives_the_same_logits_as_with_the_mask(base):
+    """The unpadded batch skips the padding mask (fused attention): the logits are those of the masked path."""
+    batch = timing_batch(base.config.vocab_size, 2, 9, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(base(**batch), fixed_costs.masked_forward(base, **batch), atol=1e-5)

@@ -1,0 +1,166 @@
+"""Where batch-1 time goes, and which fixed-cost cuts in sitra's own forward pay off on this machine.
+
+1. sitra's PyTorch forward (evaluation, latency) timed interleaved in variants: ``masked`` (the padding mask
+   passed to every layer, as before), ``eager`` (today: no mask when nothing is padded, so scaled dot-product
+   attention takes its fused path) and ``compiled`` (``torch.compile`` of the same model; its compile time
+   reported apart). A variant is worth keeping only where it is faster here.
+2. A profile of one ONNX Runtime call per model (the masked-only export): time per part (embeddings, each
+   encoder layer, the vocabulary head at the [MASK], the rest) and the session's own overhead (wall time
+   minus the time inside nodes), so a speed-up below the FLOP reduction can be traced to the parts that do
+   not shrink.
+
+Writes {storage}/fixed_costs_*/fixed_costs.json and fixed_costs.md.
+
+python bench/fixed_costs.py --teacher storage/teacher --models storage/models/merged_32_12 --threads 1
+"""
+
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from models import model_cost
+from utils.args import StorageArguments, TeacherArguments, parse_args
+from utils.benchmark import measure_interleaved, timing_batch
+from utils.experiment import cli_entry, log, start
+from utils.files import reserve_unique_dir
+from utils.model_io import load_simplified
+from utils.onnx_export import export_onnx
+from utils.teacher import load_teacher
+
+
+@dataclass
+class FixedCostArguments:
+    attribute = "fixed_costs"
+
+    models: list[str] = field(
+        default_factory=list, metadata={"help": "Saved model folders measured beside the teacher."}
+    )
+    batch_size: int = field(default=1, metadata={"help": "Sentences per call."})
+    seq_len: int = field(default=40, metadata={"help": "Tokens per sentence."})
+    threads: int = field(default=1, metadata={"help": "CPU threads (torch and ONNX Runtime)."})
+    repeats: int = field(default=50, metadata={"help": "Timed calls per figure (median), after 3 warm-up calls."})
+    compile: bool = field(default=True, metadata={"help": "Also time torch.compile of each model."})
+
+
+def masked_forward(model, input_ids, attention_mask, labels):
+    """sitra's forward as it was: the padding mask goes to every layer even when nothing is padded."""
+    hidden = model.embeddings(input_ids=input_ids)
+    for layer in model.layers:
+        hidden = layer(hidden, attention_mask.bool())
+    return model.masked_logits(hidden, labels)
+
+
+def part_of(node: str) -> str:
+    """The model part an ONNX node belongs to, from the module path the exporter put in its name."""
+    found = re.search(r"layers\.(\d+)", node)
+    if found:
+        return f"layer {found.group(1)}"
+    for key, part in (("embeddings", "embeddings"), ("mlm_head", "vocabulary head")):
+        if key in node:
+            return part
+    return "other nodes"
+
+
+def onnx_profile(path: Path, feed: dict, threads: int, calls: int) -> dict[str, float]:
+    """Mean milliseconds per call of each part (:func:`part_of`), and ``session overhead``: wall time per call
+    minus the time spent inside nodes."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feed)
+    started = time.perf_counter()
+    for _ in range(calls):
+        session.run(None, feed)
+    wall = 1000 * (time.perf_counter() - started) / calls
+    events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_part: dict[str, float] = defaultdict(float)
+    for event in nodes[-calls * (len(nodes) // (calls + 3)) :]:  # the timed calls (after the warm-up ones)
+        per_part[part_of(event["name"])] += event["dur"] / 1000 / calls
+    per_part["session overhead"] = max(wall - sum(per_part.values()), 0.0)
+    return {"wall_ms": wall, **dict(per_part)}
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    flags = parse_args([TeacherArguments, FixedCostArguments, StorageArguments], __doc__, argv)
+    device = start(flags)
+    options = flags.fixed_costs
+    torch.set_num_threads(options.threads)
+    teacher = load_teacher(flags.teacher.teacher, torch.device("cpu"))
+    models = {"teacher": teacher.model}
+    for folder in options.models:
+        models[Path(folder).name] = load_simplified(folder)[0].eval()
+    root = reserve_unique_dir(flags.storage.storage_directory, "fixed_costs_")
+    batch = timing_batch(teacher.model.config.vocab_size, options.batch_size, options.seq_len, torch.device("cpu"))
+    mask = teacher.tokenizer.mask_token_id
+    batch["input_ids"][:, options.seq_len // 2] = mask
+    calls, compile_seconds = {}, {}
+    for name, model in models.items():
+        calls[(name, "masked")] = lambda model=model: masked_forward(model, **batch)
+        calls[(name, "eager")] = lambda model=model: model(**batch)
+        if options.compile:
+            compiled = torch.compile(model)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                compiled(**batch)
+            compile_seconds[name] = time.perf_counter() - started
+            calls[(name, "compiled")] = lambda compiled=compiled: compiled(**batch)
+    with torch.inference_mode():
+        timings = measure_interleaved(calls, device, options.repeats)
+    feed = {key: batch[key].numpy() for key in ("input_ids", "attention_mask")}
+    profiles = {
+        name: onnx_profile(export_onnx(model, root / f"{name}.onnx", mask), feed, options.threads, options.repeats)
+        for name, model in models.items()
+    }
+    reduction = {
+        name: model_cost(models["teacher"], options.seq_len)["flops_per_token"]
+        / model_cost(model, options.seq_len)["flops_per_token"]
+        for name, model in models.items()
+    }
+    result = {
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "settings": {key: getattr(options, key) for key in ("batch_size", "seq_len", "threads", "repeats")},
+        "pytorch_ms": {f"{name} / {variant}": timing for (name, variant), timing in timings.items()},
+        "compile_seconds": compile_seconds,
+        "onnxruntime_profile_ms": profiles,
+        "flop_reduction": reduction,
+    }
+    (root / "fixed_costs.json").write_text(json.dumps(result, indent=2))
+    variants = list(dict.fromkeys(variant for _, variant in timings))
+    lines = [
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; batch {options.batch_size}, "
+        f"{options.seq_len} tokens, {options.threads} thread(s); median of {options.repeats} calls, interleaved",
+        "",
+        "| model | FLOP reduction | " + " | ".join(f"PyTorch {v} (ms)" for v in variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
+    for name in models:
+        cells = " | ".join(f"{timings[(name, v)]['median']:.2f}" for v in variants)
+        lines.append(f"| {name} | {reduction[name]:.2f}x | {cells} |")
+    parts = list(dict.fromkeys(part for profile in profiles.values() for part in profile if part != "wall_ms"))
+    parts.sort(
+        key=lambda part: (not part.startswith("embeddings"), part.startswith(("vocabulary", "other", "session")), part)
+    )
+    lines += ["", "ONNX Runtime, ms per call by part (profiled):", ""]
+    lines += ["| model | wall | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+    for name, profile in profiles.items():
+        cells = " | ".join(f"{profile[p]:.2f}" if p in profile else "" for p in parts)
+        lines.append(f"| {name} | {profile['wall_ms']:.2f} | {cells} |")
+    (root / "fixed_costs.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    log.info("results in %s", root)
+    return result
+
+
+if __name__ == "__main__":
+    main()
