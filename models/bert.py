@@ -12,16 +12,6 @@ from models.layers import TransformerLayer
 IGNORE_INDEX = -100  # label value of tokens that are not predicted (the Hugging Face convention)
 
 
-def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """[B, T] bool, True for real tokens; None when no token is padding (every single sentence, batch 1):
-    scaled_dot_product_attention then takes its fused path without a mask (bench/fixed_costs.py measures it).
-    An export always keeps the mask: a traced graph would freeze the check at its dummy input."""
-    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    if not tracing and bool(attention_mask.all()):
-        return None
-    return attention_mask.bool()
-
-
 class SimplifiedBert(nn.Module):
     """Teacher embeddings -> ``layers`` (any :class:`TransformerLayer`) -> teacher MLM head.
 
@@ -82,7 +72,7 @@ class SimplifiedBert(nn.Module):
         """
         if hidden is None:
             hidden = self.embeddings(input_ids=input_ids)
-        key_padding_mask = padding_mask(attention_mask)
+        key_padding_mask = attention_mask.bool()
         for layer in self.layers[start:stop]:
             hidden = layer(hidden, key_padding_mask)
         return hidden
