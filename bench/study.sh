@@ -3,8 +3,8 @@
 # and one teacher store; every run resumes or skips when finished, so a part stopped by anything continues
 # where it was when started again, and a part never redoes another's work.
 #
-# Run in this order (a part needs the ones before it only where it says so): teacher first, then criteria,
-# frontier, inits, seeds, report.
+# Run the teacher part first; then criteria, frontier, inits and seeds in any order (each trains what it needs
+# and skips what another part already trained); report last.
 #
 #   teacher   MLM-train the offline teacher until validation top-1 gains < 0.5 points per 500 steps
 #   criteria  the seed's question: every block at 6 x 32 distilled with MSE, L1, cross-entropy on the attention
@@ -14,8 +14,9 @@
 #             where only svd applies) and a quarter (3 x 32) of the attention, assembled, healed and not
 #   frontier  about 67%, 50%, 33% and 25% of the teacher's encoder FLOPs per token: sitra's students
 #             (retrained attention + feed-forward students, merged pairs) against the field (head + neuron
-#             pruning with and without least squares, layer drop `top`, DistilBERT-style alternate layers,
-#             layer drop + neuron pruning), every model healed alike (every layer, HEAL_SENTENCES sentences)
+#             pruning with least squares, and without it at 33% and 25%; layer drop `top`; DistilBERT-style
+#             alternate layers; layer drop + neuron pruning), every model healed alike (every layer,
+#             HEAL_SENTENCES sentences)
 #   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}): the models the
 #             conclusions rest on, trained twice
 #   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled) and the paired
@@ -137,9 +138,7 @@ sitra_67 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_
 sitra_50 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 768, "run_flags": "--ffn_init neurons"}}
 sitra_33 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
 sitra_25 {"attention": {"heads": 3, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
-field_67 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152}}
 field_67_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152, "reconstruct": true}}
-field_50 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768}}
 field_50_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": true}}
 field_33 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 384}}
 field_33_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 384, "reconstruct": true}}
