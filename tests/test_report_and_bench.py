@@ -18,6 +18,7 @@ from utils.report import (
     criteria_grid,
     method_of,
     pareto,
+    side_of,
     plot_criteria,
     plot_teacher_curve,
 )
@@ -164,3 +165,11 @@ def test_the_teacher_curve_is_drawn_from_its_checks(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert plot_teacher_curve(storage, tmp_path).name == "teacher_curve.png"
     assert plot_teacher_curve(Storage(tmp_path / "empty"), tmp_path) is None
+
+
+def test_models_are_sitras_or_the_fields_by_how_they_were_made():
+    students = {"attention": {"heads": 6, "d_k": 32}, "prune_neurons": {"width": 768}}
+    assert side_of({"model": "a", "method": "compound", "recipe": students}) == "sitra"
+    assert side_of({"model": "b", "method": "compound", "recipe": {"drop": {"rule": "top", "count": 3}}}) == "field"
+    assert side_of({"model": "c", "method": "merged_layers"}) == "sitra"
+    assert side_of({"model": "d", "method": "head_pruning"}) == "field" and side_of({"model": "teacher"}) == "teacher"

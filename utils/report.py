@@ -478,6 +478,61 @@ def budget_tables(rows) -> list[str]:
     return sections
 
 
+SITRA_METHODS = ("retrained_attention", "till_end", "merged_layers", "conditioned_merged_layers", "merged_pair")
+STUDENT_PARTS = ("attention", "feed_forward", "merge")  # compound parts made of sitra's trained students
+
+
+def side_of(row: dict) -> str:
+    """``sitra`` for a model made (at least in part) of sitra's distilled students, ``field`` for the field's
+    methods (pruning, layer drop, averaged merges), ``teacher``."""
+    if row["model"] == "teacher":
+        return "teacher"
+    if row.get("method") == "compound":
+        return "sitra" if any(part in (row.get("recipe") or {}) for part in STUDENT_PARTS) else "field"
+    return "sitra" if row.get("method") in SITRA_METHODS else "field"
+
+
+def best_against_field(storage: Storage, rows) -> list[dict]:
+    """Per budget (:data:`BUDGETS`): sitra's best model and the field's best by top-1, and their paired
+    difference on the masks both were evaluated on."""
+    best: dict[tuple[float, str], dict] = {}
+    for row in rows:
+        if "top1" in row and "flop_ratio" in row and side_of(row) != "teacher":
+            key = (budget_of(row["flop_ratio"]), side_of(row))
+            if key not in best or row["top1"] > best[key]["top1"]:
+                best[key] = row
+    results = []
+    for budget in BUDGETS:
+        if (budget, "sitra") in best and (budget, "field") in best:
+            first, second = best[(budget, "sitra")]["model"], best[(budget, "field")]["model"]
+            try:
+                results.append({"budget": budget, **compare_models(storage, first, second)})
+            except UserError:  # never evaluated on the same masks: no paired difference to give
+                results.append({"budget": budget, "first": first, "second": second})
+    return results
+
+
+def best_against_field_table(comparisons: list[dict]) -> str:
+    lines = [
+        "| budget | sitra's best | the field's best | top-1 difference (points, 95% interval) "
+        "| = teacher top-1 difference |",
+        "|---|---|---|---|---|",
+    ]
+    for result in comparisons:
+        cells = []
+        for key in ("top1", "agree_top1"):
+            paired = result.get(key)
+            cells.append(
+                f"{100 * paired['difference']:+.2f} [{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}]"
+                if paired
+                else ""
+            )
+        lines.append(
+            f"| {result['budget']:.0%} | `{result['first']}` | `{result['second']}` | {cells[0]} | {cells[1]} |"
+        )
+    return "\n".join(lines)
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     columns = sorted({key for row in rows for key in row}, key=lambda k: (k not in ("evaluation", "model"), k))
 
@@ -539,6 +594,14 @@ def write_report(
     )
     plots += [p for p in more if p]
     sections = budget_tables(shown) + sections
+    comparisons = best_against_field(storage, shown)
+    if comparisons:
+        atomic_write(output / "best_against_field.json", lambda tmp: tmp.write_text(json.dumps(comparisons, indent=2)))
+        sections.insert(
+            0,
+            "## sitra's best against the field's best, per budget (paired, same masks)\n\n"
+            + best_against_field_table(comparisons),
+        )
     sections += [f"![{path.stem}]({path.name})" for path in plots]
     atomic_write(output / "report.md", lambda tmp: tmp.write_text("# sitra report\n\n" + "\n\n".join(sections) + "\n"))
     return rows, plots
