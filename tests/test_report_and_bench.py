@@ -18,9 +18,9 @@ from utils.report import (
     criteria_grid,
     method_of,
     pareto,
-    side_of,
     plot_criteria,
     plot_teacher_curve,
+    side_of,
 )
 from utils.storage import Storage
 from utils.teacher import load_teacher
