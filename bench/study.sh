@@ -178,7 +178,8 @@ part_frontier() {
 part_report() {
   local seeds=()
   [ -d "$STUDY/seed$SEED2" ] && seeds=(--seed_runs "$STUDY/seed$SEED2")
-  "$PY" make_report.py --storage_directory "$STUDY" "${seeds[@]}"
+  # the per-block models of the criteria evaluation are for the heatmap, not the frontier
+  "$PY" make_report.py --storage_directory "$STUDY" --frontier_evaluations frontier inits "${seeds[@]}"
   local pairs=()
   for entry in "${CRITERIA[@]:1}"; do  # every criterion against MSE, assembled and per block
     code=${entry%%:*}
