@@ -23,7 +23,8 @@
 #             differences of the questions above
 #
 # Usage: bash bench/study.sh PART [STUDY]   (STUDY default storage/study2; needs `make setup` and SITRA_DATA_DIR)
-# Settings: TEACHER (STUDY/teacher), SEED (42), SEED2 (43), SENTENCES (20000 training sentences in the store, for
+# Settings: TEACHER (STUDY/teacher), TEACHER_STEPS (6000: the most steps the teacher trains if its validation
+# top-1 has not stopped gaining before; a run resumes, so raising it continues the teacher), SEED (42), SEED2 (43), SENTENCES (20000 training sentences in the store, for
 # every student), STUDENT_EPOCHS (1), HEAL_SENTENCES (4000: one epoch of end-to-end healing for every healed
 # model), PERCENT (0.4: the share of the test split evaluated, the same masks for every model),
 # CHECK_SENTENCES (300 validation sentences each student checks itself on), ATTENTION_FLAGS (the attention
@@ -36,7 +37,7 @@ PY=${PY:-.venv/bin/python}
 TEACHER=${TEACHER:-$STUDY/teacher}
 SEED=${SEED:-42} SEED2=${SEED2:-43} SENTENCES=${SENTENCES:-20000} STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}
 HEAL_SENTENCES=${HEAL_SENTENCES:-4000} PERCENT=${PERCENT:-0.4} CHECK_SENTENCES=${CHECK_SENTENCES:-300}
-ATTENTION_FLAGS=${ATTENTION_FLAGS:-}
+ATTENTION_FLAGS=${ATTENTION_FLAGS:-} TEACHER_STEPS=${TEACHER_STEPS:-6000}
 mkdir -p "$STUDY"
 TIMES=$STUDY/study_times.tsv
 # shellcheck source=bench/study_common.sh
@@ -76,7 +77,7 @@ teacher_ready() {
 
 part_teacher() {
   [ -f "$TEACHER/config.json" ] && { echo "teacher at $TEACHER is trained"; return; }
-  stage teacher "$PY" train_teacher.py --init minilm --epochs 10 --max_steps 6000 --plateau_points 0.5 \
+  stage teacher "$PY" train_teacher.py --init minilm --epochs 10 --max_steps "$TEACHER_STEPS" --plateau_points 0.5 \
       --plateau_steps 500 --output_dir "$TEACHER" --storage_directory "$STUDY"
 }
 
