@@ -28,7 +28,9 @@
 # every student), STUDENT_EPOCHS (1), HEAL_SENTENCES (4000: one epoch of end-to-end healing for every healed
 # model), PERCENT (0.4: the share of the test split evaluated, the same masks for every model),
 # CHECK_SENTENCES (300 validation sentences each student checks itself on), ATTENTION_FLAGS (the attention
-# students the frontier's compounds take: "" = random init, MSE). Stage times: STUDY/study_times.tsv.
+# students the frontier's compounds take: "" = random init, MSE), INIT_SHAPES (the inits part's "heads d_k"
+# shapes, comma-separated: "6 32,3 32,12 16"), EVALUATE_UNHEALED (0: the frontier evaluates its healed models
+# only; 1: each before healing too). Stage times: STUDY/study_times.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:?usage: bash bench/study.sh teacher|criteria|inits|frontier|seeds|report [STUDY]}
@@ -38,6 +40,7 @@ TEACHER=${TEACHER:-$STUDY/teacher}
 SEED=${SEED:-42} SEED2=${SEED2:-43} SENTENCES=${SENTENCES:-20000} STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}
 HEAL_SENTENCES=${HEAL_SENTENCES:-4000} PERCENT=${PERCENT:-0.4} CHECK_SENTENCES=${CHECK_SENTENCES:-300}
 ATTENTION_FLAGS=${ATTENTION_FLAGS:-} TEACHER_STEPS=${TEACHER_STEPS:-6000}
+IFS=, read -r -a INIT_SHAPES <<< "${INIT_SHAPES:-6 32,3 32,12 16}"
 mkdir -p "$STUDY"
 TIMES=$STUDY/study_times.tsv
 # shellcheck source=bench/study_common.sh
@@ -107,18 +110,13 @@ part_inits() {
   teacher_ready
   use_storage "$STUDY"
   store
-  stage "blocks 6 3 x 32, random" students retrain_single_block.py --block_heads 6 3 --block_d_k 32
-  stage "blocks 12 x 16, random" students retrain_single_block.py --block_heads 12 --block_d_k 16
-  stage "blocks 6 3 x 32, heads" students retrain_single_block.py --block_heads 6 3 --block_d_k 32 \
-      --student_init heads
-  stage "blocks svd" students retrain_single_block.py --block_heads 6 3 --block_d_k 32 --student_init svd
-  stage "blocks 12 x 16, svd" students retrain_single_block.py --block_heads 12 --block_d_k 16 \
-      --student_init svd
   local models=() shape heads d_k init suffix
-  for shape in "6 32" "3 32" "12 16"; do
+  for shape in "${INIT_SHAPES[@]}"; do
     read -r heads d_k <<< "$shape"
     for init in random heads svd; do
       [[ $init == heads && $d_k != 32 ]] && continue  # heads of the teacher keep its d_k
+      stage "blocks $heads x $d_k, $init" students retrain_single_block.py --block_heads "$heads" --block_d_k "$d_k" \
+          --student_init "$init"
       suffix=$([[ $init == random ]] || echo "-init_$init")
       stage "assemble $heads x $d_k, $init" "$PY" bench/assemble.py --storage_directory "$STUDY" --teacher "$TEACHER" \
           --block_heads "$heads" --block_d_k "$d_k" -- --student_init "$init"
@@ -173,7 +171,10 @@ part_frontier() {
   for name in "${models[@]}"; do
     stage "heal $name" heal "$name" --train_layers
   done
-  stage "evaluate frontier" evaluate "$STORAGE" frontier "${models[@]}" "${models[@]/%/_finetuned-layers}"
+  # the healed models (every one healed alike); EVALUATE_UNHEALED=1 adds each before healing
+  local evaluated=("${models[@]/%/_finetuned-layers}")
+  [[ ${EVALUATE_UNHEALED:-0} == 1 ]] && evaluated+=("${models[@]}")
+  stage "evaluate frontier" evaluate "$STORAGE" frontier "${evaluated[@]}"
 }
 
 part_report() {
