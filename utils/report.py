@@ -193,7 +193,7 @@ def plot_criteria(rows, output: Path) -> Path | None:
     blocks = sorted({block for block, _ in grid if block != "all"}, key=int) + (
         ["all"] if any(b == "all" for b, _ in grid) else []
     )
-    figure, axes_pair = _figure(1, 2, figsize=(4 + 1.6 * len(criteria), 0.45 * len(blocks) + 2.2))
+    figure, axes_pair = _figure(1, 2, figsize=(4 + 2.2 * len(criteria), 0.45 * len(blocks) + 2.2))
     panels = (
         ("top1_vs_teacher", "top-1 − teacher (points)", "{:+.2f}"),
         ("agree_top1", "same top-1 as the teacher (%)", "{:.1f}"),
@@ -202,17 +202,20 @@ def plot_criteria(rows, output: Path) -> Path | None:
         table = np.array(
             [[100 * grid[(b, c)][key] if key in grid.get((b, c), {}) else np.nan for c in criteria] for b in blocks]
         )
-        # colored against the row's mean: which criterion wins for that block, whatever the block's own level
+        # colored within each row (against its mean, scaled by its widest spread): which criterion wins for that
+        # block, whatever the block's own level and however far one criterion falls elsewhere
         relative = table - np.nanmean(table, axis=1, keepdims=True)
-        limit = np.nanmax(np.abs(relative)) or 1.0
-        image = axes.imshow(relative, cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto")
+        spread = np.nanmax(np.abs(relative), axis=1, keepdims=True)
+        relative = relative / np.where(spread > 0, spread, 1.0)
+        image = axes.imshow(relative, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
         axes.set_xticks(range(len(criteria)), criteria)
         axes.set_yticks(range(len(blocks)), [f"block {b}" if b != "all" else "all (assembled)" for b in blocks])
         axes.set_title(title, fontsize=10)
         for (row, column), value in np.ndenumerate(table):
             if np.isfinite(value):
                 axes.text(column, row, fmt.format(value), ha="center", va="center", fontsize=8)
-        figure.colorbar(image, ax=axes, label="points against the row's mean")
+        bar = figure.colorbar(image, ax=axes, ticks=[-1, 0, 1])
+        bar.ax.set_yticklabels(["worst", "row mean", "best"])
     figure.suptitle("distillation criterion of the student attention, per replaced block", fontsize=10)
     figure.tight_layout()
     path = output / "criteria_heatmap.png"
