@@ -187,6 +187,9 @@ part_report() {
     code=${entry%%:*}
     suffix=$(variant_of block "${entry#*:}")
     pairs+=("retrained_32_6$suffix retrained_32_6")
+    for block in 0 1 2 3 4 5; do
+      pairs+=("criterion_${code}_block$block criterion_mse_block$block")
+    done
   done
   for shape in 32_6 32_3 16_12; do
     for init in heads svd; do
