@@ -24,9 +24,8 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from models import model_cost
 from utils.args import StorageArguments, TeacherArguments, parse_args
-from utils.benchmark import measure_interleaved, timing_batch
+from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
 from utils.experiment import cli_entry, log, start
 from utils.files import reserve_unique_dir
 from utils.model_io import load_simplified
@@ -122,11 +121,7 @@ def main(argv=None) -> dict:
         name: onnx_profile(export_onnx(model, root / f"{name}.onnx", mask), feed, options.threads, options.repeats)
         for name, model in models.items()
     }
-    reduction = {
-        name: model_cost(models["teacher"], options.seq_len)["flops_per_token"]
-        / model_cost(model, options.seq_len)["flops_per_token"]
-        for name, model in models.items()
-    }
+    reduction = flop_reductions(models, options.seq_len)
     result = {
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "settings": {key: getattr(options, key) for key in ("batch_size", "seq_len", "threads", "repeats")},

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 import onnxruntime
 import torch
 
-from models import model_cost
 from utils.args import StorageArguments, TeacherArguments, parse_args
-from utils.benchmark import measure_interleaved, timing_batch
+from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
 from utils.experiment import cli_entry, log, start
 from utils.files import reserve_unique_dir
 from utils.model_io import load_simplified
@@ -48,10 +47,7 @@ def main(argv=None) -> dict:
     root = reserve_unique_dir(flags.storage.storage_directory, "latency_")
     mask = teacher.tokenizer.mask_token_id
     files = {name: export_onnx(model, root / f"{name}.onnx", mask) for name, model in models.items()}
-    reduction = {
-        name: model_cost(models["teacher"], 40)["flops_per_token"] / model_cost(model, 40)["flops_per_token"]
-        for name, model in models.items()
-    }
+    reduction = flop_reductions(models, 40)
     rows = []
     for threads in options.threads:
         torch.set_num_threads(threads)

@@ -71,6 +71,12 @@ def costs_and_latencies(
     return values
 
 
+def flop_reductions(models: dict, seq_len: int, reference: str = "teacher") -> dict[str, float]:
+    """Per model: the ``reference`` model's encoder FLOPs per token over its own (2.0: half the compute)."""
+    base = model_cost(models[reference], seq_len)["flops_per_token"]
+    return {name: base / model_cost(model, seq_len)["flops_per_token"] for name, model in models.items()}
+
+
 def relative_to(values: dict, reference: dict) -> dict:
     """Ratios against the teacher: parameter and FLOP ratios, measured speed-up, and how much of the FLOP
     reduction the speed-up realises (1 = all of it; below 1 = the model is slower than its FLOPs promise)."""
