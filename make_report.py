@@ -9,7 +9,9 @@
 - ``frontier.png`` and one table per compute budget (``--frontier_evaluations``: of those evaluations only);
 - ``criteria_heatmap.png``: blocks x distillation criteria, each block alone replaced and all assembled;
 - ``teacher_curve.png``: the teacher's validation top-1 over its training steps;
-- with ``--seed_runs``: ``seeds.md`` / ``seeds.csv``, every model trained under several seeds as mean ± spread.
+- ``best_against_field.json``: per budget, sitra's best against the field's best, paired on the same masks;
+- with ``--seed_runs``: ``seeds.md`` / ``seeds.csv``, every model trained under several seeds as mean ± spread,
+  and ``best_against_field_seeds.json``, the same comparison with each model averaged over the seeds.
 Written to ``{storage}/report/``.
 
 python make_report.py --storage_directory storage
@@ -43,7 +45,9 @@ class ReportArguments:
         metadata={
             "help": "Storage directories of the same experiments run with another --seed: every model evaluated "
             "under this storage directory and one of them, on the same test masks, is pooled into mean ± spread "
-            "across seeds (seeds.md, seeds.csv)."
+            "across seeds (seeds.md, seeds.csv), and sitra's best against the field's best is compared with each "
+            "model's per-sentence values averaged over the seeds (best_against_field_seeds.json); with --compare, "
+            "the two models are compared so."
         },
     )
 
@@ -68,7 +72,8 @@ def main(argv=None) -> dict:
     storage, options = Storage(flags.storage.storage_directory), flags.report
     output = Path(options.output_dir or storage.report)
     if options.compare:
-        return compare_and_save(storage, *options.compare, output)
+        seed_storages = [Storage(folder) for folder in options.seed_runs or []]
+        return compare_and_save(storage, *options.compare, output, seed_storages)
     rows, plots = write_report(storage, output, options.seed_runs or [], options.frontier_evaluations)
     log.info("report written to %s (%d rows, %d plots)", output, len(rows), len(plots))
     return {"rows": len(rows), "plots": [str(p) for p in plots], "output": str(output)}

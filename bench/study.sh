@@ -15,12 +15,14 @@
 #   frontier  about 67%, 50%, 33% and 25% of the teacher's encoder FLOPs per token: sitra's students
 #             (retrained attention + feed-forward students, merged pairs) against the field (head + neuron
 #             pruning with least squares, and without it at 33% and 25%; layer drop `top`; DistilBERT-style
-#             alternate layers; layer drop + neuron pruning), every model healed alike (every layer,
-#             HEAL_SENTENCES sentences)
-#   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}): the models the
-#             conclusions rest on, trained twice
-#   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled) and the paired
-#             differences of the questions above
+#             alternate layers; layer drop + neuron pruning) and the conditioned chain of merged pairs (50%),
+#             every model healed alike (every layer, HEAL_SENTENCES sentences); FRONTIER_MODELS="a b ..."
+#             builds only those models
+#   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}), for the models the
+#             conclusions rest on (CONCLUSIONS below; FRONTIER_MODELS overrides): trained twice
+#   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled: each model
+#             averaged over the seeds, sitra's best against the field's) and the paired differences of the
+#             questions above
 #
 # Usage: bash bench/study.sh PART [STUDY]   (STUDY default storage/study2; needs `make setup` and SITRA_DATA_DIR)
 # Settings: TEACHER (STUDY/teacher), TEACHER_STEPS (6000: the most steps the teacher trains if its validation
@@ -150,6 +152,10 @@ drop_alternate {"drop": {"rule": "alternate", "count": 3}}
 EOF
 }
 
+wanted() {  # wanted MODEL: whether the frontier builds MODEL (every one unless FRONTIER_MODELS names some)
+  [[ -z ${FRONTIER_MODELS:-} || " $FRONTIER_MODELS " == *" $1 "* ]]
+}
+
 part_frontier() {
   teacher_ready
   use_storage "$STUDY$([[ $SEED == 42 ]] || echo "/seed$SEED")"
@@ -161,10 +167,23 @@ part_frontier() {
   stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
       --ffn_width $FRONTIER_WIDTHS --ffn_init neurons
   stage "merge students" students retrain_merge.py --block_heads 12 --block_d_k 32 --merge_init first
-  stage "merged pairs" "$PY" finetune_fully_merged.py "${COMMON[@]}" --block_heads 12 --block_d_k 32 \
-      --merge_init first --epochs 0 --max_sentences "$HEAL_SENTENCES" --output_model "$STORAGE/models/merged_32_12"
-  local models=(merged_32_12) name recipe
+  local models=() name recipe
+  if wanted merged_32_12; then
+    stage "merged pairs" "$PY" finetune_fully_merged.py "${COMMON[@]}" --block_heads 12 --block_d_k 32 \
+        --merge_init first --epochs 0 --max_sentences "$HEAL_SENTENCES" --output_model "$STORAGE/models/merged_32_12"
+    models+=(merged_32_12)
+  fi
+  if wanted merged_32_12_conditioned; then  # round one's half-depth winner: each pair sees the merged ones before
+    stage "conditioned chain" "$PY" finetune_conditioned_fully_merged.py "${COMMON[@]}" --all --block_heads 12 \
+        --block_d_k 32 --merge_init first --max_sentences "$SENTENCES" --epochs "$STUDENT_EPOCHS" \
+        --eval_sentences "$CHECK_SENTENCES"
+    stage "merged chain" "$PY" finetune_fully_merged.py "${COMMON[@]}" --block_heads 12 --block_d_k 32 \
+        --source conditioned --merge_init first --epochs 0 --max_sentences "$HEAL_SENTENCES" \
+        --output_model "$STORAGE/models/merged_32_12_conditioned"
+    models+=(merged_32_12_conditioned)
+  fi
   while read -r name recipe; do
+    wanted "$name" || continue
     stage "build $name" compound "$name" "$recipe"
     models+=("$name")
   done < <(frontier_recipes)
@@ -176,6 +195,10 @@ part_frontier() {
   [[ ${EVALUATE_UNHEALED:-0} == 1 ]] && evaluated+=("${models[@]}")
   stage "evaluate frontier" evaluate "$STORAGE" frontier "${evaluated[@]}"
 }
+
+# the models the frontier's conclusions rest on (seed 42: the best of sitra and of the field at each budget, the
+# conditioned chain and the top-half drop it is measured against): the seeds part trains these again
+CONCLUSIONS="sitra_67 sitra_50 sitra_33 sitra_25 field_67_ls field_50_ls field_33 field_25 merged_32_12_conditioned drop_top"
 
 part_report() {
   local seeds=()
@@ -201,18 +224,25 @@ part_report() {
   for budget in 67 50 33 25; do
     pairs+=("sitra_${budget}_finetuned-layers field_${budget}_ls_finetuned-layers")
   done
-  pairs+=("merged_32_12_finetuned-layers drop_top_finetuned-layers" "sitra_50_finetuned-layers drop_top_finetuned-layers"
+  pairs+=("merged_32_12_conditioned_finetuned-layers drop_top_finetuned-layers"
+          "merged_32_12_conditioned_finetuned-layers merged_32_12_finetuned-layers"
+          "merged_32_12_finetuned-layers drop_top_finetuned-layers" "sitra_50_finetuned-layers drop_top_finetuned-layers"
           "sitra_33_finetuned-layers drop_top_ffn768_ls_finetuned-layers"
           "sitra_25_finetuned-layers drop_top_ffn384_ls_finetuned-layers")
   for pair in "${pairs[@]}"; do
     # shellcheck disable=SC2086
     "$PY" make_report.py --storage_directory "$STUDY" --compare $pair || true
   done
+  if [[ ${#seeds[@]} -gt 0 ]]; then  # the second seed alone, and the chain against top drop averaged over both
+    "$PY" make_report.py --storage_directory "$STUDY/seed$SEED2" --frontier_evaluations frontier
+    "$PY" make_report.py --storage_directory "$STUDY" "${seeds[@]}" \
+        --compare merged_32_12_conditioned_finetuned-layers drop_top_finetuned-layers || true
+  fi
   awk -F'\t' '{total += $2; printf "%-45s %6.1f min\n", $1, $2 / 60} END {printf "%-45s %6.1f min\n", "total", total / 60}' "$TIMES"
 }
 
 case $PART in
   teacher | criteria | inits | frontier | report) "part_$PART" ;;
-  seeds) SEED=$SEED2 part_frontier ;;
+  seeds) SEED=$SEED2 FRONTIER_MODELS=${FRONTIER_MODELS-$CONCLUSIONS} part_frontier ;;
   *) echo "error: PART must be teacher, criteria, inits, frontier, seeds or report, got '$PART'" >&2; exit 2 ;;
 esac

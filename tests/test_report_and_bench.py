@@ -4,6 +4,9 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import eval_retrained_12
 import make_report
 import retrain_single_block
@@ -99,6 +102,36 @@ def test_report_pools_the_seeds_of_a_model_evaluated_on_the_same_masks(tmp_path)
     text = (first / "report" / "seeds.md").read_text()
     assert "| a | 2 | 25.00% ± 7.07 [20.00, 30.00] | 70.00% ± 14.14 [60.00, 80.00] |" in text
     assert "## Across seeds" in (first / "report" / "report.md").read_text()
+
+
+def test_best_against_field_averages_each_model_over_the_seeds_before_the_paired_difference(tmp_path, capsys):
+    first, second = tmp_path / "seed42", tmp_path / "seed43"
+    half = {"flop_ratio": 0.5}
+    per_seed = {  # per-sentence top-1 of sitra's model a and the field's b (and c, under seed 42 only)
+        first: {"a": [1, 1, 0, 0], "b": [1, 0, 0, 0], "c": [1, 1, 1, 1]},
+        second: {"a": [1, 0, 0, 0], "b": [1, 1, 1, 0]},
+    }
+    methods = {"a": "merged_layers", "b": "head_pruning", "c": "layer_drop"}
+    for root, values in per_seed.items():
+        models = {name: {"top1": float(np.mean(v)), "method": methods[name], **half} for name, v in values.items()}
+        write_results(root, "frontier", "m1", {"teacher": {"top1": 0.9}, **models})
+        arrays = {f"{name}/top1": np.array(v, dtype=float) for name, v in values.items()}
+        np.savez(root / "results" / "frontier" / "per_sentence.npz", **arrays)
+
+    make_report.main(["--storage_directory", str(first), "--seed_runs", str(second)])
+    report = first / "report"
+    one_seed = json.loads((report / "best_against_field.json").read_text())
+    assert [(r["first"], r["second"], r["top1"]["difference"]) for r in one_seed] == [("a", "c", -0.5)]
+    pooled = json.loads((report / "best_against_field_seeds.json").read_text())  # c has one seed: not ranked
+    assert [(r["first"], r["second"], r["seeds"]) for r in pooled] == [("a", "b", 2)]
+    assert abs(pooled[0]["top1"]["difference"] - (0.375 - 0.5)) < 1e-12  # seed-averaged a: [1, .5, 0, 0]
+    assert "every model averaged over 2 seeds" in (report / "report.md").read_text()
+    compared = make_report.main(["--storage_directory", str(first), "--compare", "a", "b", "--seed_runs", str(second)])
+    assert compared["seeds"] == 2 and (report / "compare_a_vs_b_seeds2.json").exists()
+    with pytest.raises(SystemExit):  # c under one seed only: one error line, no file
+        make_report.main(["--storage_directory", str(first), "--compare", "a", "c", "--seed_runs", str(second)])
+    assert "error: --compare a c: no evaluation of c under every one of 2 seeds" in capsys.readouterr().err
+    assert not (report / "compare_a_vs_c_seeds2.json").exists()
 
 
 def test_several_models_are_evaluated_in_one_pass_on_the_same_masks(run_flags, tiny_teacher_dir, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,24 +44,35 @@ def per_sentence_values(storage: Storage, model: str) -> dict[str, tuple[str, di
     return found
 
 
-def compare_models(storage: Storage, first: str, second: str) -> dict:
-    """Paired differences ``first - second`` on the masks both were evaluated on."""
-    a, b = per_sentence_values(storage, first), per_sentence_values(storage, second)
-    shared = [masks for masks in a if masks in b]
+def compare_models(storage: Storage, first: str, second: str, seed_storages: Sequence[Storage] = ()) -> dict:
+    """Paired differences ``first - second`` on the masks both were evaluated on. With ``seed_storages`` (the
+    same experiments under other seeds) each model's per-sentence values are first averaged over the seeds
+    [N], so the interval is over sentences for the seed-averaged models; both must be evaluated in every one."""
+    storages = [storage, *seed_storages]
+    # per model: one {masks: (evaluation, metric -> [N])} per seed
+    found = [[per_sentence_values(s, model) for s in storages] for model in (first, second)]
+    shared = [masks for masks in found[0][0] if all(masks in per_seed for seeds in found for per_seed in seeds)]
     if not shared:
-        missing = [name for name, found in ((first, a), (second, b)) if not found]
-        why = f"no evaluation of {', '.join(missing)}" if missing else "they were never evaluated on the same masks"
+        missing = [model for model, seeds in zip((first, second), found, strict=True) if not all(seeds)]
+        where = f" under every one of {len(storages)} seeds" if seed_storages else ""
+        why = (
+            f"no evaluation of {', '.join(missing)}{where}"
+            if missing
+            else "they were never evaluated on the same masks"
+        )
         raise UserError(f"--compare {first} {second}: {why} (run both through an evaluation with the same data flags)")
-    (evaluation_a, values_a), (evaluation_b, values_b) = a[shared[0]], b[shared[0]]
+    values = [[per_seed[shared[0]][1] for per_seed in seeds] for seeds in found]  # model -> seed -> metric -> [N]
     result = {
         "first": first,
         "second": second,
-        "evaluations": [evaluation_a, evaluation_b],
-        "sentences": len(values_a["top1"]),
+        "evaluations": [seeds[0][shared[0]][0] for seeds in found],
+        "sentences": len(values[0][0]["top1"]),
+        "seeds": len(storages),
     }
     for key in ("top1", "agree_top1"):
-        if key in values_a and key in values_b:
-            result[key] = paired_difference(values_a[key], values_b[key])
+        if all(key in per_seed for seeds in values for per_seed in seeds):
+            averaged = [np.mean([per_seed[key] for per_seed in seeds], axis=0) for seeds in values]
+            result[key] = paired_difference(*averaged)
     return result
 
 
@@ -418,6 +430,8 @@ def plot_frontier(rows, output: Path) -> Path | None:
                     label=label,
                 )
         for order, (_, row) in enumerate(sorted(best.items())):  # alternate heights: neighbouring budgets
+            if _value(row, metric) is None:  # e.g. evaluated without the teacher's predictions: no agreement
+                continue
             axes.annotate(
                 row["model"].replace(HEALED, " +heal").replace("+heal-", "+heal "),
                 (row["flop_ratio"], _value(row, metric)),
@@ -495,9 +509,22 @@ def side_of(row: dict) -> str:
     return "sitra" if row.get("method") in SITRA_METHODS else "field"
 
 
-def best_against_field(storage: Storage, rows) -> list[dict]:
+def best_against_field(storage: Storage, rows, seed_storages: Sequence[Storage] = ()) -> list[dict]:
     """Per budget (:data:`BUDGETS`): sitra's best model and the field's best by top-1, and their paired
-    difference on the masks both were evaluated on."""
+    difference on the masks both were evaluated on. With ``seed_storages``: only the models evaluated under
+    every seed, ranked by their top-1 averaged over the seeds, compared seed-averaged (:func:`compare_models`)."""
+    if seed_storages:
+        runs = [rows] + [collect_results(s) for s in seed_storages]
+        means = {
+            (row["model"], row["masks"]): row["top1_mean"]
+            for row in pool_seeds(runs)
+            if row["seeds"] == len(runs) and "top1_mean" in row
+        }
+        rows = [
+            row | {"top1": means[row["model"], row.get("masks")]}
+            for row in rows
+            if (row["model"], row.get("masks")) in means
+        ]
     best: dict[tuple[float, str], dict] = {}
     for row in rows:
         if "top1" in row and "flop_ratio" in row and side_of(row) != "teacher":
@@ -509,14 +536,19 @@ def best_against_field(storage: Storage, rows) -> list[dict]:
         if (budget, "sitra") in best and (budget, "field") in best:
             first, second = best[(budget, "sitra")]["model"], best[(budget, "field")]["model"]
             try:
-                results.append({"budget": budget, **compare_models(storage, first, second)})
+                results.append({"budget": budget, **compare_models(storage, first, second, seed_storages)})
             except UserError:  # never evaluated on the same masks: no paired difference to give
                 results.append({"budget": budget, "first": first, "second": second})
     return results
 
 
 def best_against_field_table(comparisons: list[dict]) -> str:
+    """A markdown section: one row per budget of :func:`best_against_field`."""
+    seeds = max(result.get("seeds", 1) for result in comparisons)
+    pooled = f", every model averaged over {seeds} seeds" if seeds > 1 else ""
     lines = [
+        f"## sitra's best against the field's best, per budget (paired, same masks{pooled})",
+        "",
         "| budget | sitra's best | the field's best | top-1 difference (points, 95% interval) "
         "| = teacher top-1 difference |",
         "|---|---|---|---|---|",
@@ -548,19 +580,23 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def compare_and_save(storage: Storage, first: str, second: str, output: Path) -> dict:
+def compare_and_save(
+    storage: Storage, first: str, second: str, output: Path, seed_storages: Sequence[Storage] = ()
+) -> dict:
     """:func:`compare_models`, printed (one line per metric: the difference, its interval, whether it
-    excludes 0) and saved as ``compare_{first}_vs_{second}.json``."""
-    result = compare_models(storage, first, second)
+    excludes 0) and saved as ``compare_{first}_vs_{second}.json`` (``..._seeds{N}.json`` pooled over N seeds)."""
+    result = compare_models(storage, first, second, seed_storages)
     for key, paired in ((k, result[k]) for k in ("top1", "agree_top1") if k in result):
         verdict = "excludes 0: a real difference" if paired["excludes_zero"] else "includes 0: not distinguishable"
         low, high, count = 100 * paired["low"], 100 * paired["high"], result["sentences"]
+        pooled = f", averaged over {result['seeds']} seeds" if seed_storages else ""
         print(
             f"{key}: {first} - {second} = {100 * paired['difference']:+.2f} points, 95% interval "
-            f"[{low:+.2f}, {high:+.2f}] over {count} sentences ({verdict})"
+            f"[{low:+.2f}, {high:+.2f}] over {count} sentences{pooled} ({verdict})"
         )
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / f"compare_{first}_vs_{second}.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
+    name = f"compare_{first}_vs_{second}" + (f"_seeds{result['seeds']}" if seed_storages else "")
+    atomic_write(output / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     return result
 
 
@@ -597,14 +633,18 @@ def write_report(
     )
     plots += [p for p in more if p]
     sections = budget_tables(shown) + sections
+    best_sections = []
     comparisons = best_against_field(storage, shown)
     if comparisons:
         atomic_write(output / "best_against_field.json", lambda tmp: tmp.write_text(json.dumps(comparisons, indent=2)))
-        sections.insert(
-            0,
-            "## sitra's best against the field's best, per budget (paired, same masks)\n\n"
-            + best_against_field_table(comparisons),
-        )
+        best_sections.append(best_against_field_table(comparisons))
+    if seed_runs:  # the same, every model's per-sentence values averaged over the seeds first
+        pooled_comparisons = best_against_field(storage, shown, [Storage(folder) for folder in seed_runs])
+        if pooled_comparisons:
+            text = json.dumps(pooled_comparisons, indent=2)
+            atomic_write(output / "best_against_field_seeds.json", lambda tmp: tmp.write_text(text))
+            best_sections.append(best_against_field_table(pooled_comparisons))
+    sections = best_sections + sections
     sections += [f"![{path.stem}]({path.name})" for path in plots]
     atomic_write(output / "report.md", lambda tmp: tmp.write_text("# sitra report\n\n" + "\n\n".join(sections) + "\n"))
     return rows, plots
