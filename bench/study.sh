@@ -13,13 +13,15 @@
 #   inits     teacher-initialised students (--student_init heads, svd) against random at half (6 x 32; 12 x 16,
 #             where only svd applies) and a quarter (3 x 32) of the attention, assembled, healed and not
 #   frontier  about 67%, 50%, 33% and 25% of the teacher's encoder FLOPs per token: sitra's students
-#             (retrained attention + feed-forward students, merged pairs) against the field (head + neuron
+#             (retrained attention + feed-forward students, the attention students random (`sitra_*`) or
+#             started from the teacher's heads (`sitra_*_heads`); merged pairs) against the field (head + neuron
 #             pruning with least squares, and without it at 33% and 25%; layer drop `top`; DistilBERT-style
 #             alternate layers; layer drop + neuron pruning) and the conditioned chain of merged pairs (50%),
 #             every model healed alike (every layer, HEAL_SENTENCES sentences); FRONTIER_MODELS="a b ..."
 #             builds only those models
-#   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}), for the models the
-#             conclusions rest on (CONCLUSIONS below; FRONTIER_MODELS overrides): trained twice
+#   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}) for the models the
+#             conclusions rest on (after the report part: the best of each side per budget, the conditioned
+#             chain, top drop; FRONTIER_MODELS overrides): trained twice
 #   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled: each model
 #             averaged over the seeds, sitra's best against the field's) and the paired differences of the
 #             questions above
@@ -139,6 +141,10 @@ sitra_67 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_
 sitra_50 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 768, "run_flags": "--ffn_init neurons"}}
 sitra_33 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
 sitra_25 {"attention": {"heads": 3, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
+sitra_67_heads {"attention": {"heads": 6, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 1152, "run_flags": "--ffn_init neurons"}}
+sitra_50_heads {"attention": {"heads": 6, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 768, "run_flags": "--ffn_init neurons"}}
+sitra_33_heads {"attention": {"heads": 6, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
+sitra_25_heads {"attention": {"heads": 3, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
 field_67_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152, "reconstruct": true}}
 field_50_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": true}}
 field_33 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 384}}
@@ -152,21 +158,31 @@ drop_alternate {"drop": {"rule": "alternate", "count": 3}}
 EOF
 }
 
-wanted() {  # wanted MODEL: whether the frontier builds MODEL (every one unless FRONTIER_MODELS names some)
-  [[ -z ${FRONTIER_MODELS:-} || " $FRONTIER_MODELS " == *" $1 "* ]]
+wanted() {  # wanted PATTERN: whether the frontier builds a model PATTERN matches (all unless FRONTIER_MODELS)
+  local model
+  [[ -z ${FRONTIER_MODELS:-} ]] && return 0
+  for model in $FRONTIER_MODELS; do
+    # shellcheck disable=SC2053  # PATTERN is a glob
+    [[ $model == $1 ]] && return 0
+  done
+  return 1
 }
 
 part_frontier() {
   teacher_ready
   use_storage "$STUDY$([[ $SEED == 42 ]] || echo "/seed$SEED")"
   store
+  # the students the wanted models are made of
   # shellcheck disable=SC2086
-  stage "attention students 6 3 x 32" students retrain_single_block.py --block_heads 6 3 --block_d_k 32 \
-      $ATTENTION_FLAGS
+  wanted 'sitra_[0-9][0-9]' && stage "attention students 6 3 x 32" students retrain_single_block.py \
+      --block_heads 6 3 --block_d_k 32 $ATTENTION_FLAGS
+  wanted 'sitra_*_heads' && stage "attention students 6 3 x 32, heads" students retrain_single_block.py \
+      --block_heads 6 3 --block_d_k 32 --student_init heads
   # shellcheck disable=SC2086
-  stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
+  wanted 'sitra_*' && stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
       --ffn_width $FRONTIER_WIDTHS --ffn_init neurons
-  stage "merge students" students retrain_merge.py --block_heads 12 --block_d_k 32 --merge_init first
+  wanted 'merged_*' && stage "merge students" students retrain_merge.py --block_heads 12 --block_d_k 32 \
+      --merge_init first
   local models=() name recipe
   if wanted merged_32_12; then
     stage "merged pairs" "$PY" finetune_fully_merged.py "${COMMON[@]}" --block_heads 12 --block_d_k 32 \
@@ -196,9 +212,16 @@ part_frontier() {
   stage "evaluate frontier" evaluate "$STORAGE" frontier "${evaluated[@]}"
 }
 
-# the models the frontier's conclusions rest on (seed 42: the best of sitra and of the field at each budget, the
-# conditioned chain and the top-half drop it is measured against): the seeds part trains these again
-CONCLUSIONS="sitra_67 sitra_50 sitra_33 sitra_25 field_67_ls field_50_ls field_33 field_25 merged_32_12_conditioned drop_top"
+conclusions() {  # the models the frontier's conclusions rest on, which the seeds part trains again: sitra's and
+  # the field's best at each budget under SEED (the report's best_against_field.json), the conditioned chain and
+  # the top-half drop it is measured against
+  local best=$STUDY/report/best_against_field.json
+  [ -f "$best" ] || { echo "error: no $best: run the frontier and report parts first" >&2; exit 1; }
+  "$PY" -c 'import json, sys
+names = {row[side] for row in json.load(open(sys.argv[1])) for side in ("first", "second")}
+print(" ".join(sorted(name.removesuffix("_finetuned-layers") for name in names)))' "$best" || exit 1
+  echo merged_32_12_conditioned drop_top
+}
 
 part_report() {
   local seeds=()
@@ -243,6 +266,8 @@ part_report() {
 
 case $PART in
   teacher | criteria | inits | frontier | report) "part_$PART" ;;
-  seeds) SEED=$SEED2 FRONTIER_MODELS=${FRONTIER_MODELS-$CONCLUSIONS} part_frontier ;;
+  seeds)
+    wanted_models=${FRONTIER_MODELS-$(conclusions)}  # a failed conclusions stops here (set -e)
+    SEED=$SEED2 FRONTIER_MODELS=$wanted_models part_frontier ;;
   *) echo "error: PART must be teacher, criteria, inits, frontier, seeds or report, got '$PART'" >&2; exit 2 ;;
 esac
