@@ -244,8 +244,10 @@ part_report() {
               "retrained_${shape}-init_${init}_finetuned retrained_${shape}_finetuned")
     done
   done
-  for budget in 67 50 33 25; do
-    pairs+=("sitra_${budget}_finetuned-layers field_${budget}_ls_finetuned-layers")
+  for budget in 67 50 33 25; do  # students against pruning, and started from the teacher's heads against random
+    pairs+=("sitra_${budget}_finetuned-layers field_${budget}_ls_finetuned-layers"
+            "sitra_${budget}_heads_finetuned-layers field_${budget}_ls_finetuned-layers"
+            "sitra_${budget}_heads_finetuned-layers sitra_${budget}_finetuned-layers")
   done
   pairs+=("merged_32_12_conditioned_finetuned-layers drop_top_finetuned-layers"
           "merged_32_12_conditioned_finetuned-layers merged_32_12_finetuned-layers"
