@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +209,29 @@ def test_models_are_sitras_or_the_fields_by_how_they_were_made():
     assert side_of({"model": "b", "method": "compound", "recipe": {"drop": {"rule": "top", "count": 3}}}) == "field"
     assert side_of({"model": "c", "method": "merged_layers"}) == "sitra"
     assert side_of({"model": "d", "method": "head_pruning"}) == "field" and side_of({"model": "teacher"}) == "teacher"
+
+
+def test_the_seeds_part_retrains_the_models_of_the_reports_best_against_field(tmp_path):
+    """bench/study.sh seeds: without the report's best_against_field.json it stops with one error line (never
+    the whole frontier by default); with it, the frontier's models it names, plus the chain and top drop."""
+    study = tmp_path / "study"
+    (study / "teacher").mkdir(parents=True)
+    (study / "teacher" / "config.json").write_text("{}")
+    script = Path(__file__).parent.parent / "bench" / "study.sh"
+    env = {**os.environ, "PY": sys.executable}
+    done = subprocess.run(["bash", str(script), "seeds", str(study)], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "error: no " in done.stderr and "best_against_field.json" in done.stderr
+    assert not (study / "seed43").exists()
+    (study / "report").mkdir()
+    best = [{"budget": 0.5, "first": "sitra_50_heads_finetuned-layers", "second": "field_50_ls_finetuned-layers"}]
+    (study / "report" / "best_against_field.json").write_text(json.dumps(best))
+    listed = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'source <(sed -n "/^conclusions()/,/^}}/p" {script}); STUDY={study} PY={sys.executable}; conclusions',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert listed.stdout.split() == ["field_50_ls", "sitra_50_heads", "merged_32_12_conditioned", "drop_top"]
