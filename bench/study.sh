@@ -3,8 +3,9 @@
 # and one teacher store; every run resumes or skips when finished, so a part stopped by anything continues
 # where it was when started again, and a part never redoes another's work.
 #
-# Run the teacher part first; then criteria, frontier, inits and seeds in any order (each trains what it needs
-# and skips what another part already trained); report last.
+# Run the teacher part first; then criteria, frontier and inits in any order (each trains what it needs and skips
+# what another part already trained); then report, which finds the best models; then seeds and whole, which
+# retrain / re-evaluate those; report again last.
 #
 #   teacher   MLM-train the offline teacher until validation top-1 gains < 0.5 points per 500 steps
 #   criteria  the seed's question: every block at 6 x 32 distilled with MSE, L1, cross-entropy on the attention
@@ -22,6 +23,8 @@
 #   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}) for the models the
 #             conclusions rest on (after the report part: the best of each side per budget, the conditioned
 #             chain, top drop; FRONTIER_MODELS overrides): trained twice
+#   whole     the same models (SEED) evaluated again on the whole test split (evaluation frontier_whole): the
+#             paired differences of the report then use it where both models are in it
 #   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled: each model
 #             averaged over the seeds, sitra's best against the field's) and the paired differences of the
 #             questions above
@@ -37,7 +40,7 @@
 # only; 1: each before healing too). Stage times: STUDY/study_times.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: bash bench/study.sh teacher|criteria|inits|frontier|seeds|report [STUDY]}
+PART=${1:?usage: bash bench/study.sh teacher|criteria|inits|frontier|seeds|whole|report [STUDY]}
 STUDY=${2:-storage/study2}
 PY=${PY:-.venv/bin/python}
 TEACHER=${TEACHER:-$STUDY/teacher}
@@ -223,6 +226,16 @@ print(" ".join(sorted(name.removesuffix("_finetuned-layers") for name in names))
   echo merged_32_12_conditioned drop_top
 }
 
+part_whole() {  # the models the conclusions rest on, evaluated again on the whole test split (after report)
+  teacher_ready
+  use_storage "$STUDY"
+  local names models PERCENT=1.0  # evaluate reads PERCENT
+  names=$(conclusions)
+  read -r -a models <<< "${names//$'\n'/ }"
+  stage "evaluate the conclusions' models, whole test split" evaluate "$STORAGE" frontier_whole \
+      "${models[@]/%/_finetuned-layers}"
+}
+
 part_report() {
   local seeds=()
   [ -d "$STUDY/seed$SEED2" ] && seeds=(--seed_runs "$STUDY/seed$SEED2")
@@ -267,9 +280,9 @@ part_report() {
 }
 
 case $PART in
-  teacher | criteria | inits | frontier | report) "part_$PART" ;;
+  teacher | criteria | inits | frontier | whole | report) "part_$PART" ;;
   seeds)
     wanted_models=${FRONTIER_MODELS-$(conclusions)}  # a failed conclusions stops here (set -e)
     SEED=$SEED2 FRONTIER_MODELS=$wanted_models part_frontier ;;
-  *) echo "error: PART must be teacher, criteria, inits, frontier, seeds or report, got '$PART'" >&2; exit 2 ;;
+  *) echo "error: PART must be teacher, criteria, inits, frontier, seeds, whole or report, got '$PART'" >&2; exit 2 ;;
 esac

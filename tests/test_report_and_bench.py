@@ -20,6 +20,7 @@ from utils.assembly import collect_attentions
 from utils.model_io import save_simplified
 from utils.report import (
     budget_of,
+    compare_models,
     compound_label,
     criteria_grid,
     method_of,
@@ -135,6 +136,14 @@ def test_best_against_field_averages_each_model_over_the_seeds_before_the_paired
         make_report.main(["--storage_directory", str(first), "--compare", "a", "c", "--seed_runs", str(second)])
     assert "error: --compare a c: no evaluation of c under every one of 2 seeds" in capsys.readouterr().err
     assert not (report / "compare_a_vs_c_seeds2.json").exists()
+
+    # a larger evaluation of a and b under seed 42 (the whole split): a single-seed comparison takes it, the
+    # seed-averaged one keeps the masks every seed has
+    full = {"a": [1, 0] * 4, "b": [0, 0] * 4}
+    write_results(first, "full", "m2", {name: {"top1": float(np.mean(v)), **half} for name, v in full.items()})
+    np.savez(first / "results" / "full" / "per_sentence.npz", **{f"{n}/top1": np.array(v) for n, v in full.items()})
+    assert compare_models(Storage(first), "a", "b")["sentences"] == 8
+    assert compare_models(Storage(first), "a", "b", [Storage(second)])["sentences"] == 4
 
 
 def test_several_models_are_evaluated_in_one_pass_on_the_same_masks(run_flags, tiny_teacher_dir, tmp_path):

@@ -61,11 +61,13 @@ def compare_models(storage: Storage, first: str, second: str, seed_storages: Seq
             else "they were never evaluated on the same masks"
         )
         raise UserError(f"--compare {first} {second}: {why} (run both through an evaluation with the same data flags)")
-    values = [[per_seed[shared[0]][1] for per_seed in seeds] for seeds in found]  # model -> seed -> metric -> [N]
+    # of several evaluations both models are in, the one with the most sentences (e.g. the whole test split)
+    masks = max(shared, key=lambda fingerprint: len(found[0][0][fingerprint][1]["top1"]))
+    values = [[per_seed[masks][1] for per_seed in seeds] for seeds in found]  # model -> seed -> metric -> [N]
     result = {
         "first": first,
         "second": second,
-        "evaluations": [seeds[0][shared[0]][0] for seeds in found],
+        "evaluations": [seeds[0][masks][0] for seeds in found],
         "sentences": len(values[0][0]["top1"]),
         "seeds": len(storages),
     }
