@@ -138,16 +138,18 @@ part_inits() {
 # and merged models are made by their own scripts below. FFN is the teacher's width (1536 for the offline one)
 FRONTIER_WIDTHS="1152 768 384"  # feed-forward widths of the 67%, 50% / 33% and 25% models at hidden 384
 frontier_recipes() {
-  local students=${ATTENTION_FLAGS//\"/\\\"}
+  local suffix flags variant budget share heads width
+  # sitra's compounds, once with ATTENTION_FLAGS' attention students and once with students started from the
+  # teacher's heads (_heads); heads per layer and feed-forward width per budget
+  for variant in ":${ATTENTION_FLAGS//\"/\\\"}" "_heads:--student_init heads"; do
+    suffix=${variant%%:*} flags=${variant#*:}
+    for budget in "67 6 1152" "50 6 768" "33 6 384" "25 3 384"; do
+      read -r share heads width <<< "$budget"
+      printf 'sitra_%s%s {"attention": {"heads": %s, "d_k": 32, "run_flags": "%s"}, "feed_forward": {"width": %s, "run_flags": "--ffn_init neurons"}}\n' \
+          "$share" "$suffix" "$heads" "$flags" "$width"
+    done
+  done
   cat <<EOF
-sitra_67 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 1152, "run_flags": "--ffn_init neurons"}}
-sitra_50 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 768, "run_flags": "--ffn_init neurons"}}
-sitra_33 {"attention": {"heads": 6, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
-sitra_25 {"attention": {"heads": 3, "d_k": 32, "run_flags": "$students"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
-sitra_67_heads {"attention": {"heads": 6, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 1152, "run_flags": "--ffn_init neurons"}}
-sitra_50_heads {"attention": {"heads": 6, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 768, "run_flags": "--ffn_init neurons"}}
-sitra_33_heads {"attention": {"heads": 6, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
-sitra_25_heads {"attention": {"heads": 3, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": 384, "run_flags": "--ffn_init neurons"}}
 field_67_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152, "reconstruct": true}}
 field_50_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": true}}
 field_33 {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 384}}
@@ -221,9 +223,8 @@ conclusions() {  # the models the frontier's conclusions rest on, which the seed
   local best=$STUDY/report/best_against_field.json
   [ -f "$best" ] || { echo "error: no $best: run the frontier and report parts first" >&2; exit 1; }
   "$PY" -c 'import json, sys
-names = {row[side] for row in json.load(open(sys.argv[1])) for side in ("first", "second")}
-print(" ".join(sorted(name.removesuffix("_finetuned-layers") for name in names)))' "$best" || exit 1
-  echo merged_32_12_conditioned drop_top
+best = sorted({row[side].removesuffix("_finetuned-layers") for row in json.load(open(sys.argv[1])) for side in ("first", "second")})
+print(" ".join(best + [name for name in ("merged_32_12_conditioned", "drop_top") if name not in best]))' "$best" || exit 1
 }
 
 part_whole() {  # the models the conclusions rest on, evaluated again on the whole test split (after report)
@@ -231,7 +232,7 @@ part_whole() {  # the models the conclusions rest on, evaluated again on the who
   use_storage "$STUDY"
   local names models PERCENT=1.0  # evaluate reads PERCENT
   names=$(conclusions)
-  read -r -a models <<< "${names//$'\n'/ }"
+  read -r -a models <<< "$names"
   stage "evaluate the conclusions' models, whole test split" evaluate "$STORAGE" frontier_whole \
       "${models[@]/%/_finetuned-layers}"
 }
