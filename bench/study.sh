@@ -174,6 +174,11 @@ wanted() {  # wanted PATTERN: whether the frontier builds a model PATTERN matche
 }
 
 part_frontier() {
+  local known name
+  known=" merged_32_12 merged_32_12_conditioned $(frontier_recipes | cut -d' ' -f1 | tr '\n' ' ')"
+  for name in ${FRONTIER_MODELS:-}; do  # a misspelt name would silently build nothing for it
+    [[ $known == *" $name "* ]] || { echo "error: FRONTIER_MODELS: no frontier model '$name' (known:$known)" >&2; exit 2; }
+  done
   teacher_ready
   use_storage "$STUDY$([[ $SEED == 42 ]] || echo "/seed$SEED")"
   store
@@ -188,7 +193,7 @@ part_frontier() {
       --ffn_width $FRONTIER_WIDTHS --ffn_init neurons
   wanted 'merged_*' && stage "merge students" students retrain_merge.py --block_heads 12 --block_d_k 32 \
       --merge_init first
-  local models=() name recipe
+  local models=() recipe
   if wanted merged_32_12; then
     stage "merged pairs" "$PY" finetune_fully_merged.py "${COMMON[@]}" --block_heads 12 --block_d_k 32 \
         --merge_init first --epochs 0 --max_sentences "$HEAL_SENTENCES" --output_model "$STORAGE/models/merged_32_12"

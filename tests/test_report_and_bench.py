@@ -244,3 +244,7 @@ def test_the_seeds_part_retrains_the_models_of_the_reports_best_against_field(tm
         text=True,
     )
     assert listed.stdout.split() == ["field_50_ls", "sitra_50_heads", "merged_32_12_conditioned", "drop_top"]
+    misspelt = {**env, "FRONTIER_MODELS": "sitra_50_heads fild_33"}  # refused before anything is built
+    done = subprocess.run(["bash", str(script), "frontier", str(study)], capture_output=True, text=True, env=misspelt)
+    assert done.returncode == 2 and "error: FRONTIER_MODELS: no frontier model 'fild_33'" in done.stderr
+    assert not (study / "cache").exists() and not (study / "checkpoints").exists()
