@@ -23,7 +23,7 @@ from typing import Optional
 
 from utils.args import StorageArguments, parse_args, require
 from utils.experiment import cli_entry, log, start
-from utils.report import compare_and_save, write_report
+from utils.report import compare_pairs, write_report
 from utils.storage import Storage
 
 
@@ -35,8 +35,10 @@ class ReportArguments:
     compare: Optional[list[str]] = field(
         default=None,
         metadata={
-            "help": "Two model names: print their paired top-1 (and agreement) difference on the same masks "
-            "with its 95% bootstrap interval, and whether it excludes 0 (writes compare_A_vs_B.json)."
+            "help": "Pairs of model names (A B [C D ...]): print each pair's paired top-1 (and agreement) "
+            "difference on the same masks with its 95% bootstrap interval, and whether it excludes 0 (writes "
+            "compare_A_vs_B.json). A pair that cannot be compared is named in an error line, the others still "
+            "run, and the exit code is non-zero."
         },
     )
 
@@ -60,7 +62,10 @@ class ReportArguments:
     )
 
     def __post_init__(self):
-        require(self.compare is None or len(self.compare) == 2, "--compare takes exactly two model names")
+        require(
+            self.compare is None or (self.compare and len(self.compare) % 2 == 0),
+            f"--compare takes pairs of model names (an even count), got {len(self.compare or [])}",
+        )
         for folder in self.seed_runs or []:
             require(Path(folder).is_dir(), f"--seed_runs {folder}: not a directory")
 
@@ -72,8 +77,7 @@ def main(argv=None) -> dict:
     storage, options = Storage(flags.storage.storage_directory), flags.report
     output = Path(options.output_dir or storage.report)
     if options.compare:
-        seed_storages = [Storage(folder) for folder in options.seed_runs or []]
-        return compare_and_save(storage, *options.compare, output, seed_storages)
+        return compare_pairs(storage, options.compare, output, [Storage(folder) for folder in options.seed_runs or []])
     rows, plots = write_report(storage, output, options.seed_runs or [], options.frontier_evaluations)
     log.info("report written to %s (%d rows, %d plots)", output, len(rows), len(plots))
     return {"rows": len(rows), "plots": [str(p) for p in plots], "output": str(output)}

@@ -273,10 +273,9 @@ part_report() {
           "merged_32_12_finetuned-layers drop_top_finetuned-layers" "sitra_50_finetuned-layers drop_top_finetuned-layers"
           "sitra_33_finetuned-layers drop_top_ffn768_ls_finetuned-layers"
           "sitra_25_finetuned-layers drop_top_ffn384_ls_finetuned-layers")
-  for pair in "${pairs[@]}"; do
-    # shellcheck disable=SC2086
-    "$PY" make_report.py --storage_directory "$STUDY" --compare $pair || true
-  done
+  # one process for every pair; a pair whose models were not evaluated (a part not run) is named, not fatal
+  # shellcheck disable=SC2068
+  "$PY" make_report.py --storage_directory "$STUDY" --compare ${pairs[@]} || true
   if [[ ${#seeds[@]} -gt 0 ]]; then  # the second seed alone, and the chain against top drop averaged over both
     "$PY" make_report.py --storage_directory "$STUDY/seed$SEED2" --frontier_evaluations frontier
     "$PY" make_report.py --storage_directory "$STUDY" "${seeds[@]}" \

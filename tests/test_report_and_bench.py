@@ -136,6 +136,19 @@ def test_best_against_field_averages_each_model_over_the_seeds_before_the_paired
         make_report.main(["--storage_directory", str(first), "--compare", "a", "c", "--seed_runs", str(second)])
     assert "error: --compare a c: no evaluation of c under every one of 2 seeds" in capsys.readouterr().err
     assert not (report / "compare_a_vs_c_seeds2.json").exists()
+    (report / "compare_a_vs_b_seeds2.json").unlink()
+    with pytest.raises(SystemExit):  # several pairs, one process: the comparable ones are written, the other named
+        make_report.main(
+            ["--storage_directory", str(first), "--compare", "a", "c", "a", "b", "--seed_runs", str(second)]
+        )
+    err = capsys.readouterr().err
+    assert "error: --compare a c: no evaluation of c" in err and "1 of 2 pairs could not be compared: a c" in err
+    assert (report / "compare_a_vs_b_seeds2.json").exists()
+    both = make_report.main(["--storage_directory", str(first), "--compare", "a", "b", "b", "a"])
+    assert [(r["first"], r["second"]) for r in both["comparisons"]] == [("a", "b"), ("b", "a")]
+    with pytest.raises(SystemExit):
+        make_report.main(["--storage_directory", str(first), "--compare", "a", "b", "c"])
+    assert "error: --compare takes pairs of model names (an even count), got 3" in capsys.readouterr().err
 
     # a larger evaluation of a and b under seed 42 (the whole split): a single-seed comparison takes it, the
     # seed-averaged one keeps the masks every seed has

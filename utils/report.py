@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -600,6 +601,25 @@ def compare_and_save(
     name = f"compare_{first}_vs_{second}" + (f"_seeds{result['seeds']}" if seed_storages else "")
     atomic_write(output / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     return result
+
+
+def compare_pairs(storage: Storage, names: list[str], output: Path, seed_storages: Sequence[Storage] = ()) -> dict:
+    """Every pair of ``names`` compared in this one process (a process per pair spends most of its time
+    importing torch). One pair: its result. Several: ``{"comparisons": [...]}``, after every pair that can be
+    compared; those that cannot are printed as error lines and the run then fails."""
+    pairs = list(zip(names[::2], names[1::2], strict=True))
+    if len(pairs) == 1:
+        return compare_and_save(storage, *pairs[0], output, seed_storages)
+    results, failed = [], []
+    for first, second in pairs:
+        try:
+            results.append(compare_and_save(storage, first, second, output, seed_storages))
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed.append(f"{first} {second}")
+    if failed:
+        raise UserError(f"--compare: {len(failed)} of {len(pairs)} pairs could not be compared: {'; '.join(failed)}")
+    return {"comparisons": results}
 
 
 def write_report(
