@@ -5,7 +5,7 @@
 #
 # Run the teacher part first; then criteria, frontier and inits in any order (each trains what it needs and skips
 # what another part already trained); then report, which finds the best models; then seeds and whole, which
-# retrain / re-evaluate those; report again last.
+# retrain / re-evaluate those, and healing, which heals them longer; report again last.
 #
 #   teacher   MLM-train the offline teacher until validation top-1 gains < 0.5 points per 500 steps
 #   criteria  the seed's question: every block at 6 x 32 distilled with MSE, L1, cross-entropy on the attention
@@ -25,6 +25,9 @@
 #             chain, top drop; FRONTIER_MODELS overrides): trained twice
 #   whole     the same models (SEED) evaluated again on the whole test split (evaluation frontier_whole): the
 #             paired differences of the report then use it where both models are in it
+#   healing   the same models (or HEAL_MODELS="a b ...") healed on LONG_HEAL_SENTENCES (20000) sentences
+#             instead of HEAL_SENTENCES, evaluated beside their usual healing (evaluation healing), each
+#             compared with its usual healing: whether longer healing closes the goals' gaps
 #   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled: each model
 #             averaged over the seeds, sitra's best against the field's) and the paired differences of the
 #             questions above
@@ -40,13 +43,14 @@
 # only; 1: each before healing too). Stage times: STUDY/study_times.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: bash bench/study.sh teacher|criteria|inits|frontier|seeds|whole|report [STUDY]}
+PART=${1:?usage: bash bench/study.sh teacher|criteria|inits|frontier|seeds|whole|healing|report [STUDY]}
 STUDY=${2:-storage/study2}
 PY=${PY:-.venv/bin/python}
 TEACHER=${TEACHER:-$STUDY/teacher}
 SEED=${SEED:-42} SEED2=${SEED2:-43} SENTENCES=${SENTENCES:-20000} STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}
 HEAL_SENTENCES=${HEAL_SENTENCES:-4000} PERCENT=${PERCENT:-0.4} CHECK_SENTENCES=${CHECK_SENTENCES:-300}
 ATTENTION_FLAGS=${ATTENTION_FLAGS:-} TEACHER_STEPS=${TEACHER_STEPS:-6000}
+LONG_HEAL_SENTENCES=${LONG_HEAL_SENTENCES:-20000}
 IFS=, read -r -a INIT_SHAPES <<< "${INIT_SHAPES:-6 32,3 32,12 16}"
 mkdir -p "$STUDY"
 TIMES=$STUDY/study_times.tsv
@@ -242,6 +246,31 @@ part_whole() {  # the models the conclusions rest on, evaluated again on the who
       "${models[@]/%/_finetuned-layers}"
 }
 
+part_healing() {  # the conclusions' models (or HEAL_MODELS) healed on LONG_HEAL_SENTENCES sentences, evaluated
+  # beside their usual healing on the same masks (after frontier and report): what longer healing gains
+  teacher_ready
+  use_storage "$STUDY"
+  local names models name long=_heal$LONG_HEAL_SENTENCES HEAL_SENTENCES=$LONG_HEAL_SENTENCES  # heal reads it
+  names=${HEAL_MODELS-$(conclusions)}
+  read -r -a models <<< "$names"
+  for name in "${models[@]}"; do  # every model named is built before anything heals
+    [ -f "$STORAGE/models/$name/sitra.json" ] || {
+      echo "error: no model $STORAGE/models/$name to heal longer (run the frontier part first)" >&2
+      exit 1
+    }
+  done
+  for name in "${models[@]}"; do
+    stage "heal $name, $LONG_HEAL_SENTENCES sentences" heal "$name" --train_layers \
+        --output_model "$STORAGE/models/$name$long"
+  done
+  stage "evaluate healing" evaluate "$STORAGE" healing "${models[@]/%/_finetuned-layers}" "${models[@]/%/$long}"
+  local pairs=()
+  for name in "${models[@]}"; do  # each model's longer healing against its usual one
+    pairs+=("$name$long" "${name}_finetuned-layers")
+  done
+  "$PY" make_report.py --storage_directory "$STUDY" --compare "${pairs[@]}" || true
+}
+
 part_report() {
   local seeds=()
   [ -d "$STUDY/seed$SEED2" ] && seeds=(--seed_runs "$STUDY/seed$SEED2")
@@ -285,9 +314,9 @@ part_report() {
 }
 
 case $PART in
-  teacher | criteria | inits | frontier | whole | report) "part_$PART" ;;
+  teacher | criteria | inits | frontier | whole | healing | report) "part_$PART" ;;
   seeds)
     wanted_models=${FRONTIER_MODELS-$(conclusions)}  # a failed conclusions stops here (set -e)
     SEED=$SEED2 FRONTIER_MODELS=$wanted_models part_frontier ;;
-  *) echo "error: PART must be teacher, criteria, inits, frontier, seeds, whole or report, got '$PART'" >&2; exit 2 ;;
+  *) echo "error: PART must be teacher, criteria, inits, frontier, seeds, whole, healing or report, got '$PART'" >&2; exit 2 ;;
 esac

@@ -262,3 +262,21 @@ def test_the_seeds_part_retrains_the_models_of_the_reports_best_against_field(tm
     done = subprocess.run(["bash", str(script), "frontier", str(study)], capture_output=True, text=True, env=misspelt)
     assert done.returncode == 2 and "error: FRONTIER_MODELS: no frontier model 'fild_33'" in done.stderr
     assert not (study / "cache").exists() and not (study / "checkpoints").exists()
+
+
+def test_the_healing_part_refuses_models_that_are_not_built_before_healing_any(tmp_path):
+    """bench/study.sh healing: the conclusions' models by default (none without the report), HEAL_MODELS
+    otherwise; a model that is not built stops it with one error line before any model is healed."""
+    study = tmp_path / "study"
+    (study / "teacher").mkdir(parents=True)
+    (study / "teacher" / "config.json").write_text("{}")
+    (study / "models" / "sitra_50_heads").mkdir(parents=True)
+    (study / "models" / "sitra_50_heads" / "sitra.json").write_text("{}")
+    script = Path(__file__).parent.parent / "bench" / "study.sh"
+    env = {**os.environ, "PY": sys.executable}
+    done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "best_against_field.json" in done.stderr
+    named = {**env, "HEAL_MODELS": "sitra_50_heads field_50_ls"}
+    done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=named)
+    assert done.returncode == 1 and f"error: no model {study}/models/field_50_ls to heal longer" in done.stderr
+    assert not (study / "study_times.tsv").exists() and not (study / "checkpoints").exists()
