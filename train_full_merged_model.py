@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     healing = variant(flags.groups)  # -ffn, -t4: how it is healed
     output = Path(options.output_model or model_dir.parent / f"{model_dir.name}_finetuned{healing}")
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
-    # a healing saved elsewhere (--output_model, e.g. a longer one) is its own run, not the default one's
-    run_name = Path(options.output_model).name if options.output_model else model_dir.name + healing
-    run = finetune_run(flags, info, run_name, model=str(model_dir.resolve()))
+    run = finetune_run(flags, info, model_dir.name + healing, model=str(model_dir.resolve()))
     if already_finished(run, flags, output):
         return run.read_metrics()
     teacher = load_teacher(info, device)

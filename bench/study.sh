@@ -260,8 +260,10 @@ part_healing() {  # the conclusions' models (or HEAL_MODELS) healed on LONG_HEAL
     }
   done
   for name in "${models[@]}"; do
+    # its own storage for the run: a healing run is named after the model it heals, so in STUDY it would be
+    # the usual healing's run, refused for its other data
     stage "heal $name, $LONG_HEAL_SENTENCES sentences" heal "$name" --train_layers \
-        --output_model "$STORAGE/models/$name$long"
+        --output_model "$STORAGE/models/$name$long" --storage_directory "$STUDY/longer_healing"
   done
   stage "evaluate healing" evaluate "$STORAGE" healing "${models[@]/%/_finetuned-layers}" "${models[@]/%/$long}"
   local pairs=()

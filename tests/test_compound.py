@@ -47,13 +47,6 @@ def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_fl
     history = train_full_merged_model.main(flags + ["--model", str(storage.model("compound_a"))])
     assert [r["epoch"] for r in history] == [0, 1]
     healed = storage.model("compound_a_finetuned")
-    # healed again on other data into another folder: its own run beside the first, which stays as it was
-    longer = train_full_merged_model.main(
-        flags + ["--model", str(storage.model("compound_a")), "--output_model", str(storage.model("compound_a_long")),
-                 "--max_sentences", "48"]
-    )  # fmt: skip
-    assert [r["epoch"] for r in longer] == [0, 1] and (storage.model("compound_a_long") / "sitra.json").exists()
-    assert storage.run("finetune_compound_a_long").is_dir() and storage.run("finetune_compound_a").is_dir()
     eval_flags = run_flags(teacher=tiny_teacher_5_layers, drop=("batch_size", "eval_sentences"))
     report = eval_retrained_12.main(eval_flags + ["--reference", "none", "--latency_repeats", "0", "--models",
                                                   str(storage.model("compound_a")), str(healed)])  # fmt: skip
