@@ -26,8 +26,9 @@
 #   whole     the same models (SEED) evaluated again on the whole test split (evaluation frontier_whole): the
 #             paired differences of the report then use it where both models are in it
 #   healing   the same models (or HEAL_MODELS="a b ...") healed on LONG_HEAL_SENTENCES (20000) sentences
-#             instead of HEAL_SENTENCES, evaluated beside their usual healing (evaluation healing), each
-#             compared with its usual healing: whether longer healing closes the goals' gaps
+#             instead of HEAL_SENTENCES, each evaluated beside its usual healing (evaluation MODEL_heal20000) and
+#             compared with it, and sitra's best with the field's where both were: does longer healing close
+#             the goals' gaps
 #   report    make_report.py (tables, frontier, criteria heatmap, teacher curve, seeds pooled: each model
 #             averaged over the seeds, sitra's best against the field's) and the paired differences of the
 #             questions above
@@ -259,17 +260,26 @@ part_healing() {  # the conclusions' models (or HEAL_MODELS) healed on LONG_HEAL
       exit 1
     }
   done
+  local pairs=()
   for name in "${models[@]}"; do
     # its own storage for the run: a healing run is named after the model it heals, so in STUDY it would be
     # the usual healing's run, refused for its other data
     stage "heal $name, $LONG_HEAL_SENTENCES sentences" heal "$name" --train_layers \
         --output_model "$STORAGE/models/$name$long" --storage_directory "$STUDY/longer_healing"
+    # one evaluation per model, so a later HEAL_MODELS list adds evaluations instead of replacing this one;
+    # every evaluation draws the same masks (same data flags), so models of different ones still pair up
+    [ -f "$STUDY/results/$name$long/metrics.json" ] ||
+        stage "evaluate $name$long" evaluate "$STORAGE" "$name$long" "$name$long" "${name}_finetuned-layers"
+    pairs+=("$name$long" "${name}_finetuned-layers")  # its longer healing against its usual one
   done
-  stage "evaluate healing" evaluate "$STORAGE" healing "${models[@]/%/_finetuned-layers}" "${models[@]/%/$long}"
-  local pairs=()
-  for name in "${models[@]}"; do  # each model's longer healing against its usual one
-    pairs+=("$name$long" "${name}_finetuned-layers")
-  done
+  # sitra's best against the field's at each budget where both were healed longer (after the report part)
+  local best=$STUDY/report/best_against_field.json
+  [ -f "$best" ] && read -r -a best_pairs <<< "$("$PY" -c 'import json, sys
+healed, long = set(sys.argv[3:]), sys.argv[2]
+for row in json.load(open(sys.argv[1])):
+    pair = [row[side].removesuffix("_finetuned-layers") for side in ("first", "second")]
+    if set(pair) <= healed:
+        print(*(name + long for name in pair), end=" ")' "$best" "$long" "${models[@]}")" && pairs+=("${best_pairs[@]}")
   "$PY" make_report.py --storage_directory "$STUDY" --compare "${pairs[@]}" || true
 }
 

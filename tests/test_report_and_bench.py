@@ -280,3 +280,42 @@ def test_the_healing_part_refuses_models_that_are_not_built_before_healing_any(t
     done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=named)
     assert done.returncode == 1 and f"error: no model {study}/models/field_50_ls to heal longer" in done.stderr
     assert not (study / "study_times.tsv").exists() and not (study / "checkpoints").exists()
+
+
+def test_the_healing_part_evaluates_each_model_apart_and_pairs_the_best_healed_longer(tmp_path):
+    """bench/study.sh healing: one evaluation per model (its longer healing beside its usual one), skipped when
+    written, so a second HEAL_MODELS list never replaces the first's results; each model's longer healing is
+    compared with its usual one, and sitra's best with the field's where both were healed longer."""
+    study = tmp_path / "study"
+    (study / "teacher").mkdir(parents=True)
+    (study / "teacher" / "config.json").write_text("{}")
+    for name in ("sitra_33_heads", "field_33", "sitra_50_heads"):
+        (study / "models" / name).mkdir(parents=True)
+        (study / "models" / name / "sitra.json").write_text("{}")
+    (study / "report").mkdir()
+    best = [
+        {"budget": 0.33, "first": "sitra_33_heads_finetuned-layers", "second": "field_33_finetuned-layers"},
+        {"budget": 0.5, "first": "sitra_50_heads_finetuned-layers", "second": "field_50_ls_finetuned-layers"},
+    ]
+    (study / "report" / "best_against_field.json").write_text(json.dumps(best))
+    (study / "results" / "field_33_heal20000").mkdir(parents=True)  # evaluated by an earlier run
+    (study / "results" / "field_33_heal20000" / "metrics.json").write_text("{}")
+    calls = tmp_path / "calls.txt"
+    fake_python = tmp_path / "python"  # runs the script's inline Python, records every script it would run
+    fake_python.write_text(f'#!/usr/bin/env bash\n[[ $1 == -c ]] && exec {sys.executable} "$@"\necho "$@" >> {calls}\n')
+    fake_python.chmod(0o755)
+    script = Path(__file__).parent.parent / "bench" / "study.sh"
+    env = {**os.environ, "PY": str(fake_python), "HEAL_MODELS": "sitra_33_heads field_33 sitra_50_heads"}
+    done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    heals = [line for line in lines if line.startswith("train_full_merged_model.py")]
+    assert len(heals) == 3 and all(f"--storage_directory {study}/longer_healing" in line for line in heals)
+    evaluations = [line.split("--evaluation ")[1].split()[0] for line in lines if line.startswith("eval_")]
+    assert evaluations == ["sitra_33_heads_heal20000", "sitra_50_heads_heal20000"]  # field_33's was written
+    compared = lines[-1].split("--compare ")[1].split()
+    assert compared == [
+        "sitra_33_heads_heal20000", "sitra_33_heads_finetuned-layers", "field_33_heal20000",
+        "field_33_finetuned-layers", "sitra_50_heads_heal20000", "sitra_50_heads_finetuned-layers",
+        "sitra_33_heads_heal20000", "field_33_heal20000",
+    ]  # fmt: skip
