@@ -41,7 +41,7 @@
 # CHECK_SENTENCES (300 validation sentences each student checks itself on), ATTENTION_FLAGS (the attention
 # students the frontier's compounds take: "" = random init, MSE), INIT_SHAPES (the inits part's "heads d_k"
 # shapes, comma-separated: "6 32,3 32,12 16"), EVALUATE_UNHEALED (0: the frontier evaluates its healed models
-# only; 1: each before healing too). Stage times: STUDY/study_times.tsv.
+# only; 1: each before healing too). Stage times: STUDY/study_times.tsv (stage, seconds, part, finished at).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:?usage: bash bench/study.sh teacher|criteria|inits|frontier|seeds|whole|healing|report [STUDY]}
@@ -54,7 +54,7 @@ ATTENTION_FLAGS=${ATTENTION_FLAGS:-} TEACHER_STEPS=${TEACHER_STEPS:-6000}
 LONG_HEAL_SENTENCES=${LONG_HEAL_SENTENCES:-20000}
 IFS=, read -r -a INIT_SHAPES <<< "${INIT_SHAPES:-6 32,3 32,12 16}"
 mkdir -p "$STUDY"
-TIMES=$STUDY/study_times.tsv
+TIMES=$STUDY/study_times.tsv STAGE_PART=$PART
 # shellcheck source=bench/study_common.sh
 source bench/study_common.sh
 # the distillation criteria compared (the seed's three commands, plus L1): code and flags
@@ -322,7 +322,10 @@ part_report() {
     "$PY" make_report.py --storage_directory "$STUDY" "${seeds[@]}" \
         --compare merged_32_12_conditioned_finetuned-layers drop_top_finetuned-layers || true
   fi
-  awk -F'\t' '{total += $2; printf "%-45s %6.1f min\n", $1, $2 / 60} END {printf "%-45s %6.1f min\n", "total", total / 60}' "$TIMES"
+  # every stage, then the minutes of each part (stages written before parts were recorded: "?")
+  awk -F'\t' '{total += $2; part[$3 == "" ? "?" : $3] += $2; printf "%-10s %-45s %6.1f min\n", $3, $1, $2 / 60}
+      END {for (p in part) printf "%-10s %-45s %6.1f min\n", p, "(part total)", part[p] / 60
+           printf "%-10s %-45s %6.1f min\n", "", "total", total / 60}' "$TIMES"
 }
 
 case $PART in

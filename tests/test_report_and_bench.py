@@ -319,3 +319,15 @@ def test_the_healing_part_evaluates_each_model_apart_and_pairs_the_best_healed_l
         "field_33_finetuned-layers", "sitra_50_heads_heal20000", "sitra_50_heads_finetuned-layers",
         "sitra_33_heads_heal20000", "field_33_heal20000",
     ]  # fmt: skip
+
+
+def test_a_stage_records_its_part_beside_its_time(tmp_path):
+    """bench/study_common.sh stage: parts run side by side append to one times file, so each row names its part
+    (stage, seconds, part, finished at); the command's failure is the stage's."""
+    common = Path(__file__).parent.parent / "bench" / "study_common.sh"
+    times = tmp_path / "study_times.tsv"
+    script = f'set -e; source {common}; TIMES={times}; STAGE_PART=seeds; stage "heal x" true; stage "fails" false'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 1 and "== heal x (" in done.stdout
+    (row,) = [line.split("\t") for line in times.read_text().splitlines()]
+    assert row[0] == "heal x" and row[1] == "0" and row[2] == "seeds" and row[3].startswith("20")
