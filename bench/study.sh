@@ -272,11 +272,13 @@ part_healing() {  # the conclusions' models (or HEAL_MODELS) healed on LONG_HEAL
         stage "evaluate $name$long" evaluate "$STORAGE" "$name$long" "$name$long" "${name}_finetuned-layers"
     pairs+=("$name$long" "${name}_finetuned-layers")  # its longer healing against its usual one
   done
-  # sitra's best against the field's at each budget where both were healed longer (after the report part)
+  # sitra's best against the field's at each budget, and the chain against top drop, where both were healed
+  # longer (the best after the report part)
   local best=$STUDY/report/best_against_field.json
   [ -f "$best" ] && read -r -a best_pairs <<< "$("$PY" -c 'import json, sys
 healed, long = set(sys.argv[3:]), sys.argv[2]
-for row in json.load(open(sys.argv[1])):
+rows = json.load(open(sys.argv[1])) + [{"first": "merged_32_12_conditioned", "second": "drop_top"}]
+for row in rows:
     pair = [row[side].removesuffix("_finetuned-layers") for side in ("first", "second")]
     if set(pair) <= healed:
         print(*(name + long for name in pair), end=" ")' "$best" "$long" "${models[@]}")" && pairs+=("${best_pairs[@]}")

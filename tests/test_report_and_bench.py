@@ -289,7 +289,7 @@ def test_the_healing_part_evaluates_each_model_apart_and_pairs_the_best_healed_l
     study = tmp_path / "study"
     (study / "teacher").mkdir(parents=True)
     (study / "teacher" / "config.json").write_text("{}")
-    for name in ("sitra_33_heads", "field_33", "sitra_50_heads"):
+    for name in ("sitra_33_heads", "field_33", "sitra_50_heads", "merged_32_12_conditioned", "drop_top"):
         (study / "models" / name).mkdir(parents=True)
         (study / "models" / name / "sitra.json").write_text("{}")
     (study / "report").mkdir()
@@ -305,19 +305,19 @@ def test_the_healing_part_evaluates_each_model_apart_and_pairs_the_best_healed_l
     fake_python.write_text(f'#!/usr/bin/env bash\n[[ $1 == -c ]] && exec {sys.executable} "$@"\necho "$@" >> {calls}\n')
     fake_python.chmod(0o755)
     script = Path(__file__).parent.parent / "bench" / "study.sh"
-    env = {**os.environ, "PY": str(fake_python), "HEAL_MODELS": "sitra_33_heads field_33 sitra_50_heads"}
+    healed = "sitra_33_heads field_33 sitra_50_heads merged_32_12_conditioned drop_top"
+    env = {**os.environ, "PY": str(fake_python), "HEAL_MODELS": healed}
     done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
     heals = [line for line in lines if line.startswith("train_full_merged_model.py")]
-    assert len(heals) == 3 and all(f"--storage_directory {study}/longer_healing" in line for line in heals)
+    assert len(heals) == 5 and all(f"--storage_directory {study}/longer_healing" in line for line in heals)
     evaluations = [line.split("--evaluation ")[1].split()[0] for line in lines if line.startswith("eval_")]
-    assert evaluations == ["sitra_33_heads_heal20000", "sitra_50_heads_heal20000"]  # field_33's was written
+    assert "field_33_heal20000" not in evaluations and len(evaluations) == 4  # field_33's was written before
     compared = lines[-1].split("--compare ")[1].split()
-    assert compared == [
-        "sitra_33_heads_heal20000", "sitra_33_heads_finetuned-layers", "field_33_heal20000",
-        "field_33_finetuned-layers", "sitra_50_heads_heal20000", "sitra_50_heads_finetuned-layers",
-        "sitra_33_heads_heal20000", "field_33_heal20000",
+    assert compared[:2] == ["sitra_33_heads_heal20000", "sitra_33_heads_finetuned-layers"] and len(compared) == 14
+    assert compared[-4:] == [  # the best pair of a budget whose both models were healed longer, and the chain's
+        "sitra_33_heads_heal20000", "field_33_heal20000", "merged_32_12_conditioned_heal20000", "drop_top_heal20000",
     ]  # fmt: skip
 
 
