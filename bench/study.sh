@@ -142,6 +142,7 @@ part_inits() {
 # the frontier's models: name and recipe (compounds of students and of pruned teacher modules); the layer-drop
 # and merged models are made by their own scripts below. FFN is the teacher's width (1536 for the offline one)
 FRONTIER_WIDTHS="1152 768 384"  # feed-forward widths of the 67%, 50% / 33% and 25% models at hidden 384
+SPLIT_WIDTHS=(960 576)  # the widths that bring 3 x 32 attention to 50% and 33% of the FLOPs (sitra_*_a3_heads)
 frontier_recipes() {
   local suffix flags variant budget share heads width
   # sitra's compounds, once with ATTENTION_FLAGS' attention students and once with students started from the
@@ -154,6 +155,9 @@ frontier_recipes() {
           "$share" "$suffix" "$heads" "$flags" "$width"
     done
   done
+  # the same budgets split the other way: a quarter of the attention (3 heads) and a wider feed-forward
+  printf 'sitra_%s_a3_heads {"attention": {"heads": 3, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": %s, "run_flags": "--ffn_init neurons"}}\n' \
+      50 "${SPLIT_WIDTHS[0]}" 33 "${SPLIT_WIDTHS[1]}"
   cat <<EOF
 field_67_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152, "reconstruct": true}}
 field_50_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": true}}
@@ -196,6 +200,8 @@ part_frontier() {
   # shellcheck disable=SC2086
   wanted 'sitra_*' && stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
       --ffn_width $FRONTIER_WIDTHS --ffn_init neurons
+  wanted 'sitra_*_a3_heads' && stage "feed-forward students ${SPLIT_WIDTHS[*]}" students retrain_single_block.py \
+      --part ffn --ffn_width "${SPLIT_WIDTHS[@]}" --ffn_init neurons
   wanted 'merged_*' && stage "merge students" students retrain_merge.py --block_heads 12 --block_d_k 32 \
       --merge_init first
   local models=() recipe
@@ -221,9 +227,14 @@ part_frontier() {
   for name in "${models[@]}"; do
     stage "heal $name" heal "$name" --train_layers
   done
-  # the healed models (every one healed alike); EVALUATE_UNHEALED=1 adds each before healing
-  local evaluated=("${models[@]/%/_finetuned-layers}")
-  [[ ${EVALUATE_UNHEALED:-0} == 1 ]] && evaluated+=("${models[@]}")
+  # every frontier model healed in this storage, not only the wanted ones: a run with FRONTIER_MODELS adds its
+  # models to the evaluation instead of replacing the others' (EVALUATE_UNHEALED=1 adds each before healing)
+  local evaluated=()
+  for name in merged_32_12 merged_32_12_conditioned $(frontier_recipes | cut -d' ' -f1); do
+    [ -f "$STORAGE/models/${name}_finetuned-layers/sitra.json" ] || continue
+    evaluated+=("${name}_finetuned-layers")
+    [[ ${EVALUATE_UNHEALED:-0} == 1 ]] && evaluated+=("$name")
+  done
   stage "evaluate frontier" evaluate "$STORAGE" frontier "${evaluated[@]}"
 }
 
