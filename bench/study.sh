@@ -15,11 +15,13 @@
 #             where only svd applies) and a quarter (3 x 32) of the attention, assembled, healed and not
 #   frontier  about 67%, 50%, 33% and 25% of the teacher's encoder FLOPs per token: sitra's students
 #             (retrained attention + feed-forward students, the attention students random (`sitra_*`) or
-#             started from the teacher's heads (`sitra_*_heads`); merged pairs) against the field (head + neuron
-#             pruning with least squares, and without it at 33% and 25%; layer drop `top`; DistilBERT-style
-#             alternate layers; layer drop + neuron pruning) and the conditioned chain of merged pairs (50%),
-#             every model healed alike (every layer, HEAL_SENTENCES sentences); FRONTIER_MODELS="a b ..."
-#             builds only those models
+#             started from the teacher's heads (`sitra_*_heads`); at 50% and 33% also the budget split the other
+#             way, a quarter of the attention and a wider feed-forward (`sitra_*_a3_heads`); merged pairs) against
+#             the field (head + neuron pruning with least squares, and without it at 33% and 25%; layer drop
+#             `top`; DistilBERT-style alternate layers; layer drop + neuron pruning) and the conditioned chain of
+#             merged pairs (50%), every model healed alike (every layer, HEAL_SENTENCES sentences);
+#             FRONTIER_MODELS="a b ..." builds only those models, and the evaluation (frontier) takes every
+#             healed frontier model of the storage
 #   seeds     the frontier again with SEED2 (its own store, under STUDY/seed{SEED2}) for the models the
 #             conclusions rest on (after the report part: the best of each side per budget, the conditioned
 #             chain, top drop; FRONTIER_MODELS overrides): trained twice
@@ -198,7 +200,8 @@ part_frontier() {
   wanted 'sitra_*_heads' && stage "attention students 6 3 x 32, heads" students retrain_single_block.py \
       --block_heads 6 3 --block_d_k 32 --student_init heads
   # shellcheck disable=SC2086
-  wanted 'sitra_*' && stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
+  { wanted 'sitra_[0-9][0-9]' || wanted 'sitra_[0-9][0-9]_heads'; } &&  # not the split budgets' models
+      stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
       --ffn_width $FRONTIER_WIDTHS --ffn_init neurons
   wanted 'sitra_*_a3_heads' && stage "feed-forward students ${SPLIT_WIDTHS[*]}" students retrain_single_block.py \
       --part ffn --ffn_width "${SPLIT_WIDTHS[@]}" --ffn_init neurons

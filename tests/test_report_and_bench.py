@@ -331,3 +331,31 @@ def test_a_stage_records_its_part_beside_its_time(tmp_path):
     assert done.returncode == 1 and "== heal x (" in done.stdout
     (row,) = [line.split("\t") for line in times.read_text().splitlines()]
     assert row[0] == "heal x" and row[1] == "0" and row[2] == "seeds" and row[3].startswith("20")
+
+
+def test_a_frontier_run_for_some_models_adds_them_to_the_evaluation_of_the_others(tmp_path):
+    """bench/study.sh frontier with FRONTIER_MODELS: only those models are trained, built and healed (the split
+    budgets' wider feed-forward students too), and the evaluation takes every healed frontier model of the
+    storage, so the models of an earlier run stay in it."""
+    study = tmp_path / "study"
+    (study / "teacher").mkdir(parents=True)
+    (study / "teacher" / "config.json").write_text("{}")
+    for name in ("field_33_finetuned-layers", "sitra_33_a3_heads_finetuned-layers", "drop_top_finetuned-layers"):
+        (study / "models" / name).mkdir(parents=True)
+        (study / "models" / name / "sitra.json").write_text("{}")
+    calls = tmp_path / "calls.txt"
+    fake_python = tmp_path / "python"  # records every script it would run
+    fake_python.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
+    fake_python.chmod(0o755)
+    script = Path(__file__).parent.parent / "bench" / "study.sh"
+    env = {**os.environ, "PY": str(fake_python), "FRONTIER_MODELS": "sitra_33_a3_heads"}
+    done = subprocess.run(["bash", str(script), "frontier", str(study)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert any("--part ffn --ffn_width 960 576" in line for line in lines)
+    assert not any("--ffn_width 1152" in line or "retrain_merge.py" in line for line in lines)
+    (build,) = [line for line in lines if line.startswith("build_compound.py")]
+    assert '"heads": 3' in build and '"width": 576' in build
+    (evaluation,) = [line for line in lines if line.startswith("eval_retrained_12.py")]
+    models = [Path(m).name for m in evaluation.split("--models ")[1].split()]
+    assert models == ["sitra_33_a3_heads_finetuned-layers", "field_33_finetuned-layers", "drop_top_finetuned-layers"]
