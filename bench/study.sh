@@ -329,7 +329,9 @@ part_report() {
           "merged_32_12_conditioned_finetuned-layers merged_32_12_finetuned-layers"
           "merged_32_12_finetuned-layers drop_top_finetuned-layers" "sitra_50_finetuned-layers drop_top_finetuned-layers"
           "sitra_33_finetuned-layers drop_top_ffn768_ls_finetuned-layers"
-          "sitra_25_finetuned-layers drop_top_ffn384_ls_finetuned-layers")
+          "sitra_25_finetuned-layers drop_top_ffn384_ls_finetuned-layers"
+          "sitra_50_a3_heads_finetuned-layers sitra_50_heads_finetuned-layers"  # the budget split the other way
+          "sitra_33_a3_heads_finetuned-layers sitra_33_heads_finetuned-layers")
   # one process for every pair; a pair whose models were not evaluated (a part not run) is named, not fatal
   # shellcheck disable=SC2068
   "$PY" make_report.py --storage_directory "$STUDY" --compare ${pairs[@]} || true
