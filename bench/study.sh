@@ -288,7 +288,7 @@ part_healing() {  # the conclusions' models (or HEAL_MODELS) healed on LONG_HEAL
   done
   # sitra's best against the field's at each budget, and the chain against top drop, where both were healed
   # longer (the best after the report part)
-  local best=$STUDY/report/best_against_field.json
+  local best=$STUDY/report/best_against_field.json best_pairs=()
   [ -f "$best" ] && read -r -a best_pairs <<< "$("$PY" -c 'import json, sys
 healed, long = set(sys.argv[3:]), sys.argv[2]
 rows = json.load(open(sys.argv[1])) + [{"first": "merged_32_12_conditioned", "second": "drop_top"}]
