@@ -16,7 +16,8 @@
 #   frontier  about 67%, 50%, 33% and 25% of the teacher's encoder FLOPs per token: sitra's students
 #             (retrained attention + feed-forward students, the attention students random (`sitra_*`) or
 #             started from the teacher's heads (`sitra_*_heads`); at 50% and 33% also the budget split the other
-#             way, a quarter of the attention and a wider feed-forward (`sitra_*_a3_heads`); merged pairs) against
+#             way, a quarter of the attention and a wider feed-forward (`sitra_*_a3_heads`), and at 67% and 50%
+#             the teacher's whole attention with only the feed-forward cut (`sitra_*_ffn`); merged pairs) against
 #             the field (head + neuron pruning with least squares, and without it at 33% and 25%; layer drop
 #             `top`; DistilBERT-style alternate layers; layer drop + neuron pruning) and the conditioned chain of
 #             merged pairs (50%), every model healed alike (every layer, HEAL_SENTENCES sentences);
@@ -160,6 +161,8 @@ frontier_recipes() {
   # the same budgets split the other way: a quarter of the attention (3 heads) and a wider feed-forward
   printf 'sitra_%s_a3_heads {"attention": {"heads": 3, "d_k": 32, "run_flags": "--student_init heads"}, "feed_forward": {"width": %s, "run_flags": "--ffn_init neurons"}}\n' \
       50 "${SPLIT_WIDTHS[0]}" 33 "${SPLIT_WIDTHS[1]}"
+  # and the opposite way: the teacher's whole attention, only the feed-forward cut (half, a quarter)
+  printf 'sitra_%s_ffn {"feed_forward": {"width": %s, "run_flags": "--ffn_init neurons"}}\n' 67 768 50 384
   cat <<EOF
 field_67_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 1152, "reconstruct": true}}
 field_50_ls {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": true}}
@@ -200,7 +203,7 @@ part_frontier() {
   wanted 'sitra_*_heads' && stage "attention students 6 3 x 32, heads" students retrain_single_block.py \
       --block_heads 6 3 --block_d_k 32 --student_init heads
   # shellcheck disable=SC2086
-  { wanted 'sitra_[0-9][0-9]' || wanted 'sitra_[0-9][0-9]_heads'; } &&  # not the split budgets' models
+  { wanted 'sitra_[0-9][0-9]' || wanted 'sitra_[0-9][0-9]_heads' || wanted 'sitra_*_ffn'; } &&  # not *_a3_heads
       stage "feed-forward students $FRONTIER_WIDTHS" students retrain_single_block.py --part ffn \
       --ffn_width $FRONTIER_WIDTHS --ffn_init neurons
   wanted 'sitra_*_a3_heads' && stage "feed-forward students ${SPLIT_WIDTHS[*]}" students retrain_single_block.py \
@@ -331,7 +334,9 @@ part_report() {
           "sitra_33_finetuned-layers drop_top_ffn768_ls_finetuned-layers"
           "sitra_25_finetuned-layers drop_top_ffn384_ls_finetuned-layers"
           "sitra_50_a3_heads_finetuned-layers sitra_50_heads_finetuned-layers"  # the budget split the other way
-          "sitra_33_a3_heads_finetuned-layers sitra_33_heads_finetuned-layers")
+          "sitra_33_a3_heads_finetuned-layers sitra_33_heads_finetuned-layers"
+          "sitra_67_ffn_finetuned-layers sitra_67_heads_finetuned-layers"  # and the opposite way
+          "sitra_50_ffn_finetuned-layers sitra_50_heads_finetuned-layers")
   # one process for every pair; a pair whose models were not evaluated (a part not run) is named, not fatal
   # shellcheck disable=SC2068
   "$PY" make_report.py --storage_directory "$STUDY" --compare ${pairs[@]} || true

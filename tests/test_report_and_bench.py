@@ -359,3 +359,10 @@ def test_a_frontier_run_for_some_models_adds_them_to_the_evaluation_of_the_other
     (evaluation,) = [line for line in lines if line.startswith("eval_retrained_12.py")]
     models = [Path(m).name for m in evaluation.split("--models ")[1].split()]
     assert models == ["sitra_33_a3_heads_finetuned-layers", "field_33_finetuned-layers", "drop_top_finetuned-layers"]
+    calls.unlink()  # the teacher's whole attention, only the feed-forward cut: the usual widths, no attention
+    env["FRONTIER_MODELS"] = "sitra_50_ffn"
+    done = subprocess.run(["bash", str(script), "frontier", str(study)], capture_output=True, text=True, env=env)
+    lines = calls.read_text().splitlines()
+    assert done.returncode == 0 and any("--part ffn --ffn_width 1152 768 384" in line for line in lines)
+    (build,) = [line for line in lines if line.startswith("build_compound.py")]
+    assert '"width": 384' in build and "attention" not in build and "--block_heads" not in " ".join(lines)
