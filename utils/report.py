@@ -411,8 +411,10 @@ def plot_frontier(rows, output: Path) -> Path | None:
                 fontsize=7,
                 color="0.4",
             )
-        for index, ((label, marker), members) in enumerate(families.items()):
-            color = f"C{index % 10}"
+        # the teacher in black, so the ten colours of the cycle go to ten method families before one repeats
+        others = [family for family in families if family[0] != "teacher"]
+        for (label, marker), members in families.items():
+            color = "black" if label == "teacher" else f"C{others.index((label, marker)) % 10}"
             values = [(row["flop_ratio"], _value(row, metric)) for row in members]
             front = pareto([value for value in values if value[1] is not None])
             if len(front) > 1:
