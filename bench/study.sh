@@ -285,7 +285,7 @@ part_healing() {  # the conclusions' models (or HEAL_MODELS) healed on LONG_HEAL
         --output_model "$STORAGE/models/$name$long" --storage_directory "$STUDY/longer_healing"
     # one evaluation per model, so a later HEAL_MODELS list adds evaluations instead of replacing this one;
     # every evaluation draws the same masks (same data flags), so models of different ones still pair up
-    [ -f "$STUDY/results/$name$long/metrics.json" ] ||
+    [ -f "$STORAGE/results/$name$long/metrics.json" ] ||
         stage "evaluate $name$long" evaluate "$STORAGE" "$name$long" "$name$long" "${name}_finetuned-layers"
     pairs+=("$name$long" "${name}_finetuned-layers")  # its longer healing against its usual one
   done

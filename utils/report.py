@@ -391,6 +391,9 @@ def plot_frontier(rows, output: Path) -> Path | None:
     families = {}
     for _, row in sorted(points.items()):
         families.setdefault(method_of(row), []).append(row)
+    # the teacher in black, so the ten colours of the cycle go to ten method families before one repeats
+    others = [family for family in families if family[0] != "teacher"]
+    colors = {family: "black" if family[0] == "teacher" else f"C{others.index(family) % 10}" for family in families}
     best = {}  # compression budget -> the model with the highest top-1 in it (the teacher's 100% not named:
     # milder cuts there, e.g. half attention at 83%, would crowd the 67% label)
     for name, row in points.items():
@@ -411,10 +414,8 @@ def plot_frontier(rows, output: Path) -> Path | None:
                 fontsize=7,
                 color="0.4",
             )
-        # the teacher in black, so the ten colours of the cycle go to ten method families before one repeats
-        others = [family for family in families if family[0] != "teacher"]
         for (label, marker), members in families.items():
-            color = "black" if label == "teacher" else f"C{others.index((label, marker)) % 10}"
+            color = colors[label, marker]
             values = [(row["flop_ratio"], _value(row, metric)) for row in members]
             front = pareto([value for value in values if value[1] is not None])
             if len(front) > 1:
