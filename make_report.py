@@ -10,6 +10,10 @@
 - ``criteria_heatmap.png``: blocks x distillation criteria, each block alone replaced and all assembled;
 - ``teacher_curve.png``: the teacher's validation top-1 over its training steps;
 - ``best_against_field.json``: per budget, sitra's best against the field's best, paired on the same masks;
+- with ``--study FILE``: the storage directory is that study's root (its workflow's storage), and its results are
+  written as data, ``data/models.csv`` and ``data/comparisons.csv`` (utils/study_report.py), with
+  ``report/study.md``, their tables; ``--tables DIR`` prints the tables of such a data folder (e.g. one committed
+  under docs/data/) as markdown;
 - with ``--seed_runs``: ``seeds.md`` / ``seeds.csv``, every model trained under several seeds as mean ± spread,
   and ``best_against_field_seeds.json``, the same comparison with each model averaged over the seeds.
 Written to ``{storage}/report/``.
@@ -25,6 +29,8 @@ from utils.args import StorageArguments, parse_args, require
 from utils.experiment import cli_entry, log, start
 from utils.report import compare_pairs, write_report
 from utils.storage import Storage
+from utils.study import Plan, Study
+from utils.study_report import study_markdown, write_study_data
 
 
 @dataclass
@@ -61,7 +67,18 @@ class ReportArguments:
         },
     )
 
+    study: Optional[str] = field(
+        default=None,
+        metadata={"help": "A study file (studies/*.yaml) whose root is --storage_directory: write its results as "
+                  "tidy tables (data/models.csv, data/comparisons.csv) and report/study.md."},
+    )  # fmt: skip
+    tables: Optional[str] = field(
+        default=None, metadata={"help": "A study's data folder (models.csv, comparisons.csv): print its tables."}
+    )
+
     def __post_init__(self):
+        require(self.study is None or Path(self.study).is_file(), f"--study {self.study}: no such study file")
+        require(self.tables is None or Path(self.tables).is_dir(), f"--tables {self.tables}: not a directory")
         require(
             self.compare is None or (self.compare and len(self.compare) % 2 == 0),
             f"--compare takes pairs of model names (an even count), got {len(self.compare or [])}",
@@ -75,6 +92,14 @@ def main(argv=None) -> dict:
     flags = parse_args([StorageArguments, ReportArguments], __doc__, argv)
     start(flags)
     storage, options = Storage(flags.storage.storage_directory), flags.report
+    if options.tables:
+        print(study_markdown(Path(options.tables)))
+        return {"tables": options.tables}
+    if options.study:
+        plan = Plan(Study.load(options.study), storage.root, python="")
+        files = write_study_data(plan)
+        log.info("study %s: %s", plan.study.name, ", ".join(str(path) for path in files.values()))
+        return {name: str(path) for name, path in files.items()}
     output = Path(options.output_dir or storage.report)
     if options.compare:
         return compare_pairs(storage, options.compare, output, [Storage(folder) for folder in options.seed_runs or []])

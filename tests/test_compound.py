@@ -29,7 +29,7 @@ def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_fl
     recipe = {
         "attention": {"heads": 2, "d_k": 8, "layers": [0, 1]},
         "prune_neurons": {"width": 16, "reconstruct": True, "layers": [0, 1, 4]},
-        "merge": {"heads": 4, "d_k": 8, "run_flags": "--merge_init first", "pairs": [2]},
+        "merge": {"heads": 4, "d_k": 8, "flags": {"merge_init": "first"}, "pairs": [2]},
     }
     build = run_flags(teacher=tiny_teacher_5_layers, drop=("batch_size", "eval_sentences"))
     build += ["--name", "compound_a", "--recipe", json.dumps(recipe), "--importance_sentences", "32"]

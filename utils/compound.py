@@ -3,18 +3,20 @@
 A recipe names, per part, where each layer's module comes from; a part left out keeps the teacher's::
 
     {
-      "attention":     {"heads": 6, "d_k": 32, "run_flags": "", "source": "block", "layers": [0, 1, 2]},
+      "attention":     {"heads": 6, "d_k": 32, "flags": {"student_init": "heads"}, "source": "block",
+                        "layers": [0, 1, 2]},
       "prune_heads":   {"heads": 6, "layers": [3, 4, 5]},
-      "feed_forward":  {"width": 768, "run_flags": "--ffn_init neurons"},
+      "feed_forward":  {"width": 768, "flags": {"ffn_init": "neurons"}},
       "prune_neurons": {"width": 768, "reconstruct": true},
-      "merge":         {"heads": 12, "d_k": 32, "source": "conditioned", "run_flags": "--merge_init first",
+      "merge":         {"heads": 12, "d_k": 32, "source": "conditioned", "flags": {"merge_init": "first"},
                         "pairs": [0, 2]},
       "drop":          {"rule": "top", "count": 2}
     }
 
 ``attention`` / ``feed_forward`` / ``merge`` take the students trained by retrain_single_block.py (``--part
-ffn``), retrain_merge.py or the conditioned chain, found by the same flags they were trained with
-(``run_flags``); ``prune_heads`` / ``prune_neurons`` prune the teacher's own modules by importance (neurons
+ffn``), retrain_merge.py or the conditioned chain, found by the values of the flags they were trained with
+(``flags``: flag name -> value, e.g. ``{"criterion": "CrossEntropy", "loss_on_logits": true}``; the defaults may
+be left out); ``prune_heads`` / ``prune_neurons`` prune the teacher's own modules by importance (neurons
 optionally reconstructed by least squares); ``layers`` (default: every layer) and ``pairs`` (the first layers
 of the merged pairs; default: 0, 2, ...) say where. A layer takes at
 most one attention and one feed-forward source; merged pairs and dropped layers replace whole layers.
@@ -38,14 +40,14 @@ from models import (
 from utils.assembly import collect_attentions, collect_feed_forwards, collect_merged_layers
 from utils.errors import UserError
 from utils.pruning import feed_forward_statistics, head_importance, heads_to_keep, neuron_importance, neurons_to_keep
-from utils.runs import variant_of_command_line
+from utils.runs import variant_of_flags
 
 PARTS = {  # recipe key -> the keys it takes (required ones first, then optional)
-    "attention": (("heads", "d_k"), ("run_flags", "source", "layers")),
+    "attention": (("heads", "d_k"), ("flags", "source", "layers")),
     "prune_heads": (("heads",), ("layers",)),
-    "feed_forward": (("width",), ("run_flags", "layers")),
+    "feed_forward": (("width",), ("flags", "layers")),
     "prune_neurons": (("width",), ("reconstruct", "layers")),
-    "merge": (("heads", "d_k"), ("run_flags", "source", "pairs")),
+    "merge": (("heads", "d_k"), ("flags", "source", "pairs")),
     "drop": (("rule", "count"), ()),
 }
 NEEDS_DATA = ("prune_heads", "prune_neurons")  # importance (and calibration) sentences
@@ -79,6 +81,14 @@ def read_recipe(text: str) -> dict:
     return recipe
 
 
+def recipe_variant(options: dict, kind: str) -> str:
+    """The folder suffix of the ``kind`` runs a recipe part takes: from its ``flags`` (``""``: the defaults)."""
+    flags = options.get("flags", {})
+    if not isinstance(flags, dict):
+        raise UserError(f"--recipe: flags of {kind} runs: expected an object of flag name -> value, got {flags!r}")
+    return variant_of_flags(kind, flags)
+
+
 def _overlap(first: dict, second: dict) -> bool:
     layers_a, layers_b = first.get("layers"), second.get("layers")
     return layers_a is None or layers_b is None or bool(set(layers_a) & set(layers_b))
@@ -95,7 +105,7 @@ def build_compound(
     if "attention" in recipe:
         options = recipe["attention"]
         kind = options.get("source", "block")
-        variant = variant_of_command_line(kind, options.get("run_flags", ""))
+        variant = recipe_variant(options, kind)
         found, paths, missing = collect_attentions(
             storage_directory, model, name, options["heads"], options["d_k"], options.get("layers"), kind, variant
         )
@@ -111,7 +121,7 @@ def build_compound(
             attentions[layer] = attention_of_heads(attention, heads, attention.dropout)
     if "feed_forward" in recipe:
         options = recipe["feed_forward"]
-        variant = variant_of_command_line("ffn", options.get("run_flags", ""))
+        variant = recipe_variant(options, "ffn")
         found, paths, missing = collect_feed_forwards(
             storage_directory, model, name, options["width"], options.get("layers"), variant
         )
@@ -133,7 +143,7 @@ def build_compound(
     if "merge" in recipe:
         options = recipe["merge"]
         kind = options.get("source", "merge")
-        variant = variant_of_command_line(kind, options.get("run_flags", ""))
+        variant = recipe_variant(options, kind)
         found, paths, missing = collect_merged_layers(
             storage_directory, model, name, options["heads"], options["d_k"], kind, variant=variant
         )

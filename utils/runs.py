@@ -6,6 +6,7 @@ run's name or identity."""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from utils.args import (
 )
 from utils.checkpoint import RunDirectory
 from utils.distributed import init_distributed
-from utils.identity import CONTINUABLE, run_identity, variant
+from utils.errors import UserError
+from utils.identity import CONTINUABLE, NAMED, run_identity, variant
 from utils.storage import Storage
 from utils.teacher import TeacherInfo
 
@@ -46,6 +48,19 @@ def variant_of_command_line(kind: str, command_line: str) -> str:
     """:func:`run_variant` of the flags in ``command_line`` (as the ``kind`` runs were trained with, e.g.
     ``"--criterion CrossEntropy --loss_on_logits"``); flags of other groups are an error. For the notebook."""
     return run_variant(parse_args(list(VARIANT_GROUPS[kind]), "", shlex.split(command_line)), kind)
+
+
+def variant_of_flags(kind: str, values: dict) -> str:
+    """:func:`run_variant` of flag values by name, as the ``kind`` runs were trained with (a recipe's or a study's
+    structured fields, e.g. ``{"student_init": "heads"}``; flags left out keep their default); a flag no group
+    of ``kind`` declares is a one-line error."""
+    groups = VARIANT_GROUPS[kind]
+    declared = {group: {field.name for field in dataclasses.fields(group)} for group in groups}
+    unknown = sorted(set(values) - set().union(*declared.values()))
+    if unknown:
+        known = ", ".join(sorted(name for names in declared.values() for name in names if name in NAMED))
+        raise UserError(f"{kind} runs take no flag {', '.join(unknown)} (their variant flags: {known})")
+    return variant([group(**{k: v for k, v in values.items() if k in declared[group]}) for group in groups])
 
 
 def open_run(flags: Flags, folder: Path, **explicit) -> RunDirectory:

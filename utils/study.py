@@ -1,0 +1,512 @@
+"""A study as data: a YAML file under ``studies/`` read and checked, and its plan, the stages the workflow runs.
+
+A study names its teacher, its data scale, seeds, budgets (shares of the teacher's encoder FLOPs per token),
+the model families to build at each budget, the healing every model gets and the comparisons its report
+answers (see ``studies/round2.yaml``, every key explained). :func:`plan` turns it into :class:`Stage` s: one
+call of one top-level script each, with the stages it needs, so a workflow engine (``workflow/Snakefile``)
+runs them in order, here or on a cluster, and skips what is done. The heads and feed-forward widths of each
+family at each budget come from the teacher's shape by :func:`models.cost.width_for_budget`, so one study file
+plans the right models for the offline teacher and for ``bert-base-uncased``.
+
+Under the study's root (the workflow's ``storage``)::
+
+    {root}/teacher/                   the teacher, when the study trains one
+    {root}/seed{N}/                   one storage directory per seed (utils/storage.py's layout)
+    {root}/stages/{seed}/{kind}/{name}.done    a finished stage (the engine's targets)
+    {root}/data/models.csv, comparisons.csv    the study's results as tidy tables (make_report.py --study)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.cost import flops_per_token, width_for_budget
+from utils.errors import UserError
+from utils.runs import variant_of_flags
+from utils.storage import Storage
+
+# Teacher shapes a study can plan with before any weights are at hand (``teacher: {shape: bert-base}``).
+SHAPES = {
+    "bert-base": {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072},
+    "bert-large": {"layers": 24, "hidden": 1024, "heads": 16, "ffn": 4096},
+    "minilm": {"layers": 6, "hidden": 384, "heads": 12, "ffn": 1536},
+}
+BUDGET_SLACK = 0.02  # a planned model within 2 points of its budget counts at it (widths are rounded)
+SHARED = "shared"  # the "seed" of stages every seed shares (the teacher, the report)
+
+
+@dataclass(frozen=True)
+class TeacherShape:
+    """What the plan needs of the teacher: layers, hidden size, heads (of ``hidden / heads`` each), feed-forward."""
+
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+
+    @property
+    def d_k(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def of_config(cls, config) -> TeacherShape:
+        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+
+    def encoder_flops(self, seq_len: int) -> int:
+        return self.layers * flops_per_token(self.hidden, self.heads, self.d_k, self.ffn, seq_len)
+
+    def share(self, seq_len: int, layers: int, heads: int, ffn: int) -> float:
+        """The encoder FLOPs per token of ``layers`` layers of ``heads`` x d_k and ``ffn``, as a share of this."""
+        return layers * flops_per_token(self.hidden, heads, self.d_k, ffn, seq_len) / self.encoder_flops(seq_len)
+
+    def width(self, budget: float, seq_len: int, heads: int, layers: int | None = None) -> int:
+        return width_for_budget(
+            budget, self.layers, self.hidden, self.heads, self.d_k, self.ffn, seq_len, layers, heads
+        )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One call of one top-level script: ``kind`` is the workflow rule that runs it, ``seed`` the storage it
+    writes (``seed42``, or :data:`SHARED`), ``name`` unique within the two; ``needs``: the stages before it."""
+
+    kind: str
+    seed: str
+    name: str
+    command: tuple[str, ...]
+    needs: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.kind, self.seed, self.name
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """A model of the study at one budget: its family, the share of the teacher's FLOPs it lands at, what it
+    is made of (``recipe``, a compound recipe, or ``merged``: a merged-pairs source), and its shape."""
+
+    name: str
+    family: str
+    method: str
+    budget: float
+    flops_share: float
+    shape: dict
+    recipe: dict | None = None
+    merged: dict | None = None
+
+    @property
+    def healed(self) -> str:
+        return f"{self.name}_healed"
+
+
+# -- the study file ---------------------------------------------------------------------------------------------
+DATA_DEFAULTS = {
+    "train_sentences": None,  # training sentences in the store every student learns from (None: all)
+    "student_epochs": 1,
+    "check_sentences": 300,  # validation sentences each run reports on (a diagnostic, not a choice)
+    "heal_sentences": 4000,
+    "heal_epochs": 1,
+    "test_share": 1.0,  # the share of the test split evaluated (the same masks for every model)
+    "seq_len": 40,
+    "batch_size": None,  # None: each script's default
+}
+TOP_KEYS = {"name", "description", "teacher", "data", "seeds", "budgets", "families", "healing", "comparisons",
+            "resources"}  # fmt: skip
+
+
+def _require(condition: bool, message: str, where: str) -> None:
+    if not condition:
+        raise UserError(f"{where}: {message}")
+
+
+@dataclass
+class Study:
+    """A study file, checked (each error names the file and the key)."""
+
+    path: Path
+    name: str
+    teacher: dict
+    data: dict
+    seeds: list[int]
+    budgets: list[float]
+    families: dict[str, dict]
+    healing: dict
+    comparisons: list[list[str]]
+    resources: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Study:
+        import yaml  # a dependency of the workflow only
+
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise UserError(f"{path}: not a readable YAML study file ({type(error).__name__})") from None
+        where = str(path)
+        _require(isinstance(raw, dict), "expected a mapping of study keys", where)
+        unknown = set(raw) - TOP_KEYS
+        _require(not unknown, f"unknown keys {sorted(unknown)} (expected {', '.join(sorted(TOP_KEYS))})", where)
+        for key in ("teacher", "budgets", "families"):
+            _require(key in raw, f"needs '{key}'", where)
+        data = {**DATA_DEFAULTS, **(raw.get("data") or {})}
+        _require(set(data) == set(DATA_DEFAULTS), f"data: keys are {', '.join(DATA_DEFAULTS)}", where)
+        budgets = raw["budgets"]
+        _require(
+            isinstance(budgets, list) and budgets and all(isinstance(b, float) and 0 < b <= 1 for b in budgets),
+            "budgets: expected a list of shares of the teacher's FLOPs, each in (0, 1]",
+            where,
+        )
+        seeds = raw.get("seeds", [42])
+        _require(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds), "seeds: ints", where)
+        families = raw["families"]
+        _require(isinstance(families, dict) and families, "families: expected a mapping name -> family", where)
+        for name, family in families.items():
+            _check_family(name, family, budgets, f"{where}: families.{name}")
+        comparisons = raw.get("comparisons") or []
+        for pair in comparisons:
+            _require(
+                isinstance(pair, list) and len(pair) == 2 and set(pair) <= set(families),
+                f"comparisons: {pair!r} is not a pair of family names",
+                where,
+            )
+        teacher = raw["teacher"]
+        _require(
+            isinstance(teacher, dict) and len({"path", "train"} & set(teacher)) == 1,
+            "teacher: expected exactly one of 'path' (a folder or hub id) and 'train' (train_teacher.py's flags)",
+            where,
+        )
+        _require(teacher.get("shape") in (None, *SHAPES), f"teacher.shape: one of {', '.join(SHAPES)}", where)
+        healing = {"flags": {}, **(raw.get("healing") or {})}
+        return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
+                   raw.get("resources") or {})  # fmt: skip
+
+
+def _check_family(name: str, family: dict, budgets: list[float], where: str) -> None:
+    _require(name.replace("_", "").isalnum(), "a family name is letters, digits and _", where)
+    _require(
+        isinstance(family, dict) and family.get("method") in METHODS, f"method: one of {', '.join(METHODS)}", where
+    )
+    method = METHODS[family["method"]]
+    unknown = set(family) - {"method", "budgets", *method.options}
+    _require(not unknown, f"{family['method']} takes no {sorted(unknown)} (it takes {sorted(method.options)})", where)
+    _require(set(family.get("budgets", budgets)) <= set(budgets), "budgets: each must be one of the study's", where)
+
+
+# -- methods: how a family plans its model at one budget ----------------------------------------------------------
+@dataclass(frozen=True)
+class PlanMethod:
+    """A registered way to build a family's models: its options and the function that plans one budget."""
+
+    name: str
+    options: tuple[str, ...]
+    plan: Callable[[TeacherShape, int, str, dict, float], PlannedModel]
+    summary: str
+
+
+METHODS: dict[str, PlanMethod] = {}
+
+
+def register(name: str, options: tuple[str, ...], summary: str):
+    def decorate(function):
+        METHODS[name] = PlanMethod(name, options, function, summary)
+        return function
+
+    return decorate
+
+
+def _share_at(value, budget: float, where: str) -> float:
+    """A share (of heads or layers) given as a number or a mapping budget -> share with a ``default``."""
+    if isinstance(value, dict):
+        value = value.get(budget, value.get("default"))
+    _require(isinstance(value, int | float) and 0 < value <= 1, f"expected a share in (0, 1] at {budget}", where)
+    return float(value)
+
+
+def _kept_heads(shape: TeacherShape, family: dict, budget: float) -> int:
+    return max(1, round(shape.heads * _share_at(family.get("attention_share", 1.0), budget, "attention_share")))
+
+
+def _model(family: str, method: str, budget: float, share: float, shape: dict, **made_of) -> PlannedModel:
+    return PlannedModel(f"{family}_{round(100 * budget)}", family, method, budget, share, shape, **made_of)
+
+
+@register("students", ("attention_share", "attention", "feed_forward"),
+          "sitra: attention students with a share of the heads and feed-forward students of the width the budget "
+          "leaves, distilled on the teacher's activations, in one compound model")  # fmt: skip
+def plan_students(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
+    heads = _kept_heads(shape, options, budget)
+    width = shape.width(budget, seq_len, heads)
+    recipe = {}
+    if heads < shape.heads:
+        recipe["attention"] = {"heads": heads, "d_k": shape.d_k, "flags": options.get("attention", {})}
+    if width < shape.ffn:
+        recipe["feed_forward"] = {"width": width, "flags": options.get("feed_forward", {})}
+    share = shape.share(seq_len, shape.layers, heads, width)
+    return _model(family, "students", budget, share, {"heads": heads, "ffn": width}, recipe=recipe)
+
+
+@register("pruning", ("attention_share", "reconstruct"),
+          "the field: the teacher's least important heads and neurons removed (neurons optionally reconstructed "
+          "by least squares)")  # fmt: skip
+def plan_pruning(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
+    heads = _kept_heads(shape, options, budget)
+    width = shape.width(budget, seq_len, heads)
+    recipe = {}
+    if heads < shape.heads:
+        recipe["prune_heads"] = {"heads": heads}
+    if width < shape.ffn:
+        recipe["prune_neurons"] = {"width": width, "reconstruct": bool(options.get("reconstruct", False))}
+    share = shape.share(seq_len, shape.layers, heads, width)
+    return _model(family, "pruning", budget, share, {"heads": heads, "ffn": width}, recipe=recipe)
+
+
+@register("layer_drop", ("rule", "depth", "reconstruct"),
+          "the field: a share of the layers kept (the others dropped by rule), their feed-forwards pruned to the "
+          "width the budget leaves")  # fmt: skip
+def plan_layer_drop(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
+    kept = max(1, round(shape.layers * _share_at(options.get("depth", 0.5), budget, "depth")))
+    width = shape.width(budget, seq_len, shape.heads, kept)
+    recipe = {"drop": {"rule": options.get("rule", "top"), "count": shape.layers - kept}}
+    if width < shape.ffn:
+        recipe["prune_neurons"] = {
+            "width": width,
+            "reconstruct": bool(options.get("reconstruct", False)),
+            "layers": _kept_layers(recipe["drop"]["rule"], shape.layers, shape.layers - kept),
+        }
+    share = shape.share(seq_len, kept, shape.heads, width)
+    return _model(family, "layer_drop", budget, share, {"layers": kept, "ffn": width}, recipe=recipe)
+
+
+def _kept_layers(rule: str, layers: int, count: int) -> list[int]:
+    from models import layers_to_drop
+
+    dropped = set(layers_to_drop(rule, layers, count))
+    return [layer for layer in range(layers) if layer not in dropped]
+
+
+def _merged_pairs(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float, source: str):
+    layers = shape.layers - shape.layers // 2
+    merged = {"source": source, "flags": options.get("merge", {"merge_init": "first"})}
+    share = shape.share(seq_len, layers, shape.heads, shape.ffn)
+    return _model(family, source, budget, share, {"layers": layers}, merged=merged)
+
+
+@register("merged_pairs", ("merge",), "sitra: each pair of adjacent layers distilled into one layer")
+def plan_merged_pairs(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
+    return _merged_pairs(shape, seq_len, family, options, budget, "merge")
+
+
+@register("conditioned_chain", ("merge",),
+          "sitra: the merged pairs trained in order, each on the merged layers before it")  # fmt: skip
+def plan_chain(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
+    return _merged_pairs(shape, seq_len, family, options, budget, "conditioned")
+
+
+def plan_models(study: Study, shape: TeacherShape) -> tuple[list[PlannedModel], list[str]]:
+    """Every family's model at every budget it reaches (within :data:`BUDGET_SLACK`), and a line for each
+    budget a family does not reach. A family that names its ``budgets`` must reach each: else a UserError."""
+    models, skipped = [], []
+    seq_len = study.data["seq_len"]
+    for family, options in study.families.items():
+        method = METHODS[options["method"]]
+        for budget in options.get("budgets", study.budgets):
+            model = method.plan(shape, seq_len, family, options, budget)
+            if abs(model.flops_share - budget) <= BUDGET_SLACK:
+                models.append(model)
+                continue
+            why = f"{family} at {budget:.0%}: its model lands at {model.flops_share:.1%} of the teacher's FLOPs"
+            _require("budgets" not in options, why, f"{study.path}: families.{family}")
+            skipped.append(why)
+    return models, skipped
+
+
+# -- the stages ---------------------------------------------------------------------------------------------------
+def _flag_args(values: dict) -> list[str]:
+    """``{"student_init": "heads", "loss_on_logits": True}`` -> ``--student_init heads --loss_on_logits``."""
+    args = []
+    for name, value in values.items():
+        if value is True:
+            args.append(f"--{name}")
+        elif value not in (False, None):
+            args += [f"--{name}", str(value)]
+    return args
+
+
+class Plan:
+    """The stages of a study under ``root``: built once from the study file, read by the workflow's rules."""
+
+    def __init__(self, study: Study, root: str | Path, python: str, data_dir: str | None = None, shape=None):
+        self.study, self.root, self.python = study, Path(root).resolve(), python
+        self.repo = Path(__file__).resolve().parents[1]
+        self.shape = shape or teacher_shape(study)
+        self.models, self.skipped = plan_models(study, self.shape)
+        self.data_dir = data_dir
+        self.stages: dict[tuple[str, str, str], Stage] = {}
+        teacher = self._teacher_stage()
+        for seed in study.seeds:
+            self._seed_stages(seed, teacher)
+        evaluations = [key for key in self.stages if key[0] == "evaluate"]
+        report = ("--storage_directory", self.root, "--study", study.path.resolve())
+        self.report = Stage("report", SHARED, "report", (str(self.repo / "make_report.py"), *map(str, report)),
+                            tuple(evaluations))  # fmt: skip
+
+    # where things are ------------------------------------------------------------------------------------------
+    def storage(self, seed: int) -> Storage:
+        return Storage(self.root / f"seed{seed}")
+
+    @property
+    def teacher(self) -> str:
+        train = self.study.teacher.get("train")
+        return str(Storage(self.root).teacher) if train is not None else self.study.teacher["path"]
+
+    def stamp(self, key: tuple[str, str, str]) -> Path:
+        kind, seed, name = key
+        return self.root / "stages" / seed / kind / f"{name}.done"
+
+    @property
+    def data_files(self) -> dict[str, Path]:
+        """The study's tidy tables (make_report.py --study writes them)."""
+        return {name: self.root / "data" / f"{name}.csv" for name in ("models", "comparisons")}
+
+    # building -----------------------------------------------------------------------------------------------
+    def _add(self, kind: str, seed: str, name: str, script: str, args, needs=()) -> tuple[str, str, str]:
+        stage = Stage(kind, seed, name, (str(self.repo / script), *map(str, args)), tuple(needs))
+        self.stages.setdefault(stage.key, stage)
+        return stage.key
+
+    def _common(self, seed: int, training: bool = False) -> list[str]:
+        data = self.study.data
+        args = ["--teacher", self.teacher, "--storage_directory", self.storage(seed).root, "--seed", seed]
+        args += ["--seq_len", data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
+        return args + (["--batch_size", data["batch_size"]] if training and data["batch_size"] else [])
+
+    def _teacher_stage(self) -> list:
+        train = self.study.teacher.get("train")
+        if train is None:
+            return []
+        args = _flag_args(train) + ["--output_dir", Storage(self.root).teacher, "--storage_directory", self.root]
+        args += ["--seq_len", self.study.data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
+        return [self._add("teacher", SHARED, "teacher", "train_teacher.py", args)]
+
+    def _students(self, seed: int, args) -> list:
+        """The flags of a script that trains students of every layer from the seed's teacher store."""
+        data = self.study.data
+        sentences = ["--max_sentences", data["train_sentences"]] if data["train_sentences"] else []
+        return [
+            *self._common(seed, training=True), *sentences, "--teacher_store", "--eval_sentences",
+            data["check_sentences"], "--block", "all", "--epochs", data["student_epochs"], *args,
+        ]  # fmt: skip
+
+    def _seed_stages(self, seed: int, teacher: list) -> None:
+        tag, data = f"seed{seed}", self.study.data
+        sentences = ["--max_sentences", data["train_sentences"]] if data["train_sentences"] else []
+        store = self._add("store", tag, "store", "build_teacher_store.py", self._common(seed) + sentences, teacher)
+        healed = []
+        for model in self.models:
+            needs = [store, *self._student_stages(seed, model, store)]
+            built = self._model_stage(seed, model, needs)
+            healed.append(self._heal_stage(seed, model, built))
+        models = [self.storage(seed).model(model.healed) for model in self.models]
+        args = [*self._common(seed), "--percentage_data", data["test_share"], "--reference", "none"]
+        args += ["--latency_repeats", 0, "--evaluation", "test", "--models", *models]
+        self._add("evaluate", tag, "test", "eval_retrained_12.py", args, healed)
+
+    def _student_stages(self, seed: int, model: PlannedModel, store) -> list:
+        tag, recipe = f"seed{seed}", model.recipe or {}
+        stages = []
+        if "attention" in recipe:
+            part = recipe["attention"]
+            name = f"{part['heads']}x{part['d_k']}{variant_of_flags('block', part['flags'])}"
+            shape = ["--block_heads", part["heads"], "--block_d_k", part["d_k"], *_flag_args(part["flags"])]
+            args = self._students(seed, shape)
+            stages.append(self._add("attention_students", tag, name, "retrain_single_block.py", args, [store]))
+        if "feed_forward" in recipe:
+            part = recipe["feed_forward"]
+            name = f"{part['width']}{variant_of_flags('ffn', part['flags'])}"
+            shape = ["--part", "ffn", "--ffn_width", part["width"], *_flag_args(part["flags"])]
+            args = self._students(seed, shape)
+            stages.append(self._add("ffn_students", tag, name, "retrain_single_block.py", args, [store]))
+        if model.merged:
+            flags = model.merged["flags"]
+            name = f"{self.shape.heads}x{self.shape.d_k}{variant_of_flags('merge', flags)}"
+            shape = ["--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k, *_flag_args(flags)]
+            merge = self._add("merge_students", tag, name, "retrain_merge.py", self._students(seed, shape),
+                              [store])  # fmt: skip
+            stages.append(merge)
+            if model.merged["source"] == "conditioned":
+                chain = [arg for arg in self._students(seed, shape) if arg not in ("--block", "all")]
+                chain = [arg for arg in chain if arg != "--teacher_store"] + ["--all"]
+                stages.append(self._add("chain", tag, name, "finetune_conditioned_fully_merged.py", chain, [merge]))
+        return stages
+
+    def _model_stage(self, seed: int, model: PlannedModel, needs: list) -> tuple[str, str, str]:
+        tag, output = f"seed{seed}", self.storage(seed).model(model.name)
+        if model.recipe is not None:
+            args = [*self._common(seed), "--name", model.name, "--recipe", json.dumps(model.recipe, sort_keys=True)]
+            return self._add("model", tag, model.name, "build_compound.py", args, needs)
+        flags = model.merged["flags"]
+        args = [*self._common(seed, training=True), "--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k]
+        args += [*_flag_args(flags), "--source", model.merged["source"], "--epochs", 0]
+        args += ["--max_sentences", self.study.data["heal_sentences"], "--output_model", output]
+        return self._add("model", tag, model.name, "finetune_fully_merged.py", args, needs)
+
+    def _heal_stage(self, seed: int, model: PlannedModel, built) -> tuple[str, str, str]:
+        storage, data = self.storage(seed), self.study.data
+        args = [*self._common(seed, training=True), "--model", storage.model(model.name)]
+        args += ["--max_sentences", data["heal_sentences"], "--epochs", data["heal_epochs"]]
+        args += ["--eval_sentences", data["check_sentences"], *_flag_args(self.study.healing["flags"])]
+        args += ["--output_model", storage.model(model.healed)]
+        return self._add("heal", f"seed{seed}", model.name, "train_full_merged_model.py", args, [built])
+
+    # what the workflow reads -------------------------------------------------------------------------------------
+    def stages_of(self, kind: str) -> list[Stage]:
+        return [stage for stage in self.stages.values() if stage.kind == kind]
+
+    def stage(self, kind: str, seed: str, name: str) -> Stage:
+        return self.report if kind == "report" else self.stages[kind, seed, name]
+
+    def shell_command(self, kind: str, seed: str = SHARED, name: str = "report") -> str:
+        return shlex.join([self.python, *self.stage(kind, seed, name).command])
+
+    def inputs(self, kind: str, seed: str = SHARED, name: str = "report") -> list[str]:
+        return [str(self.stamp(key)) for key in self.stage(kind, seed, name).needs]
+
+    def resources(self, kind: str) -> dict:
+        """The study's ``resources``: its ``default`` entry, then the kind's own (Snakemake and SLURM names:
+        runtime in minutes, mem_mb, cpus_per_task, slurm_partition, gpu, ...)."""
+        return {**self.study.resources.get("default", {}), **self.study.resources.get(kind, {})}
+
+    def describe(self) -> str:
+        """The plan as a table: every model with its budget, share of the FLOPs and shape; then the skipped."""
+        shape = self.shape
+        lines = [
+            f"study {self.study.name}: teacher {self.teacher} ({shape.layers} layers, hidden {shape.hidden}, "
+            f"{shape.heads} heads x {shape.d_k}, feed-forward {shape.ffn}), seeds {self.study.seeds}, "
+            f"{len(self.stages)} stages under {self.root}",
+            f"{'model':<28} {'method':<18} {'budget':>6} {'FLOPs':>6}  shape",
+        ]
+        for model in self.models:
+            size = ", ".join(f"{key} {value}" for key, value in model.shape.items())
+            lines.append(f"{model.name:<28} {model.method:<18} {model.budget:>6.0%} {model.flops_share:>6.1%}  {size}")
+        return "\n".join(lines + [f"not planned: {line}" for line in self.skipped])
+
+
+KINDS = ("teacher", "store", "attention_students", "ffn_students", "merge_students", "chain", "model", "heal",
+         "evaluate")  # fmt: skip  # the workflow's stage rules, in the order a study runs them
+
+
+def teacher_shape(study: Study) -> TeacherShape:
+    """The shape of the study's teacher: the named ``shape``, else its config (or its init's, when trained)."""
+    named = study.teacher.get("shape")
+    if named:
+        return TeacherShape(**SHAPES[named])
+    from utils.teacher import inspect_teacher
+
+    source = study.teacher["path"] if "path" in study.teacher else study.teacher["train"].get("init", "minilm")
+    return TeacherShape.of_config(inspect_teacher(source).config)

@@ -1,0 +1,35 @@
+# One rule per stage kind (utils.study.KINDS): the study's stages of that kind, each a call of one top-level script.
+# The target of a stage is a stamp the engine touches when the script has finished: the scripts' checkpoints
+# and models are never the engine's outputs, so it never deletes a half-trained run before resuming it.
+from utils.study import KINDS
+
+
+def stage_inputs(kind):
+    return lambda wildcards: PLAN.inputs(kind, wildcards.seed, wildcards.name)
+
+
+def stage_command(kind):
+    return lambda wildcards: PLAN.shell_command(kind, wildcards.seed, wildcards.name)
+
+
+for kind in KINDS:
+    resources = PLAN.resources(kind)
+
+    rule:
+        name:
+            kind
+        input:
+            stage_inputs(kind),
+        output:
+            touch(f"{PLAN.root}/stages/{{seed}}/{kind}/{{name}}.done"),
+        params:
+            command=stage_command(kind),
+        threads: resources.pop("threads", 1)
+        resources:
+            **resources,
+        log:
+            f"{PLAN.root}/logs/{{seed}}/{kind}/{{name}}.log",
+        benchmark:
+            f"{PLAN.root}/benchmarks/{{seed}}/{kind}/{{name}}.tsv"
+        shell:
+            "OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1"
