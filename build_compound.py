@@ -10,13 +10,12 @@ Example: python build_compound.py --teacher storage/teacher --name half_attentio
 import json
 from dataclasses import dataclass
 
-from utils.args import DataArguments, ExportArguments, StorageArguments, TeacherArguments, flag, parse_args, require
+from utils.args import CUT_FLAGS, TeacherArguments, flag, require
 from utils.compound import NEEDS_DATA, build_compound, read_recipe
 from utils.data import eval_loader, load_data
 from utils.errors import UserError
-from utils.experiment import cli_entry, log, start
-from utils.export import export_hf
-from utils.model_io import is_simplified, save_simplified
+from utils.experiment import cli_entry, log, parse_and_start
+from utils.model_io import is_simplified, save_and_export
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 
@@ -40,10 +39,7 @@ class CompoundArguments:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args(
-        [TeacherArguments, CompoundArguments, DataArguments, StorageArguments, ExportArguments], __doc__, argv
-    )
-    device = start(flags, flags.data.seed)
+    flags, device = parse_and_start([TeacherArguments, CompoundArguments, *CUT_FLAGS], __doc__, argv)
     options = flags.compound
     recipe = read_recipe(options.recipe)  # before anything is loaded
     output = Storage(flags.storage.storage_directory).model(options.name)
@@ -61,12 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
         validation = eval_loader(data.validation, BATCH, options.importance_sentences)
         calibration = eval_loader(data.train, BATCH, options.calibration_sentences)
     model, meta = build_compound(recipe, flags.storage.storage_directory, teacher, validation, calibration, device)
-    save_simplified(model, teacher.tokenizer, output, meta)
+    save_and_export(model, teacher.tokenizer, output, meta, flags.export.export_hf)
     widths = [layer.ffn_in.out_features for layer in model.layers]
     heads = [layer.attention.heads for layer in model.layers]
     log.info("saved %s: %d layers, heads %s, feed-forward widths %s", output, len(model.layers), heads, widths)
-    if flags.export.export_hf:
-        export_hf(model, teacher.tokenizer, flags.export.export_hf, meta)
     return {"output": str(output), "layers": len(model.layers), "heads": heads, "widths": widths, **meta}
 
 

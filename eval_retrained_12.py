@@ -10,47 +10,29 @@ into the results folder ``--evaluation`` (default: the first model's name).
 from pathlib import Path
 
 from utils.args import (
-    EVAL_FLAGS,
+    SAVED_MODELS_EVAL_FLAGS,
     DistillationArguments,
-    EvaluationSetArguments,
     ModelArguments,
     StudentArguments,
     StudentInitArguments,
-    TeacherArguments,
-    parse_args,
 )
-from utils.data import load_data
-from utils.evaluation import evaluate_against_teacher
-from utils.experiment import cli_entry, start
-from utils.model_io import load_models
+from utils.evaluation import evaluate_saved_models
+from utils.experiment import cli_entry, parse_and_start
 from utils.runs import run_variant
 from utils.storage import Storage
-from utils.teacher import load_teacher
 
 # the student flags name the assembled model evaluated by default: the one made of the block runs they trained
-GROUPS = [
-    TeacherArguments,
-    ModelArguments,
-    EvaluationSetArguments,
-    StudentArguments,
-    StudentInitArguments,
-    DistillationArguments,
-    *EVAL_FLAGS,
-]
+GROUPS = [ModelArguments, StudentArguments, StudentInitArguments, DistillationArguments, *SAVED_MODELS_EVAL_FLAGS]
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args(GROUPS, __doc__, argv)
-    device = start(flags, flags.data.seed)
+    flags, device = parse_and_start(GROUPS, __doc__, argv)
     storage = Storage(flags.storage.storage_directory)
     default = storage.retrained_model(flags.student.block_heads, flags.student.block_d_k, run_variant(flags, "block"))
     folders = [Path(folder) for folder in flags.evaluation_set.models or [flags.model.model or default]]
-    teacher = load_teacher(flags.teacher.teacher, device)
-    models, metas = load_models(folders, device)
-    data = load_data(flags.data, teacher.tokenizer)
     output_dir = storage.results(flags.evaluation_set.evaluation or folders[0].name)
-    return evaluate_against_teacher(flags.eval, flags.data, teacher, models, data.test, device, output_dir, metas)
+    return evaluate_saved_models(flags, folders, device, output_dir)
 
 
 if __name__ == "__main__":

@@ -5,39 +5,21 @@ directory's results, as fully_merged_{d_k}_{heads}."""
 
 from pathlib import Path
 
-from utils.args import (
-    EVAL_FLAGS,
-    EvaluationSetArguments,
-    MergeArguments,
-    OutputDistillationArguments,
-    StudentArguments,
-    TeacherArguments,
-    parse_args,
-)
-from utils.data import load_data
+from utils.args import SAVED_MODELS_EVAL_FLAGS, MergeArguments, OutputDistillationArguments, StudentArguments
 from utils.errors import UserError
-from utils.evaluation import evaluate_against_teacher
-from utils.experiment import cli_entry, start
+from utils.evaluation import evaluate_saved_models
+from utils.experiment import cli_entry, parse_and_start
 from utils.identity import variant
-from utils.model_io import is_simplified, load_models
+from utils.model_io import is_simplified
 from utils.storage import Storage
-from utils.teacher import load_teacher
 
 # the flags finetune_fully_merged.py named its models by: the merged runs' and the healing's
-GROUPS = [
-    TeacherArguments,
-    EvaluationSetArguments,
-    StudentArguments,
-    MergeArguments,
-    OutputDistillationArguments,
-    *EVAL_FLAGS,
-]
+GROUPS = [StudentArguments, MergeArguments, OutputDistillationArguments, *SAVED_MODELS_EVAL_FLAGS]
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args(GROUPS, __doc__, argv)
-    device = start(flags, flags.data.seed)
+    flags, device = parse_and_start(GROUPS, __doc__, argv)
     storage = Storage(flags.storage.storage_directory)
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
     folders = [Path(folder) for folder in flags.evaluation_set.models or []]
@@ -49,15 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
         if not folders:
             looked_for = ", ".join(str(c) for c in candidates)
             raise UserError(f"no fully merged model (looked for {looked_for}); run finetune_fully_merged.py first")
-    teacher = load_teacher(flags.teacher.teacher, device)
-    models, metas = load_models(folders, device)
-    data = load_data(flags.data, teacher.tokenizer)
     output_dir = (
         storage.results(flags.evaluation_set.evaluation)
         if flags.evaluation_set.evaluation
         else storage.fully_merged_results(heads, d_k, variant(flags.groups))
     )
-    return evaluate_against_teacher(flags.eval, flags.data, teacher, models, data.test, device, output_dir, metas)
+    return evaluate_saved_models(flags, folders, device, output_dir)
 
 
 if __name__ == "__main__":

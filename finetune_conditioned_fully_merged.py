@@ -17,13 +17,12 @@ from utils.args import (
     StudentArguments,
     TeacherArguments,
     flag,
-    parse_args,
     require,
 )
 from utils.assembly import collect_merged_layers
 from utils.data import load_data
 from utils.errors import UserError
-from utils.experiment import cli_entry, start
+from utils.experiment import cli_entry, parse_and_start
 from utils.merging import train_merged_layer
 from utils.model_io import load_block_checkpoint
 from utils.runs import already_finished, merge_run, run_variant
@@ -47,8 +46,7 @@ GROUPS = [TeacherArguments, ChainArguments, StudentArguments, DropoutArguments, 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
-    flags = parse_args(GROUPS, __doc__, argv)
-    device = start(flags, flags.data.seed)
+    flags, device = parse_and_start(GROUPS, __doc__, argv)
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     chain, heads, d_k = flags.chain, flags.student.block_heads, flags.student.block_d_k
     pairs = list(range(0, info.num_layers - 1, 2))

@@ -10,13 +10,11 @@ Example: python prune_heads.py --teacher storage/teacher --block_heads 6 --per_l
 from dataclasses import dataclass
 
 from models import assemble, attention_of_heads
-from utils.args import DataArguments, ExportArguments, StorageArguments, TeacherArguments, flag, parse_args, require
+from utils.args import CUT_FLAGS, TeacherArguments, flag, require
 from utils.data import eval_loader, load_data
-from utils.errors import UserError
-from utils.experiment import cli_entry, log, start
-from utils.export import export_hf
-from utils.model_io import save_simplified
-from utils.pruning import head_importance, heads_to_keep
+from utils.experiment import cli_entry, log, parse_and_start
+from utils.model_io import save_and_export
+from utils.pruning import check_fewer_than_teacher, head_importance, heads_to_keep
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 
@@ -40,14 +38,10 @@ class PruneArguments:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args(
-        [TeacherArguments, PruneArguments, DataArguments, StorageArguments, ExportArguments], __doc__, argv
-    )
-    device = start(flags, flags.data.seed)
+    flags, device = parse_and_start([TeacherArguments, PruneArguments, *CUT_FLAGS], __doc__, argv)
     options = flags.prune
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
-    if options.block_heads >= info.config.num_attention_heads:
-        raise UserError(f"--block_heads {options.block_heads}: the teacher has {info.config.num_attention_heads} heads")
+    check_fewer_than_teacher(info.config, block_heads=options.block_heads)
     teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
     loader = eval_loader(data.validation, IMPORTANCE_BATCH, options.importance_sentences)
@@ -61,10 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     d_k = teacher.model.layers[0].attention.d_k
     output = Storage(flags.storage.storage_directory).pruned_model(options.block_heads, d_k, options.per_layer)
     meta = {"teacher": teacher.name, "method": "head_pruning", "kept_heads": kept, "importance": importance.tolist()}
-    save_simplified(model, teacher.tokenizer, output, meta)
+    save_and_export(model, teacher.tokenizer, output, meta, flags.export.export_hf)
     log.info("kept heads per layer %s; saved to %s", [len(heads) for heads in kept], output)
-    if flags.export.export_hf:
-        export_hf(model, teacher.tokenizer, flags.export.export_hf, meta)
     return {"output": str(output), "kept_heads": kept, "importance": importance.tolist()}
 
 

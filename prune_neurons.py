@@ -15,13 +15,18 @@ from dataclasses import dataclass
 from typing import Optional
 
 from models import SimplifiedBert, attention_of_heads, feed_forward_of_neurons, reconstruct_feed_forward_output
-from utils.args import DataArguments, ExportArguments, StorageArguments, TeacherArguments, flag, parse_args, require
+from utils.args import CUT_FLAGS, TeacherArguments, flag, require
 from utils.data import eval_loader, load_data
-from utils.errors import UserError
-from utils.experiment import cli_entry, log, start
-from utils.export import export_hf
-from utils.model_io import save_simplified
-from utils.pruning import feed_forward_statistics, head_importance, heads_to_keep, neuron_importance, neurons_to_keep
+from utils.experiment import cli_entry, log, parse_and_start
+from utils.model_io import save_and_export
+from utils.pruning import (
+    check_fewer_than_teacher,
+    feed_forward_statistics,
+    head_importance,
+    heads_to_keep,
+    neuron_importance,
+    neurons_to_keep,
+)
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 
@@ -51,16 +56,10 @@ class NeuronPruneArguments:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args(
-        [TeacherArguments, NeuronPruneArguments, DataArguments, StorageArguments, ExportArguments], __doc__, argv
-    )
-    device = start(flags, flags.data.seed)
+    flags, device = parse_and_start([TeacherArguments, NeuronPruneArguments, *CUT_FLAGS], __doc__, argv)
     options = flags.neuron_prune
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
-    if options.ffn_width >= info.config.intermediate_size:
-        raise UserError(f"--ffn_width {options.ffn_width}: the teacher has {info.config.intermediate_size} neurons")
-    if options.block_heads is not None and options.block_heads >= info.config.num_attention_heads:
-        raise UserError(f"--block_heads {options.block_heads}: the teacher has {info.config.num_attention_heads} heads")
+    check_fewer_than_teacher(info.config, ffn_width=options.ffn_width, block_heads=options.block_heads)
     teacher = load_teacher(info, device)
     data = load_data(flags.data, teacher.tokenizer)
     valid = eval_loader(data.validation, BATCH, options.importance_sentences)
@@ -90,10 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         "kept_neurons": [len(keep) for keep in kept],
         **({} if heads is None else {"kept_heads": heads}),
     }
-    save_simplified(model, teacher.tokenizer, output, meta)
+    save_and_export(model, teacher.tokenizer, output, meta, flags.export.export_hf)
     log.info("kept neurons per layer %s; saved to %s", meta["kept_neurons"], output)
-    if flags.export.export_hf:
-        export_hf(model, teacher.tokenizer, flags.export.export_hf, meta)
     return {"output": str(output), **meta}
 
 

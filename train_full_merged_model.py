@@ -17,11 +17,10 @@ from utils.args import (
     StudentArguments,
     TeacherArguments,
     flag,
-    parse_args,
     require,
 )
 from utils.data import load_data
-from utils.experiment import cli_entry, start
+from utils.experiment import cli_entry, parse_and_start
 from utils.finetune import finetune_and_save
 from utils.identity import variant
 from utils.model_io import load_simplified
@@ -53,8 +52,7 @@ GROUPS = [TeacherArguments, ModelArguments, StudentArguments, FinetuneArguments,
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
-    flags = parse_args(GROUPS, __doc__, argv, lr=1e-4, epochs=1)
-    device = start(flags, flags.data.seed)
+    flags, device = parse_and_start(GROUPS, __doc__, argv, lr=1e-4, epochs=1)
     storage, options = Storage(flags.storage.storage_directory), flags.finetune
     model_dir = Path(flags.model.model or storage.retrained_model(flags.student.block_heads, flags.student.block_d_k))
     healing = variant(flags.groups)  # -ffn, -t4: how it is healed

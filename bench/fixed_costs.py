@@ -24,13 +24,12 @@ from pathlib import Path
 import onnxruntime
 import torch
 
+from bench import teacher_and_models, write_results
 from utils.args import StorageArguments, TeacherArguments, parse_args
 from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
-from utils.experiment import cli_entry, log, start
+from utils.experiment import cli_entry, start
 from utils.files import reserve_unique_dir
-from utils.model_io import load_simplified
 from utils.onnx_export import export_onnx
-from utils.teacher import load_teacher
 
 
 @dataclass
@@ -95,10 +94,7 @@ def main(argv=None) -> dict:
     device = start(flags)
     options = flags.fixed_costs
     torch.set_num_threads(options.threads)
-    teacher = load_teacher(flags.teacher.teacher, torch.device("cpu"))
-    models = {"teacher": teacher.model}
-    for folder in options.models:
-        models[Path(folder).name] = load_simplified(folder)[0].eval()
+    teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
     root = reserve_unique_dir(flags.storage.storage_directory, "fixed_costs_")
     batch = timing_batch(teacher.model.config.vocab_size, options.batch_size, options.seq_len, torch.device("cpu"))
     mask = teacher.tokenizer.mask_token_id
@@ -130,7 +126,6 @@ def main(argv=None) -> dict:
         "onnxruntime_profile_ms": profiles,
         "flop_reduction": reduction,
     }
-    (root / "fixed_costs.json").write_text(json.dumps(result, indent=2))
     variants = list(dict.fromkeys(variant for _, variant in timings))
     lines = [
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; batch {options.batch_size}, "
@@ -151,9 +146,7 @@ def main(argv=None) -> dict:
     for name, profile in profiles.items():
         cells = " | ".join(f"{profile[p]:.2f}" if p in profile else "" for p in parts)
         lines.append(f"| {name} | {profile['wall_ms']:.2f} | {cells} |")
-    (root / "fixed_costs.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    log.info("results in %s", root)
+    write_results(root, "fixed_costs", result, lines)
     return result
 
 

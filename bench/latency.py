@@ -8,19 +8,17 @@ Writes {storage}/latency_*/latency.json and latency.md.
 python bench/latency.py --teacher storage/teacher --models storage/models/merged_32_12 storage/models/x
 """
 
-import json
 from dataclasses import dataclass, field
 
 import onnxruntime
 import torch
 
+from bench import teacher_and_models, write_results
 from utils.args import StorageArguments, TeacherArguments, parse_args
 from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
-from utils.experiment import cli_entry, log, start
+from utils.experiment import cli_entry, start
 from utils.files import reserve_unique_dir
-from utils.model_io import load_simplified
 from utils.onnx_export import export_onnx, onnx_session
-from utils.teacher import load_teacher
 
 
 @dataclass
@@ -39,11 +37,7 @@ def main(argv=None) -> dict:
     flags = parse_args([TeacherArguments, LatencyArguments, StorageArguments], __doc__, argv)
     device = start(flags)
     options = flags.latency
-    teacher = load_teacher(flags.teacher.teacher, torch.device("cpu"))
-    models = {"teacher": teacher.model}
-    for folder in options.models:
-        model, _, _ = load_simplified(folder)
-        models[folder.rstrip("/").rsplit("/", 1)[-1]] = model
+    teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
     root = reserve_unique_dir(flags.storage.storage_directory, "latency_")
     mask = teacher.tokenizer.mask_token_id
     files = {name: export_onnx(model, root / f"{name}.onnx", mask) for name, model in models.items()}
@@ -82,7 +76,6 @@ def main(argv=None) -> dict:
                     )
     versions = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
     result = {"versions": versions, "rows": rows}
-    (root / "latency.json").write_text(json.dumps(result, indent=2))
     lines = [
         f"torch {versions['torch']}, onnxruntime {versions['onnxruntime']}; median of {options.repeats} calls",
         "",
@@ -95,9 +88,7 @@ def main(argv=None) -> dict:
             f"{row['ms']:.2f} | {row['flop_reduction']:.2f}x | {row['speedup']:.2f}x | "
             f"{row['speedup_per_flop_reduction']:.2f} |"
         )
-    (root / "latency.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    log.info("results in %s", root)
+    write_results(root, "latency", result, lines)
     return result
 
 

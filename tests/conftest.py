@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from slurm_cluster import start_cluster
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from utils.storage import Storage
@@ -85,6 +86,16 @@ def run_flags(tiny_teacher_dir, tiny_data_dir, tmp_path):
         return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
 
     return make
+
+
+@pytest.fixture
+def slurm_accounting(tmp_path):
+    """A running one-node SLURM cluster with accounting (slurmdbd on a private MariaDB), so sacct and sacctmgr work:
+    cluster ``sitra-test``, partition ``debug``, the current user's default account ``sitra``. Yields the environment
+    that points the SLURM clients at it (``SLURM_CONF``, PATH first to client wrappers that default SLURM_CONF, for
+    jobs that drop it); see tests/slurm_cluster.py. Pass it to subprocesses, or monkeypatch it into os.environ."""
+    with start_cluster(tmp_path / "slurm", accounting=True) as env:
+        yield env
 
 
 def one_line_error(capsys, main, argv: list[str]) -> str:

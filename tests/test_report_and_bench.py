@@ -2,9 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,9 +199,9 @@ def test_compound_families_come_from_their_recipes():
 def test_criteria_grid_reads_single_block_compounds_and_the_assembled_models(tmp_path):
     """Per block: the teacher with that block's student of each criterion; 'all': the unhealed assembly."""
     rows = []
-    for flags, variant in (("", ""), ("--criterion L1", "-l1")):
+    for flags, variant in (({}, ""), ({"criterion": "L1"}, "-l1")):
         for block in (0, 1):
-            recipe = {"attention": {"heads": 6, "d_k": 32, "run_flags": flags, "layers": [block]}}
+            recipe = {"attention": {"heads": 6, "d_k": 32, "flags": flags, "layers": [block]}}
             rows.append({"model": f"b{block}{variant}", "method": "compound", "recipe": recipe,
                          "top1_vs_teacher": -0.01 * (block + 1), "agree_top1": 0.9})  # fmt: skip
         assembled = {"model": f"retrained_32_6{variant}", "top1_vs_teacher": -0.03, "agree_top1": 0.8}
@@ -232,137 +229,3 @@ def test_models_are_sitras_or_the_fields_by_how_they_were_made():
     assert side_of({"model": "b", "method": "compound", "recipe": {"drop": {"rule": "top", "count": 3}}}) == "field"
     assert side_of({"model": "c", "method": "merged_layers"}) == "sitra"
     assert side_of({"model": "d", "method": "head_pruning"}) == "field" and side_of({"model": "teacher"}) == "teacher"
-
-
-def test_the_seeds_part_retrains_the_models_of_the_reports_best_against_field(tmp_path):
-    """bench/study.sh seeds: without the report's best_against_field.json it stops with one error line (never
-    the whole frontier by default); with it, the frontier's models it names, plus the chain and top drop."""
-    study = tmp_path / "study"
-    (study / "teacher").mkdir(parents=True)
-    (study / "teacher" / "config.json").write_text("{}")
-    script = Path(__file__).parent.parent / "bench" / "study.sh"
-    env = {**os.environ, "PY": sys.executable}
-    done = subprocess.run(["bash", str(script), "seeds", str(study)], capture_output=True, text=True, env=env)
-    assert done.returncode == 1 and "error: no " in done.stderr and "best_against_field.json" in done.stderr
-    assert not (study / "seed43").exists()
-    (study / "report").mkdir()
-    best = [{"budget": 0.5, "first": "sitra_50_heads_finetuned-layers", "second": "field_50_ls_finetuned-layers"}]
-    (study / "report" / "best_against_field.json").write_text(json.dumps(best))
-    listed = subprocess.run(
-        [
-            "bash",
-            "-c",
-            f'source <(sed -n "/^conclusions()/,/^}}/p" {script}); STUDY={study} PY={sys.executable}; conclusions',
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert listed.stdout.split() == ["field_50_ls", "sitra_50_heads", "merged_32_12_conditioned", "drop_top"]
-    misspelt = {**env, "FRONTIER_MODELS": "sitra_50_heads fild_33"}  # refused before anything is built
-    done = subprocess.run(["bash", str(script), "frontier", str(study)], capture_output=True, text=True, env=misspelt)
-    assert done.returncode == 2 and "error: FRONTIER_MODELS: no frontier model 'fild_33'" in done.stderr
-    assert not (study / "cache").exists() and not (study / "checkpoints").exists()
-
-
-def test_the_healing_part_refuses_models_that_are_not_built_before_healing_any(tmp_path):
-    """bench/study.sh healing: the conclusions' models by default (none without the report), HEAL_MODELS
-    otherwise; a model that is not built stops it with one error line before any model is healed."""
-    study = tmp_path / "study"
-    (study / "teacher").mkdir(parents=True)
-    (study / "teacher" / "config.json").write_text("{}")
-    (study / "models" / "sitra_50_heads").mkdir(parents=True)
-    (study / "models" / "sitra_50_heads" / "sitra.json").write_text("{}")
-    script = Path(__file__).parent.parent / "bench" / "study.sh"
-    env = {**os.environ, "PY": sys.executable}
-    done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=env)
-    assert done.returncode == 1 and "best_against_field.json" in done.stderr
-    named = {**env, "HEAL_MODELS": "sitra_50_heads field_50_ls"}
-    done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=named)
-    assert done.returncode == 1 and f"error: no model {study}/models/field_50_ls to heal longer" in done.stderr
-    assert not (study / "study_times.tsv").exists() and not (study / "checkpoints").exists()
-
-
-def test_the_healing_part_evaluates_each_model_apart_and_pairs_the_best_healed_longer(tmp_path):
-    """bench/study.sh healing: one evaluation per model (its longer healing beside its usual one), skipped when
-    written, so a second HEAL_MODELS list never replaces the first's results; each model's longer healing is
-    compared with its usual one, and sitra's best with the field's where both were healed longer."""
-    study = tmp_path / "study"
-    (study / "teacher").mkdir(parents=True)
-    (study / "teacher" / "config.json").write_text("{}")
-    for name in ("sitra_33_heads", "field_33", "sitra_50_heads", "merged_32_12_conditioned", "drop_top"):
-        (study / "models" / name).mkdir(parents=True)
-        (study / "models" / name / "sitra.json").write_text("{}")
-    (study / "report").mkdir()
-    best = [
-        {"budget": 0.33, "first": "sitra_33_heads_finetuned-layers", "second": "field_33_finetuned-layers"},
-        {"budget": 0.5, "first": "sitra_50_heads_finetuned-layers", "second": "field_50_ls_finetuned-layers"},
-    ]
-    (study / "report" / "best_against_field.json").write_text(json.dumps(best))
-    (study / "results" / "field_33_heal20000").mkdir(parents=True)  # evaluated by an earlier run
-    (study / "results" / "field_33_heal20000" / "metrics.json").write_text("{}")
-    calls = tmp_path / "calls.txt"
-    fake_python = tmp_path / "python"  # runs the script's inline Python, records every script it would run
-    fake_python.write_text(f'#!/usr/bin/env bash\n[[ $1 == -c ]] && exec {sys.executable} "$@"\necho "$@" >> {calls}\n')
-    fake_python.chmod(0o755)
-    script = Path(__file__).parent.parent / "bench" / "study.sh"
-    healed = "sitra_33_heads field_33 sitra_50_heads merged_32_12_conditioned drop_top"
-    env = {**os.environ, "PY": str(fake_python), "HEAL_MODELS": healed}
-    done = subprocess.run(["bash", str(script), "healing", str(study)], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    lines = calls.read_text().splitlines()
-    heals = [line for line in lines if line.startswith("train_full_merged_model.py")]
-    assert len(heals) == 5 and all(f"--storage_directory {study}/longer_healing" in line for line in heals)
-    evaluations = [line.split("--evaluation ")[1].split()[0] for line in lines if line.startswith("eval_")]
-    assert "field_33_heal20000" not in evaluations and len(evaluations) == 4  # field_33's was written before
-    compared = lines[-1].split("--compare ")[1].split()
-    assert compared[:2] == ["sitra_33_heads_heal20000", "sitra_33_heads_finetuned-layers"] and len(compared) == 14
-    assert compared[-4:] == [  # the best pair of a budget whose both models were healed longer, and the chain's
-        "sitra_33_heads_heal20000", "field_33_heal20000", "merged_32_12_conditioned_heal20000", "drop_top_heal20000",
-    ]  # fmt: skip
-
-
-def test_a_stage_records_its_part_beside_its_time(tmp_path):
-    """bench/study_common.sh stage: parts run side by side append to one times file, so each row names its part
-    (stage, seconds, part, finished at); the command's failure is the stage's."""
-    common = Path(__file__).parent.parent / "bench" / "study_common.sh"
-    times = tmp_path / "study_times.tsv"
-    script = f'set -e; source {common}; TIMES={times}; STAGE_PART=seeds; stage "heal x" true; stage "fails" false'
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
-    assert done.returncode == 1 and "== heal x (" in done.stdout
-    (row,) = [line.split("\t") for line in times.read_text().splitlines()]
-    assert row[0] == "heal x" and row[1] == "0" and row[2] == "seeds" and row[3].startswith("20")
-
-
-def test_a_frontier_run_for_some_models_adds_them_to_the_evaluation_of_the_others(tmp_path):
-    """bench/study.sh frontier with FRONTIER_MODELS: only those models are trained, built and healed (the split
-    budgets' wider feed-forward students too), and the evaluation takes every healed frontier model of the
-    storage, so the models of an earlier run stay in it."""
-    study = tmp_path / "study"
-    (study / "teacher").mkdir(parents=True)
-    (study / "teacher" / "config.json").write_text("{}")
-    for name in ("field_33_finetuned-layers", "sitra_33_a3_heads_finetuned-layers", "drop_top_finetuned-layers"):
-        (study / "models" / name).mkdir(parents=True)
-        (study / "models" / name / "sitra.json").write_text("{}")
-    calls = tmp_path / "calls.txt"
-    fake_python = tmp_path / "python"  # records every script it would run
-    fake_python.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
-    fake_python.chmod(0o755)
-    script = Path(__file__).parent.parent / "bench" / "study.sh"
-    env = {**os.environ, "PY": str(fake_python), "FRONTIER_MODELS": "sitra_33_a3_heads"}
-    done = subprocess.run(["bash", str(script), "frontier", str(study)], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    lines = calls.read_text().splitlines()
-    assert any("--part ffn --ffn_width 960 576" in line for line in lines)
-    assert not any("--ffn_width 1152" in line or "retrain_merge.py" in line for line in lines)
-    (build,) = [line for line in lines if line.startswith("build_compound.py")]
-    assert '"heads": 3' in build and '"width": 576' in build
-    (evaluation,) = [line for line in lines if line.startswith("eval_retrained_12.py")]
-    models = [Path(m).name for m in evaluation.split("--models ")[1].split()]
-    assert models == ["sitra_33_a3_heads_finetuned-layers", "field_33_finetuned-layers", "drop_top_finetuned-layers"]
-    calls.unlink()  # the teacher's whole attention, only the feed-forward cut: the usual widths, no attention
-    env["FRONTIER_MODELS"] = "sitra_50_ffn"
-    done = subprocess.run(["bash", str(script), "frontier", str(study)], capture_output=True, text=True, env=env)
-    lines = calls.read_text().splitlines()
-    assert done.returncode == 0 and any("--part ffn --ffn_width 1152 768 384" in line for line in lines)
-    (build,) = [line for line in lines if line.startswith("build_compound.py")]
-    assert '"width": 384' in build and "attention" not in build and "--block_heads" not in " ".join(lines)

@@ -1,136 +1,35 @@
-""".train against a real one-node SLURM (munged, slurmctld, slurmd started here from a temporary config).
-
-Installs Debian's slurm-wlm and munge when they are missing (needs root, as in CI); stops every daemon
-it started.
+""".train against a real one-node SLURM (munged, slurmctld, slurmd started from a temporary config by
+tests/slurm_cluster.py, which installs Debian's slurm-wlm and munge when they are missing and stops every daemon
+it started), and accounting (sacct) on the same kind of cluster with slurmdbd.
 """
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from filelock import FileLock
+from slurm_cluster import start_cluster
 
 from conftest import REPO
 from utils.storage import Storage
 
-PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
-BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports (all probes stay bound until every port is chosen, so none is picked twice)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
-INSTALL_LOCK = "/tmp/sitra-test-slurm-install.lock"  # one path for every test session on this machine
-
-
-def ensure_slurm_installed() -> None:
-    if all(shutil.which(binary) for binary in BINARIES):
-        return
-    if os.geteuid() != 0:
-        pytest.skip("slurm-wlm/munge are not installed and installing them needs root")
-    # two suites starting at once would race on apt's lock: the second waits here, then finds slurm installed
-    with FileLock(INSTALL_LOCK, timeout=1800):
-        if all(shutil.which(binary) for binary in BINARIES):
-            return
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        wait_for_apt = ["-o", "DPkg::Lock::Timeout=600"]  # and for any other apt client on the machine
-        subprocess.run(
-            ["apt-get", *wait_for_apt, "update", "-qq"], env=env, check=True, capture_output=True, timeout=900
-        )
-        subprocess.run(
-            ["apt-get", *wait_for_apt, "install", "-y", "-qq", *PACKAGES],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=1200,
-        )
-
 
 @pytest.fixture
 def slurm(tmp_path):
-    """A running one-node cluster; yields the environment that points the SLURM clients at it."""
-    ensure_slurm_installed()
-    root = tmp_path / "slurm"
-    (root / "state").mkdir(parents=True)
-    (root / "spool").mkdir()
-    munge_dir = root / "munge"
-    munge_dir.mkdir(mode=0o700)
-    (munge_dir / "munge.key").write_bytes(os.urandom(1024))
-    (munge_dir / "munge.key").chmod(0o600)
-    socket_path = munge_dir / "munge.sock"
-    host = socket.gethostname().split(".")[0]
-    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
-    config = root / "slurm.conf"
-    controller_port, node_port = free_ports(2)
-    config.write_text(f"""ClusterName=sitra-test
-SlurmctldHost={host}
-SlurmctldPort={controller_port}
-SlurmdPort={node_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket={socket_path}
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
-SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU_Memory
-ReturnToService=2
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
-""")
-    env = {**os.environ, "SLURM_CONF": str(config)}
-    munged = [
-        "munged",
-        "--force",
-        "-S",
-        str(socket_path),
-        f"--key-file={munge_dir}/munge.key",
-        f"--log-file={munge_dir}/munged.log",
-        f"--pid-file={munge_dir}/munged.pid",
-        f"--seed-file={munge_dir}/seed",
-    ]
-    subprocess.run(munged, check=True, capture_output=True, timeout=60)
-    try:
-        subprocess.run(["slurmctld", "-f", str(config)], env=env, check=True, timeout=60)
-        subprocess.run(["slurmd", "-f", str(config)], env=env, check=True, timeout=60)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            state = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout.strip()
-            if state == "idle":
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"the SLURM node did not come up: {(root / 'slurmctld.log').read_text()[-2000:]}")
+    """A running one-node cluster without accounting; yields the environment that points the SLURM clients at it."""
+    with start_cluster(tmp_path / "slurm", accounting=False) as env:
         yield env
-    finally:
-        subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True, timeout=60)
-        time.sleep(1)
-        for pid_file in (root / "slurmctld.pid", root / "slurmd.pid"):
-            if pid_file.exists():
-                subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
-        subprocess.run(["munged", "-S", str(socket_path), "--stop"], capture_output=True, timeout=60)
+
+
+def wait_until_left_queue(env: dict, job: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True).stdout.strip()
+        if not queue:
+            return
+        time.sleep(0.25)
+    pytest.fail(f"job {job} still queued: {queue}")
 
 
 def test_train_sweep_runs_as_a_job_array(slurm, tiny_teacher_dir, tiny_data_dir, tmp_path):
@@ -161,14 +60,7 @@ def test_train_sweep_runs_as_a_job_array(slurm, tiny_teacher_dir, tiny_data_dir,
     submitted = subprocess.run(["./.train", "blocks"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        queue = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True).stdout.strip()
-        if not queue:
-            break
-        time.sleep(1)
-    else:
-        pytest.fail(f"job {job} still queued: {queue}")
+    wait_until_left_queue(env, job, 600)
     logs = sorted((storage / "slurm").glob(f"sitra-blocks-{job}_*.log"))
     assert len(logs) == 2
     for task, log in enumerate(logs):
@@ -176,6 +68,29 @@ def test_train_sweep_runs_as_a_job_array(slurm, tiny_teacher_dir, tiny_data_dir,
         assert f"task {task} of job {job}" in text and "exit 0" in text, text[-3000:]
         run = Storage(storage).block_run("block", task, heads=2, d_k=8)
         assert (run / "latest.pt").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_accounting_records_a_finished_job(slurm_accounting, tmp_path):
+    """sacct (which Snakemake's SLURM executor polls) knows a job that ran, under the user's default account; a step
+    started without SLURM_CONF (as Snakemake's jobstep executor starts its srun) still finds the cluster."""
+    env = slurm_accounting
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--wrap", "env -u SLURM_CONF srun -n1 true", "-o", str(tmp_path / "job.log")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    wait_until_left_queue(env, job, 120)
+    deadline = time.time() + 30
+    while time.time() < deadline:  # slurmctld hands the end of the job to slurmdbd a moment later
+        sacct = ["sacct", "-j", job, "-n", "-X", "-P", "-o", "State,Account,Cluster"]
+        record = subprocess.run(sacct, env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+        if record.startswith("COMPLETED"):
+            break
+        time.sleep(0.25)
+    assert record == "COMPLETED|sitra|sitra-test", (tmp_path / "job.log").read_text()
+    accounts = ["sacctmgr", "-nP", "show", "user", "root", "withassoc", "format=account"]
+    assert "sitra" in subprocess.run(accounts, env=env, capture_output=True, text=True, timeout=60).stdout.split()
 
 
 def test_store_sweep_waits_for_one_store_build(tmp_path):

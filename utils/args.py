@@ -381,6 +381,8 @@ class RuntimeArguments:
 RUN_FLAGS = [DataArguments, StorageArguments, TrainingArguments]  # every training run
 FINETUNE_FLAGS = [OutputDistillationArguments, *RUN_FLAGS]  # distillation on the teacher's MLM outputs
 EVAL_FLAGS = [DataArguments, StorageArguments, EvalArguments]  # every evaluation
+SAVED_MODELS_EVAL_FLAGS = [TeacherArguments, EvaluationSetArguments, *EVAL_FLAGS]  # saved models vs the teacher
+CUT_FLAGS = [DataArguments, StorageArguments, ExportArguments]  # a model cut from the teacher without training
 BLOCK_STUDENT_FLAGS = [BlockArguments, StudentArguments, DropoutArguments]  # a student for one block
 MANY_STUDENTS_FLAGS = [
     LayerSelectionArguments,

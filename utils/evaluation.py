@@ -14,12 +14,13 @@ from transformers import PreTrainedTokenizerBase
 
 from models import IGNORE_INDEX, SimplifiedBert, model_cost, parameter_count
 from models.cost import layer_flops_per_token
-from utils.args import DataArguments, EvalArguments
+from utils.args import DataArguments, EvalArguments, Flags
 from utils.benchmark import costs_and_latencies, relative_to
-from utils.data import MaskedSentences, eval_loader
+from utils.data import MaskedSentences, eval_loader, load_data
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.metrics import evaluate_mlm
+from utils.model_io import load_models
 from utils.statistics import with_intervals
 from utils.teacher import Teacher, load_teacher
 
@@ -137,6 +138,15 @@ def evaluate_against_teacher(
         reference,
         {name: describe(meta) for name, meta in (metas or {}).items()},
     )
+
+
+def evaluate_saved_models(flags: Flags, folders: list[Path], device: torch.device, output_dir: Path) -> dict:
+    """:func:`evaluate_against_teacher` of the saved models in ``folders`` (each named by its folder) on the test
+    sentences, with the script's ``--teacher``, data and evaluation flags."""
+    teacher = load_teacher(flags.teacher.teacher, device)
+    models, metas = load_models(folders, device)
+    data = load_data(flags.data, teacher.tokenizer)
+    return evaluate_against_teacher(flags.eval, flags.data, teacher, models, data.test, device, output_dir, metas)
 
 
 DESCRIBED = (

@@ -11,7 +11,7 @@ import datasets
 import torch
 import transformers
 
-from utils.args import Flags
+from utils.args import Flags, parse_args
 from utils.device import pick_device
 from utils.distributed import init_distributed
 from utils.errors import UserError
@@ -32,6 +32,15 @@ def start(flags: Flags, seed: int = 0) -> torch.device:
     device = pick_device(flags.runtime.device, world.local_rank)
     log.info("device %s; flags: %s", device, flags.command_line())
     return device
+
+
+def parse_and_start(
+    groups: list[type], description: str, argv: list[str] | None = None, **defaults
+) -> tuple[Flags, torch.device]:
+    """A script's flags (:func:`parse_args` of its ``groups``, ``defaults`` its own defaults) and its device, after
+    :func:`start` seeded by ``--seed``."""
+    flags = parse_args(groups, description, argv, **defaults)
+    return flags, start(flags, flags.data.seed)
 
 
 EXIT_USER_ERROR = 2

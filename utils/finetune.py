@@ -12,9 +12,8 @@ from models.methods import SIMILARITY
 from utils.args import Flags
 from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader
-from utils.export import export_hf
 from utils.metrics import hidden_state_similarity
-from utils.model_io import save_simplified
+from utils.model_io import save_and_export
 from utils.objectives import OutputDistillation
 from utils.teacher import Teacher
 from utils.training import fit
@@ -58,9 +57,6 @@ def finetune_and_save(
     history = fit(objective, data.train, valid, flags.training, run, device, flags.data.seed)
     healing = {"healing_steps": history[-1]["step"], "healing_sentences": len(data.train), "seed": flags.data.seed}
     meta = {**meta, "teacher": teacher.name, "finetune_run": str(run.path), "final_validation": history[-1], **healing}
-    save_simplified(student, teacher.tokenizer, output_dir, meta=meta)
+    save_and_export(student, teacher.tokenizer, output_dir, meta, flags.export.export_hf)
     log.info("saved the finetuned model to %s", output_dir)
-    if flags.export.export_hf:
-        kind = export_hf(student, teacher.tokenizer, flags.export.export_hf, meta)
-        log.info("exported it as a Hugging Face folder (%s) to %s", kind, flags.export.export_hf)
     return history

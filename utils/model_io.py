@@ -11,6 +11,7 @@ A simplified model is a folder holding:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -20,12 +21,14 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 from models import SimplifiedBert
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from utils.export import is_exported, load_exported
+from utils.export import export_hf, is_exported, load_exported
 from utils.files import atomic_write_dir
 
 SPEC_FILE = "sitra.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "sitra-simplified-bert"
+
+log = logging.getLogger(__name__)
 
 
 def save_simplified(
@@ -41,6 +44,16 @@ def save_simplified(
         tokenizer.save_pretrained(tmp)
 
     atomic_write_dir(Path(folder), write)
+
+
+def save_and_export(
+    model: SimplifiedBert, tokenizer: PreTrainedTokenizerBase, folder: str | Path, meta: dict, export_dir: str | None
+) -> None:
+    """:func:`save_simplified`, and with ``export_dir`` (``--export_hf``) the model as a Hugging Face folder there."""
+    save_simplified(model, tokenizer, folder, meta)
+    if export_dir:
+        kind = export_hf(model, tokenizer, export_dir, meta)
+        log.info("exported %s as a Hugging Face folder (%s) to %s", folder, kind, export_dir)
 
 
 def is_simplified(folder: str | Path) -> bool:

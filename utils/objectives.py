@@ -85,13 +85,41 @@ def block_signal(teacher: SimplifiedBert, block: int, batch: dict) -> Signal:
     return hidden_in, teacher.layers[block].attention(hidden_in, batch["attention_mask"].bool())[0]
 
 
-class AttentionDistillation:
+class _TeacherBlockPart:
+    """What the objectives that retrain one part of teacher layer ``block`` share: the :func:`block_signal` they
+    learn from, and their evaluation: the MSE of ``_outputs`` (the student's output and its target, [N_real, H]
+    each) and, with ``mlm_metrics``, the MLM metrics of the teacher with ``trainable`` in that part's place."""
+
+    mse_metric: str  # the evaluation's name of the MSE
+    replaces: str  # the keyword of :func:`models.assemble` that puts ``trainable`` in the teacher
+
+    def __init__(self, teacher: SimplifiedBert, block: int, student: nn.Module, mlm_metrics: bool, device):
+        self.teacher, self.block = teacher, block
+        self.trainable = self.network = student
+        self.mlm_metrics, self.device = mlm_metrics, device
+        self.signal = TeacherSignal(functools.partial(block_signal, teacher, block))
+
+    def _outputs(self, batch: dict) -> Signal:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        metrics = {self.mse_metric: mean_squared_error(loader, self.device, self._outputs)}
+        if self.mlm_metrics:
+            replaced = assemble(self.teacher, **{self.replaces: {self.block: self.trainable}})
+            metrics.update(replaced_mlm_metrics(self.teacher, replaced, loader, self.device))
+        return metrics
+
+
+class AttentionDistillation(_TeacherBlockPart):
     """Retrain one layer's attention on the teacher's own activations (retrain_single_block.py).
 
     Signal: the hidden state entering layer ``block`` [B, T, H] and the teacher's attention output
     before residual + LayerNorm [B, T, H]; with ``loss_on_scores`` the teacher's attention distribution
     [B, heads, T, T] is recomputed from the input (one attention, cheap) and compared instead.
     """
+
+    mse_metric, replaces = "block_mse", "attentions"
 
     def __init__(
         self,
@@ -104,12 +132,9 @@ class AttentionDistillation:
         mlm_metrics: bool = True,
         device: torch.device = CPU,
     ):
-        self.teacher, self.block = teacher, block
-        self.trainable = self.network = student
+        super().__init__(teacher, block, student, mlm_metrics, device)
         self.teacher_attention = teacher.layers[block].attention
         self.criterion, self.loss_on_logits, self.loss_on_scores = criterion, loss_on_logits, loss_on_scores
-        self.mlm_metrics, self.device = mlm_metrics, device
-        self.signal = TeacherSignal(functools.partial(block_signal, teacher, block))
 
     def loss(self, batch: dict, network: nn.Module) -> LossParts:
         hidden_in, teacher_out = self.signal(batch)
@@ -135,16 +160,8 @@ class AttentionDistillation:
         real = batch["attention_mask"].bool()
         return self.trainable(hidden_in, real)[0][real], teacher_out[real]
 
-    @torch.no_grad()
-    def evaluate(self, loader) -> dict[str, float]:
-        metrics = {"block_mse": mean_squared_error(loader, self.device, self._outputs)}
-        if self.mlm_metrics:
-            replaced = assemble(self.teacher, attentions={self.block: self.trainable})
-            metrics.update(replaced_mlm_metrics(self.teacher, replaced, loader, self.device))
-        return metrics
 
-
-class FeedForwardDistillation:
+class FeedForwardDistillation(_TeacherBlockPart):
     """Retrain one layer's feed-forward on the teacher's own activations (retrain_single_block.py --part ffn).
 
     Signal: the same as :class:`AttentionDistillation`'s (the hidden state entering layer ``block`` and its
@@ -152,6 +169,8 @@ class FeedForwardDistillation:
     input is ``LN(input + attention output)`` and its target the teacher's feed-forward output before residual
     + LayerNorm, both computed here by the frozen teacher layer (cheap: one LayerNorm and one feed-forward).
     """
+
+    mse_metric, replaces = "ffn_mse", "feed_forwards"
 
     def __init__(
         self,
@@ -162,12 +181,10 @@ class FeedForwardDistillation:
         mlm_metrics: bool = True,
         device: torch.device = CPU,
     ):
-        self.teacher, self.block, self.criterion = teacher, block, criterion
-        self.trainable = self.network = student
+        super().__init__(teacher, block, student, mlm_metrics, device)
+        self.criterion = criterion
         self.layer = teacher.layers[block]
         self.teacher_feed_forward = FeedForward.of_layer(self.layer)
-        self.mlm_metrics, self.device = mlm_metrics, device
-        self.signal = TeacherSignal(functools.partial(block_signal, teacher, block))
 
     @torch.no_grad()
     def _input_and_target(self, batch: dict) -> Signal:
@@ -184,14 +201,6 @@ class FeedForwardDistillation:
     def _outputs(self, batch: dict) -> Signal:
         ffn_in, target = self._input_and_target(batch)
         return self.trainable(ffn_in), target
-
-    @torch.no_grad()
-    def evaluate(self, loader) -> dict[str, float]:
-        metrics = {"ffn_mse": mean_squared_error(loader, self.device, self._outputs)}
-        if self.mlm_metrics:
-            replaced = assemble(self.teacher, feed_forwards={self.block: self.trainable})
-            metrics.update(replaced_mlm_metrics(self.teacher, replaced, loader, self.device))
-        return metrics
 
 
 class MaskedLMTraining:

@@ -14,6 +14,19 @@ from utils.device import to_device
 from utils.errors import UserError
 
 
+def check_fewer_than_teacher(config, **kept: int | None) -> None:
+    """What ``--block_heads`` and ``--ffn_width`` (keywords; None: not pruned) keep is fewer than the teacher's
+    ``config`` has per layer: checked before its weights are loaded."""
+    available = {
+        "block_heads": (config.num_attention_heads, "heads"),
+        "ffn_width": (config.intermediate_size, "neurons"),
+    }
+    for flag, value in kept.items():
+        count, unit = available[flag]
+        if value is not None and value >= count:
+            raise UserError(f"--{flag} {value}: the teacher has {count} {unit}")
+
+
 def _gate_gradients(model: SimplifiedBert, gates: dict[int, torch.Tensor], loader, device, desc: str) -> torch.Tensor:
     """Accumulated |d MLM loss / d gate| of every gate (all ones, installed on the model by the caller) over
     ``loader``'s masked tokens, [layers, units] in the order of ``gates``, each layer's row L2-normalised as in

@@ -16,10 +16,10 @@ from matplotlib.ticker import PercentFormatter
 
 from models import DROP, MERGE_INIT, STUDENT_INIT
 from utils.checkpoint import RunDirectory
+from utils.compound import recipe_variant
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, markdown_table
 from utils.files import atomic_write
-from utils.runs import variant_of_command_line
 from utils.statistics import paired_difference
 from utils.storage import Storage
 
@@ -189,7 +189,7 @@ def criteria_grid(rows) -> tuple[dict[tuple[str, str], dict], list[str]]:
             and len(recipe["attention"].get("layers", [])) == 1
         ):
             attention = recipe["attention"]
-            variant = variant_of_command_line(attention.get("source", "block"), attention.get("run_flags", ""))
+            variant = recipe_variant(attention, attention.get("source", "block"))
             grid[(str(attention["layers"][0]), variant[1:] or "mse")] = row
             shapes.add((attention["heads"], attention["d_k"], variant))
     for row in rows:
@@ -379,6 +379,73 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+def _best_of_each_budget(points: dict[str, dict]) -> dict[float, dict]:
+    """Compression budget -> the model with the highest top-1 in it. The teacher's 100% is not named: milder cuts
+    there, e.g. half attention at 83%, would crowd the 67% label."""
+    best = {}
+    for name, row in points.items():
+        budget = budget_of(row["flop_ratio"])
+        if budget < 1 and name != "teacher" and (budget not in best or row["top1"] > best[budget]["top1"]):
+            best[budget] = row
+    return best
+
+
+def _draw_budget_guides(axes) -> None:
+    """Every compression budget as a dotted vertical line, its share written at the top."""
+    for budget in BUDGETS:
+        axes.axvline(budget, color="0.6", linestyle=":", linewidth=1, zorder=0)
+        axes.annotate(
+            f"{budget:.0%}",
+            (budget, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -10),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.4",
+        )
+
+
+def _draw_family(axes, metric: str, label: str, marker: str, color: str, members: list[dict]) -> None:
+    """One method family's models at (FLOP ratio, ``metric``) with their 95% intervals, filled when healed, and
+    the family's Pareto line; a model without the metric is left out."""
+    values = [(row["flop_ratio"], _value(row, metric)) for row in members]
+    front = pareto([value for value in values if value[1] is not None])
+    if len(front) > 1:
+        axes.plot(*zip(*front, strict=True), color=color, linewidth=1, alpha=0.7)
+    for row, (x, y) in zip(members, values, strict=True):
+        if y is None:
+            continue
+        error = [[y - row.get(f"{metric}_low", y)], [row.get(f"{metric}_high", y) - y]]
+        filled = healed(row) or label == "teacher"
+        axes.errorbar(
+            x,
+            y,
+            yerr=error,
+            fmt=marker,
+            color=color,
+            markersize=8,
+            capsize=2,
+            markerfacecolor=color if filled else "white",
+            label=label,
+        )
+
+
+def _name_best(axes, metric: str, best: dict[float, dict]) -> None:
+    """The name of each budget's best model above its point."""
+    for order, (_, row) in enumerate(sorted(best.items())):  # alternate heights: neighbouring budgets
+        if _value(row, metric) is None:  # e.g. evaluated without the teacher's predictions: no agreement
+            continue
+        axes.annotate(
+            row["model"].replace(HEALED, " +heal").replace("+heal-", "+heal "),
+            (row["flop_ratio"], _value(row, metric)),
+            fontsize=7,
+            xytext=(0, 12 + 12 * (order % 2)),
+            textcoords="offset points",
+            ha="center",
+            arrowprops={"arrowstyle": "-", "color": "0.5"},
+        )
+
+
 def plot_frontier(rows, output: Path) -> Path | None:
     """Top-1 and agreement with the teacher against the share of the teacher's encoder FLOPs per token. One
     color and marker per method family with its Pareto line; filled when healed by finetuning, hollow before
@@ -394,60 +461,14 @@ def plot_frontier(rows, output: Path) -> Path | None:
     # the teacher in black, so the ten colours of the cycle go to ten method families before one repeats
     others = [family for family in families if family[0] != "teacher"]
     colors = {family: "black" if family[0] == "teacher" else f"C{others.index(family) % 10}" for family in families}
-    best = {}  # compression budget -> the model with the highest top-1 in it (the teacher's 100% not named:
-    # milder cuts there, e.g. half attention at 83%, would crowd the 67% label)
-    for name, row in points.items():
-        budget = budget_of(row["flop_ratio"])
-        if budget < 1 and name != "teacher" and (budget not in best or row["top1"] > best[budget]["top1"]):
-            best[budget] = row
+    best = _best_of_each_budget(points)
     for axes, metric, title in zip(
         axes_pair, ("top1", "agree_top1"), ("MLM top-1", "same top-1 as the teacher"), strict=True
     ):
-        for budget in BUDGETS:
-            axes.axvline(budget, color="0.6", linestyle=":", linewidth=1, zorder=0)
-            axes.annotate(
-                f"{budget:.0%}",
-                (budget, 1),
-                xycoords=("data", "axes fraction"),
-                xytext=(2, -10),
-                textcoords="offset points",
-                fontsize=7,
-                color="0.4",
-            )
+        _draw_budget_guides(axes)
         for (label, marker), members in families.items():
-            color = colors[label, marker]
-            values = [(row["flop_ratio"], _value(row, metric)) for row in members]
-            front = pareto([value for value in values if value[1] is not None])
-            if len(front) > 1:
-                axes.plot(*zip(*front, strict=True), color=color, linewidth=1, alpha=0.7)
-            for row, (x, y) in zip(members, values, strict=True):
-                if y is None:
-                    continue
-                error = [[y - row.get(f"{metric}_low", y)], [row.get(f"{metric}_high", y) - y]]
-                filled = healed(row) or label == "teacher"
-                axes.errorbar(
-                    x,
-                    y,
-                    yerr=error,
-                    fmt=marker,
-                    color=color,
-                    markersize=8,
-                    capsize=2,
-                    markerfacecolor=color if filled else "white",
-                    label=label,
-                )
-        for order, (_, row) in enumerate(sorted(best.items())):  # alternate heights: neighbouring budgets
-            if _value(row, metric) is None:  # e.g. evaluated without the teacher's predictions: no agreement
-                continue
-            axes.annotate(
-                row["model"].replace(HEALED, " +heal").replace("+heal-", "+heal "),
-                (row["flop_ratio"], _value(row, metric)),
-                fontsize=7,
-                xytext=(0, 12 + 12 * (order % 2)),
-                textcoords="offset points",
-                ha="center",
-                arrowprops={"arrowstyle": "-", "color": "0.5"},
-            )
+            _draw_family(axes, metric, label, marker, colors[label, marker], members)
+        _name_best(axes, metric, best)
         axes.set_xlabel("share of the teacher's encoder FLOPs per token")
         axes.set_ylabel(title)
         axes.xaxis.set_major_formatter(PercentFormatter(1.0))

@@ -153,8 +153,52 @@ class SitraBertModel(SitraBertPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-class SitraBertForMaskedLM(SitraBertPreTrainedModel):
+class _SitraBertWithHead(SitraBertPreTrainedModel):
+    """The encoder (``self.bert``) and a task head on its states: ``head_logits`` of the encoder's outputs, the
+    ``loss`` against ``labels`` with -100 ignored, both in the task's ``output_class``."""
+
+    output_class: type
+
+    def head_logits(self, outputs: BaseModelOutputWithPooling) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of logits [..., C] with labels [...] (-100 = ignored)."""
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        """input_ids / attention_mask / token_type_ids / ``labels``: [B, T] ([B] for a sequence's label) -> the
+        task's output: logits and, with ``labels``, the loss."""
+        outputs = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.head_logits(outputs)
+        loss = self.loss(logits, labels) if labels is not None else None
+        output = self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class SitraBertForMaskedLM(_SitraBertWithHead):
+    """Logits [B, T, V] at every position; the masked-LM loss with ``labels`` [B, T] (-100 = ignored)."""
+
     _tied_weights_keys = TIED_WEIGHTS if _TRANSFORMERS_MAJOR >= 5 else list(TIED_WEIGHTS)
+    output_class = MaskedLMOutput
 
     def __init__(self, config: SitraBertConfig):
         super().__init__(config)
@@ -169,40 +213,14 @@ class SitraBertForMaskedLM(SitraBertPreTrainedModel):
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        labels=None,
-        output_hidden_states=None,
-        return_dict=None,
-        **kwargs,
-    ):
-        """Logits [B, T, V] at every position; the masked-LM loss with ``labels`` [B, T] (-100 = ignored)."""
-        outputs = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            inputs_embeds,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.cls(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1), ignore_index=-100)
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return output if return_dict is not False else output.to_tuple()
+    def head_logits(self, outputs: BaseModelOutputWithPooling) -> torch.Tensor:
+        return self.cls(outputs.last_hidden_state)
 
 
-class _SitraBertClassifier(SitraBertPreTrainedModel):
+class _SitraBertClassifier(_SitraBertWithHead):
     """A linear classifier over ``num_labels`` on the encoder, after dropout (BERT's task heads)."""
 
     pooled: bool  # classify the pooled [CLS] state (a sequence) or every token's state
-    output_class: type
 
     def __init__(self, config: SitraBertConfig):
         super().__init__(config)
@@ -213,34 +231,9 @@ class _SitraBertClassifier(SitraBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        labels=None,
-        output_hidden_states=None,
-        return_dict=None,
-        **kwargs,
-    ):
-        outputs = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            inputs_embeds,
-            output_hidden_states=output_hidden_states,
-        )
+    def head_logits(self, outputs: BaseModelOutputWithPooling) -> torch.Tensor:
         features = outputs.pooler_output if self.pooled else outputs.last_hidden_state
-        logits = self.classifier(self.dropout(features))
-        loss = self.loss(logits, labels) if labels is not None else None
-        output = self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return output if return_dict is not False else output.to_tuple()
+        return self.classifier(self.dropout(features))
 
 
 class SitraBertForSequenceClassification(_SitraBertClassifier):

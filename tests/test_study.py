@@ -1,0 +1,174 @@
+"""Studies as files: the plan's shapes from the teacher's, the study file's checks, and a tiny study run end to end
+through Snakemake, here and on a real one-node SLURM with accounting."""
+
+import csv
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from models.cost import width_for_budget
+from utils.errors import UserError
+from utils.study import SHAPES, Plan, Study, TeacherShape
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
+
+
+def tiny_study(folder: Path, teacher_dir: str, **changes) -> Path:
+    """Two budgets, two families (sitra's students, the field's pruning), one seed, on the tiny teacher."""
+    study = {
+        "name": "tiny",
+        "teacher": {"path": teacher_dir},
+        "data": {"train_sentences": 96, "check_sentences": 32, "heal_sentences": 64, "seq_len": 20, "batch_size": 16},
+        "seeds": [42],
+        "budgets": [0.5, 0.25],
+        "families": {
+            "sitra": {
+                "method": "students",
+                "attention_share": {"default": 0.5, 0.25: 0.25},
+                "feed_forward": {"ffn_init": "neurons"},
+            },
+            "field": {"method": "pruning", "attention_share": {"default": 0.5, 0.25: 0.25}, "reconstruct": True},
+        },  # fmt: skip
+        "healing": {"flags": {"train_layers": True}},
+        "comparisons": [["sitra", "field"]],
+        **changes,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def snakemake(workdir: Path, study: Path, storage: Path, data_dir: str, *args: str, env=None, timeout=300):
+    config = [f"study={study}", f"storage={storage}", f"data_dir={data_dir}", f"python={sys.executable}"]
+    return subprocess.run(
+        [*SNAKEMAKE, "-d", str(workdir), *args, "--config", *config],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_widths_come_from_the_budget_left_after_the_attention():
+    """Round two's widths at the offline teacher's shape (hidden 384, 12 x 32, 1536), and bert-base's."""
+    minilm, base = (TeacherShape(**SHAPES[name]) for name in ("minilm", "bert-base"))
+    widths = [minilm.width(budget, 40, heads) for budget, heads in ((0.67, 6), (0.5, 6), (0.33, 6), (0.25, 3))]
+    assert widths == [1152, 768, 384, 384]
+    assert minilm.width(0.5, 40, 3) == 960 and minilm.width(0.5, 40, 12) == 384  # the budget split either way
+    assert minilm.width(0.33, 40, 12, layers=3) == 768  # half the layers kept
+    assert [base.width(budget, 40, 6) for budget in (0.67, 0.5, 0.33)] == [2304, 1536, 768]
+    assert width_for_budget(1.2, 6, 384, 12, 32, 1536, 40, kept_heads=12) == 1536  # never wider than the teacher
+    assert width_for_budget(0.05, 6, 384, 12, 32, 1536, 40, kept_heads=12) == 64  # at least one multiple
+
+
+def test_a_family_asked_for_a_budget_it_cannot_reach_is_refused(tmp_path, tiny_teacher_dir):
+    study = tiny_study(tmp_path, tiny_teacher_dir)
+    Plan(Study.load(study), tmp_path / "root", "python")  # reachable: planned
+    bad = tiny_study(
+        tmp_path, tiny_teacher_dir, families={"merged": {"method": "merged_pairs", "budgets": [0.25]}}, comparisons=[]
+    )
+    with pytest.raises(UserError, match=r"families.merged: merged at 25%: its model lands at 6\d.\d%"):
+        Plan(Study.load(bad), tmp_path / "root", "python")
+    # without ``budgets`` a family is planned where it lands, and the others are said
+    quiet = tiny_study(tmp_path, tiny_teacher_dir, families={"merged": {"method": "merged_pairs"}}, comparisons=[])
+    plan = Plan(Study.load(quiet), tmp_path / "root", "python")
+    assert plan.models == [] and len(plan.skipped) == 2 and "not planned: merged at 50%" in plan.describe()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"budgets": [50]}, "budgets: expected a list of shares"),
+        ({"families": {"x": {"method": "pruning", "width": 3}}}, r"families.x: pruning takes no \['width'\]"),
+        ({"comparisons": [["sitra", "nobody"]]}, "comparisons: .* is not a pair of family names"),
+        ({"data": {"epochs": 3}}, "data: keys are"),
+        ({"teacher": {"shape": "bert-base"}}, "teacher: expected exactly one of 'path'"),
+    ],
+)
+def test_a_bad_study_file_is_one_error_naming_the_key(tmp_path, tiny_teacher_dir, change, message):
+    with pytest.raises(UserError, match=message):
+        Study.load(tiny_study(tmp_path, tiny_teacher_dir, **change))
+
+
+def test_the_plan_of_a_bert_base_study_derives_its_shapes_from_3072_and_12_x_64(tmp_path):
+    """The dry run of the bert-base study file (no weights needed: the study names the shape) on the engine."""
+    dry = subprocess.run(
+        [*SNAKEMAKE, "-d", str(tmp_path), "-n", "-p", "--config", f"study={REPO / 'studies' / 'bert_base.yaml'}",
+         f"storage={tmp_path / 'base'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    plan = dry.stderr + dry.stdout
+    assert "12 layers, hidden 768, 12 heads x 64, feed-forward 3072" in plan
+    assert "sitra_heads_50" in plan and "heads 6, ffn 1536" in plan and "heads 3, ffn 768" in plan
+    assert "--block_heads 6 --block_d_k 64" in plan and "--ffn_width 2304" in plan
+    assert "--ffn_width 384" not in plan and "--block_d_k 32" not in plan  # nothing of the offline teacher's
+    assert not (tmp_path / "base").exists()  # a dry run writes nothing
+
+
+def check_tiny_study(storage: Path) -> None:
+    """The tiny study's data: four healed models and the teacher, and one paired comparison per budget."""
+    with open(storage / "data" / "models.csv") as file:
+        models = list(csv.DictReader(file))
+    healed = {row["model"]: row for row in models if row["healed"] == "True"}
+    assert set(healed) == {"sitra_50", "sitra_25", "field_50", "field_25"}
+    assert {row["model"] for row in models} == set(healed) | {"teacher"}
+    assert abs(float(healed["sitra_25"]["flops_share"]) - 0.25) < 0.02 and healed["field_50"]["family"] == "field"
+    with open(storage / "data" / "comparisons.csv") as file:
+        comparisons = list(csv.DictReader(file))
+    assert [(row["first"], row["second"]) for row in comparisons] == [
+        ("sitra_50", "field_50"),
+        ("sitra_25", "field_25"),
+    ]
+    assert all(
+        float(row["top1_low"]) <= float(row["top1_difference"]) <= float(row["top1_high"]) for row in comparisons
+    )
+
+
+def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothing(
+    tmp_path, tiny_teacher_dir, tiny_data_dir
+):
+    study, storage = tiny_study(tmp_path, tiny_teacher_dir), tmp_path / "study"
+    started = time.time()
+    run = snakemake(tmp_path, study, storage, tiny_data_dir, "--cores", "2")
+    assert run.returncode == 0, run.stderr[-5000:]
+    elapsed = time.time() - started
+    check_tiny_study(storage)
+    stage_times = list((storage / "benchmarks").rglob("*.tsv"))
+    assert len(stage_times) == 14  # every stage's time, recorded by the engine (store, 4 students, 4 + 4 models, eval)
+    again = snakemake(tmp_path, study, storage, tiny_data_dir, "--cores", "2")
+    assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
+    # a changed study re-plans only what changed: a longer healing re-heals and re-evaluates, builds nothing
+    longer = tiny_study(
+        tmp_path, tiny_teacher_dir, data={**yaml.safe_load(study.read_text())["data"], "heal_epochs": 2}
+    )
+    dry = snakemake(tmp_path, longer, storage, tiny_data_dir, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+) +(\d+)$", dry.stdout + dry.stderr, re.MULTILINE))
+    assert counts["heal"] == "4" and "model" not in counts and "ffn_students" not in counts
+    assert elapsed < 120, f"the tiny study took {elapsed:.0f} s"
+
+
+def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path, tiny_teacher_dir, tiny_data_dir):
+    """Each stage one SLURM job, its state read back with sacct (the cluster's accounting)."""
+    study, storage = tiny_study(tmp_path, tiny_teacher_dir), tmp_path / "study"
+    env = {**slurm_accounting, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["--executor", "slurm", "--jobs", "4", "--slurm-init-seconds-before-status-checks", "1",
+            "--seconds-between-status-checks", "2", "--slurm-keep-successful-logs",
+            "--default-resources", "runtime=10", "mem_mb=1500", "cpus_per_task=1"]  # fmt: skip
+    run = snakemake(tmp_path, study, storage, tiny_data_dir, *args, env=env, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    check_tiny_study(storage)
+    logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert len(logs) == 15  # one job per stage and the report
+    accounted = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobName,State", "--starttime", "now-1hour"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(accounted) >= 15 and all(line.endswith("|COMPLETED") for line in accounted)
