@@ -21,11 +21,11 @@ Written to ``{storage}/report/``.
 python make_report.py --storage_directory storage
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from utils.args import StorageArguments, parse_args, require
+from utils.args import StorageArguments, flag, parse_args, require
 from utils.experiment import cli_entry, log, start
 from utils.report import compare_pairs, write_report
 from utils.storage import Storage
@@ -37,44 +37,32 @@ from utils.study_report import study_markdown, write_study_data
 class ReportArguments:
     attribute = "report"
 
-    output_dir: str = field(default="", metadata={"help": "Where to write (default: the storage directory's report)."})
-    compare: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Pairs of model names (A B [C D ...]): print each pair's paired top-1 (and agreement) "
-            "difference on the same masks with its 95% bootstrap interval, and whether it excludes 0 (writes "
-            "compare_A_vs_B.json). A pair that cannot be compared is named in an error line, the others still "
-            "run, and the exit code is non-zero."
-        },
+    output_dir: str = flag("", "Where to write (default: the storage directory's report).")
+    compare: Optional[list[str]] = flag(
+        None,
+        "Pairs of model names (A B [C D ...]): print each pair's paired top-1 (and agreement) difference on the same "
+        "masks with its 95% bootstrap interval, and whether it excludes 0 (writes compare_A_vs_B.json). A pair that "
+        "cannot be compared is named in an error line, the others still run, and the exit code is non-zero.",
     )
-
-    seed_runs: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Storage directories of the same experiments run with another --seed: every model evaluated "
-            "under this storage directory and one of them, on the same test masks, is pooled into mean ± spread "
-            "across seeds (seeds.md, seeds.csv), and sitra's best against the field's best is compared with each "
-            "model's per-sentence values averaged over the seeds (best_against_field_seeds.json); with --compare, "
-            "the two models are compared so."
-        },
+    seed_runs: Optional[list[str]] = flag(
+        None,
+        "Storage directories of the same experiments run with another --seed: every model evaluated under this "
+        "storage directory and one of them, on the same test masks, is pooled into mean ± spread across seeds "
+        "(seeds.md, seeds.csv), and sitra's best against the field's best is compared with each model's "
+        "per-sentence values averaged over the seeds (best_against_field_seeds.json); with --compare, the two "
+        "models are compared so.",
     )
-
-    frontier_evaluations: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Evaluations (results folder names) the budget tables, frontier and parameter plot show "
-            "(default: all; e.g. leave out the per-block models of a criteria evaluation)."
-        },
+    frontier_evaluations: Optional[list[str]] = flag(
+        None,
+        "Evaluations (results folder names) the budget tables, frontier and parameter plot show (default: all; e.g. "
+        "leave out the per-block models of a criteria evaluation).",
     )
-
-    study: Optional[str] = field(
-        default=None,
-        metadata={"help": "A study file (studies/*.yaml) whose root is --storage_directory: write its results as "
-                  "tidy tables (data/models.csv, data/comparisons.csv) and report/study.md."},
-    )  # fmt: skip
-    tables: Optional[str] = field(
-        default=None, metadata={"help": "A study's data folder (models.csv, comparisons.csv): print its tables."}
+    study: Optional[str] = flag(
+        None,
+        "A study file (studies/*.yaml) whose root is --storage_directory: write its results as tidy tables "
+        "(data/models.csv, data/comparisons.csv) and report/study.md.",
     )
+    tables: Optional[str] = flag(None, "A study's data folder (models.csv, comparisons.csv): print its tables.")
 
     def __post_init__(self):
         require(self.study is None or Path(self.study).is_file(), f"--study {self.study}: no such study file")

@@ -222,21 +222,13 @@ def start_slurmdbd(stack: ExitStack, root: Path, env: dict) -> None:
             pytest.fail(f"sacctmgr {' '.join(arguments)} failed: {done.stdout}{done.stderr}")
 
 
-@contextmanager
-def start_cluster(root: Path, accounting: bool = False) -> Iterator[dict[str, str]]:
-    """A running one-node cluster configured under ``root`` (created here); yields the environment that points the
-    SLURM clients at it (``SLURM_CONF``, and PATH starting with wrappers of the clients that default SLURM_CONF to
-    this cluster's, so that jobs which drop the variable still reach it). With ``accounting``, jobs are recorded by
-    slurmdbd in a private MariaDB, the cluster is ``sitra-test`` and the current user's default account is ``sitra``."""
-    ensure_slurm_installed(accounting)
-    (root / "state").mkdir(parents=True)
-    (root / "spool").mkdir()
-    host = socket.gethostname().split(".")[0]
+def write_slurm_config(
+    root: Path, host: str, controller_port: int, node_port: int, munge_socket: Path, dbd_port: int | None
+) -> Path:
+    """``root/slurm.conf`` of a one-node cluster on this host; with ``dbd_port``, jobs are accounted by slurmdbd."""
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
     config = root / "slurm.conf"
-    controller_port, node_port, dbd_port, db_port = free_ports(4)
-    munge_socket = root / "munge" / "munge.sock"
-    if accounting:
+    if dbd_port is not None:
         # AccountingStoragePass names the munge socket the clients and slurmctld use to talk to slurmdbd
         storage = f"""JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
@@ -269,6 +261,22 @@ MpiDefault=none
 {storage}NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
+    return config
+
+
+@contextmanager
+def start_cluster(root: Path, accounting: bool = False) -> Iterator[dict[str, str]]:
+    """A running one-node cluster configured under ``root`` (created here); yields the environment that points the
+    SLURM clients at it (``SLURM_CONF``, and PATH starting with wrappers of the clients that default SLURM_CONF to
+    this cluster's, so that jobs which drop the variable still reach it). With ``accounting``, jobs are recorded by
+    slurmdbd in a private MariaDB, the cluster is ``sitra-test`` and the current user's default account is ``sitra``."""
+    ensure_slurm_installed(accounting)
+    (root / "state").mkdir(parents=True)
+    (root / "spool").mkdir()
+    host = socket.gethostname().split(".")[0]
+    controller_port, node_port, dbd_port, db_port = free_ports(4)
+    munge_socket = root / "munge" / "munge.sock"
+    config = write_slurm_config(root, host, controller_port, node_port, munge_socket, dbd_port if accounting else None)
     wrappers = client_wrappers(root / "bin", config)
     env = {**os.environ, "SLURM_CONF": str(config), "PATH": f"{wrappers}{os.pathsep}{os.environ.get('PATH', '')}"}
     with ExitStack() as stack:  # stops, last started first, whatever was started

@@ -159,8 +159,9 @@ def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path
     """Each stage one SLURM job, its state read back with sacct (the cluster's accounting)."""
     study, storage = tiny_study(tmp_path, tiny_teacher_dir), tmp_path / "study"
     env = {**slurm_accounting, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    args = ["--executor", "slurm", "--jobs", "4", "--slurm-init-seconds-before-status-checks", "1",
-            "--seconds-between-status-checks", "2", "--slurm-keep-successful-logs",
+    # the cluster profile of docs/OPERATIONS.md, its resources sized down for the one-node test cluster
+    args = ["--profile", str(REPO / "workflow" / "profiles" / "slurm"), "--jobs", "4", "--retries", "0",
+            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
             "--default-resources", "runtime=10", "mem_mb=1500", "cpus_per_task=1"]  # fmt: skip
     run = snakemake(tmp_path, study, storage, tiny_data_dir, *args, env=env, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
@@ -172,3 +173,13 @@ def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path
         env=env, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert len(accounted) >= 15 and all(line.endswith("|COMPLETED") for line in accounted)
+
+
+@pytest.mark.parametrize("name", ["round1", "round2", "bert_base"])
+def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
+    from utils.study import KINDS
+
+    plan = Plan(Study.load(REPO / "studies" / f"{name}.yaml"), tmp_path, "python")
+    assert plan.models and {stage.kind for stage in plan.stages.values()} <= set(KINDS)
+    assert all(plan.stamp(key) for key in plan.stages)  # every stage reachable by its stamp
+    assert all(set(stage.needs) <= set(plan.stages) for stage in plan.stages.values())  # no need left unplanned

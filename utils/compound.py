@@ -106,12 +106,10 @@ def build_compound(
         options = recipe["attention"]
         kind = options.get("source", "block")
         variant = recipe_variant(options, kind)
-        found, paths, missing = collect_attentions(
+        collected = collect_attentions(
             storage_directory, model, name, options["heads"], options["d_k"], options.get("layers"), kind, variant
         )
-        _require_all("attention", missing)
-        attentions.update(found)
-        sources["attention"] = {b: str(p) for b, p in paths.items()}
+        _take_students("attention", collected, attentions, sources)
     if "prune_heads" in recipe:
         options = recipe["prune_heads"]
         layers = options.get("layers", every)
@@ -122,12 +120,10 @@ def build_compound(
     if "feed_forward" in recipe:
         options = recipe["feed_forward"]
         variant = recipe_variant(options, "ffn")
-        found, paths, missing = collect_feed_forwards(
+        collected = collect_feed_forwards(
             storage_directory, model, name, options["width"], options.get("layers"), variant
         )
-        _require_all("feed_forward", missing)
-        feed_forwards.update(found)
-        sources["feed_forward"] = {b: str(p) for b, p in paths.items()}
+        _take_students("feed_forward", collected, feed_forwards, sources)
     if "prune_neurons" in recipe:
         options = recipe["prune_neurons"]
         layers = options.get("layers", every)
@@ -163,6 +159,15 @@ def build_compound(
     compound = assemble(model, attentions=attentions, merged=merged, dropped=dropped, feed_forwards=feed_forwards)
     meta = {"method": "compound", "recipe": recipe, "teacher": name, "sources": sources, "dropped": sorted(dropped)}
     return compound.eval(), meta
+
+
+def _take_students(part: str, collected: tuple[dict, dict, list], modules: dict, sources: dict) -> None:
+    """A recipe part's trained students (found, their checkpoints, the layers without a run) into ``modules``
+    by layer, their checkpoints into ``sources``: every layer the part names must have its run."""
+    found, paths, missing = collected
+    _require_all(part, missing)
+    modules.update(found)
+    sources[part] = {b: str(p) for b, p in paths.items()}
 
 
 def _require_all(part: str, missing: list[int], pairs: bool = False) -> None:

@@ -236,34 +236,52 @@ def _model(family: str, method: str, budget: float, share: float, shape: dict, *
     return PlannedModel(f"{family}_{round(100 * budget)}", family, method, budget, share, shape, **made_of)
 
 
+def _cut_model(
+    shape: TeacherShape,
+    seq_len: int,
+    family: str,
+    method: str,
+    options: dict,
+    budget: float,
+    attention_part: Callable[[int], dict],
+    feed_forward_part: Callable[[int], dict],
+) -> PlannedModel:
+    """A model of every layer with a share of the heads and the feed-forward width its budget leaves: the recipe
+    parts that make the attention (``attention_part(heads)``) and the feed-forward (``feed_forward_part(width)``)
+    smaller, each only where it is smaller than the teacher's."""
+    heads = _kept_heads(shape, options, budget)
+    width = shape.width(budget, seq_len, heads)
+    recipe = {
+        **(attention_part(heads) if heads < shape.heads else {}),
+        **(feed_forward_part(width) if width < shape.ffn else {}),
+    }
+    share = shape.share(seq_len, shape.layers, heads, width)
+    return _model(family, method, budget, share, {"heads": heads, "ffn": width}, recipe=recipe)
+
+
 @register("students", ("attention_share", "attention", "feed_forward"),
           "sitra: attention students with a share of the heads and feed-forward students of the width the budget "
           "leaves, distilled on the teacher's activations, in one compound model")  # fmt: skip
 def plan_students(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
-    heads = _kept_heads(shape, options, budget)
-    width = shape.width(budget, seq_len, heads)
-    recipe = {}
-    if heads < shape.heads:
-        recipe["attention"] = {"heads": heads, "d_k": shape.d_k, "flags": options.get("attention", {})}
-    if width < shape.ffn:
-        recipe["feed_forward"] = {"width": width, "flags": options.get("feed_forward", {})}
-    share = shape.share(seq_len, shape.layers, heads, width)
-    return _model(family, "students", budget, share, {"heads": heads, "ffn": width}, recipe=recipe)
+    def attention(heads: int) -> dict:
+        return {"attention": {"heads": heads, "d_k": shape.d_k, "flags": options.get("attention", {})}}
+
+    def feed_forward(width: int) -> dict:
+        return {"feed_forward": {"width": width, "flags": options.get("feed_forward", {})}}
+
+    return _cut_model(shape, seq_len, family, "students", options, budget, attention, feed_forward)
 
 
 @register("pruning", ("attention_share", "reconstruct"),
           "the field: the teacher's least important heads and neurons removed (neurons optionally reconstructed "
           "by least squares)")  # fmt: skip
 def plan_pruning(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
-    heads = _kept_heads(shape, options, budget)
-    width = shape.width(budget, seq_len, heads)
-    recipe = {}
-    if heads < shape.heads:
-        recipe["prune_heads"] = {"heads": heads}
-    if width < shape.ffn:
-        recipe["prune_neurons"] = {"width": width, "reconstruct": bool(options.get("reconstruct", False))}
-    share = shape.share(seq_len, shape.layers, heads, width)
-    return _model(family, "pruning", budget, share, {"heads": heads, "ffn": width}, recipe=recipe)
+    def neurons(width: int) -> dict:
+        return {"prune_neurons": {"width": width, "reconstruct": bool(options.get("reconstruct", False))}}
+
+    return _cut_model(
+        shape, seq_len, family, "pruning", options, budget, lambda heads: {"prune_heads": {"heads": heads}}, neurons
+    )
 
 
 @register("layer_drop", ("rule", "depth", "reconstruct"),
