@@ -39,7 +39,14 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_data(flags.data, teacher.tokenizer)
     meta = {"method": "merged_pair", "merge_init": flags.merge.merge_init}
     return evaluate_against_teacher(
-        flags.eval, flags.data, teacher, {name: model}, data.test, device, storage.results(name), {name: meta}
+        flags.eval,
+        flags.data,
+        teacher,
+        {name: model},
+        getattr(data, flags.eval.split),
+        device,
+        storage.results(name),
+        {name: meta},
     )
 
 

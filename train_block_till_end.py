@@ -9,7 +9,7 @@ from utils.args import BLOCK_STUDENT_FLAGS, FINETUNE_FLAGS, InitFromArguments, T
 from utils.data import eval_loader, load_data
 from utils.experiment import cli_entry, log, start
 from utils.model_io import load_block_checkpoint
-from utils.objectives import OutputDistillation
+from utils.objectives import HEALING
 from utils.runs import already_finished, run_variant, till_end_run
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     student.to(device)
     model = assemble(teacher.model, attentions={block: student})
     distillation = flags.output_distillation
-    objective = OutputDistillation(
+    objective = HEALING[distillation.healing].function(
         teacher.model, model, student, distillation.temperature, distillation.hard_label_weight, device
     )
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)

@@ -18,7 +18,7 @@ from models.methods import (
     reconstruct_feed_forward_output,
     student_attention,
 )
-from models.surgery import assemble, select_trainable
+from models.surgery import assemble, select_trainable, teacher_layer_map
 
 __all__ = [
     "DROP",
@@ -40,5 +40,6 @@ __all__ = [
     "parameter_count",
     "reconstruct_feed_forward_output",
     "select_trainable",
+    "teacher_layer_map",
     "student_attention",
 ]

@@ -81,6 +81,24 @@ class SimplifiedBert(nn.Module):
         """Vocabulary logits at the predicted positions only: hidden [B, T, H], labels [B, T] -> [N, V]."""
         return self.mlm_head(hidden[labels != IGNORE_INDEX])
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Logits [N, V] at the N positions where ``labels`` [B, T] is not ``IGNORE_INDEX``."""
-        return self.masked_logits(self.encode(input_ids, attention_mask), labels)
+    def trace(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every layer's output [B, T, H] and its attention distributions [B, heads, T, T], layer by layer
+        (input_ids, attention_mask: [B, T]): what a layer-wise distillation compares."""
+        hidden, key_padding_mask = self.embeddings(input_ids=input_ids), attention_mask.bool()
+        hiddens, probs = [], []
+        for layer in self.layers:
+            attention_output, layer_probs = layer.attention(hidden, key_padding_mask, return_probs=True)
+            hidden = layer.finish(hidden, attention_output)
+            hiddens.append(hidden)
+            probs.append(layer_probs)
+        return hiddens, probs
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, trace: bool = False):
+        """Logits [N, V] at the N positions where ``labels`` [B, T] is not ``IGNORE_INDEX``; with ``trace``
+        also every layer's output and attention distributions (:meth:`trace`), as ``(logits, hiddens, probs)``."""
+        if not trace:
+            return self.masked_logits(self.encode(input_ids, attention_mask), labels)
+        hiddens, probs = self.trace(input_ids, attention_mask)
+        return self.masked_logits(hiddens[-1], labels), hiddens, probs

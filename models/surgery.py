@@ -67,3 +67,10 @@ def select_trainable(model: SimplifiedBert, feed_forward: bool = False, every_la
             for part in (layer.attention_norm, layer.ffn_in, layer.ffn_out, layer.ffn_norm):
                 part.requires_grad_(True)
     return model
+
+
+def teacher_layer_map(model: SimplifiedBert) -> list[int]:
+    """For each layer of ``model``, the teacher layer whose output it stands for: the last of the teacher layers it
+    replaces (a merged pair's second, a kept or retrained layer's own), so that a layer-wise loss compares each
+    layer with the teacher at the same depth across dropped and merged layers."""
+    return [max(layer.origin["teacher_layers"]) for layer in model.layers]

@@ -106,6 +106,9 @@ def test_retrained_pipeline(flags, run_flags, tiny_teacher_dir, tiny_data_dir, c
     whole, _, meta = load_simplified(f"{model_dir}_finetuned-layers")  # as layer drop and merged models get
     assert meta["train_layers"] and not torch.equal(whole.layers[2].ffn_in.weight, model.layers[2].ffn_in.weight)
     assert not torch.equal(whole.layers[2].attention.query.weight, model.layers[2].attention.query.weight)
+    train_full_merged_model.main(flags + ["--epochs", "1", "--lr", "1e-3", "--train_layers", "--healing", "layerwise"])
+    layerwise, _, meta = load_simplified(f"{model_dir}_finetuned-layers_layerwise")  # its own run and model
+    assert not torch.equal(layerwise.layers[2].ffn_in.weight, whole.layers[2].ffn_in.weight)
 
 
 def test_till_end_refuses_a_checkpoint_of_another_shape(flags, capsys):

@@ -35,7 +35,7 @@ def tiny_study(folder: Path, teacher_dir: str, **changes) -> Path:
             },
             "field": {"method": "pruning", "attention_share": {"default": 0.5, 0.25: 0.25}, "reconstruct": True},
         },  # fmt: skip
-        "healing": {"flags": {"train_layers": True}},
+        "healing": {"kl": {"train_layers": True}},
         "comparisons": [["sitra", "field"]],
         **changes,
     }
@@ -113,22 +113,26 @@ def test_the_plan_of_a_bert_base_study_derives_its_shapes_from_3072_and_12_x_64(
 
 
 def check_tiny_study(storage: Path) -> None:
-    """The tiny study's data: four healed models and the teacher, and one paired comparison per budget."""
+    """The tiny study's data: four healed models and the teacher on both splits, the declared comparison and each
+    side's best (chosen on validation) at both budgets, Holm-corrected together; the page made from them."""
     with open(storage / "data" / "models.csv") as file:
         models = list(csv.DictReader(file))
-    healed = {row["model"]: row for row in models if row["healed"] == "True"}
-    assert set(healed) == {"sitra_50", "sitra_25", "field_50", "field_25"}
-    assert {row["model"] for row in models} == set(healed) | {"teacher"}
-    assert abs(float(healed["sitra_25"]["flops_share"]) - 0.25) < 0.02 and healed["field_50"]["family"] == "field"
+    test = {row["model"]: row for row in models if row["evaluation"] == "test" and row["healing"] == "kl"}
+    assert set(test) == {"sitra_50", "sitra_25", "field_50", "field_25"}
+    assert {row["model"] for row in models} == set(test) | {"teacher"}
+    assert {row["evaluation"] for row in models} == {"test", "validation"}
+    assert abs(float(test["sitra_25"]["flops_share"]) - 0.25) < 0.02 and test["field_50"]["side"] == "field"
     with open(storage / "data" / "comparisons.csv") as file:
         comparisons = list(csv.DictReader(file))
-    assert [(row["first"], row["second"]) for row in comparisons] == [
-        ("sitra_50", "field_50"),
-        ("sitra_25", "field_25"),
-    ]
+    pairs = [(row["kind"], row["first"], row["second"]) for row in comparisons]
+    assert pairs == [(kind, f"sitra_{b}", f"field_{b}") for kind in ("declared", "best") for b in (50, 25)]
     assert all(
         float(row["top1_low"]) <= float(row["top1_difference"]) <= float(row["top1_high"]) for row in comparisons
     )
+    assert [row["candidates"] for row in comparisons if row["kind"] == "best"] == ["1 vs 1", "1 vs 1"]
+    assert all(float(row["holm_p"]) >= float(row["top1_p_value"]) for row in comparisons)
+    page = (storage / "report" / "study.md").read_text()
+    assert "4 comparisons, Holm-corrected together" in page and "| 25% | sitra_25 (kl) |" in page
 
 
 def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothing(
@@ -141,7 +145,7 @@ def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothin
     elapsed = time.time() - started
     check_tiny_study(storage)
     stage_times = list((storage / "benchmarks").rglob("*.tsv"))
-    assert len(stage_times) == 14  # every stage's time, recorded by the engine (store, 4 students, 4 + 4 models, eval)
+    assert len(stage_times) == 15  # every stage's time, by the engine: store, 4 students, 4 + 4 models, 2 evaluations
     again = snakemake(tmp_path, study, storage, tiny_data_dir, "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
     # a changed study re-plans only what changed: a longer healing re-heals and re-evaluates, builds nothing
@@ -167,7 +171,7 @@ def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     check_tiny_study(storage)
     logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert len(logs) == 15  # one job per stage and the report
+    assert len(logs) == 16  # one job per stage and the report
     accounted = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-o", "JobName,State", "--starttime", "now-1hour"],
         env=env, capture_output=True, text=True, check=True,
@@ -181,5 +185,29 @@ def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path
 
     plan = Plan(Study.load(REPO / "studies" / f"{name}.yaml"), tmp_path, "python")
     assert plan.models and {stage.kind for stage in plan.stages.values()} <= set(KINDS)
-    assert all(plan.stamp(key) for key in plan.stages)  # every stage reachable by its stamp
     assert all(set(stage.needs) <= set(plan.stages) for stage in plan.stages.values())  # no need left unplanned
+
+
+def test_each_sides_best_is_chosen_on_validation_among_its_own_methods(tmp_path, tiny_teacher_dir):
+    from utils.study_report import best_on_validation
+
+    families = {
+        "a": {"method": "students", "attention_share": 0.5},
+        "b": {"method": "students", "attention_share": 0.5, "attention": {"student_init": "heads"}},
+        "f": {"method": "pruning", "attention_share": 0.5},
+    }
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, families=families, comparisons=[])), tmp_path, "p")
+    validation = {("a_50", "kl"): 0.30, ("b_50", "kl"): 0.31, ("f_50", "kl"): 0.9, ("a_50", "other"): 0.99}
+    best, candidates = best_on_validation(plan.models, validation, 0.5, "sitra", "kl")
+    assert (best.name, candidates) == ("b_50", 2)  # the field's 0.9 and another healing's 0.99 are not candidates
+    assert best_on_validation(plan.models, validation, 0.5, "field", "kl")[0].name == "f_50"
+    assert best_on_validation(plan.models, validation, 0.25, "sitra", "kl") == (None, 0)
+
+
+def test_holm_adjusts_each_p_value_by_its_rank_and_widens_its_interval():
+    from utils.statistics import holm
+
+    corrected = holm([0.01, 0.04, 0.03, 0.005])
+    assert [round(c["holm_p"], 4) for c in corrected] == [0.03, 0.06, 0.06, 0.02]
+    assert [c["holm_survives"] for c in corrected] == [True, False, False, True]
+    assert [round(c["holm_confidence"], 4) for c in corrected] == [0.9833, 0.95, 0.975, 0.9875]

@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 
 from models.methods import DROP, FFN_INIT, MERGE_INIT, STUDENT_INIT, Family
 from utils.errors import UserError
+from utils.objectives import HEALING
 
 
 def flag(default, help: str, **kwargs):
@@ -219,6 +220,7 @@ class OutputDistillationArguments:
 
     temperature: float = flag(1.0, "Softmax temperature of the KL(teacher || student) loss on the MLM outputs.")
     hard_label_weight: float = flag(0.0, "Weight of the cross-entropy with the true masked token, added to the KL.")
+    healing: str = method_flag(HEALING, "output", "The healing objective:")
 
     def __post_init__(self):
         require_finite(self, "temperature", "hard_label_weight")
@@ -249,7 +251,12 @@ class EvaluationSetArguments:
 class EvalArguments:
     attribute = "eval"
 
-    percentage_data: float = flag(1.0, "Fraction of the test sentences evaluated (in corpus order).")
+    split: Literal["test", "validation"] = flag(
+        "test",
+        "The split whose masked sentences are evaluated: test, what is reported, or validation, what models are "
+        "chosen on (so the test split is used once, for the chosen).",
+    )
+    percentage_data: float = flag(1.0, "Fraction of the split's sentences evaluated (in corpus order).")
     reference: str = flag("bert-large-uncased", "Larger reference model for the top-k agreement score; 'none' to skip.")
     eval_batch_size: int = flag(128, "Sentences per evaluation batch.")
     latency_repeats: int = flag(20, "Timed forward passes per latency figure (median reported); 0 skips latency.")

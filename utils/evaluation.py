@@ -94,7 +94,8 @@ def evaluate_models(
         values.update(relative_to(values, teacher))
     report = {
         "sentences": count,
-        "test_sentences": len(test),
+        "split": evaluation.split,
+        "split_sentences": len(test),
         "masks": masks_fingerprint(test, count),
         "seq_len": data.seq_len,
         "seed": data.seed,
@@ -141,12 +142,13 @@ def evaluate_against_teacher(
 
 
 def evaluate_saved_models(flags: Flags, folders: list[Path], device: torch.device, output_dir: Path) -> dict:
-    """:func:`evaluate_against_teacher` of the saved models in ``folders`` (each named by its folder) on the test
-    sentences, with the script's ``--teacher``, data and evaluation flags."""
+    """:func:`evaluate_against_teacher` of the saved models in ``folders`` (each named by its folder) on the masked
+    sentences of ``--split``, with the script's ``--teacher``, data and evaluation flags."""
     teacher = load_teacher(flags.teacher.teacher, device)
     models, metas = load_models(folders, device)
     data = load_data(flags.data, teacher.tokenizer)
-    return evaluate_against_teacher(flags.eval, flags.data, teacher, models, data.test, device, output_dir, metas)
+    sentences = getattr(data, flags.eval.split)
+    return evaluate_against_teacher(flags.eval, flags.data, teacher, models, sentences, device, output_dir, metas)
 
 
 DESCRIBED = (

@@ -14,7 +14,7 @@ from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader
 from utils.metrics import hidden_state_similarity
 from utils.model_io import save_and_export
-from utils.objectives import OutputDistillation
+from utils.objectives import HEALING
 from utils.teacher import Teacher
 from utils.training import fit
 
@@ -50,7 +50,7 @@ def finetune_and_save(
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     log.info("finetuning %d of %d parameters", trainable, parameter_count(student))
     distillation = flags.output_distillation
-    objective = OutputDistillation(
+    objective = HEALING[distillation.healing].function(
         teacher.model, student, student, distillation.temperature, distillation.hard_label_weight, device
     )
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)

@@ -60,6 +60,7 @@ NAMED: dict[str, Callable[[object], str]] = {
     "train_layers": lambda value: "layers",
     "temperature": lambda value: f"t{value:g}",
     "hard_label_weight": lambda value: f"hard{value:g}",
+    "healing": lambda value: value,
 }
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import IGNORE_INDEX, FeedForward, MultiHeadAttention, SimplifiedBert, assemble
+from models import IGNORE_INDEX, FeedForward, MultiHeadAttention, SimplifiedBert, assemble, teacher_layer_map
+from models.methods import Family
 from utils.device import to_device
 from utils.metrics import evaluate_mlm, kl_divergence
 from utils.signals import Signal, TeacherSignal
@@ -276,6 +277,66 @@ class OutputDistillation:
             "agree_top1": student["agree_top1"],
             "kl_from_teacher": student["kl_from_teacher"],
         }
+
+
+def layerwise_loss(
+    student_hiddens: list[torch.Tensor],
+    student_probs: list[torch.Tensor],
+    teacher_hiddens: list[torch.Tensor],
+    teacher_probs: list[torch.Tensor],
+    layer_map: list[int],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The mean over student layers of the MSE between each layer's output [B, T, H] and the output of the teacher
+    layer ``layer_map`` gives it, over real tokens (``attention_mask`` [B, T]); plus the mean over the layers with
+    as many heads as theirs of KL(teacher || student) of the attention distributions [B, heads, T, T], per real
+    query and head (a layer with other heads is compared by its output alone)."""
+    real = attention_mask.bool()
+    hidden = [
+        F.mse_loss(ours[real].float(), teacher_hiddens[theirs][real].float())
+        for ours, theirs in zip(student_hiddens, layer_map, strict=True)
+    ]
+    attention = []
+    for ours, theirs in zip(student_probs, layer_map, strict=True):
+        target = teacher_probs[theirs]
+        if ours.shape != target.shape:
+            continue
+        target, ours = target.float(), ours.float()
+        per_query = (target * (target.clamp_min(1e-12).log() - ours.clamp_min(1e-12).log())).sum(-1)  # [B, h, T]
+        attention.append(per_query.transpose(1, 2)[real].mean())
+    loss = torch.stack(hidden).mean()
+    return loss + torch.stack(attention).mean() if attention else loss
+
+
+class LayerwiseDistillation(OutputDistillation):
+    """:class:`OutputDistillation` plus :func:`layerwise_loss`: every student layer's output against the teacher
+    layer it stands for (:func:`models.teacher_layer_map`: through dropped and merged depths) and its attention
+    distributions where the head counts allow (TinyBERT's layer-wise distillation, MiniLM's attention transfer)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.layer_map = teacher_layer_map(self.student)
+
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
+        with torch.no_grad():
+            teacher_logits, teacher_hiddens, teacher_probs = self.teacher(**batch, trace=True)
+        logits, hiddens, probs = network(**batch, trace=True)
+        labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
+        total, count = output_distillation_loss(
+            logits, teacher_logits, labels, self.temperature, self.hard_label_weight
+        )
+        layers = layerwise_loss(hiddens, probs, teacher_hiddens, teacher_probs, self.layer_map, batch["attention_mask"])
+        return total + count * layers, count  # mean: the KL per masked token plus the layer-wise loss
+
+
+# The healing objectives (--healing): how a simplified model is trained end to end against its teacher.
+HEALING = Family("healing", produces="the objective that heals a model end to end", label="healing")
+HEALING.register("output", "KL(teacher || student) at the masked token (the original repository's)")(OutputDistillation)
+HEALING.register(
+    "layerwise",
+    "the same plus every layer's output, and its attention distributions where the head counts match, against "
+    "the teacher layer it stands for (TinyBERT / MiniLM)",
+)(LayerwiseDistillation)
 
 
 class MergeDistillation:

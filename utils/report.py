@@ -20,7 +20,7 @@ from utils.compound import recipe_variant
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, markdown_table
 from utils.files import atomic_write
-from utils.statistics import paired_difference
+from utils.statistics import CONFIDENCE, paired_difference
 from utils.storage import Storage
 
 
@@ -30,12 +30,15 @@ def _figure(rows: int = 1, columns: int = 1, figsize=(7, 4.5)):
     return figure, figure.subplots(rows, columns)
 
 
-def per_sentence_values(storage: Storage, model: str) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
-    """masks fingerprint -> (evaluation, metric -> per-sentence values) of every evaluation of ``model``."""
+def per_sentence_values(
+    storage: Storage, model: str, evaluation: str | None = None
+) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
+    """masks fingerprint -> (evaluation, metric -> per-sentence values) of every evaluation of ``model`` (only the
+    one named ``evaluation``, when given)."""
     found = {}
     for metrics_file in storage.all_results:
         arrays_file = metrics_file.parent / PER_SENTENCE
-        if not arrays_file.exists():
+        if not arrays_file.exists() or evaluation not in (None, metrics_file.parent.name):
             continue
         with np.load(arrays_file) as arrays:
             values = {key.split("/", 1)[1]: arrays[key] for key in arrays.files if key.split("/", 1)[0] == model}
@@ -45,13 +48,21 @@ def per_sentence_values(storage: Storage, model: str) -> dict[str, tuple[str, di
     return found
 
 
-def compare_models(storage: Storage, first: str, second: str, seed_storages: Sequence[Storage] = ()) -> dict:
-    """Paired differences ``first - second`` on the masks both were evaluated on. With ``seed_storages`` (the
-    same experiments under other seeds) each model's per-sentence values are first averaged over the seeds
-    [N], so the interval is over sentences for the seed-averaged models; both must be evaluated in every one."""
+def compare_models(
+    storage: Storage,
+    first: str,
+    second: str,
+    seed_storages: Sequence[Storage] = (),
+    evaluation: str | None = None,
+    confidence: float = CONFIDENCE,
+) -> dict:
+    """Paired differences ``first - second`` on the masks both were evaluated on (in the results folder
+    ``evaluation`` only, when given), with ``confidence`` intervals. With ``seed_storages`` (the same experiments
+    under other seeds) each model's per-sentence values are first averaged over the seeds [N], so the interval is
+    over sentences for the seed-averaged models; both must be evaluated in every one."""
     storages = [storage, *seed_storages]
     # per model: one {masks: (evaluation, metric -> [N])} per seed
-    found = [[per_sentence_values(s, model) for s in storages] for model in (first, second)]
+    found = [[per_sentence_values(s, model, evaluation) for s in storages] for model in (first, second)]
     shared = [masks for masks in found[0][0] if all(masks in per_seed for seeds in found for per_seed in seeds)]
     if not shared:
         missing = [model for model, seeds in zip((first, second), found, strict=True) if not all(seeds)]
@@ -75,7 +86,7 @@ def compare_models(storage: Storage, first: str, second: str, seed_storages: Seq
     for key in ("top1", "agree_top1"):
         if all(key in per_seed for seeds in values for per_seed in seeds):
             averaged = [np.mean([per_seed[key] for per_seed in seeds], axis=0) for seeds in values]
-            result[key] = paired_difference(*averaged)
+            result[key] = paired_difference(*averaged, confidence=confidence)
     return result
 
 

@@ -99,9 +99,9 @@ class PlannedModel:
     recipe: dict | None = None
     merged: dict | None = None
 
-    @property
-    def healed(self) -> str:
-        return f"{self.name}_healed"
+    def healed(self, healing: str) -> str:
+        """The name of this model healed by the study's healing ``healing``."""
+        return f"{self.name}_{healing}"
 
 
 # -- the study file ---------------------------------------------------------------------------------------------
@@ -112,11 +112,13 @@ DATA_DEFAULTS = {
     "heal_sentences": 4000,
     "heal_epochs": 1,
     "test_share": 1.0,  # the share of the test split evaluated (the same masks for every model)
+    "validation_share": 1.0,  # the share of the validation split each side's best is chosen on
+    "latency_repeats": 0,  # timed calls per latency figure in the evaluations (0: none)
     "seq_len": 40,
     "batch_size": None,  # None: each script's default
 }
 TOP_KEYS = {"name", "description", "teacher", "data", "seeds", "budgets", "families", "healing", "comparisons",
-            "resources"}  # fmt: skip
+            "resources", "goals"}  # fmt: skip
 
 
 def _require(condition: bool, message: str, where: str) -> None:
@@ -138,6 +140,7 @@ class Study:
     healing: dict
     comparisons: list[list[str]]
     resources: dict = field(default_factory=dict)
+    goals: dict = field(default_factory=dict)  # budget -> the share of the teacher's test top-1 to keep
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -182,9 +185,16 @@ class Study:
             where,
         )
         _require(teacher.get("shape") in (None, *SHAPES), f"teacher.shape: one of {', '.join(SHAPES)}", where)
-        healing = {"flags": {}, **(raw.get("healing") or {})}
+        healing = raw.get("healing") or {"kl": {}}
+        _require(
+            isinstance(healing, dict) and all(isinstance(flags, dict) for flags in healing.values()),
+            "healing: expected a mapping name -> the healing script's flags (e.g. kl: {train_layers: true})",
+            where,
+        )
+        goals = raw.get("goals") or {}
+        _require(set(goals) <= set(budgets), "goals: a share of the teacher's top-1 per budget of the study", where)
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
-                   raw.get("resources") or {})  # fmt: skip
+                   raw.get("resources") or {}, goals)  # fmt: skip
 
 
 def _check_family(name: str, family: dict, budgets: list[float], where: str) -> None:
@@ -201,20 +211,22 @@ def _check_family(name: str, family: dict, budgets: list[float], where: str) -> 
 # -- methods: how a family plans its model at one budget ----------------------------------------------------------
 @dataclass(frozen=True)
 class PlanMethod:
-    """A registered way to build a family's models: its options and the function that plans one budget."""
+    """A registered way to build a family's models: its options, the function that plans one budget, and whose
+    method it is (``sitra``'s or ``field``'s: a report picks each side's best at each budget)."""
 
     name: str
     options: tuple[str, ...]
     plan: Callable[[TeacherShape, int, str, dict, float], PlannedModel]
     summary: str
+    side: str
 
 
 METHODS: dict[str, PlanMethod] = {}
 
 
-def register(name: str, options: tuple[str, ...], summary: str):
+def register(name: str, side: str, options: tuple[str, ...], summary: str):
     def decorate(function):
-        METHODS[name] = PlanMethod(name, options, function, summary)
+        METHODS[name] = PlanMethod(name, options, function, summary, side)
         return function
 
     return decorate
@@ -259,7 +271,7 @@ def _cut_model(
     return _model(family, method, budget, share, {"heads": heads, "ffn": width}, recipe=recipe)
 
 
-@register("students", ("attention_share", "attention", "feed_forward"),
+@register("students", "sitra", ("attention_share", "attention", "feed_forward"),
           "sitra: attention students with a share of the heads and feed-forward students of the width the budget "
           "leaves, distilled on the teacher's activations, in one compound model")  # fmt: skip
 def plan_students(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
@@ -272,7 +284,7 @@ def plan_students(shape: TeacherShape, seq_len: int, family: str, options: dict,
     return _cut_model(shape, seq_len, family, "students", options, budget, attention, feed_forward)
 
 
-@register("pruning", ("attention_share", "reconstruct"),
+@register("pruning", "field", ("attention_share", "reconstruct"),
           "the field: the teacher's least important heads and neurons removed (neurons optionally reconstructed "
           "by least squares)")  # fmt: skip
 def plan_pruning(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
@@ -284,7 +296,7 @@ def plan_pruning(shape: TeacherShape, seq_len: int, family: str, options: dict, 
     )
 
 
-@register("layer_drop", ("rule", "depth", "reconstruct"),
+@register("layer_drop", "field", ("rule", "depth", "reconstruct"),
           "the field: a share of the layers kept (the others dropped by rule), their feed-forwards pruned to the "
           "width the budget leaves")  # fmt: skip
 def plan_layer_drop(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
@@ -312,15 +324,16 @@ def _merged_pairs(shape: TeacherShape, seq_len: int, family: str, options: dict,
     layers = shape.layers - shape.layers // 2
     merged = {"source": source, "flags": options.get("merge", {"merge_init": "first"})}
     share = shape.share(seq_len, layers, shape.heads, shape.ffn)
-    return _model(family, source, budget, share, {"layers": layers}, merged=merged)
+    method = "merged_pairs" if source == "merge" else "conditioned_chain"
+    return _model(family, method, budget, share, {"layers": layers}, merged=merged)
 
 
-@register("merged_pairs", ("merge",), "sitra: each pair of adjacent layers distilled into one layer")
+@register("merged_pairs", "sitra", ("merge",), "sitra: each pair of adjacent layers distilled into one layer")
 def plan_merged_pairs(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
     return _merged_pairs(shape, seq_len, family, options, budget, "merge")
 
 
-@register("conditioned_chain", ("merge",),
+@register("conditioned_chain", "sitra", ("merge",),
           "sitra: the merged pairs trained in order, each on the merged layers before it")  # fmt: skip
 def plan_chain(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
     return _merged_pairs(shape, seq_len, family, options, budget, "conditioned")
@@ -425,15 +438,19 @@ class Plan:
         tag, data = f"seed{seed}", self.study.data
         sentences = ["--max_sentences", data["train_sentences"]] if data["train_sentences"] else []
         store = self._add("store", tag, "store", "build_teacher_store.py", self._common(seed) + sentences, teacher)
-        healed = []
+        healed, names = [], []
         for model in self.models:
-            needs = [store, *self._student_stages(seed, model, store)]
-            built = self._model_stage(seed, model, needs)
-            healed.append(self._heal_stage(seed, model, built))
-        models = [self.storage(seed).model(model.healed) for model in self.models]
-        args = [*self._common(seed), "--percentage_data", data["test_share"], "--reference", "none"]
-        args += ["--latency_repeats", 0, "--evaluation", "test", "--models", *models]
-        self._add("evaluate", tag, "test", "eval_retrained_12.py", args, healed)
+            # a pruned or dropped model needs no students and no store: only what it is made of
+            built = self._model_stage(seed, model, self._student_stages(seed, model, store))
+            for healing, flags in self.study.healing.items():
+                healed.append(self._heal_stage(seed, model, built, healing, flags))
+                names.append(model.healed(healing))
+        models = [self.storage(seed).model(name) for name in names]
+        for split, share in (("validation", data["validation_share"]), ("test", data["test_share"])):
+            # every healed model on the same masks: the validation split to choose on, the test split to report
+            args = [*self._common(seed), "--split", split, "--percentage_data", share, "--reference", "none"]
+            args += ["--latency_repeats", data["latency_repeats"], "--evaluation", split, "--models", *models]
+            self._add("evaluate", tag, split, "eval_retrained_12.py", args, healed)
 
     def _student_stages(self, seed: int, model: PlannedModel, store) -> list:
         tag, recipe = f"seed{seed}", model.recipe or {}
@@ -474,13 +491,13 @@ class Plan:
         args += ["--max_sentences", self.study.data["heal_sentences"], "--output_model", output]
         return self._add("model", tag, model.name, "finetune_fully_merged.py", args, needs)
 
-    def _heal_stage(self, seed: int, model: PlannedModel, built) -> tuple[str, str, str]:
+    def _heal_stage(self, seed: int, model: PlannedModel, built, healing: str, flags: dict) -> tuple[str, str, str]:
         storage, data = self.storage(seed), self.study.data
         args = [*self._common(seed, training=True), "--model", storage.model(model.name)]
         args += ["--max_sentences", data["heal_sentences"], "--epochs", data["heal_epochs"]]
-        args += ["--eval_sentences", data["check_sentences"], *_flag_args(self.study.healing["flags"])]
-        args += ["--output_model", storage.model(model.healed)]
-        return self._add("heal", f"seed{seed}", model.name, "train_full_merged_model.py", args, [built])
+        args += ["--eval_sentences", data["check_sentences"], *_flag_args(flags)]
+        args += ["--output_model", storage.model(model.healed(healing))]
+        return self._add("heal", f"seed{seed}", model.healed(healing), "train_full_merged_model.py", args, [built])
 
     # what the workflow reads -------------------------------------------------------------------------------------
     def stages_of(self, kind: str) -> list[Stage]:

@@ -6,101 +6,146 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.files import atomic_write
 from utils.report import collect_results, compare_models
-from utils.study import Plan
+from utils.statistics import holm
+from utils.study import METHODS, Plan, PlannedModel
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
 MODEL_COLUMNS = (
-    "study", "seed", "evaluation", "model", "family", "method", "budget", "flops_share", "healed", "sentences",
-    "parameters", "parameter_ratio", "flops_per_token", "shape", "recipe",
+    "study", "seed", "evaluation", "model", "family", "method", "side", "budget", "healing", "flops_share",
+    "sentences", "parameters", "parameter_ratio", "flops_per_token", "shape", "recipe",
     *(f"{metric}{part}" for metric in METRICS for part in ("", "_low", "_high")),
     "latency_ms_b1", "latency_ms_b64", "masks",
 )  # fmt: skip
 COMPARISON_COLUMNS = (
-    "study", "seed", "budget", "first", "second", "first_family", "second_family", "sentences", "seeds",
+    "study", "kind", "budget", "healing", "first", "second", "first_family", "second_family", "candidates", "seed",
+    "seeds", "sentences",
     *(f"{metric}_{part}" for metric in ("top1", "agree_top1") for part in ("difference", "low", "high")),
-    "top1_excludes_zero", "agree_top1_excludes_zero",
+    "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
+    "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high",
 )  # fmt: skip
 ALL_SEEDS = "all"  # the seed of a comparison whose models are averaged over every seed first
+TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
 
 def model_rows(plan: Plan) -> list[dict]:
-    """Every evaluated model of the plan (healed and, where evaluated, not) and the teacher, under every seed."""
-    planned = {name: model for model in plan.models for name in (model.name, model.healed)}
+    """Every evaluated model of the plan (each healing, and unhealed where evaluated) and the teacher, under every
+    seed and evaluation."""
+    planned = {model.name: (model, "") for model in plan.models}
+    planned |= {model.healed(healing): (model, healing) for model in plan.models for healing in plan.study.healing}
     rows = []
     for seed in plan.study.seeds:
         for result in collect_results(plan.storage(seed)):
-            model = planned.get(result["model"])
-            if model is None and result["model"] != "teacher":
-                continue  # another experiment's model in the same storage
             row = {"study": plan.study.name, "seed": seed, "evaluation": result["evaluation"]}
-            if model is None:
-                row |= {"model": "teacher", "family": "teacher", "method": "teacher", "budget": 1.0, "healed": False}
-            else:
+            if result["model"] == "teacher":
+                row |= {"model": "teacher", "family": "teacher", "method": "teacher", "side": "teacher", "budget": 1.0}
+            elif result["model"] in planned:
+                model, healing = planned[result["model"]]
                 row |= {"model": model.name, "family": model.family, "method": model.method, "budget": model.budget,
-                        "healed": result["model"] == model.healed, "shape": json.dumps(model.shape),
+                        "side": METHODS[model.method].side, "healing": healing, "shape": json.dumps(model.shape),
                         "recipe": json.dumps(model.recipe or model.merged, sort_keys=True)}  # fmt: skip
+            else:
+                continue  # another experiment's model in the same storage
             row["flops_share"] = result.get("flop_ratio")
             rows.append(row | {key: result[key] for key in MODEL_COLUMNS if key in result and key not in row})
     return rows
 
 
-def comparison_rows(plan: Plan) -> list[dict]:
-    """The study's ``comparisons``: at every budget where both families have a model, the healed models' paired
-    differences (first - second) under each seed and, with several seeds, averaged over them (seed ``all``).
-    A pair not evaluated on the same masks is a UserError: the study asked for it."""
-    by_family = {(model.family, model.budget): model for model in plan.models}
+def _compared(plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], **row) -> list[dict]:
+    """``first`` healed by ``healings[0]`` against ``second`` healed by ``healings[1]`` on the test masks: a row per
+    seed and, with several seeds, one of both averaged over them, with the spread of the seeds' differences."""
     storages = [plan.storage(seed) for seed in plan.study.seeds]
+    names = first.healed(healings[0]), second.healed(healings[1])
+    base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
+            "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
+    runs = [(seed, storage, ()) for seed, storage in zip(plan.study.seeds, storages, strict=True)]
+    if len(storages) > 1:
+        runs.append((ALL_SEEDS, storages[0], storages[1:]))
     rows = []
-    for first_family, second_family in plan.study.comparisons:
-        for budget in plan.study.budgets:
-            pair = by_family.get((first_family, budget)), by_family.get((second_family, budget))
-            if None in pair:
-                continue
-            first, second = pair
-            runs = [(seed, storage, ()) for seed, storage in zip(plan.study.seeds, storages, strict=True)]
-            if len(storages) > 1:
-                runs.append((ALL_SEEDS, storages[0], storages[1:]))
-            for seed, storage, others in runs:
-                result = compare_models(storage, first.healed, second.healed, others)
-                row = {"study": plan.study.name, "seed": seed, "budget": budget, "first": first.name,
-                       "second": second.name, "first_family": first_family, "second_family": second_family,
-                       "sentences": result["sentences"], "seeds": result["seeds"]}  # fmt: skip
-                for metric in ("top1", "agree_top1"):
-                    paired = result.get(metric) or {}
-                    row |= {f"{metric}_{key}": value for key, value in paired.items()}
-                rows.append(row)
+    for seed, storage, others in runs:
+        result = compare_models(storage, *names, others, evaluation=TEST)
+        entry = {**base, "seed": seed, "seeds": result["seeds"], "sentences": result["sentences"]}
+        for metric in ("top1", "agree_top1"):
+            entry |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
+        rows.append(entry)
+    if len(rows) > 1:
+        differences = [row["top1_difference"] for row in rows[:-1]]
+        rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
     return rows
 
 
-def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
+def _validation_top1(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """(model, healing) -> its validation top-1 averaged over the seeds it was evaluated under."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["evaluation"] == VALIDATION and row.get("healing"):
+            found.setdefault((row["model"], row["healing"]), []).append(row["top1"])
+    return {key: sum(values) / len(values) for key, values in found.items()}
 
 
-def write_study_data(plan: Plan) -> dict[str, Path]:
-    """``models.csv`` and ``comparisons.csv`` under the study's ``data/``, and ``report/study.md`` made from them."""
-    models = model_rows(plan)
-    if not models:
-        raise UserError(f"--study {plan.study.path}: no evaluation under {plan.root} yet (run the workflow first)")
-    files = plan.data_files
-    write_table(files["models"], models, MODEL_COLUMNS)
-    write_table(files["comparisons"], comparison_rows(plan), COMPARISON_COLUMNS)
-    page = plan.root / "report" / "study.md"
-    text = study_markdown(files["models"].parent)
-    page.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(page, lambda tmp: tmp.write_text(text))
-    return {**files, "page": page}
+def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
+    """The study's comparisons on the test masks, at every budget where both models exist, for every healing:
+    ``declared``, the study's pairs of families; ``healing``, each model under each later healing against the
+    first; ``best``, each side's best (sitra's methods against the field's) chosen by top-1 on the validation
+    split, averaged over the seeds, among ``candidates`` models. Then Holm's correction over the comparisons
+    reported (seed-averaged where there are several seeds), with each one's interval at its Holm level."""
+    by_family = {(model.family, model.budget): model for model in plan.models}
+    healings = list(plan.study.healing)
+    compared = []
+    for healing in healings:
+        for first_family, second_family in plan.study.comparisons:
+            for budget in plan.study.budgets:
+                pair = by_family.get((first_family, budget)), by_family.get((second_family, budget))
+                if None not in pair:
+                    compared += _compared(plan, *pair, (healing, healing), kind="declared", healing=healing)
+        compared += _best_against_field(plan, rows, healing)
+    for other in healings[1:]:  # each later healing against the first, model by model
+        for model in plan.models:
+            compared += _compared(plan, model, model, (other, healings[0]), kind="healing",
+                                  healing=f"{other} - {healings[0]}")  # fmt: skip
+    reported = [row for row in compared if row["seed"] == (ALL_SEEDS if len(plan.study.seeds) > 1 else row["seed"])]
+    for row, correction in zip(reported, holm([row["top1_p_value"] for row in reported]), strict=True):
+        row.update(correction)
+        seeds = row["seeds"]
+        storages = [plan.storage(seed) for seed in plan.study.seeds][:seeds]
+        first, second = (_healed_name(plan, row, side) for side in ("first", "second"))
+        at_level = compare_models(storages[0], first, second, storages[1:], TEST, correction["holm_confidence"])
+        row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
+    return compared
+
+
+def _healed_name(plan: Plan, row: dict, side: str) -> str:
+    healing = row["healing"].split(" - ")[0 if side == "first" else -1]
+    return f"{row[side]}_{healing}"
+
+
+def best_on_validation(
+    models: list[PlannedModel], validation: dict[tuple[str, str], float], budget: float, side: str, healing: str
+) -> tuple[PlannedModel | None, int]:
+    """Of ``side``'s models at ``budget`` healed by ``healing``, the one with the highest validation top-1
+    (``validation``: (model, healing) -> top-1 averaged over the seeds), and how many were candidates."""
+    candidates = [m for m in models if m.budget == budget and METHODS[m.method].side == side]
+    scored = [(validation[m.name, healing], m) for m in candidates if (m.name, healing) in validation]
+    return (max(scored, key=lambda item: item[0])[1] if scored else None), len(scored)
+
+
+def _best_against_field(plan: Plan, rows: list[dict], healing: str) -> list[dict]:
+    """Each budget's best sitra model against its best field model (healed by ``healing``), chosen on validation,
+    compared on the test split."""
+    validation = _validation_top1(rows)
+    compared = []
+    for budget in plan.study.budgets:
+        (first, first_count), (second, second_count) = (
+            best_on_validation(plan.models, validation, budget, side, healing) for side in ("sitra", "field")
+        )
+        if first is not None and second is not None:
+            compared += _compared(plan, first, second, (healing, healing), kind="best", healing=healing,
+                                  candidates=f"{first_count} vs {second_count}")  # fmt: skip
+    return compared
 
 
 # -- tables from the data files -----------------------------------------------------------------------------------
@@ -119,56 +164,113 @@ def _points(row: dict, metric: str) -> str:
     return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _difference(row: dict, metric: str) -> str:
+def _difference(row: dict, metric: str, interval: str = "") -> str:
+    """A paired difference in points with its interval (``holm``: the interval at the row's Holm level)."""
     if not row.get(f"{metric}_difference"):
         return ""
-    value, low, high = (100 * float(row[f"{metric}_{part}"]) for part in ("difference", "low", "high"))
-    mark = " *" if row[f"{metric}_excludes_zero"] == "True" else ""
-    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]{mark}"
+    low, high = (f"holm_{end}" if interval else f"{metric}_{end}" for end in ("low", "high"))
+    value, low, high = (100 * float(row[key]) for key in (f"{metric}_difference", low, high))
+    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _reported(rows: list[dict]) -> list[dict]:
+    """The comparisons a report states: averaged over the seeds where there are several, else the one seed."""
+    return [row for row in rows if row.get("holm_p")]
 
 
 def models_markdown(rows: list[dict]) -> str:
-    """One table per budget and evaluation: every healed model's top-1, agreement and KL, each seed a row."""
+    """One table per budget: every healed model on the test split (each seed a row), with its validation top-1."""
+    validation = {(row["model"], row["healing"], row["seed"]): row for row in rows if row["evaluation"] == VALIDATION}
+    shown = [row for row in rows if row["evaluation"] == TEST and (row["healing"] or row["model"] == "teacher")]
     lines = []
-    shown = [row for row in rows if row["healed"] == "True" or row["model"] == "teacher"]
     for budget in sorted({row["budget"] for row in shown if row["model"] != "teacher"}, key=float, reverse=True):
         lines += [
-            f"#### {float(budget):.0%} of the teacher's FLOPs (healed models; 95% intervals)",
+            f"#### {float(budget):.0%} of the teacher's FLOPs (healed; test split, 95% intervals)",
             "",
-            "| model | family | seed | FLOPs | parameters | top-1 % | agreement % | KL |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | healing | seed | FLOPs | parameters | top-1 % | agreement % | KL | validation top-1 % |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         members = [row for row in shown if row["budget"] == budget or row["model"] == "teacher"]
         for row in sorted(members, key=lambda row: (row["model"] != "teacher", -float(row["top1"] or 0))):
             kl = f"{float(row['kl_from_teacher']):.3f}" if row.get("kl_from_teacher") else ""
+            chosen_on = validation.get((row["model"], row["healing"], row["seed"]), {})
             lines.append(
-                f"| {row['model']} | {row['family']} | {row['seed']} | {float(row['flops_share']):.1%} | "
-                f"{int(row['parameters']):,} | {_points(row, 'top1')} | {_points(row, 'agree_top1')} | {kl} |"
+                f"| {row['model']} | {row['healing']} | {row['seed']} | {float(row['flops_share']):.1%} | "
+                f"{int(row['parameters']):,} | {_points(row, 'top1')} | {_points(row, 'agree_top1')} | {kl} | "
+                f"{_points(chosen_on, 'top1')} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
 def comparisons_markdown(rows: list[dict]) -> str:
-    """The study's paired comparisons: first - second in points with the 95% interval (``*``: excludes 0)."""
+    """The reported comparisons (first - second, top-1 points on the test split): the 95% interval, the spread of
+    the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level."""
+    reported = _reported(rows)
     lines = [
-        "| budget | first | second | seed | sentences | top-1 difference | agreement difference |",
-        "|---|---|---|---|---|---|---|",
+        f"{len(reported)} comparisons, Holm-corrected together; **bold**: survives (adjusted p < 0.05).",
+        "",
+        "| kind | budget | healing | first | second | candidates | seeds | top-1 difference, 95% | seed spread | "
+        "Holm p | at its Holm level | agreement difference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    for row in reported:
+        spread = f"{100 * float(row['top1_seed_spread']):.2f}" if row.get("top1_seed_spread") else ""
+        holm_p = f"{float(row['holm_p']):.3g}"
+        holm_p = f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
         lines.append(
-            f"| {float(row['budget']):.0%} | {row['first']} | {row['second']} | {row['seed']} | {row['sentences']} "
-            f"| {_difference(row, 'top1')} | {_difference(row, 'agree_top1')} |"
+            f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {row['first']} | {row['second']} | "
+            f"{row.get('candidates') or ''} | {row['seeds']} | {_difference(row, 'top1')} | {spread} | {holm_p} | "
+            f"{_difference(row, 'top1', 'holm')} | {_difference(row, 'agree_top1')} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def study_markdown(data: Path) -> str:
-    """The markdown tables of a study's data folder (``models.csv``, ``comparisons.csv``)."""
+def headline_markdown(models: list[dict], comparisons: list[dict], goals: dict[float, float]) -> str:
+    """The first screen: per budget, sitra's best (chosen on validation, over every healing) with its share of the
+    teacher's test top-1 and that share's paired interval, against the field's best (Holm-marked), and the goal."""
+    teacher = {
+        row["seed"]: float(row["top1"]) for row in models if row["model"] == "teacher" and row["evaluation"] == TEST
+    }
+    lines = [
+        "| budget | sitra's best (chosen on validation) | % of the teacher's top-1 | sitra's best − the field's best "
+        "(top-1 points; Holm) | goal |",
+        "|---|---|---|---|---|",
+    ]
+    best = [row for row in _reported(comparisons) if row["kind"] == "best"]
+    for budget in sorted({row["budget"] for row in best}, key=float, reverse=True):
+        # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
+        row = max((row for row in best if row["budget"] == budget), key=lambda row: _validation(models, row))
+        tests = [m for m in models if m["model"] == row["first"] and m["healing"] == row["healing"]
+                 and m["evaluation"] == TEST]  # fmt: skip
+        # the share of the teacher's top-1 under each seed, its interval from the paired difference, seed-averaged
+        share, low, high = (
+            sum(1 + float(m[key]) / teacher[m["seed"]] if teacher[m["seed"]] else math.nan for m in tests) / len(tests)
+            for key in ("top1_vs_teacher", "top1_vs_teacher_low", "top1_vs_teacher_high")
+        )
+        goal = goals.get(float(budget))
+        verdict = "" if goal is None or math.isnan(share) else f"{goal:.0%}: "
+        verdict += "" if not verdict else "met" if share >= goal else f"missed by {goal - share:.1%}"
+        survives = " (survives Holm)" if row["holm_survives"] in ("True", True) else " (not after Holm)"
+        lines.append(
+            f"| {float(budget):.0%} | {row['first']} ({row['healing']}) | {share:.1%} [{low:.1%}, {high:.1%}] | "
+            f"{_difference(row, 'top1')} vs {row['second']}{survives} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _validation(models: list[dict], comparison: dict) -> float:
+    values = [float(m["top1"]) for m in models if m["model"] == comparison["first"]
+              and m["healing"] == comparison["healing"] and m["evaluation"] == VALIDATION]  # fmt: skip
+    return sum(values) / len(values) if values else float("-inf")
+
+
+def study_markdown(data: Path, goals: dict[float, float] | None = None) -> str:
+    """The markdown tables of a study's data folder (``models.csv``, ``comparisons.csv``): the headline, the
+    comparisons, then every model."""
     models, comparisons = read_table(data / "models.csv"), read_table(data / "comparisons.csv")
     study = models[0]["study"] if models else data.name
-    text = f"### Study {study}: models\n\n{models_markdown(models)}\n"
+    text = f"### Study {study}: each budget's best\n\n{headline_markdown(models, comparisons, goals or {})}\n"
     if comparisons:
-        text += f"### Study {study}: paired comparisons (points; * the interval excludes 0)\n\n"
-        text += comparisons_markdown(comparisons)
-    return text
+        text += f"### Study {study}: paired comparisons\n\n{comparisons_markdown(comparisons)}\n"
+    return text + f"### Study {study}: every model\n\n{models_markdown(models)}\n"

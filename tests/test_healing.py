@@ -1,0 +1,68 @@
+"""Layer-wise healing: the layer map through dropped and merged depths, the loss on known tensors, and a teacher
+that heals against itself at zero."""
+
+import math
+
+import pytest
+import torch
+from transformers import BertForMaskedLM
+
+from conftest import tiny_config
+from models import SimplifiedBert, assemble, teacher_layer_map
+from models.methods import merged_layer
+from utils.objectives import HEALING, LayerwiseDistillation, layerwise_loss
+
+
+@pytest.fixture
+def teacher() -> SimplifiedBert:
+    torch.manual_seed(0)
+    return SimplifiedBert.from_teacher(BertForMaskedLM(tiny_config(num_hidden_layers=4)).eval()).eval()
+
+
+def test_each_layer_stands_for_the_last_teacher_layer_it_replaces(teacher):
+    assert teacher_layer_map(teacher) == [0, 1, 2, 3]
+    assert teacher_layer_map(assemble(teacher, dropped={1, 3})) == [0, 2]
+    assert teacher_layer_map(assemble(teacher, dropped={2, 3})) == [0, 1]
+    merged = {first: merged_layer(teacher, first, 4, 8, 0.0, "first") for first in (0, 2)}
+    assert teacher_layer_map(assemble(teacher, merged=merged)) == [1, 3]
+    assert teacher_layer_map(assemble(teacher, merged={2: merged[2]})) == [0, 1, 3]
+
+
+def test_the_layerwise_loss_of_known_tensors():
+    """Two student layers standing for teacher layers 1 and 3: the first one off by 1 everywhere (MSE 1), the
+    second exact (0); the first's attention uniform over 4 keys where the teacher's is one-hot (KL = log 4), the
+    second with other heads (output only). A padded token counts in neither."""
+    teacher_hiddens = [torch.randn(2, 5, 8) for _ in range(4)]
+    one_hot = torch.zeros(2, 3, 5, 5)
+    one_hot[..., 0] = 1
+    teacher_probs = [one_hot] * 4
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[:, 4] = 0
+    students = [teacher_hiddens[1] + 1, teacher_hiddens[3].clone()]
+    students[0][:, 4] += 100  # padding: not compared
+    uniform = torch.full((2, 3, 5, 5), 0.25)
+    uniform[..., 4] = 0
+    loss = layerwise_loss(students, [uniform, torch.ones(2, 2, 5, 5) / 5], teacher_hiddens, teacher_probs, [1, 3], mask)
+    assert loss.item() == pytest.approx((1 + 0) / 2 + math.log(4), rel=1e-5)
+
+
+def test_a_teacher_heals_against_itself_at_zero_and_a_changed_layer_does_not(teacher):
+    torch.manual_seed(1)
+    ids = torch.randint(1000, 2000, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    objective = HEALING["layerwise"].function(teacher, teacher, teacher)
+    assert isinstance(objective, LayerwiseDistillation)
+    total, count = objective.loss(batch, teacher)
+    assert count == 3 and total.item() == pytest.approx(0, abs=1e-5)
+    dropped = assemble(teacher, dropped={3})  # the same first three layers, the last one missing
+    total, _ = LayerwiseDistillation(teacher, dropped, dropped).loss(batch, dropped)
+    output_only, _ = HEALING["output"].function(teacher, dropped, dropped).loss(batch, dropped)
+    assert abs(total.item() - output_only.item()) < 1e-7  # its layers match the teacher's 0, 1, 2: no layer loss
+    changed = assemble(teacher, dropped={1})  # layers 2, 3 now see another input than the teacher's 2, 3
+    total, _ = LayerwiseDistillation(teacher, changed, changed).loss(batch, changed)
+    output_only, _ = HEALING["output"].function(teacher, changed, changed).loss(batch, changed)
+    assert total.item() - output_only.item() > 1e-5
