@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.files import atomic_write
 from utils.report import collect_results, compare_models
 from utils.statistics import holm
 from utils.study import METHODS, Plan, PlannedModel
@@ -146,6 +147,32 @@ def _best_against_field(plan: Plan, rows: list[dict], healing: str) -> list[dict
             compared += _compared(plan, first, second, (healing, healing), kind="best", healing=healing,
                                   candidates=f"{first_count} vs {second_count}")  # fmt: skip
     return compared
+
+
+def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+
+
+def write_study_data(plan: Plan) -> dict[str, Path]:
+    """``models.csv`` and ``comparisons.csv`` under the study's ``data/``, and ``report/study.md`` made from them."""
+    models = model_rows(plan)
+    if not models:
+        raise UserError(f"--study {plan.study.path}: no evaluation under {plan.root} yet (run the workflow first)")
+    files = plan.data_files
+    write_table(files["models"], models, MODEL_COLUMNS)
+    write_table(files["comparisons"], comparison_rows(plan, models), COMPARISON_COLUMNS)
+    page = plan.root / "report" / "study.md"
+    text = study_markdown(files["models"].parent, plan.study.goals)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(page, lambda tmp: tmp.write_text(text))
+    return {**files, "page": page}
 
 
 # -- tables from the data files -----------------------------------------------------------------------------------
