@@ -113,10 +113,12 @@ def test_teacher_signal_reads_a_stored_batch_and_computes_otherwise():
 def test_a_model_equal_to_the_teacher_has_a_zero_width_paired_difference():
     rng = np.random.default_rng(0)
     hits = rng.random(500) < 0.3
-    assert paired_difference(hits, hits) == {"difference": 0.0, "low": 0.0, "high": 0.0, "excludes_zero": False}
+    same = {"difference": 0.0, "low": 0.0, "high": 0.0, "excludes_zero": False, "p_value": 1.0}
+    assert paired_difference(hits, hits) == same
     better = hits | (rng.random(500) < 0.2)  # the same sentences plus others: a real, paired improvement
     paired = paired_difference(better, hits)
     assert paired["excludes_zero"] and paired["low"] > 0 and paired["low"] < paired["difference"] < paired["high"]
+    assert paired["p_value"] < 0.001  # the paired t-test agrees
 
 
 def test_interval_covers_the_mean_and_narrows_with_more_sentences():

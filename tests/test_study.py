@@ -166,7 +166,8 @@ def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path
     # the cluster profile of docs/OPERATIONS.md, its resources sized down for the one-node test cluster
     args = ["--profile", str(REPO / "workflow" / "profiles" / "slurm"), "--jobs", "4", "--retries", "0",
             "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-            "--default-resources", "runtime=10", "mem_mb=1500", "cpus_per_task=1"]  # fmt: skip
+            "--default-resources", "runtime=10", "mem_mb=1500", "cpus_per_task=1",
+            "--set-resources", "store:mem_mb=1500"]  # fmt: skip
     run = snakemake(tmp_path, study, storage, tiny_data_dir, *args, env=env, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     check_tiny_study(storage)
@@ -179,7 +180,7 @@ def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path
     assert len(accounted) >= 15 and all(line.endswith("|COMPLETED") for line in accounted)
 
 
-@pytest.mark.parametrize("name", ["round1", "round2", "bert_base"])
+@pytest.mark.parametrize("name", ["round1", "round2", "round3", "bert_base"])
 def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
     from utils.study import KINDS
 
