@@ -156,7 +156,7 @@ def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothin
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+) +(\d+)$", dry.stdout + dry.stderr, re.MULTILINE))
     assert counts["heal"] == "4" and "model" not in counts and "ffn_students" not in counts
-    assert elapsed < 120, f"the tiny study took {elapsed:.0f} s"
+    assert elapsed < 180, f"the tiny study took {elapsed:.0f} s"  # about 100 s on an idle 2-core CPU
 
 
 def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path, tiny_teacher_dir, tiny_data_dir):

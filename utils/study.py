@@ -24,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.cost import flops_per_token, width_for_budget
 from utils.errors import UserError
-from utils.runs import variant_of_flags
+from utils.files import atomic_write
 from utils.storage import Storage
+
+# models.cost and utils.runs are imported where they are used: they load torch, and a workflow job on a cluster
+# node reads the saved plan (Plan.load) without planning again, so importing this module stays cheap.
 
 # Teacher shapes a study can plan with before any weights are at hand (``teacher: {shape: bert-base}``).
 SHAPES = {
@@ -57,13 +59,19 @@ class TeacherShape:
         return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size)
 
     def encoder_flops(self, seq_len: int) -> int:
+        from models.cost import flops_per_token
+
         return self.layers * flops_per_token(self.hidden, self.heads, self.d_k, self.ffn, seq_len)
 
     def share(self, seq_len: int, layers: int, heads: int, ffn: int) -> float:
         """The encoder FLOPs per token of ``layers`` layers of ``heads`` x d_k and ``ffn``, as a share of this."""
+        from models.cost import flops_per_token
+
         return layers * flops_per_token(self.hidden, heads, self.d_k, ffn, seq_len) / self.encoder_flops(seq_len)
 
     def width(self, budget: float, seq_len: int, heads: int, layers: int | None = None) -> int:
+        from models.cost import width_for_budget
+
         return width_for_budget(
             budget, self.layers, self.hidden, self.heads, self.d_k, self.ffn, seq_len, layers, heads
         )
@@ -358,6 +366,13 @@ def plan_models(study: Study, shape: TeacherShape) -> tuple[list[PlannedModel], 
 
 
 # -- the stages ---------------------------------------------------------------------------------------------------
+def variant_of_flags(kind: str, values: dict) -> str:
+    """:func:`utils.runs.variant_of_flags`: the folder suffix of the ``kind`` runs these flag values train."""
+    from utils.runs import variant_of_flags as variant
+
+    return variant(kind, values)
+
+
 def _flag_args(values: dict) -> list[str]:
     """``{"student_init": "heads", "loss_on_logits": True}`` -> ``--student_init heads --loss_on_logits``."""
     args = []
@@ -377,7 +392,7 @@ class Plan:
         self.repo = Path(__file__).resolve().parents[1]
         self.shape = shape or teacher_shape(study)
         self.models, self.skipped = plan_models(study, self.shape)
-        self.data_dir = data_dir
+        self.data_dir, self.resource_table = data_dir, study.resources
         self.stages: dict[tuple[str, str, str], Stage] = {}
         teacher = self._teacher_stage()
         for seed in study.seeds:
@@ -515,7 +530,27 @@ class Plan:
     def resources(self, kind: str) -> dict:
         """The study's ``resources``: its ``default`` entry, then the kind's own (Snakemake and SLURM names:
         runtime in minutes, mem_mb, cpus_per_task, slurm_partition, gpu, ...)."""
-        return {**self.study.resources.get("default", {}), **self.study.resources.get(kind, {})}
+        return {**self.resource_table.get("default", {}), **self.resource_table.get(kind, {})}
+
+    def save(self, path: Path) -> None:
+        """What the workflow's rules read (root, interpreter, resources, every stage), for its jobs on cluster nodes,
+        which :meth:`load` it instead of planning again (planning loads torch and the teacher's config)."""
+        stages = [[*stage.key, list(stage.command), [list(key) for key in stage.needs]]
+                  for stage in (*self.stages.values(), self.report)]  # fmt: skip
+        table = {"root": str(self.root), "python": self.python, "resources": self.resource_table, "stages": stages}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(table)))
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        """A plan :meth:`save` wrote: its stages and resources, not its models (no :meth:`describe`)."""
+        table = json.loads(path.read_text())
+        plan = cls.__new__(cls)
+        plan.root, plan.python, plan.resource_table = Path(table["root"]), table["python"], table["resources"]
+        stages = [Stage(kind, seed, name, tuple(command), tuple(map(tuple, needs)))
+                  for kind, seed, name, command, needs in table["stages"]]  # fmt: skip
+        plan.stages, plan.report = {stage.key: stage for stage in stages[:-1]}, stages[-1]
+        return plan
 
     def describe(self) -> str:
         """The plan as a table: every model with its budget, share of the FLOPs and shape; then the skipped."""
