@@ -212,3 +212,14 @@ def test_holm_adjusts_each_p_value_by_its_rank_and_widens_its_interval():
     assert [round(c["holm_p"], 4) for c in corrected] == [0.03, 0.06, 0.06, 0.02]
     assert [c["holm_survives"] for c in corrected] == [True, False, False, True]
     assert [round(c["holm_confidence"], 4) for c in corrected] == [0.9833, 0.95, 0.975, 0.9875]
+
+
+def test_a_saved_plan_gives_the_workflow_the_same_stages(tmp_path, tiny_teacher_dir):
+    """What a job on a cluster node reads instead of planning again."""
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, resources={"heal": {"gpu": 1}})), tmp_path, "py")
+    plan.save(tmp_path / "plan.json")
+    loaded = Plan.load(tmp_path / "plan.json")
+    assert loaded.stages == plan.stages and loaded.report == plan.report and loaded.root == plan.root
+    key = next(key for key in plan.stages if key[0] == "heal")
+    assert loaded.shell_command(*key) == plan.shell_command(*key) and loaded.inputs(*key) == plan.inputs(*key)
+    assert loaded.resources("heal") == {"gpu": 1} and loaded.inputs("report") == plan.inputs("report")
