@@ -1,8 +1,8 @@
 """A study as data: a YAML file under ``studies/`` read and checked, and its plan, the stages the workflow runs.
 
 A study names its teacher, its data scale, seeds, budgets (shares of the teacher's encoder FLOPs per token),
-the model families to build at each budget, the healing every model gets and the comparisons its report
-answers (see ``studies/round2.yaml``, every key explained). :func:`plan` turns it into :class:`Stage` s: one
+the model families to build at each budget, the healings every model gets, the comparisons its report answers
+and its goals (see ``studies/round2.yaml``, every key explained). :class:`Plan` turns it into :class:`Stage` s: one
 call of one top-level script each, with the stages it needs, so a workflow engine (``workflow/Snakefile``)
 runs them in order, here or on a cluster, and skips what is done. The heads and feed-forward widths of each
 family at each budget come from the teacher's shape by :func:`models.cost.width_for_budget`, so one study file
@@ -13,6 +13,7 @@ Under the study's root (the workflow's ``storage``)::
     {root}/teacher/                   the teacher, when the study trains one
     {root}/seed{N}/                   one storage directory per seed (utils/storage.py's layout)
     {root}/stages/{seed}/{kind}/{name}.done    a finished stage (the engine's targets)
+    {root}/logs/, {root}/benchmarks/          each stage's output and its time (the engine's)
     {root}/data/models.csv, comparisons.csv    the study's results as tidy tables (make_report.py --study)
 """
 
