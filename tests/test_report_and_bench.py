@@ -114,7 +114,8 @@ def test_best_against_field_averages_each_model_over_the_seeds_before_the_paired
     }
     methods = {"a": "merged_layers", "b": "head_pruning", "c": "layer_drop"}
     for root, values in per_seed.items():
-        models = {name: {"top1": float(np.mean(v)), "method": methods[name], **half} for name, v in values.items()}
+        models = {name: {"top1": float(np.mean(v)), "method": methods[name], "drop_rule": "top", **half}
+                  for name, v in values.items()}  # fmt: skip
         write_results(root, "frontier", "m1", {"teacher": {"top1": 0.9}, **models})
         arrays = {f"{name}/top1": np.array(v, dtype=float) for name, v in values.items()}
         np.savez(root / "results" / "frontier" / "per_sentence.npz", **arrays)

@@ -322,15 +322,6 @@ METHODS = {
     "layer_drop": (DROP.label, "^"),
     "compound": ("compound", "X"),
 }
-# evaluations written before models recorded their method: the method of a model by its name's start
-BY_NAME = {
-    "pruned_ffn": "neuron_pruning",
-    "pruned": "head_pruning",
-    "retrained": "retrained_attention",
-    "merged": "merged_layers",
-    "merge_": "merged_pair",
-    "layer_drop": "layer_drop",
-}
 HEALED = "_finetuned"
 
 
@@ -339,16 +330,13 @@ def method_of(row: dict) -> tuple[str, str]:
     training-free merge its init in the label."""
     name = row["model"]
     method = row.get("method") or ("teacher" if name == "teacher" else None)
-    method = method or next((key for prefix, key in BY_NAME.items() if name.startswith(prefix)), None)
     if method not in METHODS:
         return "other", "x"
     label, marker = METHODS[method]
     if method == "compound" and row.get("recipe"):
         return compound_label(row["recipe"]), marker
     if method == "layer_drop":
-        stem = name.split("-", 1)[0]  # an older row: the rule from the name, without a variant suffix (-t4)
-        rule = row.get("drop_rule") or stem.removeprefix("layer_drop").removesuffix(HEALED).strip("_") or "alternate"
-        label = f"{label} ({rule})"
+        label = f"{label} ({row['drop_rule']})"
     elif method in ("neuron_pruning", "head_neuron_pruning") and row.get("reconstructed"):
         label = f"{label} + least squares"
     elif row.get("merge_init") == "average":
