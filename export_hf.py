@@ -3,7 +3,8 @@ Trainer load it without sitra. Plain ``BertForMaskedLM`` (no code) when every la
 else a folder with its own modeling code (load with ``trust_remote_code=True``).
 
 ``--onnx FILE`` also writes an ONNX model for ONNX Runtime (dynamic batch and sequence; ``--onnx_masked_only``: logits
-at the [MASK] positions only; ``--onnx_int8``: a dynamically quantized copy).
+at the [MASK] positions only; ``--onnx_fused``: the graph fused by ONNX Runtime's transformer optimizer, checked against
+sitra's logits; ``--onnx_int8``: a dynamically quantized copy, ``--onnx_int8_parts`` of the parts named only).
 
 Example: python export_hf.py --model storage/models/merged_32_12 --output_dir exported/merged_32_12
 """
@@ -15,7 +16,8 @@ from utils.args import flag, parse_args, require
 from utils.experiment import cli_entry, log, start
 from utils.export import export_hf
 from utils.model_io import load_simplified
-from utils.onnx_export import export_onnx, import_onnx_runtime, quantize_int8
+from utils.onnx_export import INT8_PARTS, export_onnx, import_onnx_runtime, quantize_int8
+from utils.onnx_optimize import export_fused_onnx
 
 
 @dataclass
@@ -26,11 +28,25 @@ class ExportTargetArguments:
     output_dir: Optional[str] = flag(None, "Folder to write the Hugging Face model to (replaced only once complete).")
     onnx: Optional[str] = flag(None, "Also (or only) write an ONNX file here, for ONNX Runtime (needs '.[deploy]').")
     onnx_masked_only: bool = flag(False, "The ONNX model computes the logits at the [MASK] positions only.")
+    onnx_fused: bool = flag(
+        False,
+        "The ONNX file is the graph fused by ONNX Runtime's transformer optimizer (attention, skip-LayerNorm, "
+        "bias-GELU, embeddings), checked against sitra's logits; a layer it cannot fuse stays unfused (logged).",
+    )
     onnx_int8: bool = flag(False, "Also write a dynamically quantized int8 copy beside it ({name}.int8.onnx).")
+    onnx_int8_parts: Optional[list[str]] = flag(
+        None,
+        "The parts the int8 copy quantizes (default: all); the others stay fp32. "
+        "E.g. 'encoder' (embeddings and vocabulary head fp32) or 'head' (the vocabulary head only).",
+        choices=list(INT8_PARTS),
+    )
 
     def __post_init__(self):
         require(self.output_dir or self.onnx, "give --output_dir, --onnx or both")
-        require(not self.onnx_int8 or self.onnx, "--onnx_int8 needs --onnx")
+        for name in ("onnx_masked_only", "onnx_fused", "onnx_int8"):
+            require(not getattr(self, name) or self.onnx, f"--{name} needs --onnx")
+        require(self.onnx_int8_parts is None or self.onnx_int8, "--onnx_int8_parts needs --onnx_int8")
+        require(self.onnx_int8_parts != [], "--onnx_int8_parts: name at least one part")
         require(not self.onnx or self.onnx.endswith(".onnx"), f"--onnx {self.onnx}: expected a file name ending .onnx")
 
 
@@ -49,10 +65,18 @@ def main(argv: list[str] | None = None) -> str:
         log.info("exported %s to %s (%s)", options.model, options.output_dir, how)
     if options.onnx:
         masked = tokenizer.mask_token_id if options.onnx_masked_only else None
-        path = export_onnx(model, options.onnx, masked)
-        log.info("exported %s to %s (ONNX, %s)", options.model, path, "masked positions" if masked else "all logits")
+        if options.onnx_fused:
+            fused = export_fused_onnx(model, options.onnx, masked)
+            path, how = fused.path, f"fused: attention of layers {fused.fused_layers}, {fused.operators}"
+        else:
+            path, how = export_onnx(model, options.onnx, masked), "unfused"
+        what = "masked positions" if masked else "all logits"
+        log.info("exported %s to %s (ONNX, %s, %s)", options.model, path, what, how)
         if options.onnx_int8:
-            log.info("int8 copy: %s", quantize_int8(path, path.with_suffix(".int8.onnx")))
+            parts = tuple(options.onnx_int8_parts or INT8_PARTS)
+            log.info(
+                "int8 copy (%s int8): %s", ", ".join(parts), quantize_int8(path, path.with_suffix(".int8.onnx"), parts)
+            )
     return kind
 
 

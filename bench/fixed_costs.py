@@ -4,10 +4,11 @@
    ``no mask`` (the same without the padding mask, which an unpadded batch does not need: scaled dot-product
    attention may then take a fused path) and ``compiled`` (``torch.compile`` of sitra's forward; its compile
    time reported apart). A variant belongs in sitra's forward only where it is measurably faster.
-2. A profile of one ONNX Runtime call per model (the masked-only export): time per part (embeddings, each
-   encoder layer, the vocabulary head at the [MASK], the rest) and the session's own overhead (wall time
-   minus the time inside nodes), so a speed-up below the FLOP reduction can be traced to the parts that do
-   not shrink.
+2. A profile of one ONNX Runtime call per model (the masked-only export) in each of ``--onnx_forms`` (the graph
+   as exported, fused, int8): time per part (embeddings, each encoder layer, the vocabulary head at the [MASK],
+   the rest) and the session's own overhead (wall time minus the time inside nodes), so a speed-up below the
+   FLOP reduction can be traced to the parts that do not shrink. Nodes are assigned to parts in the graph
+   ONNX Runtime actually runs (after its own fusions), by the module path in their names or outputs.
 
 Writes {storage}/fixed_costs_*/fixed_costs.json and fixed_costs.md.
 
@@ -21,15 +22,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
 import onnxruntime
 import torch
 
 from bench import teacher_and_models, write_results
-from utils.args import StorageArguments, TeacherArguments, parse_args
+from utils.args import StorageArguments, TeacherArguments, parse_args, require
 from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
 from utils.experiment import cli_entry, start
 from utils.files import reserve_unique_dir
-from utils.onnx_export import export_onnx
+from utils.onnx_export import onnx_session
+from utils.onnx_optimize import ONNX_FORMS, export_forms
 
 
 @dataclass
@@ -44,6 +47,14 @@ class FixedCostArguments:
     threads: int = field(default=1, metadata={"help": "CPU threads (torch and ONNX Runtime)."})
     repeats: int = field(default=50, metadata={"help": "Timed calls per figure (median), after 3 warm-up calls."})
     compile: bool = field(default=True, metadata={"help": "Also time torch.compile of each model."})
+    onnx_forms: list[str] = field(
+        default_factory=lambda: list(ONNX_FORMS),
+        metadata={"help": "ONNX Runtime forms profiled: " + "; ".join(f"{k}: {v}" for k, v in ONNX_FORMS.items())},
+    )
+
+    def __post_init__(self):
+        unknown = [form for form in self.onnx_forms if form not in ONNX_FORMS]
+        require(not unknown, f"--onnx_forms: unknown {', '.join(unknown)}; expected some of {', '.join(ONNX_FORMS)}")
 
 
 def unmasked_forward(model, input_ids, attention_mask, labels):
@@ -55,24 +66,38 @@ def unmasked_forward(model, input_ids, attention_mask, labels):
 
 
 def part_of(node: str) -> str:
-    """The model part an ONNX node belongs to, from the module path the exporter put in its name."""
+    """The model part an ONNX node belongs to, from the module path the exporter put in its name (or in the name
+    of a tensor it writes: ``Attention_0`` writes ``/model/layers.0/attention/...``)."""
     found = re.search(r"layers\.(\d+)", node)
     if found:
         return f"layer {found.group(1)}"
-    for key, part in (("embeddings", "embeddings"), ("mlm_head", "vocabulary head")):
+    for key, part in (("embeddings", "embeddings"), ("EmbedLayerNormalization", "embeddings")):
         if key in node:
             return part
+    if "mlm_head" in node:
+        return "vocabulary head"
     return "other nodes"
+
+
+def parts_of_nodes(graph_path: Path) -> dict[str, str]:
+    """Node name -> part (:func:`part_of` of its name, else of its outputs) in the graph at ``graph_path``."""
+    parts = {}
+    for node in onnx.load(str(graph_path)).graph.node:
+        named = [part_of(text) for text in (node.name, node.op_type, *node.output)]
+        parts[node.name] = next((part for part in named if part != "other nodes"), "other nodes")
+    return parts
 
 
 def onnx_profile(path: Path, feed: dict, threads: int, calls: int) -> dict[str, float]:
     """Mean milliseconds per call of each part (:func:`part_of`), and ``session overhead``: wall time per call
     minus the time spent inside nodes."""
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix(""))
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    running = path.with_suffix(".running.onnx")  # the graph after ONNX Runtime's own fusions: what is profiled
+    options.optimized_model_filepath = str(running)
+    session = onnx_session(path, threads, options)  # as sitra runs it (the runtime's skip-LayerNorm fusion off)
+    parts = parts_of_nodes(running)
     for _ in range(3):
         session.run(None, feed)
     started = time.perf_counter()
@@ -83,7 +108,8 @@ def onnx_profile(path: Path, feed: dict, threads: int, calls: int) -> dict[str, 
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     per_part: dict[str, float] = defaultdict(float)
     for event in nodes[-calls * (len(nodes) // (calls + 3)) :]:  # the timed calls (after the warm-up ones)
-        per_part[part_of(event["name"])] += event["dur"] / 1000 / calls
+        node = event["name"].removesuffix("_kernel_time")
+        per_part[parts.get(node, part_of(node))] += event["dur"] / 1000 / calls
     per_part["session overhead"] = max(wall - sum(per_part.values()), 0.0)
     return {"wall_ms": wall, **dict(per_part)}
 
@@ -113,14 +139,16 @@ def main(argv=None) -> dict:
     with torch.inference_mode():
         timings = measure_interleaved(calls, device, options.repeats)
     feed = {key: batch[key].numpy() for key in ("input_ids", "attention_mask")}
-    profiles = {
-        name: onnx_profile(export_onnx(model, root / f"{name}.onnx", mask), feed, options.threads, options.repeats)
-        for name, model in models.items()
-    }
+    profiles = {}
+    for name, model in models.items():
+        for form, path in export_forms(model, root, name, mask, options.onnx_forms).items():
+            profiles[f"{name} / {form}"] = onnx_profile(path, feed, options.threads, options.repeats)
     reduction = flop_reductions(models, options.seq_len)
     result = {
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-        "settings": {key: getattr(options, key) for key in ("batch_size", "seq_len", "threads", "repeats")},
+        "settings": {
+            key: getattr(options, key) for key in ("batch_size", "seq_len", "threads", "repeats", "onnx_forms")
+        },
         "pytorch_ms": {f"{name} / {variant}": timing for (name, variant), timing in timings.items()},
         "compile_seconds": compile_seconds,
         "onnxruntime_profile_ms": profiles,
@@ -142,7 +170,7 @@ def main(argv=None) -> dict:
         key=lambda part: (not part.startswith("embeddings"), part.startswith(("vocabulary", "other", "session")), part)
     )
     lines += ["", "ONNX Runtime, ms per call by part (profiled):", ""]
-    lines += ["| model | wall | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+    lines += ["| model / form | wall | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
     for name, profile in profiles.items():
         cells = " | ".join(f"{profile[p]:.2f}" if p in profile else "" for p in parts)
         lines.append(f"| {name} | {profile['wall_ms']:.2f} | {cells} |")

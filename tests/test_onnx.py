@@ -1,25 +1,54 @@
 """ONNX export (export_hf.py --onnx): ONNX Runtime gives sitra's logits for every kind of simplified model (mixed
 heads, merged, layer-drop, narrow and per-layer feed-forwards), on batches of other shapes than the export's; the
-masked-only model equals the full one at the [MASK] positions; the int8 copy is smaller and agrees closely."""
+masked-only model equals the full one at the [MASK] positions; the graph fused by ONNX Runtime's optimizer fuses
+every layer's attention of every kind and still gives sitra's logits, and a fusion that would not is undone for its
+layer; the int8 copies run, mostly agree, and leave the embeddings and head in fp32 when told."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import helper
 from transformers import BertForMaskedLM
 
 import export_hf
-from bench import fixed_costs, latency
+from bench import fixed_costs, latency, onnx_accuracy
 from conftest import one_line_error, tiny_config
-from models import FFN_INIT, SimplifiedBert, assemble, feed_forward_of_neurons, merged_layer, student_attention
+from models import (
+    FFN_INIT,
+    FeedForward,
+    SimplifiedBert,
+    assemble,
+    attention_of_heads,
+    feed_forward_of_neurons,
+    merged_layer,
+    student_attention,
+)
+from utils import onnx_optimize
 from utils.benchmark import timing_batch
 from utils.model_io import save_simplified
-from utils.onnx_export import export_onnx, onnx_session
+from utils.onnx_export import INT8_PARTS, export_onnx, onnx_session, quantize_int8
+from utils.onnx_optimize import INT8_FORMS, export_fused_onnx
 
 SENTENCES = ["the cat sat on the [MASK] .", "a [MASK] river flows into the [MASK] near a small town in the north ."]
 
 
 def build(kind: str, base: SimplifiedBert) -> SimplifiedBert:
     torch.manual_seed(1)
+    if kind == "teacher":
+        return base
+    if (
+        kind == "compound"
+    ):  # pruned heads (2 of 4), a retrained 3 x 4 attention, narrowed feed-forwards, a dropped layer
+        with torch.no_grad():
+            pruned = attention_of_heads(base.layers[0].attention, [0, 2], 0.1)
+        narrow = FeedForward.of_layer(feed_forward_of_neurons(base.layers[1], list(range(0, 64, 4))))  # width 16
+        return assemble(
+            base,
+            attentions={0: pruned, 1: student_attention(base, 3, 4, 0.1)},
+            dropped={2},
+            feed_forwards={0: FFN_INIT["random"].function(base, 0, 24), 1: narrow},
+        )
     if kind == "mixed_heads":
         return assemble(base, attentions={0: student_attention(base, 2, 8, 0.1), 1: student_attention(base, 3, 4, 0.1)})
     if kind == "merged":
@@ -68,12 +97,150 @@ def test_the_script_writes_onnx_and_an_int8_copy(base, tokenizer, tmp_path):
     assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.9  # quantized, not identical
 
 
+def sitra_logits(model, batch, mask_token_id: int | None) -> np.ndarray:
+    """sitra's logits at every position, or at the [MASK]s only."""
+    with torch.no_grad():
+        hidden = model.encode(batch["input_ids"], batch["attention_mask"])
+        if mask_token_id is not None:
+            hidden = hidden[batch["input_ids"] == mask_token_id]
+        return model.mlm_head(hidden).numpy()
+
+
+def run(path, batch) -> np.ndarray:
+    return onnx_session(path).run(None, {key: batch[key].numpy() for key in ("input_ids", "attention_mask")})[0]
+
+
+FUSED = {"Attention", "BiasGelu", "EmbedLayerNormalization"}
+
+
+@pytest.mark.parametrize(
+    "kind,masked_only,skip_layer_norm",
+    [(kind, True, False) for kind in ("teacher", "mixed_heads", "narrow_ffn", "merged", "compound")]
+    + [("compound", False, False), ("compound", True, True)],
+)
+def test_the_fused_graph_fuses_every_layer_and_gives_sitras_logits(
+    kind, masked_only, skip_layer_norm, base, tokenizer, tmp_path
+):
+    """Every layer's attention becomes one fused node whatever its heads, d_k and feed-forward width, and ONNX Runtime
+    still gives sitra's logits on a padded batch (the masked-only export gathers after the fused attention); the
+    residual Add + LayerNorm are fused only when asked."""
+    model = build(kind, base).eval()
+    mask = tokenizer.mask_token_id if masked_only else None
+    fused = export_fused_onnx(model, tmp_path / "fused.onnx", mask, skip_layer_norm)
+    assert fused.fused_layers == list(range(len(model.layers))) and fused.unfused_layers == {}
+    assert FUSED <= set(fused.operators) and fused.operators["Attention"] == len(model.layers)
+    assert fused.operators.get("SkipLayerNormalization", 0) == (2 * len(model.layers) if skip_layer_norm else 0)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    logits, expected = run(fused.path, batch), sitra_logits(model, batch, mask)
+    if not masked_only:
+        real = batch["attention_mask"].bool().numpy()
+        logits, expected = logits[real], expected[real]
+    assert logits.shape == expected.shape and np.abs(logits - expected).max() < 1e-4
+
+
+def test_a_layer_whose_fusion_is_wrong_stays_unfused(base, tokenizer, tmp_path, monkeypatch):
+    """The optimizer matches patterns, not numbers: should it fuse a layer wrongly (here: layer 1's fused node
+    told one head instead of three), that layer is exported unfused, said so, and the logits stay sitra's."""
+    fuse_graph = onnx_optimize.fuse_graph
+
+    def fuse_layer_1_wrongly(path, skip_layer_norm):
+        graph = fuse_graph(path, skip_layer_norm)
+        for node in graph.graph.node:
+            if node.op_type == "Attention" and any("layers.1/" in name for name in node.output):
+                del node.attribute[:]
+                node.attribute.append(helper.make_attribute("num_heads", 1))
+        return graph
+
+    monkeypatch.setattr(onnx_optimize, "fuse_graph", fuse_layer_1_wrongly)
+    torch.manual_seed(1)
+    model = assemble(base, attentions={1: student_attention(base, 3, 4, 0.1)}, dropped={2}).eval()  # 2 layers
+    with torch.no_grad():  # a random layer barely moves the logits: make layer 1's attention count
+        model.layers[1].attention.output.weight.mul_(20)
+    fused = export_fused_onnx(model, tmp_path / "fused.onnx", tokenizer.mask_token_id)
+    assert fused.fused_layers == [0] and list(fused.unfused_layers) == [1]
+    assert "gave other logits" in fused.unfused_layers[1]
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    expected = sitra_logits(model, batch, tokenizer.mask_token_id)
+    assert np.abs(run(fused.path, batch) - expected).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def fused_full_logits(base, tmp_path_factory):
+    """The fused graph of the compound model, every position's logits (more positions to compare int8 on)."""
+    model = build("compound", base).eval()
+    return model, export_fused_onnx(model, tmp_path_factory.mktemp("fused") / "compound.onnx").path
+
+
+def test_int8_copies_run_and_mostly_agree(fused_full_logits, tokenizer, tmp_path):
+    """Every weight int8, the encoder's only or the head's only: each runs and mostly keeps fp32's top-1. (A random
+    tiny model's top two logits are near-ties, so int8 of the 30,522-row head flips some; the encoder alone fewer.)"""
+    _, path = fused_full_logits
+    batch = tokenizer(SENTENCES * 2, padding=True, return_tensors="pt")
+    real = batch["attention_mask"].bool().numpy()
+    fp32 = run(path, batch)[real]
+    for parts, agreement in ((INT8_PARTS, 0.75), (("encoder",), 0.95), (("head",), 0.75)):
+        int8 = quantize_int8(path, tmp_path / f"int8_{'_'.join(parts)}.onnx", parts)
+        assert int8.stat().st_size < path.stat().st_size
+        logits = run(int8, batch)[real]
+        assert not np.array_equal(logits, fp32) and np.corrcoef(logits.ravel(), fp32.ravel())[0, 1] > 0.99
+        assert (logits.argmax(-1) == fp32.argmax(-1)).mean() >= agreement
+
+
+@pytest.mark.parametrize("parts", [INT8_PARTS, ("encoder",), ("head",)])
+def test_int8_quantizes_the_parts_named_and_leaves_the_others_fp32(parts, fused_full_logits, tmp_path):
+    """The word embeddings [V, H] and the head's decoder [H, V] are int8 exactly when their part is named; every
+    layer's attention and feed-forward when the encoder is."""
+    model, path = fused_full_logits
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    int8 = quantize_int8(path, tmp_path / "int8.onnx", parts)
+    graph = onnx.load(str(int8)).graph
+    tables = {tuple(t.dims): t.data_type for t in graph.initializer if vocab in t.dims and hidden in t.dims}
+    assert set(tables) == {(vocab, hidden), (hidden, vocab)}
+    assert (tables[(vocab, hidden)] != onnx.TensorProto.FLOAT) == ("embeddings" in parts)
+    assert (tables[(hidden, vocab)] != onnx.TensorProto.FLOAT) == ("head" in parts)
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("QAttention") == (len(model.layers) if "encoder" in parts else 0)
+    assert ("QEmbedLayerNormalization" in ops) == ("embeddings" in parts)
+
+
+def test_the_script_writes_the_fused_graph_and_an_encoder_only_int8_copy(base, tokenizer, tmp_path):
+    model = build("mixed_heads", base)
+    save_simplified(model, tokenizer, tmp_path / "model")
+    onnx_file = tmp_path / "out" / "mixed.onnx"
+    export_hf.main(
+        ["--model", str(tmp_path / "model"), "--onnx", str(onnx_file), "--onnx_masked_only", "--onnx_fused",
+         "--onnx_int8", "--onnx_int8_parts", "encoder"]
+    )  # fmt: skip
+    int8_file = onnx_file.with_suffix(".int8.onnx")
+    fused_ops = [node.op_type for node in onnx.load(str(onnx_file)).graph.node]
+    int8_ops = [node.op_type for node in onnx.load(str(int8_file)).graph.node]
+    assert fused_ops.count("Attention") == int8_ops.count("QAttention") == 3 and "EmbedLayerNormalization" in int8_ops
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    expected = sitra_logits(model.eval(), batch, tokenizer.mask_token_id)
+    assert np.abs(run(onnx_file, batch) - expected).max() < 1e-4
+    assert (run(int8_file, batch).argmax(-1) == expected.argmax(-1)).all()
+
+
 def test_onnx_without_a_file_name_is_refused(capsys, tmp_path):
     message = one_line_error(capsys, export_hf.main, ["--model", str(tmp_path), "--onnx", str(tmp_path / "x.bin")])
     assert "--onnx" in message and "expected a file name ending .onnx" in message
 
 
-def test_the_latency_benchmark_runs_every_model_in_both_runtimes(base, tokenizer, tiny_teacher_dir, tmp_path):
+@pytest.mark.parametrize(
+    "flags,needs",
+    [
+        (["--output_dir", "out", "--onnx_fused"], "--onnx_fused needs --onnx"),
+        (["--output_dir", "out", "--onnx_masked_only"], "--onnx_masked_only needs --onnx"),
+        (["--onnx", "m.onnx", "--onnx_int8_parts", "head"], "--onnx_int8_parts needs --onnx_int8"),
+    ],
+)
+def test_an_onnx_flag_without_what_it_modifies_is_refused(flags, needs, capsys, tmp_path):
+    """A flag that would do nothing is an error, not silence; nothing is written."""
+    message = one_line_error(capsys, export_hf.main, ["--model", str(tmp_path / "model"), *flags])
+    assert needs in message and not (tmp_path / "out").exists()
+
+
+def test_the_latency_benchmark_runs_every_model_in_every_runtime(base, tokenizer, tiny_teacher_dir, tmp_path):
     """Smoke mode: one batch size, one length, one thread, two repeats; timings are asserted nowhere."""
     save_simplified(build("layer_drop", base), tokenizer, tmp_path / "dropped")
     result = latency.main(
@@ -81,12 +248,18 @@ def test_the_latency_benchmark_runs_every_model_in_both_runtimes(base, tokenizer
          "--threads", "1", "--repeats", "2", "--storage_directory", str(tmp_path / "bench")]
     )  # fmt: skip
     rows = {(row["model"], row["runtime"]): row for row in result["rows"]}
-    assert set(rows) == {(m, r) for m in ("teacher", "dropped") for r in ("pytorch", "onnxruntime")}
-    assert rows[("dropped", "onnxruntime")]["flop_reduction"] == pytest.approx(1.5)
-    assert (
-        rows[("teacher", "pytorch")]["speedup"] == 1.0
-        and (next((tmp_path / "bench").glob("latency_*")) / "latency.md").is_file()
-    )
+    assert set(rows) == {(m, r) for m in ("teacher", "dropped") for r in latency.RUNTIMES}
+    assert rows[("dropped", "ort_fused_int8")]["flop_reduction"] == pytest.approx(1.5)
+    assert all(rows[("teacher", runtime)]["speedup"] == 1.0 for runtime in latency.RUNTIMES)
+    table = (next((tmp_path / "bench").glob("latency_*")) / "latency.md").read_text()
+    assert "| " + " | ".join(latency.RUNTIMES) + " |" in table and "Against the teacher's fused fp32 graph" in table
+    assert len([line for line in table.splitlines() if line.startswith("| dropped | 1.50x |")]) == 1  # side by side
+
+
+def test_the_latency_benchmark_refuses_an_unknown_runtime(capsys, tiny_teacher_dir, tmp_path):
+    argv = ["--teacher", tiny_teacher_dir, "--runtimes", "pytorch", "tensorrt", "--storage_directory", str(tmp_path)]
+    message = one_line_error(capsys, latency.main, argv)
+    assert "--runtimes" in message and "tensorrt" in message and not list(tmp_path.iterdir())
 
 
 def test_the_fixed_cost_benchmark_profiles_every_part(base, tokenizer, tiny_teacher_dir, tmp_path):
@@ -95,12 +268,35 @@ def test_the_fixed_cost_benchmark_profiles_every_part(base, tokenizer, tiny_teac
     save_simplified(build("layer_drop", base), tokenizer, tmp_path / "dropped")
     result = fixed_costs.main(
         ["--teacher", tiny_teacher_dir, "--models", str(tmp_path / "dropped"), "--seq_len", "12", "--repeats", "2",
-         "--no_compile", "--storage_directory", str(tmp_path / "bench")]
+         "--no_compile", "--onnx_forms", "ort_fp32", "ort_fused", "--storage_directory", str(tmp_path / "bench")]
     )  # fmt: skip
     assert set(result["pytorch_ms"]) == {f"{m} / {v}" for m in ("teacher", "dropped") for v in ("eager", "no mask")}
-    teacher, dropped = result["onnxruntime_profile_ms"]["teacher"], result["onnxruntime_profile_ms"]["dropped"]
-    assert {"embeddings", "layer 0", "vocabulary head", "session overhead"} <= set(teacher)
-    assert sum(part.startswith("layer") for part in dropped) < sum(part.startswith("layer") for part in teacher)
+    profiles = result["onnxruntime_profile_ms"]
+    assert set(profiles) == {f"{m} / {f}" for m in ("teacher", "dropped") for f in ("ort_fp32", "ort_fused")}
+    for form in ("ort_fp32", "ort_fused"):  # fused nodes too are assigned to their layer, embeddings or head
+        teacher, dropped = profiles[f"teacher / {form}"], profiles[f"dropped / {form}"]
+        assert {"embeddings", "layer 0", "layer 2", "vocabulary head", "session overhead"} <= set(teacher)
+        assert sum(part.startswith("layer") for part in dropped) < sum(part.startswith("layer") for part in teacher)
+
+
+def test_the_int8_price_is_measured_on_the_same_masks(tiny_teacher_dir, tiny_data_dir, tmp_path):
+    """Smoke mode: a few test sentences; each int8 form gets its top-1, its paired difference from the fp32 graph
+    and its agreement with it, every figure with an interval; the per-sentence outcomes are kept."""
+    result = onnx_accuracy.main(
+        ["--teacher", tiny_teacher_dir, "--data_dir", tiny_data_dir, "--max_sentences", "40", "--sentences", "24",
+         "--eval_batch_size", "8", "--storage_directory", str(tmp_path / "bench")]
+    )  # fmt: skip
+    forms = result["models"]["teacher"]
+    assert result["sentences"] == 24 and set(forms) == {"ort_fused", *INT8_FORMS}
+    for form in INT8_FORMS:
+        figures = forms[form]
+        assert figures["top1_vs_fp32_low"] <= figures["top1_vs_fp32"] <= figures["top1_vs_fp32_high"]
+        assert figures["loses_over_half_a_point"] == (figures["top1_vs_fp32"] < -0.005)
+        assert 0 <= figures["agree_fp32_low"] <= figures["agree_fp32"] <= figures["agree_fp32_high"] <= 1
+    folder = next((tmp_path / "bench").glob("onnx_accuracy_*"))
+    with np.load(folder / "per_sentence.npz") as arrays:
+        assert arrays["teacher/ort_fused_int8/top1"].shape == arrays["teacher/ort_fused/top1"].shape == (24,)
+    assert "| teacher | ort_fused_int8 |" in (folder / "onnx_accuracy.md").read_text()
 
 
 def test_without_padding_the_mask_can_be_left_out(base):
