@@ -171,7 +171,16 @@ def fused_full_logits(base, tmp_path_factory):
     return model, export_fused_onnx(model, tmp_path_factory.mktemp("fused") / "compound.onnx").path
 
 
-def test_int8_copies_run_and_mostly_agree(fused_full_logits, tokenizer, tmp_path):
+@pytest.fixture(scope="module")
+def int8_copies(fused_full_logits, tmp_path_factory) -> dict[tuple, object]:
+    """The compound model's fused graph quantized three ways: every part, the encoder only, the head only."""
+    _, path = fused_full_logits
+    folder = tmp_path_factory.mktemp("int8")
+    parts_list = (INT8_PARTS, ("encoder",), ("head",))
+    return {parts: quantize_int8(path, folder / f"int8_{'_'.join(parts)}.onnx", parts) for parts in parts_list}
+
+
+def test_int8_copies_run_and_mostly_agree(fused_full_logits, int8_copies, tokenizer):
     """Every weight int8, the encoder's only or the head's only: each runs and mostly keeps fp32's top-1. (A random
     tiny model's top two logits are near-ties, so int8 of the 30,522-row head flips some; the encoder alone fewer.)"""
     _, path = fused_full_logits
@@ -179,7 +188,7 @@ def test_int8_copies_run_and_mostly_agree(fused_full_logits, tokenizer, tmp_path
     real = batch["attention_mask"].bool().numpy()
     fp32 = run(path, batch)[real]
     for parts, agreement in ((INT8_PARTS, 0.75), (("encoder",), 0.95), (("head",), 0.75)):
-        int8 = quantize_int8(path, tmp_path / f"int8_{'_'.join(parts)}.onnx", parts)
+        int8 = int8_copies[parts]
         assert int8.stat().st_size < path.stat().st_size
         logits = run(int8, batch)[real]
         assert not np.array_equal(logits, fp32) and np.corrcoef(logits.ravel(), fp32.ravel())[0, 1] > 0.99
@@ -187,13 +196,12 @@ def test_int8_copies_run_and_mostly_agree(fused_full_logits, tokenizer, tmp_path
 
 
 @pytest.mark.parametrize("parts", [INT8_PARTS, ("encoder",), ("head",)])
-def test_int8_quantizes_the_parts_named_and_leaves_the_others_fp32(parts, fused_full_logits, tmp_path):
+def test_int8_quantizes_the_parts_named_and_leaves_the_others_fp32(parts, fused_full_logits, int8_copies):
     """The word embeddings [V, H] and the head's decoder [H, V] are int8 exactly when their part is named; every
     layer's attention and feed-forward when the encoder is."""
-    model, path = fused_full_logits
+    model, _ = fused_full_logits
     vocab, hidden = model.config.vocab_size, model.config.hidden_size
-    int8 = quantize_int8(path, tmp_path / "int8.onnx", parts)
-    graph = onnx.load(str(int8)).graph
+    graph = onnx.load(str(int8_copies[parts])).graph
     tables = {tuple(t.dims): t.data_type for t in graph.initializer if vocab in t.dims and hidden in t.dims}
     assert set(tables) == {(vocab, hidden), (hidden, vocab)}
     assert (tables[(vocab, hidden)] != onnx.TensorProto.FLOAT) == ("embeddings" in parts)
@@ -241,18 +249,20 @@ def test_an_onnx_flag_without_what_it_modifies_is_refused(flags, needs, capsys, 
 
 
 def test_the_latency_benchmark_runs_every_model_in_every_runtime(base, tokenizer, tiny_teacher_dir, tmp_path):
-    """Smoke mode: one batch size, one length, one thread, two repeats; timings are asserted nowhere."""
+    """Smoke mode: one batch size, one length, one thread, two repeats, four of the runtimes (each ONNX form is
+    exported by the same function, tested with the accuracy and profile benchmarks); timings are asserted nowhere."""
     save_simplified(build("layer_drop", base), tokenizer, tmp_path / "dropped")
+    runtimes = ["pytorch", "ort_fp32", "ort_fused", "ort_fused_int8_head"]
     result = latency.main(
         ["--teacher", tiny_teacher_dir, "--models", str(tmp_path / "dropped"), "--batch_sizes", "2", "--seq_lens", "12",
-         "--threads", "1", "--repeats", "2", "--storage_directory", str(tmp_path / "bench")]
+         "--threads", "1", "--repeats", "2", "--runtimes", *runtimes, "--storage_directory", str(tmp_path / "bench")]
     )  # fmt: skip
     rows = {(row["model"], row["runtime"]): row for row in result["rows"]}
-    assert set(rows) == {(m, r) for m in ("teacher", "dropped") for r in latency.RUNTIMES}
-    assert rows[("dropped", "ort_fused_int8")]["flop_reduction"] == pytest.approx(1.5)
-    assert all(rows[("teacher", runtime)]["speedup"] == 1.0 for runtime in latency.RUNTIMES)
+    assert set(rows) == {(m, r) for m in ("teacher", "dropped") for r in runtimes}
+    assert rows[("dropped", "ort_fused_int8_head")]["flop_reduction"] == pytest.approx(1.5)
+    assert all(rows[("teacher", runtime)]["speedup"] == 1.0 for runtime in runtimes)
     table = (next((tmp_path / "bench").glob("latency_*")) / "latency.md").read_text()
-    assert "| " + " | ".join(latency.RUNTIMES) + " |" in table and "Against the teacher's fused fp32 graph" in table
+    assert "| " + " | ".join(runtimes) + " |" in table and "Against the teacher's fused fp32 graph" in table
     assert len([line for line in table.splitlines() if line.startswith("| dropped | 1.50x |")]) == 1  # side by side
 
 
@@ -268,12 +278,13 @@ def test_the_fixed_cost_benchmark_profiles_every_part(base, tokenizer, tiny_teac
     save_simplified(build("layer_drop", base), tokenizer, tmp_path / "dropped")
     result = fixed_costs.main(
         ["--teacher", tiny_teacher_dir, "--models", str(tmp_path / "dropped"), "--seq_len", "12", "--repeats", "2",
-         "--no_compile", "--onnx_forms", "ort_fp32", "ort_fused", "--storage_directory", str(tmp_path / "bench")]
+         "--no_compile", "--onnx_forms", "ort_fp32", "ort_fused_skipln",
+         "--storage_directory", str(tmp_path / "bench")]
     )  # fmt: skip
     assert set(result["pytorch_ms"]) == {f"{m} / {v}" for m in ("teacher", "dropped") for v in ("eager", "no mask")}
     profiles = result["onnxruntime_profile_ms"]
-    assert set(profiles) == {f"{m} / {f}" for m in ("teacher", "dropped") for f in ("ort_fp32", "ort_fused")}
-    for form in ("ort_fp32", "ort_fused"):  # fused nodes too are assigned to their layer, embeddings or head
+    assert set(profiles) == {f"{m} / {f}" for m in ("teacher", "dropped") for f in ("ort_fp32", "ort_fused_skipln")}
+    for form in ("ort_fp32", "ort_fused_skipln"):  # fused nodes too are assigned to their layer, embeddings or head
         teacher, dropped = profiles[f"teacher / {form}"], profiles[f"dropped / {form}"]
         assert {"embeddings", "layer 0", "layer 2", "vocabulary head", "session overhead"} <= set(teacher)
         assert sum(part.startswith("layer") for part in dropped) < sum(part.startswith("layer") for part in teacher)
