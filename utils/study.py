@@ -441,19 +441,26 @@ class Plan:
         args += ["--seq_len", self.study.data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
         return [self._add("teacher", SHARED, "teacher", "train_teacher.py", args)]
 
-    def _students(self, seed: int, args) -> list:
-        """The flags of a script that trains students of every layer from the seed's teacher store."""
+    @property
+    def _train_sentences(self) -> list:
+        """``--max_sentences`` of the store and of every student trained from it (none: every training sentence)."""
+        sentences = self.study.data["train_sentences"]
+        return ["--max_sentences", sentences] if sentences else []
+
+    def _students(self, seed: int, args, from_store: bool = True) -> list:
+        """The flags of a script that trains students of every layer: from the seed's teacher store, or (the
+        conditioned chain) computing each pair's input through the merged pairs before it, every pair in order."""
         data = self.study.data
-        sentences = ["--max_sentences", data["train_sentences"]] if data["train_sentences"] else []
+        store, every_layer, chain = (["--teacher_store"], ["--block", "all"], []) if from_store else ([], [], ["--all"])
         return [
-            *self._common(seed, training=True), *sentences, "--teacher_store", "--eval_sentences",
-            data["check_sentences"], "--block", "all", "--epochs", data["student_epochs"], *args,
+            *self._common(seed, training=True), *self._train_sentences, *store, "--eval_sentences",
+            data["check_sentences"], *every_layer, "--epochs", data["student_epochs"], *args, *chain,
         ]  # fmt: skip
 
     def _seed_stages(self, seed: int, teacher: list) -> None:
         tag, data = f"seed{seed}", self.study.data
-        sentences = ["--max_sentences", data["train_sentences"]] if data["train_sentences"] else []
-        store = self._add("store", tag, "store", "build_teacher_store.py", self._common(seed) + sentences, teacher)
+        store_args = self._common(seed) + self._train_sentences
+        store = self._add("store", tag, "store", "build_teacher_store.py", store_args, teacher)
         healed, names = [], []
         for model in self.models:
             # a pruned or dropped model needs no students and no store: only what it is made of
@@ -491,8 +498,7 @@ class Plan:
                               [store])  # fmt: skip
             stages.append(merge)
             if model.merged["source"] == "conditioned":
-                chain = [arg for arg in self._students(seed, shape) if arg not in ("--block", "all")]
-                chain = [arg for arg in chain if arg != "--teacher_store"] + ["--all"]
+                chain = self._students(seed, shape, from_store=False)
                 stages.append(self._add("chain", tag, name, "finetune_conditioned_fully_merged.py", chain, [merge]))
         return stages
 
