@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from utils.args import StorageArguments, flag, parse_args, require
+from utils.docs_tables import regenerate_documents
 from utils.experiment import cli_entry, log, start
 from utils.report import compare_pairs, write_report
 from utils.storage import Storage
@@ -63,6 +64,11 @@ class ReportArguments:
         "(data/models.csv, data/comparisons.csv) and report/study.md.",
     )
     tables: Optional[str] = flag(None, "A study's data folder (models.csv, comparisons.csv): print its tables.")
+    docs: bool = flag(
+        False,
+        "Rewrite the generated tables of README.md and docs/RESULTS.md (<!-- generated: ... --> sections) from the "
+        "data committed under docs/data/.",
+    )
 
     def __post_init__(self):
         require(self.study is None or Path(self.study).is_file(), f"--study {self.study}: no such study file")
@@ -75,11 +81,18 @@ class ReportArguments:
             require(Path(folder).is_dir(), f"--seed_runs {folder}: not a directory")
 
 
+REPOSITORY = Path(__file__).resolve().parent
+
+
 @cli_entry
 def main(argv=None) -> dict:
     flags = parse_args([StorageArguments, ReportArguments], __doc__, argv)
     start(flags)
     storage, options = Storage(flags.storage.storage_directory), flags.report
+    if options.docs:
+        changed = regenerate_documents(REPOSITORY)
+        log.info("generated tables: %s", ", ".join(map(str, changed)) or "already up to date")
+        return {"changed": [str(path) for path in changed]}
     if options.tables:
         print(study_markdown(Path(options.tables)))
         return {"tables": options.tables}

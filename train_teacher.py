@@ -14,6 +14,7 @@ import torch
 
 from utils.args import RUN_FLAGS, flag, parse_args, require
 from utils.data import eval_loader, load_data
+from utils.errors import UserError
 from utils.experiment import cli_entry, log, start
 from utils.files import atomic_write, atomic_write_dir
 from utils.objectives import MaskedLMTraining
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     flags = parse_args(GROUPS, __doc__, argv, lr=1e-4, batch_size=32, epochs=1, max_steps=500, save_checkpoint_every=1)
     device = start(flags, flags.data.seed)
     options, training = flags.teacher_training, flags.training
+    if training.stop_patience is not None:
+        raise UserError("--stop_patience: the teacher stops by --plateau_points / --plateau_steps (validation top-1)")
     info = inspect_teacher(options.init, flags.data.seq_len)
     run = teacher_run(flags, info)
     output_dir = Path(options.output_dir or Storage(flags.storage.storage_directory).teacher)

@@ -230,3 +230,38 @@ def test_models_are_sitras_or_the_fields_by_how_they_were_made():
     assert side_of({"model": "b", "method": "compound", "recipe": {"drop": {"rule": "top", "count": 3}}}) == "field"
     assert side_of({"model": "c", "method": "merged_layers"}) == "sitra"
     assert side_of({"model": "d", "method": "head_pruning"}) == "field" and side_of({"model": "teacher"}) == "teacher"
+
+
+def test_the_generated_tables_of_the_docs_are_what_their_committed_data_gives():
+    from pathlib import Path
+
+    from utils.docs_tables import DOCUMENTS, SECTION, regenerate
+
+    repo = Path(__file__).resolve().parents[1]
+    sections = 0
+    for name in DOCUMENTS:
+        text = (repo / name).read_text()
+        sections += len(SECTION.findall(text))
+        assert regenerate(text, repo) == text, f"{name}: run make_report.py --docs"
+    assert sections >= 1
+
+
+def test_speed_goals_are_judged_on_every_run(tmp_path):
+    import json
+
+    from utils.docs_tables import speed_markdown
+
+    def run(speedup):
+        rows = [
+            {"model": "teacher", "runtime": "ort_fused", "batch_size": 1, "ms": 10.0, "flop_reduction": 1.0},
+            {"model": "m", "runtime": "ort_fused", "batch_size": 1, "speedup": speedup, "flop_reduction": 2.0},
+            {"model": "m", "runtime": "ort_fused", "batch_size": 64, "speedup": 1.6, "flop_reduction": 2.0},
+        ]
+        return {"rows": rows}
+
+    (tmp_path / "latency_run1.json").write_text(json.dumps(run(1.85)))
+    (tmp_path / "latency_run2.json").write_text(json.dumps(run(1.75)))
+    text = speed_markdown(tmp_path)
+    assert "| m | 2.00× | 1.75–1.85× |" in text
+    assert "fused fp32 1.75–1.85× (m): met in one run" in text
+    assert "the lowest ratio: fused fp32 0.80 (missed)" in text

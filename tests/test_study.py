@@ -24,7 +24,17 @@ def tiny_study(folder: Path, teacher_dir: str, **changes) -> Path:
     study = {
         "name": "tiny",
         "teacher": {"path": teacher_dir},
-        "data": {"train_sentences": 96, "check_sentences": 32, "heal_sentences": 64, "seq_len": 20, "batch_size": 16},
+        "data": {
+            "train_sentences": 96,
+            "check_sentences": 32,
+            "heal_sentences": 64,
+            "seq_len": 20,
+            "batch_size": 16,
+            # the stopping rule, set so that every student stops after its first epoch: its loss must fall by 99%
+            "student_epochs": 3,
+            "student_stop_patience": 1,
+            "student_stop_min_delta": 0.99,
+        },
         "seeds": [42],
         "budgets": [0.5, 0.25],
         "families": {
@@ -133,6 +143,14 @@ def check_tiny_study(storage: Path) -> None:
     assert all(float(row["holm_p"]) >= float(row["top1_p_value"]) for row in comparisons)
     page = (storage / "report" / "study.md").read_text()
     assert "4 comparisons, Holm-corrected together" in page and "| 25% | sitra_25 (kl) |" in page
+    with open(storage / "data" / "students.csv") as file:
+        curves = list(csv.DictReader(file))
+    last = {}
+    for row in curves:
+        last[row["run"]] = row
+    assert {row["student"].split()[0] for row in curves} == {"attention", "feed-forward"}
+    assert all(row["epoch"] == "1" and row["stopped_early"] == "True" for row in last.values()), last
+    assert (storage / "data" / "students.png").stat().st_size > 0 and "the students' training" in page
 
 
 def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothing(

@@ -161,3 +161,91 @@ def test_attention_score_loss_does_not_depend_on_padding(teacher, tiny_data_dir,
         total, count = objective.loss(batch, student)
         losses.append((total / count).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+class _ScriptedObjective:
+    """A one-weight regression whose evaluation reports scripted validation losses, one per evaluation."""
+
+    validation_loss = "mse"
+
+    def __init__(self, losses: list[float]):
+        self.trainable = self.network = torch.nn.Linear(1, 1)
+        self.losses = iter(losses)
+
+    def loss(self, batch, network):
+        prediction = network(batch["x"])
+        return ((prediction - 2 * batch["x"]) ** 2).sum(), len(batch["x"])
+
+    def evaluate(self, loader):
+        return {"mse": next(self.losses)}
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __init__(self, count: int):
+        self.values = torch.linspace(-1, 1, count).unsqueeze(1)
+
+    def __len__(self):
+        return len(self.values)
+
+    def __getitem__(self, index):
+        return index
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def collate(self, indices):
+        x = self.values[indices]
+        return {"x": x, "attention_mask": torch.ones_like(x)}
+
+
+def test_plateaued_known_answers():
+    from utils.run_state import plateaued
+
+    assert not plateaued([1.0, 0.5], None, 0.01)  # no rule
+    assert not plateaued([1.0, 0.5], 1, 0.01)  # fell by half
+    assert plateaued([1.0, 0.5, 0.499], 1, 0.01)  # fell by 0.2% of its best: flat
+    assert plateaued([1.0, 0.5, 0.6], 1, 0.01)  # rose
+    assert not plateaued([1.0, 0.5, 0.6], 2, 0.01)  # one flat epoch is not two
+    assert plateaued([1.0, 0.5, 0.6, 0.55], 2, 0.01)  # 0.55 is not below the best before it, 0.5
+    assert not plateaued([1.0, 0.5, 0.6, 0.4], 2, 0.01)
+    assert not plateaued([1.0], 1, 0.01)  # nothing trained yet
+
+
+def test_stop_patience_stops_each_lockstep_member_alone_and_a_rerun_is_done(tmp_path):
+    from utils.args import TrainingArguments
+    from utils.checkpoint import RunDirectory
+    from utils.lockstep import fit_together
+    from utils.run_state import Member, plateaued
+    from utils.training import make_optimizer
+
+    training = TrainingArguments(batch_size=4, epochs=5, stop_patience=1, stop_min_delta=0.1, group_by_length=False)
+    scripts = {"flat": [1.0, 0.5, 0.49, 9, 9, 9], "falling": [1.0, 0.5, 0.25, 0.12, 0.06, 0.03]}
+    runs = {name: RunDirectory(tmp_path / name, {"name": name}, save_every=10) for name in scripts}
+
+    def members():
+        objectives = {name: _ScriptedObjective(losses) for name, losses in scripts.items()}
+        return [
+            Member(objectives[name], runs[name], make_optimizer(objectives[name].trainable, training))
+            for name in scripts
+        ]
+
+    flat, falling = fit_together(members(), _Numbers(12), None, training, torch.device("cpu"), seed=0)
+    assert [r["epoch"] for r in flat] == [0, 1, 2] and flat[-1]["stopped_early"] and flat[-1]["step"] == 6
+    assert [r["epoch"] for r in falling] == [0, 1, 2, 3, 4, 5] and falling[-1]["step"] == 15
+    assert not any(r.get("stopped_early") for r in falling)
+
+    # rerun: the checkpoint's history says the run is finished before anything is loaded; more patience goes on
+    def rule(patience):
+        return lambda checkpoint: plateaued(checkpoint["validation_losses"], patience, 0.1)
+
+    assert runs["flat"].prepare(5, None, False, stopped_early=rule(1))
+    assert not runs["flat"].prepare(5, None, False, stopped_early=rule(2))
+
+
+def test_the_teacher_refuses_stop_patience_before_loading(tmp_path, capsys):
+    import train_teacher
+
+    with pytest.raises(SystemExit) as stopped:
+        train_teacher.main(["--init", "missing", "--storage_directory", str(tmp_path), "--stop_patience", "1"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: --stop_patience: the teacher stops by")

@@ -197,6 +197,12 @@ class TrainingArguments:
     save_checkpoint_every: int = flag(5, "Keep a checkpoint every this many epochs, besides the rolling latest.")
     no_resume: bool = flag(False, "Start over even if a checkpoint exists (the old run folder is moved aside).")
     eval_sentences: Optional[int] = flag(2000, "Validation sentences evaluated after each epoch (all if unset).")
+    stop_patience: Optional[int] = flag(
+        None,
+        "Stop once the validation loss has not fallen below (1 - --stop_min_delta) x its best for this many epochs "
+        "in a row (--epochs is then the cap; a student in lockstep stops alone). Default: train all --epochs.",
+    )
+    stop_min_delta: float = flag(0.01, "The share of its best the validation loss must fall by to count as falling.")
     group_by_length: bool = flag(
         True, "Batch sentences of similar length together (less padding); --no_group_by_length: plain shuffling."
     )
@@ -206,7 +212,10 @@ class TrainingArguments:
 
     def __post_init__(self):
         require_finite(self, "lr", "adam_weight_decay", "adam_beta1", "adam_beta2")
-        require_positive(self, "batch_size", "max_steps", "lr", "save_checkpoint_every", "eval_sentences")
+        require_positive(
+            self, "batch_size", "max_steps", "lr", "save_checkpoint_every", "eval_sentences", "stop_patience"
+        )
+        require(0 <= self.stop_min_delta < 1, f"--stop_min_delta must be in [0, 1), got {self.stop_min_delta}")
         require(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
         require(self.adam_weight_decay >= 0, f"--adam_weight_decay must be >= 0, got {self.adam_weight_decay}")
         for name in ("adam_beta1", "adam_beta2"):

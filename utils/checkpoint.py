@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from utils.storage import LATEST
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
+# continuable flags that only say how long a run trains: a finished run rerun with other values goes on or is done
+RUN_LENGTH = ("epochs", "max_steps", "stop_patience", "stop_min_delta")
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -158,17 +161,26 @@ class RunDirectory:
         check_identity(state, self.identity, self.latest)
         return state
 
-    def prepare(self, epochs: int, max_steps: int | None, no_resume: bool, is_main: bool = True) -> bool:
+    def prepare(
+        self,
+        epochs: int,
+        max_steps: int | None,
+        no_resume: bool,
+        is_main: bool = True,
+        stopped_early: Callable[[dict], bool] | None = None,
+    ) -> bool:
         """Checks before anything is loaded: no other process holds this run, a checkpoint to resume was
         made with the same flags, the storage can be written. Returns True when the run is already
-        finished (rerun with the same flags): then nothing is written, even on read-only storage."""
+        finished (rerun with the same flags; or ``stopped_early(checkpoint)``, its stopping rule ended it): then
+        nothing is written, even on read-only storage."""
         if not is_main:
             self.writer = False
             return False
         if not no_resume and self.latest.exists():
             state = load_checkpoint(self.latest)
             check_identity(state, self.identity, self.latest)
-            done = state["batches_done"] == 0 and state["epoch"] >= epochs
+            ended = state["epoch"] >= epochs or (stopped_early is not None and stopped_early(state))
+            done = state["batches_done"] == 0 and ended
             if done or (max_steps is not None and state["step"] >= max_steps):
                 self._check_continuable(state)
                 log.info("%s is finished (epoch %d, step %d): nothing to do", self.path, state["epoch"], state["step"])
@@ -184,7 +196,7 @@ class RunDirectory:
         differences = [
             f"{key}={saved[key]!r} (flags say {value!r})"
             for key, value in self.continuable.items()
-            if key in saved and key not in ("epochs", "max_steps") and saved[key] != value
+            if key in saved and key not in RUN_LENGTH and saved[key] != value
         ]
         if differences:
             raise UserError(

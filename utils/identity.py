@@ -35,7 +35,17 @@ NEUTRAL = {
 
 # Flags a continued run may change: the new value applies from the next step on and is logged; a finished run
 # asked for another value is refused (see utils.checkpoint.RunDirectory.prepare).
-CONTINUABLE = ("epochs", "max_steps", "lr", "head_lr", "adam_weight_decay", "adam_beta1", "adam_beta2")
+CONTINUABLE = (
+    "epochs",
+    "max_steps",
+    "stop_patience",
+    "stop_min_delta",
+    "lr",
+    "head_lr",
+    "adam_weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+)
 
 _CRITERIA = {"L1": "l1", "CrossEntropy": "ce"}
 

@@ -11,7 +11,7 @@ from utils.args import TrainingArguments
 from utils.distributed import init_distributed
 from utils.preemption import PREEMPTION
 from utils.run_state import Member
-from utils.training import start_members, train_members
+from utils.training import select, start_members, train_members
 
 
 def fit_together(
@@ -34,17 +34,7 @@ def fit_together(
             groups.setdefault((position.epoch, position.batches_done, position.step), []).append(index)
         for indices in groups.values():
             group = [members[index] for index in indices]
-            train_members(group, train_set, valid_loader, training, device, seed, world, _select(split, indices))
+            train_members(
+                group, train_set, valid_loader, training, device, seed, world, select(split, indices, members)
+            )
     return [member.run.read_metrics() for member in members]
-
-
-def _select(split: Callable[[dict], list[dict]] | None, indices: list[int]) -> Callable[[dict], list[dict]] | None:
-    """``split`` for the members at ``indices`` only."""
-    if split is None:
-        return None
-
-    def selected(batch: dict) -> list[dict]:
-        batches = split(batch)  # one teacher forward for the whole group
-        return [batches[index] for index in indices]
-
-    return selected

@@ -92,6 +92,11 @@ class _TeacherBlockPart:
     each) and, with ``mlm_metrics``, the MLM metrics of the teacher with ``trainable`` in that part's place."""
 
     mse_metric: str  # the evaluation's name of the MSE
+
+    @property
+    def validation_loss(self) -> str:
+        return self.mse_metric
+
     replaces: str  # the keyword of :func:`models.assemble` that puts ``trainable`` in the teacher
 
     def __init__(self, teacher: SimplifiedBert, block: int, student: nn.Module, mlm_metrics: bool, device):
@@ -245,6 +250,8 @@ class OutputDistillation:
     """Train ``trainable`` (a part of ``student``) so that the student's masked-token distribution matches
     the teacher's (train_block_till_end, train_full_merged_model, finetune_fully_merged)."""
 
+    validation_loss = "kl_from_teacher"
+
     def __init__(
         self,
         teacher: SimplifiedBert,
@@ -346,6 +353,8 @@ class MergeDistillation:
     ``prefix`` computes the merged layer's input: by default the teacher's own layers ``0..block-1``;
     conditioned training passes a model whose first ``prefix_stop`` layers are already-merged layers.
     """
+
+    validation_loss = "merge_mse"
 
     def __init__(
         self,

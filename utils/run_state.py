@@ -5,7 +5,7 @@ checkpoint. :mod:`utils.training` reads as a loop because this lives here."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -73,6 +73,21 @@ class Member:
     summary: EpochSummary | None = None
     rng: dict | None = None
     scaler: torch.amp.GradScaler | None = None
+    losses: list[float] = field(default_factory=list)  # the validation loss after each finished epoch, epoch 0 first
+
+    @property
+    def loss_metric(self) -> str | None:
+        """The name of the objective's validation loss (lower is better) in its evaluation, if it has one."""
+        return getattr(self.objective, "validation_loss", None)
+
+
+def plateaued(losses: list[float], patience: int | None, min_delta: float) -> bool:
+    """The stopping rule of ``--stop_patience``: True when each of the last ``patience`` validation losses (one per
+    finished epoch, epoch 0's before training first) failed to fall below ``(1 - min_delta)`` x the best before it.
+    Never with ``patience`` None or before ``patience`` epochs were trained."""
+    if patience is None or len(losses) <= patience:
+        return False
+    return all(losses[k] >= min(losses[:k]) * (1 - min_delta) for k in range(len(losses) - patience, len(losses)))
 
 
 def checkpoint_state(member: Member, record: dict | None = None, epoch_progress: EpochSummary | None = None) -> dict:
@@ -85,6 +100,7 @@ def checkpoint_state(member: Member, record: dict | None = None, epoch_progress:
         "batches_done": position.batches_done,
         "step": position.step,
         "rng": rng_state(),
+        "validation_losses": member.losses,
     }
     if record is not None:
         state["record"] = record
@@ -114,6 +130,7 @@ def start_or_resume(member: Member, valid_loader, no_resume: bool, world: Distri
         objective.trainable.eval()
         record = {"epoch": 0, "step": 0, **objective.evaluate(valid_loader)}
         log.info("epoch 0 (before training): %s", format_record(record))
+        member.losses = [record[member.loss_metric]] if member.loss_metric else []
         run.save(checkpoint_state(member, record=record))
         run.log_metrics(record)
         return
@@ -128,6 +145,7 @@ def start_or_resume(member: Member, valid_loader, no_resume: bool, world: Distri
                 )
                 group[key] = value
     member.position = Position(state["epoch"], state["batches_done"], state["step"])
+    member.losses = list(state.get("validation_losses", []))  # none in checkpoints older than the stopping rule
     set_rng_state(state["rng"])
     member.rng = state["rng"] if member.position.batches_done else None  # a mid-epoch stream goes on from here
     progress = state.get("epoch_progress") if member.position.batches_done else None

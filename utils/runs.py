@@ -24,6 +24,7 @@ from utils.checkpoint import RunDirectory
 from utils.distributed import init_distributed
 from utils.errors import UserError
 from utils.identity import CONTINUABLE, NAMED, run_identity, variant
+from utils.run_state import plateaued
 from utils.storage import Storage
 from utils.teacher import TeacherInfo
 
@@ -75,7 +76,12 @@ def already_finished(run: RunDirectory, flags: Flags, output: Path | None = None
     """:meth:`RunDirectory.prepare` with the training flags (before anything is loaded): True when the run
     is already finished (and its ``output``, if it saves one, exists), so the script has nothing to do."""
     training = flags.training
-    finished = run.prepare(training.epochs, training.max_steps, training.no_resume, init_distributed().is_main)
+
+    def stopped_early(checkpoint: dict) -> bool:
+        return plateaued(checkpoint.get("validation_losses", []), training.stop_patience, training.stop_min_delta)
+
+    is_main = init_distributed().is_main
+    finished = run.prepare(training.epochs, training.max_steps, training.no_resume, is_main, stopped_early)
     return finished and (output is None or output.exists())
 
 

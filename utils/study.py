@@ -116,7 +116,9 @@ class PlannedModel:
 # -- the study file ---------------------------------------------------------------------------------------------
 DATA_DEFAULTS = {
     "train_sentences": None,  # training sentences in the store every student learns from (None: all)
-    "student_epochs": 1,
+    "student_epochs": 1,  # with student_stop_patience: the cap
+    "student_stop_patience": None,  # each student stops once its validation loss stops falling (--stop_patience)
+    "student_stop_min_delta": 0.01,  # the share of its best the loss must fall by in an epoch (--stop_min_delta)
     "check_sentences": 300,  # validation sentences each run reports on (a diagnostic, not a choice)
     "heal_sentences": 4000,
     "heal_epochs": 1,
@@ -419,7 +421,13 @@ class Plan:
     @property
     def data_files(self) -> dict[str, Path]:
         """The study's tidy tables (make_report.py --study writes them)."""
-        return {name: self.root / "data" / f"{name}.csv" for name in ("models", "comparisons")}
+        tables = {name: self.root / "data" / f"{name}.csv" for name in ("models", "comparisons")}
+        return {**tables, "about": self.root / "data" / "study.json"}  # the study's goals, data scale, seeds
+
+    @property
+    def students_data(self) -> Path:
+        """The students' validation curves (make_report.py --study writes it where the study trains students)."""
+        return self.root / "data" / "students.csv"
 
     # building -----------------------------------------------------------------------------------------------
     def _add(self, kind: str, seed: str, name: str, script: str, args, needs=()) -> tuple[str, str, str]:
@@ -454,8 +462,16 @@ class Plan:
         store, every_layer, chain = (["--teacher_store"], ["--block", "all"], []) if from_store else ([], [], ["--all"])
         return [
             *self._common(seed, training=True), *self._train_sentences, *store, "--eval_sentences",
-            data["check_sentences"], *every_layer, "--epochs", data["student_epochs"], *args, *chain,
+            data["check_sentences"], *every_layer, "--epochs", data["student_epochs"], *self._student_stop, *args,
+            *chain,
         ]  # fmt: skip
+
+    @property
+    def _student_stop(self) -> list:
+        """The students' stopping rule: none (every epoch of student_epochs), or ``--stop_patience``."""
+        data = self.study.data
+        patience = data["student_stop_patience"]
+        return ["--stop_patience", patience, "--stop_min_delta", data["student_stop_min_delta"]] if patience else []
 
     def _seed_stages(self, seed: int, teacher: list) -> None:
         tag, data = f"seed{seed}", self.study.data

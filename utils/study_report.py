@@ -7,12 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models
 from utils.statistics import holm
+from utils.storage import BlockRun
 from utils.study import METHODS, Plan, PlannedModel
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
@@ -29,6 +31,11 @@ COMPARISON_COLUMNS = (
     "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
     "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high",
 )  # fmt: skip
+STUDENT_COLUMNS = (
+    "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
+    "teacher_top1", "train_seconds", "stopped_early",
+)  # fmt: skip
+STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
 ALL_SEEDS = "all"  # the seed of a comparison whose models are averaged over every seed first
 TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
@@ -54,6 +61,51 @@ def model_rows(plan: Plan) -> list[dict]:
             row["flops_share"] = result.get("flop_ratio")
             rows.append(row | {key: result[key] for key in MODEL_COLUMNS if key in result and key not in row})
     return rows
+
+
+def student_rows(plan: Plan) -> list[dict]:
+    """Every student's validation curve: a row per student run x finished epoch (epoch 0: before training), from
+    the runs' ``metrics.jsonl`` under each seed's storage. ``student`` names the kind and shape, e.g.
+    ``attention 6x32-init_heads``, ``feed-forward 768-init_neurons``, ``merge 12x32-init_first``."""
+    rows = []
+    for seed in plan.study.seeds:
+        runs = plan.storage(seed).runs
+        for folder in sorted(runs.glob("*/metrics.jsonl")) if runs.is_dir() else []:
+            student, block = _student_of(folder.parent.name)
+            if student is None:
+                continue
+            for record in _records(folder):
+                metric = next((key for key in STUDENT_LOSSES if key in record), None)
+                if metric is None or "batches_done" in record:  # not a student's, or a partial epoch
+                    continue
+                rows.append({
+                    "study": plan.study.name, "seed": seed, "student": student, "block": block,
+                    "run": folder.parent.name, "epoch": record["epoch"], "step": record["step"],
+                    "loss_metric": metric, "validation_loss": record[metric],
+                    "replaced_top1": record.get("replaced_top1", record.get("merged_top1")),
+                    "teacher_top1": record.get("teacher_top1"), "train_seconds": record.get("train_seconds", 0),
+                    "stopped_early": bool(record.get("stopped_early")),
+                })  # fmt: skip
+    return rows
+
+
+_FFN_RUN = re.compile(r"^ffn_(\d+)_(\d+)(-[a-z0-9_.]+)?$")
+_STUDENT_KINDS = {"block": "attention", "merge": "merge", "conditioned": "conditioned merge"}
+
+
+def _student_of(name: str) -> tuple[str | None, int | None]:
+    """The student (kind and shape) and block of a run folder's name; (None, None) for a run of another kind."""
+    run = BlockRun.parse(name)
+    if run is not None and run.kind in _STUDENT_KINDS:
+        return f"{_STUDENT_KINDS[run.kind]} {run.heads}x{run.d_k}{run.variant}", run.block
+    match = _FFN_RUN.match(name)
+    if match is not None:
+        return f"feed-forward {match[2]}{match[3] or ''}", int(match[1])
+    return None, None
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _compared(plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], **row) -> list[dict]:
@@ -161,18 +213,76 @@ def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
 
 
 def write_study_data(plan: Plan) -> dict[str, Path]:
-    """``models.csv`` and ``comparisons.csv`` under the study's ``data/``, and ``report/study.md`` made from them."""
-    models = model_rows(plan)
-    if not models:
-        raise UserError(f"--study {plan.study.path}: no evaluation under {plan.root} yet (run the workflow first)")
-    files = plan.data_files
-    write_table(files["models"], models, MODEL_COLUMNS)
-    write_table(files["comparisons"], comparison_rows(plan, models), COMPARISON_COLUMNS)
+    """Under the study's ``data/``: ``students.csv`` (the students' validation curves) and its plot, and, once
+    models are evaluated, ``models.csv`` and ``comparisons.csv``; ``report/study.md`` made from them. A part of the
+    study (students only, say) writes what it has."""
+    files, written = plan.data_files, {}
+    students, models = student_rows(plan), model_rows(plan)
+    if not students and not models:
+        raise UserError(f"--study {plan.study.path}: no student or evaluation under {plan.root} yet (run the workflow)")
+    study = plan.study
+    about = {"study": study.name, "file": str(study.path), "seeds": study.seeds, "budgets": study.budgets,
+             "goals": study.goals, "data": study.data, "healing": study.healing}  # fmt: skip
+    files["about"].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(files["about"], lambda tmp: tmp.write_text(json.dumps(about, indent=1) + "\n"))
+    written["about"] = files["about"]
+    if students:
+        write_table(plan.students_data, students, STUDENT_COLUMNS)
+        written["students"] = plan.students_data
+        written["students_plot"] = plot_student_curves(students, plan.students_data.with_suffix(".png"))
+    if models:
+        write_table(files["models"], models, MODEL_COLUMNS)
+        write_table(files["comparisons"], comparison_rows(plan, models), COMPARISON_COLUMNS)
+        written |= {name: files[name] for name in ("models", "comparisons")}
     page = plan.root / "report" / "study.md"
     text = study_markdown(files["models"].parent, plan.study.goals)
     page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(page, lambda tmp: tmp.write_text(text))
-    return {**files, "page": page}
+    return {**written, "page": page}
+
+
+def plot_student_curves(rows: list[dict], path: Path) -> Path:
+    """One panel per student (kind and shape): its validation loss after each epoch relative to the loss after
+    epoch 1, a line per block (and seed), a dot where the stopping rule ended it."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    curves: dict[str, dict[tuple, list[dict]]] = {}
+    for row in rows:
+        curves.setdefault(row["student"], {}).setdefault((row["seed"], int(row["block"])), []).append(row)
+    several_seeds = len({row["seed"] for row in rows}) > 1
+    columns = min(3, len(curves))
+    lines = -(-len(curves) // columns)
+    figure = Figure(figsize=(4.6 * columns, 3.6 * lines), layout="constrained")
+    for axes, student in zip(figure.subplots(lines, columns, squeeze=False).flat, sorted(curves), strict=False):
+        for (seed, block), records in sorted(curves[student].items()):
+            records = sorted((r for r in records if int(r["epoch"]) >= 1), key=lambda r: int(r["epoch"]))
+            if not records:
+                continue
+            first = float(records[0]["validation_loss"])
+            epochs = [int(r["epoch"]) for r in records]
+            relative = [float(r["validation_loss"]) / first for r in records]
+            (line,) = axes.plot(
+                epochs, relative, marker=".", label=f"block {block}" + (f", seed {seed}" if several_seeds else "")
+            )
+            if _truthy(records[-1]["stopped_early"]):
+                axes.plot(epochs[-1], relative[-1], "o", color=line.get_color(), markersize=7, fillstyle="none")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(student, fontsize=10)
+        axes.set_xlabel("epoch (all training sentences each)")
+        axes.set_ylabel("validation loss / after epoch 1")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, ncols=2)
+    for axes in list(figure.axes)[len(curves) :]:
+        axes.set_visible(False)
+    figure.suptitle("Students' validation loss per epoch (open circle: stopped, loss fell by under the rule's share)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def _truthy(value) -> bool:
+    return value is True or str(value) == "True"
 
 
 # -- tables from the data files -----------------------------------------------------------------------------------
@@ -293,11 +403,54 @@ def _validation(models: list[dict], comparison: dict) -> float:
 
 
 def study_markdown(data: Path, goals: dict[float, float] | None = None) -> str:
-    """The markdown tables of a study's data folder (``models.csv``, ``comparisons.csv``): the headline, the
-    comparisons, then every model."""
-    models, comparisons = read_table(data / "models.csv"), read_table(data / "comparisons.csv")
-    study = models[0]["study"] if models else data.name
-    text = f"### Study {study}: each budget's best\n\n{headline_markdown(models, comparisons, goals or {})}\n"
-    if comparisons:
-        text += f"### Study {study}: paired comparisons\n\n{comparisons_markdown(comparisons)}\n"
-    return text + f"### Study {study}: every model\n\n{models_markdown(models)}\n"
+    """The markdown tables of a study's data folder: the headline, the comparisons and every model
+    (``models.csv``, ``comparisons.csv``), then the students' training (``students.csv``); what a part of the
+    study has not written yet is left out."""
+    if not any((data / f"{name}.csv").is_file() for name in ("models", "students")):
+        read_table(data / "models.csv")  # the error naming the missing file
+    text = ""
+    if (data / "models.csv").is_file():
+        models, comparisons = read_table(data / "models.csv"), read_table(data / "comparisons.csv")
+        study = models[0]["study"] if models else data.name
+        text = f"### Study {study}: each budget's best\n\n{headline_markdown(models, comparisons, goals or {})}\n"
+        if comparisons:
+            text += f"### Study {study}: paired comparisons\n\n{comparisons_markdown(comparisons)}\n"
+        text += f"### Study {study}: every model\n\n{models_markdown(models)}\n"
+    if (data / "students.csv").is_file():
+        students = read_table(data / "students.csv")
+        study = students[0]["study"] if students else data.name
+        text += f"### Study {study}: the students' training\n\n{students_markdown(students)}\n"
+    return text
+
+
+def students_markdown(rows: list[dict]) -> str:
+    """Per student (kind and shape) and block: the epochs trained and why it stopped, its validation loss after
+    epoch 1 and at the end (and how much lower), the layer-replaced top-1 after epoch 1 and at the end, and the
+    training minutes."""
+    runs: dict[tuple, list[dict]] = {}
+    for row in rows:
+        runs.setdefault((row["student"], int(row["block"]), row["seed"]), []).append(row)
+    lines = [
+        "| student | block | seed | epochs | ended by | validation loss, epoch 1 → last | lower by | "
+        "top-1 with it, epoch 1 → last | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (student, block, seed), records in sorted(runs.items()):
+        records = sorted(records, key=lambda r: int(r["epoch"]))
+        trained = [r for r in records if int(r["epoch"]) >= 1]
+        if not trained:
+            continue
+        first, last = trained[0], trained[-1]
+        loss_first, loss_last = float(first["validation_loss"]), float(last["validation_loss"])
+        top1 = (
+            f"{100 * float(first['replaced_top1']):.2f} → {100 * float(last['replaced_top1']):.2f}"
+            if first.get("replaced_top1")
+            else ""
+        )
+        minutes = sum(float(r["train_seconds"] or 0) for r in trained) / 60
+        ended = "the rule" if _truthy(last["stopped_early"]) else "the cap (or still running)"
+        lines.append(
+            f"| {student} | {block} | {seed} | {len(trained)} | {ended} | {loss_first:.4g} → {loss_last:.4g} | "
+            f"{1 - loss_last / loss_first:.1%} | {top1} | {minutes:.1f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -23,9 +23,17 @@ from utils.checkpoint import RunDirectory, rng_state, set_rng_state
 from utils.data import epoch_batches, make_loader
 from utils.device import autocast, to_device
 from utils.distributed import Distributed, init_distributed
-from utils.errors import Diverged
+from utils.errors import Diverged, UserError
 from utils.preemption import EXIT_REQUEUE, PREEMPTION
-from utils.run_state import EpochSummary, Member, Position, checkpoint_state, format_record, start_or_resume
+from utils.run_state import (
+    EpochSummary,
+    Member,
+    Position,
+    checkpoint_state,
+    format_record,
+    plateaued,
+    start_or_resume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ class Objective(Protocol):
 
     trainable: nn.Module
     network: nn.Module
+    validation_loss: str  # the name of the evaluation's loss (lower is better) --stop_patience watches; optional
 
     def loss(self, batch: dict[str, torch.Tensor], network: nn.Module) -> tuple[torch.Tensor, int]: ...
 
@@ -90,6 +99,8 @@ def fit(
 def start_members(members: list[Member], valid_loader, training: TrainingArguments, device, world: Distributed) -> None:
     """Start or resume every member's run, and wrap its network for DistributedDataParallel under torchrun."""
     _exit_if_signalled(None)
+    if training.stop_patience is not None and any(member.loss_metric is None for member in members):
+        raise UserError(f"--stop_patience: {type(members[0].objective).__name__} reports no validation loss to stop on")
     for member in members:
         member.run.writer = world.is_main
         start_or_resume(member, valid_loader, training.no_resume, world)
@@ -111,12 +122,15 @@ def train_members(
     split: Callable[[dict], list[dict]] | None = None,
 ) -> None:
     """The epochs of members standing at the same position (one member, or several in lockstep, each with
-    its own dropout stream; ``split(batch)`` gives one batch per member, default the same batch for all)."""
+    its own dropout stream; ``split(batch)`` gives one batch per member, default the same batch for all). A member
+    whose validation loss stopped falling (``--stop_patience``) leaves the lockstep; the others go on."""
     for member in members:
         member.scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
-    position = members[0].position
-    while not _done(position, training):
+    active = [index for index, member in enumerate(members) if not _done(member, training)]
+    while active:
+        group = [members[index] for index in active]
+        position = group[0].position
         current = position.epoch + 1
         train_set.set_epoch(current)
         batches = epoch_batches(
@@ -124,17 +138,31 @@ def train_members(
         )
         if position.batches_done == 0:
             torch.manual_seed(epoch_seed(seed, current))  # else the checkpoint restored the RNG mid-epoch
-            for member in members:  # with others, each draws dropout from the stream it would have alone
+            for member in group:  # with others, each draws dropout from the stream it would have alone
                 member.rng = rng_state() if len(members) > 1 else None
-        stopped = _train_epoch(members, train_set, batches, training, device, world, split)
+        stopped = _train_epoch(group, train_set, batches, training, device, world, select(split, active, members))
         finished = position.batches_done == len(batches)
-        for member in members:
+        for member in group:
             if member.rng is not None:
                 set_rng_state(member.rng)  # what its checkpoint records
-            _end_epoch(member, current, finished, stopped, valid_loader)
+            _end_epoch(member, current, finished, stopped, valid_loader, training)
         if stopped:
             raise SystemExit(EXIT_REQUEUE)
-        position = members[0].position
+        active = [index for index in active if not _done(members[index], training)]
+
+
+def select(
+    split: Callable[[dict], list[dict]] | None, indices: list[int], members: list
+) -> Callable[[dict], list[dict]] | None:
+    """``split`` for the members at ``indices`` only (all of them: ``split`` itself)."""
+    if split is None or len(indices) == len(members):
+        return split
+
+    def selected(batch: dict) -> list[dict]:
+        batches = split(batch)  # one teacher forward for the whole group
+        return [batches[index] for index in indices]
+
+    return selected
 
 
 def _train_epoch(members, train_set, batches, training, device, world, split) -> bool:
@@ -219,9 +247,10 @@ def _stop_if_diverged(member: Member, loss: torch.Tensor) -> None:
     )
 
 
-def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, valid_loader) -> None:
+def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, valid_loader, training) -> None:
     """Evaluate and checkpoint after an epoch, or on preemption in mid-epoch only checkpoint the position
-    (no evaluation: time is short)."""
+    (no evaluation: time is short). A finished epoch's validation loss joins the member's history, and the record
+    says ``stopped_early`` when the stopping rule ends the run there."""
     objective, position, summary = member.objective, member.position, member.summary
     if stopped and not finished:
         member.run.save(checkpoint_state(member, epoch_progress=summary))
@@ -239,13 +268,33 @@ def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, vali
     log.info("epoch %d: %s", current, format_record(record))
     if finished:
         position.epoch, position.batches_done = current, 0
+        if member.loss_metric:
+            member.losses.append(record[member.loss_metric])
+        if _stopped_early(member, training):
+            record["stopped_early"] = True
+            log.info(
+                "%s: %s fell by less than %g of its best for %d epoch(s): stopped at epoch %d of at most %d",
+                member.run.path.name,
+                member.loss_metric,
+                training.stop_min_delta,
+                training.stop_patience,
+                current,
+                training.epochs,
+            )
     member.run.save(checkpoint_state(member, record=record))
     member.run.log_metrics(record)
     member.summary = EpochSummary()
 
 
-def _done(position: Position, training: TrainingArguments) -> bool:
-    return position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps)
+def _done(member: Member, training: TrainingArguments) -> bool:
+    position = member.position
+    if position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps):
+        return True
+    return position.batches_done == 0 and _stopped_early(member, training)
+
+
+def _stopped_early(member: Member, training: TrainingArguments) -> bool:
+    return plateaued(member.losses, training.stop_patience, training.stop_min_delta)
 
 
 def _exit_if_signalled(position: Position | None) -> None:

@@ -1,0 +1,167 @@
+"""The tables of README.md and docs/RESULTS.md that are generated from data committed under docs/data/.
+
+A generated section sits between ``<!-- generated: NAME from FOLDER -->`` and ``<!-- end generated -->``;
+:func:`regenerate` rewrites its body from the files in ``FOLDER`` (relative to the repository) by the generator
+``NAME`` in :data:`GENERATORS`, so a page never shows a figure its data does not hold (``make_report.py --docs``
+writes them; a test checks that the committed pages are what their data gives)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.study_report import headline_markdown, read_table
+
+SECTION = re.compile(r"(<!-- generated: (\w+) from (\S+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
+DOCUMENTS = ("README.md", "docs/RESULTS.md")
+
+# the speed goals of issue 35: FLOP reduction -> batch-1 speed-up (ONNX Runtime, against the teacher in the same form)
+SPEED_GOALS = {2.0: 1.8, 3.0: 2.5, 4.0: 3.0}
+BATCH_64_GOAL = 0.85  # batch 64: speed-up / FLOP reduction
+SPEED_FORMS = {  # the runtime forms the page shows, as bench/latency.py names them
+    "ort_fused": "fused fp32",
+    "ort_fused_int8_head": "int8 head",
+    "ort_fused_int8": "int8 every weight",
+}
+
+
+def _span(values: list[float], unit: str = "×", digits: int = 2) -> str:
+    """``1.61–1.65×`` over the runs (one value when they agree to the digits shown)."""
+    low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
+
+
+def speed_markdown(folder: Path) -> str:
+    """Batch-1 and batch-64 speed-ups of every model in every form of :data:`SPEED_FORMS` over the runs in
+    ``latency_run*.json`` (a range when the runs differ), the goals met or not, and int8's price in top-1
+    (``onnx_accuracy.json``)."""
+    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("latency_run*.json"))]
+    if not runs:
+        raise UserError(f"{folder}: no latency_run*.json (bench/latency.py writes them)")
+    cells: dict[tuple, list[float]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            if row["runtime"] in SPEED_FORMS:
+                key = (row["model"], row["batch_size"], row["runtime"])
+                value = row["ms"] if row["model"] == "teacher" else row["speedup"]
+                cells.setdefault(key, []).append(value)
+                cells.setdefault((row["model"], "flops"), [row["flop_reduction"]])
+    models = list(dict.fromkeys(row["model"] for row in runs[0]["rows"]))
+    forms = list(SPEED_FORMS)
+    header = " | ".join(f"batch {batch}: {SPEED_FORMS[form]}" for batch in (1, 64) for form in forms)
+    lines = [f"| model | FLOP reduction | {header} |", "|---|---|" + "---|" * 2 * len(forms)]
+    for model in models:
+        flops = cells[model, "flops"][0]
+        row = [model, f"{flops:.2f}×"]
+        for batch in (1, 64):
+            for form in forms:
+                values = cells.get((model, batch, form))
+                if not values:
+                    row.append("")
+                elif model == "teacher":
+                    row.append(_span(values, " ms", 1))
+                else:
+                    per_flop = f" ({_span([v / flops for v in values], '')})" if batch == 64 else ""
+                    row.append(_span(values) + per_flop)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", *_speed_goals(cells, models, forms), ""]
+    accuracy = folder / "onnx_accuracy.json"
+    if accuracy.is_file():
+        lines += _int8_price(json.loads(accuracy.read_text()))
+    return "\n".join(lines) + "\n"
+
+
+def _speed_goals(cells: dict, models: list[str], forms: list[str]) -> list[str]:
+    """One line per goal: the best batch-1 speed-up of a model at that FLOP reduction, in each form."""
+    lines = []
+    for reduction, goal in SPEED_GOALS.items():
+        near = [m for m in models if m != "teacher" and abs(cells[m, "flops"][0] - reduction) / reduction < 0.05]
+        if not near:
+            continue
+        verdicts = []
+        for form in forms:
+            best = max(near, key=lambda m: min(cells.get((m, 1, form), [0])))
+            values = cells.get((best, 1, form), [])
+            if values:
+                met = "met" if min(values) >= goal else "met in one run" if max(values) >= goal else "missed"
+                verdicts.append(f"{SPEED_FORMS[form]} {_span(values)} ({best}): {met}")
+        lines.append(f"- {reduction:.0f}× fewer FLOPs, goal ≥ {goal}× at batch 1: " + "; ".join(verdicts) + ".")
+    verdicts = []
+    for form in forms:
+        ratios = [
+            value / cells[m, "flops"][0] for m in models if m != "teacher" for value in cells.get((m, 64, form), [])
+        ]
+        if ratios:
+            verdicts.append(
+                f"{SPEED_FORMS[form]} {min(ratios):.2f} ({'met' if min(ratios) >= BATCH_64_GOAL else 'missed'})"
+            )
+    if verdicts:
+        lines.append(
+            f"- Batch 64 within {BATCH_64_GOAL:.0%} of the FLOP reduction, the lowest ratio: "
+            + "; ".join(verdicts)
+            + "."
+        )
+    return lines
+
+
+def _int8_price(accuracy: dict) -> list[str]:
+    """int8's price in top-1 against the same model's fused fp32 graph, on the same masks, paired."""
+    forms = [form for form in SPEED_FORMS if form != "ort_fused"]
+    lines = [
+        f"int8's price in top-1 (points, paired on the same {accuracy['sentences']:,} test sentences, 95% interval; "
+        "⚠: loses more than half a point):",
+        "",
+        "| model | " + " | ".join(SPEED_FORMS[form] for form in forms) + " |",
+        "|---|" + "---|" * len(forms),
+    ]
+    for model, results in accuracy["models"].items():
+        row = [model]
+        for form in forms:
+            result = results.get(form)
+            if result is None:
+                row.append("")
+                continue
+            low, value, high = (100 * result[f"top1_vs_fp32{part}"] for part in ("_low", "", "_high"))
+            flag = " ⚠" if result["loses_over_half_a_point"] else ""
+            row.append(f"{value:+.2f} [{low:+.2f}, {high:+.2f}]{flag}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def headline_of_study(folder: Path) -> str:
+    """The first table of a committed study: each budget's best, against the field's, with its goal."""
+    about = folder / "study.json"  # make_report.py --study writes it beside the tables
+    goals = json.loads(about.read_text())["goals"] if about.is_file() else {}
+    goals = {float(budget): share for budget, share in goals.items()}
+    return headline_markdown(read_table(folder / "models.csv"), read_table(folder / "comparisons.csv"), goals)
+
+
+GENERATORS: dict[str, Callable[[Path], str]] = {"speed": speed_markdown, "study_headline": headline_of_study}
+
+
+def regenerate(text: str, repo: Path) -> str:
+    """``text`` with every generated section's body made anew from its data folder."""
+
+    def body(match: re.Match) -> str:
+        opening, name, source, _, closing = match.groups()
+        if name not in GENERATORS:
+            raise UserError(f"generated section '{name}': no such generator (expected one of {', '.join(GENERATORS)})")
+        return f"{opening}{GENERATORS[name](repo / source)}{closing}"
+
+    return SECTION.sub(body, text)
+
+
+def regenerate_documents(repo: Path) -> list[Path]:
+    """Rewrite the generated sections of :data:`DOCUMENTS`; returns the files that changed."""
+    changed = []
+    for name in DOCUMENTS:
+        path = repo / name
+        text = path.read_text()
+        new = regenerate(text, repo)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
