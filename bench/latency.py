@@ -2,8 +2,9 @@
 export: the vocabulary head runs at the [MASK] position only, as fill-mask and evaluation need), at each batch size,
 sequence length and thread count; every (model, runtime) timed interleaved with the others (utils/benchmark.py).
 ONNX Runtime runs each model in the forms ``--runtimes`` names: the graph as exported, the graph fused by ONNX
-Runtime's transformer optimizer, and int8 copies of the fused graph (every weight, the encoder's or the head's); the
-teacher is exported the same way in each, and is what each form's speed-up is against.
+Runtime's transformer optimizer, int8 copies of the fused graph (every weight, the encoder's or the head's), and the
+fused graph with a shortlisted vocabulary head (``*_short``: the ``--shortlist`` tokens most frequent in the training
+split of ``--data_dir``); the teacher is exported the same way in each, and is what each form's speed-up is against.
 For each model: its FLOP reduction (the teacher's encoder FLOPs per token / its own), the speed-up over the teacher
 in the same runtime, and speed-up ÷ FLOP reduction (1: the model is as much faster as it is smaller).
 Writes {storage}/latency_*/latency.json (every row) and latency.md (the runtimes side by side).
@@ -17,12 +18,20 @@ import onnxruntime
 import torch
 
 from bench import teacher_and_models, write_results
-from utils.args import StorageArguments, TeacherArguments, parse_args, require
+from utils.args import (
+    DataArguments,
+    ShortlistArguments,
+    StorageArguments,
+    TeacherArguments,
+    parse_args,
+    require,
+)
 from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
+from utils.data import training_shortlist
 from utils.experiment import cli_entry, start
 from utils.files import reserve_unique_dir
 from utils.onnx_export import onnx_session
-from utils.onnx_optimize import ONNX_FORMS, export_forms
+from utils.onnx_optimize import ONNX_FORMS, SHORTLIST_FORMS, export_forms
 
 RUNTIMES = {"pytorch": "sitra's eager forward", **{form: f"ONNX Runtime, {what}" for form, what in ONNX_FORMS.items()}}
 
@@ -126,14 +135,18 @@ def int8_against_fp32(rows: list[dict], runtimes: list[str]) -> list[str]:
 
 @cli_entry
 def main(argv=None) -> dict:
-    flags = parse_args([TeacherArguments, LatencyArguments, StorageArguments], __doc__, argv)
+    groups = [TeacherArguments, LatencyArguments, ShortlistArguments, DataArguments, StorageArguments]
+    flags = parse_args(groups, __doc__, argv)
     device = start(flags)
     options = flags.latency
     teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
     root = reserve_unique_dir(flags.storage.storage_directory, "latency_")
     mask = teacher.tokenizer.mask_token_id
     forms = [runtime for runtime in options.runtimes if runtime in ONNX_FORMS]
-    files = {name: export_forms(model, root, name, mask, forms) for name, model in models.items()}
+    shortlist = None
+    if any(form in SHORTLIST_FORMS for form in forms):
+        shortlist = training_shortlist(flags.data, teacher.tokenizer, flags.shortlist.shortlist)
+    files = {name: export_forms(model, root, name, mask, forms, shortlist) for name, model in models.items()}
     reduction = flop_reductions(models, 40)
     rows = []
     for threads in options.threads:
@@ -157,6 +170,8 @@ def main(argv=None) -> dict:
                 rows += latency_rows(timings, reduction, threads, batch_size, seq_len)
     versions = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
     result = {"versions": versions, "runtimes": {runtime: RUNTIMES[runtime] for runtime in options.runtimes}}
+    if shortlist is not None:
+        result["shortlist"] = len(shortlist)
     result["rows"] = rows
     lines = [
         f"torch {versions['torch']}, onnxruntime {versions['onnxruntime']}; median of {options.repeats} calls, "

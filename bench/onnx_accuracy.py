@@ -1,9 +1,9 @@
-"""What int8 costs in quality: each model's fused fp32 graph and its int8 copies (every weight; the encoder's; the
-head's) evaluated in ONNX Runtime on the same masked test sentences; per model and form, top-1 with its 95%
-interval, the paired top-1 difference from the model's own fp32 graph and the agreement with its top-1. A form
-that loses more than half a point of top-1 is flagged in the table. Writes
-{storage}/onnx_accuracy_*/onnx_accuracy.json, .md and per_sentence.npz (``{model}/{form}/top1``,
-``.../agree_top1``: paired comparisons across runs).
+"""What int8 and a shortlisted head cost in quality: each model's fused fp32 graph and its int8 copies (every
+weight; the encoder's; the head's) or its shortlisted-head forms (``*_short``, ``--shortlist``) evaluated in ONNX
+Runtime on the same masked test sentences; per model and form, top-1 with its 95% interval, the paired top-1
+difference from the model's own fp32 graph and the agreement with its top-1. A form that loses more than half a
+point of top-1 is flagged in the table. Writes {storage}/onnx_accuracy_*/onnx_accuracy.json, .md and
+per_sentence.npz (``{model}/{form}/top1``, ``.../agree_top1``: paired comparisons across runs).
 
 python bench/onnx_accuracy.py --teacher storage/teacher --models storage/models/x --data_dir ../shared/data/wikitext2
 """
@@ -16,14 +16,22 @@ import onnxruntime
 import torch
 
 from bench import teacher_and_models, write_results
-from utils.args import DataArguments, StorageArguments, TeacherArguments, parse_args, require, require_positive
-from utils.data import eval_loader, load_data
+from utils.args import (
+    DataArguments,
+    ShortlistArguments,
+    StorageArguments,
+    TeacherArguments,
+    parse_args,
+    require,
+    require_positive,
+)
+from utils.data import eval_loader, frequent_tokens, load_data
 from utils.evaluation import masks_fingerprint
 from utils.experiment import cli_entry, start
 from utils.files import atomic_write, reserve_unique_dir
 from utils.onnx_eval import NOTABLE_LOSS, price_of_forms
 from utils.onnx_export import onnx_session
-from utils.onnx_optimize import INT8_FORMS, ONNX_FORMS, export_forms
+from utils.onnx_optimize import INT8_FORMS, ONNX_FORMS, SHORTLIST_FORMS, export_forms
 
 REFERENCE = "ort_fused"  # each model's fp32 graph, what its int8 copies are compared with
 
@@ -72,18 +80,22 @@ def table(figures: dict[str, dict[str, dict]]) -> list[str]:
 
 @cli_entry
 def main(argv=None) -> dict:
-    flags = parse_args([TeacherArguments, OnnxAccuracyArguments, DataArguments, StorageArguments], __doc__, argv)
+    groups = [TeacherArguments, OnnxAccuracyArguments, ShortlistArguments, DataArguments, StorageArguments]
+    flags = parse_args(groups, __doc__, argv)
     start(flags)
     options = flags.onnx_accuracy
     teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
-    test = load_data(flags.data, teacher.tokenizer).test
+    splits = load_data(flags.data, teacher.tokenizer)
+    test = splits.test
+    shortlisted = any(form in SHORTLIST_FORMS for form in options.forms)
+    shortlist = frequent_tokens(splits.train, flags.shortlist.shortlist) if shortlisted else None
     count = min(options.sentences or len(test), len(test))
     root = reserve_unique_dir(flags.storage.storage_directory, "onnx_accuracy_")
     mask = teacher.tokenizer.mask_token_id
     forms = [REFERENCE, *options.forms]
     figures, arrays = {}, {}
     for name, model in models.items():
-        files = export_forms(model, root, name, mask, forms)
+        files = export_forms(model, root, name, mask, forms, shortlist)
         sessions = {form: onnx_session(path, options.threads) for form, path in files.items()}
         loader = eval_loader(test, options.eval_batch_size, count)
         figures[name], per_sentence = price_of_forms(sessions, loader, mask, REFERENCE)
@@ -94,6 +106,7 @@ def main(argv=None) -> dict:
         "masks": masks_fingerprint(test, count),
         "seed": flags.data.seed,
         "forms": {form: ONNX_FORMS[form] for form in forms},
+        "shortlist": len(shortlist) if shortlist else None,
         "models": figures,
     }
 

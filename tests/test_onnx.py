@@ -240,6 +240,7 @@ def test_onnx_without_a_file_name_is_refused(capsys, tmp_path):
         (["--output_dir", "out", "--onnx_fused"], "--onnx_fused needs --onnx"),
         (["--output_dir", "out", "--onnx_masked_only"], "--onnx_masked_only needs --onnx"),
         (["--onnx", "m.onnx", "--onnx_int8_parts", "head"], "--onnx_int8_parts needs --onnx_int8"),
+        (["--onnx", "m.onnx", "--onnx_shortlist", "8"], "--onnx_shortlist needs --onnx_masked_only"),
     ],
 )
 def test_an_onnx_flag_without_what_it_modifies_is_refused(flags, needs, capsys, tmp_path):
@@ -295,11 +296,13 @@ def test_the_int8_price_is_measured_on_the_same_masks(tiny_teacher_dir, tiny_dat
     and its agreement with it, every figure with an interval; the per-sentence outcomes are kept."""
     result = onnx_accuracy.main(
         ["--teacher", tiny_teacher_dir, "--data_dir", tiny_data_dir, "--max_sentences", "40", "--sentences", "24",
-         "--eval_batch_size", "8", "--storage_directory", str(tmp_path / "bench")]
+         "--eval_batch_size", "8", "--forms", *INT8_FORMS, "ort_fused_short", "--shortlist", "50",
+         "--storage_directory", str(tmp_path / "bench")]
     )  # fmt: skip
     forms = result["models"]["teacher"]
-    assert result["sentences"] == 24 and set(forms) == {"ort_fused", *INT8_FORMS}
-    for form in INT8_FORMS:
+    assert result["sentences"] == 24 and set(forms) == {"ort_fused", *INT8_FORMS, "ort_fused_short"}
+    assert result["shortlist"] == 50  # (a shortlist may win top-1 too: an argmax over fewer tokens can hit)
+    for form in (*INT8_FORMS, "ort_fused_short"):
         figures = forms[form]
         assert figures["top1_vs_fp32_low"] <= figures["top1_vs_fp32"] <= figures["top1_vs_fp32_high"]
         assert figures["loses_over_half_a_point"] == (figures["top1_vs_fp32"] < -0.005)
@@ -316,3 +319,48 @@ def test_without_padding_the_mask_can_be_left_out(base):
     batch = timing_batch(base.config.vocab_size, 2, 9, torch.device("cpu"))
     with torch.no_grad():
         assert torch.allclose(base(**batch), fixed_costs.unmasked_forward(base, **batch), atol=1e-5)
+
+
+def test_a_shortlisted_head_gives_the_full_heads_logits_of_its_tokens_and_no_others(base, tokenizer, tmp_path):
+    """The fused graph of a compound model with a shortlisted head: the shortlisted tokens' logits are the full
+    head's within 1e-4, every other token's is NO_LOGIT; its int8-head copy quantizes the shortlisted decoder."""
+    from utils.onnx_export import NO_LOGIT
+    from utils.onnx_optimize import export_forms
+
+    model = build("compound", base).eval()
+    mask = tokenizer.mask_token_id
+    shortlist = list(range(5, model.config.vocab_size, 3))
+    files = export_forms(model, tmp_path, "m", mask, ["ort_fused_short", "ort_fused_int8_head_short"], shortlist)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    logits, expected = run(files["ort_fused_short"], batch), sitra_logits(model, batch, mask)
+    assert logits.shape == expected.shape
+    assert np.abs(logits[:, shortlist] - expected[:, shortlist]).max() < 1e-4
+    others = np.setdiff1d(np.arange(model.config.vocab_size), shortlist)
+    assert (logits[:, others] == NO_LOGIT).all()
+    quantized = onnx.load(str(files["ort_fused_int8_head_short"]))
+    assert any(node.op_type == "DynamicQuantizeMatMul" or "Integer" in node.op_type for node in quantized.graph.node)
+    with pytest.raises(ValueError, match="needs the shortlist"):
+        export_forms(model, tmp_path, "n", mask, ["ort_fused_short"])
+
+
+def test_the_shortlist_is_the_most_frequent_maskable_tokens():
+    from utils.data import MaskedSentences, TokenIds, frequent_tokens
+
+    ids = TokenIds(mask=4, pad=0, vocab_size=20, special=frozenset({0, 1, 2, 3, 4}))
+    sentences = MaskedSentences([[2, 7, 7, 9, 3], [2, 9, 7, 11, 12, 3], [2, 12, 3]], ids, seed=0)
+    assert frequent_tokens(sentences, 2) == [7, 9]  # 7 three times, 9 twice; [CLS]/[SEP] never counted
+    assert frequent_tokens(sentences, 3) == [7, 9, 12]  # 12 twice beats 11 once
+    assert frequent_tokens(sentences, 10) == [7, 9, 11, 12]
+
+
+def test_the_script_writes_a_shortlisted_head_counted_on_the_training_split(base, tokenizer, tiny_data_dir, tmp_path):
+    from utils.onnx_export import NO_LOGIT
+
+    save_simplified(build("layer_drop", base), tokenizer, tmp_path / "model")
+    onnx_file = tmp_path / "short.onnx"
+    export_hf.main(
+        ["--model", str(tmp_path / "model"), "--onnx", str(onnx_file), "--onnx_masked_only", "--onnx_shortlist", "30",
+         "--data_dir", tiny_data_dir, "--max_sentences", "40"]
+    )  # fmt: skip
+    logits = run(onnx_file, tokenizer(SENTENCES, padding=True, return_tensors="pt"))
+    assert ((logits != NO_LOGIT).sum(-1) == 30).all()

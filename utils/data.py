@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +280,22 @@ def eval_loader(dataset: MaskedSentences, batch_size: int, limit: int | None = N
     return make_loader(
         dataset, sequential_batches(len(dataset) if limit is None else min(limit, len(dataset)), batch_size)
     )
+
+
+def frequent_tokens(sentences: MaskedSentences, count: int) -> list[int]:
+    """The ``count`` token ids that occur most often among the maskable tokens (not special) of ``sentences``,
+    ties broken by id; sorted by id. The tokens a masked-token task predicts, most of the time."""
+    counts = Counter(token for ids in sentences.input_ids for token in ids)
+    for special in sentences.token_ids.special:
+        counts.pop(special, None)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return sorted(token for token, _ in ranked[:count])
+
+
+def training_shortlist(data: DataArguments, tokenizer: PreTrainedTokenizerBase, count: int) -> list[int]:
+    """The shortlist of a shortlisted vocabulary head: the ``count`` most frequent maskable tokens of the training
+    split (``data``'s sentences), by :func:`frequent_tokens`."""
+    return frequent_tokens(load_data(data, tokenizer).train, count)
 
 
 @dataclass

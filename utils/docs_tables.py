@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.study_report import headline_markdown, read_table
+from utils.study_report import headline_markdown, read_table, students_markdown
 
 SECTION = re.compile(r"(<!-- generated: (\w+) from (\S+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
 DOCUMENTS = ("README.md", "docs/RESULTS.md")
@@ -139,7 +139,16 @@ def headline_of_study(folder: Path) -> str:
     return headline_markdown(read_table(folder / "models.csv"), read_table(folder / "comparisons.csv"), goals)
 
 
-GENERATORS: dict[str, Callable[[Path], str]] = {"speed": speed_markdown, "study_headline": headline_of_study}
+def students_of_study(folder: Path) -> str:
+    """A committed study's students: epochs trained, what ended them, the validation loss and top-1 they bought."""
+    return students_markdown(read_table(folder / "students.csv"))
+
+
+GENERATORS: dict[str, Callable[[Path], str]] = {
+    "speed": speed_markdown,
+    "study_headline": headline_of_study,
+    "study_students": students_of_study,
+}
 
 
 def regenerate(text: str, repo: Path) -> str:

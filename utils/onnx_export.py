@@ -20,6 +20,7 @@ from utils.errors import UserError
 from utils.files import atomic_write
 
 OPSET = 17
+NO_LOGIT = -1e4  # the logit of a token outside a shortlisted head: exp(-1e4) is 0 in float32, the log stays finite
 SESSION_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]  # see the module's docstring
 
 
@@ -34,25 +35,57 @@ class AllLogits(nn.Module):
         return self.model.mlm_head(self.model.encode(input_ids, attention_mask))
 
 
+class ShortlistHead(nn.Module):
+    """BERT's masked-LM head computed for a shortlist of K token ids only (the decoder's K rows): hidden [..., H]
+    -> logits [..., V], the shortlisted tokens' as the full head gives them, every other token's :data:`NO_LOGIT`
+    (probability 0), so whoever reads the logits reads them as before."""
+
+    def __init__(self, mlm_head: nn.Module, token_ids: list[int]):
+        super().__init__()
+        predictions = mlm_head.predictions
+        self.transform, self.vocab_size = predictions.transform, predictions.decoder.out_features
+        ids = torch.as_tensor(token_ids, dtype=torch.long)
+        self.decoder = nn.Linear(predictions.decoder.in_features, len(ids))
+        with torch.no_grad():
+            self.decoder.weight.copy_(predictions.decoder.weight[ids])
+            self.decoder.bias.copy_(predictions.decoder.bias[ids])
+        self.register_buffer("token_ids", ids)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        shortlisted = self.decoder(self.transform(hidden))  # [..., K]
+        logits = shortlisted.new_full((*shortlisted.shape[:-1], self.vocab_size), NO_LOGIT)
+        return logits.scatter(-1, self.token_ids.expand_as(shortlisted), shortlisted)
+
+
 class MaskedLogits(nn.Module):
     """input_ids, attention_mask [B, T] -> logits [N, V] at the N positions holding ``mask_token_id``, in
-    row-major order: the vocabulary head runs only there."""
+    row-major order: the vocabulary head runs only there (over ``shortlist`` only, when given)."""
 
-    def __init__(self, model: SimplifiedBert, mask_token_id: int):
+    def __init__(self, model: SimplifiedBert, mask_token_id: int, shortlist: list[int] | None = None):
         super().__init__()
         self.model, self.mask_token_id = model, mask_token_id
+        # named mlm_head, so that int8's parts find it (weighted_nodes_by_part)
+        self.mlm_head = None if shortlist is None else ShortlistHead(model.mlm_head, shortlist)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.encode(input_ids, attention_mask)
         # The head on [1, N, H], not [N, H]: its linear layers export as MatMul + Add, not Gemm, so the optimizer fuses
         # the bias and GELU, and the int8 quantizer keeps their names (a Gemm it rewrites under a new name, which
         # nodes_to_exclude then misses: an int8 copy meant to keep the head fp32 quantized it).
-        return self.model.mlm_head(hidden[input_ids == self.mask_token_id].unsqueeze(0)).squeeze(0)
+        head = self.model.mlm_head if self.mlm_head is None else self.mlm_head
+        return head(hidden[input_ids == self.mask_token_id].unsqueeze(0)).squeeze(0)
 
 
-def export_wrapper(model: SimplifiedBert, mask_token_id: int | None = None) -> nn.Module:
-    """What is exported: all logits, or with ``mask_token_id`` those at the masked positions only."""
-    return (AllLogits(model) if mask_token_id is None else MaskedLogits(model, mask_token_id)).eval().cpu()
+def export_wrapper(
+    model: SimplifiedBert, mask_token_id: int | None = None, shortlist: list[int] | None = None
+) -> nn.Module:
+    """What is exported: all logits, or with ``mask_token_id`` those at the masked positions only (with
+    ``shortlist``, a list of token ids: the head computes only theirs, :class:`ShortlistHead`)."""
+    if mask_token_id is None:
+        if shortlist is not None:
+            raise ValueError("a shortlisted head is exported with the logits at the [MASK]s only")
+        return AllLogits(model).eval().cpu()
+    return MaskedLogits(model, mask_token_id, shortlist).eval().cpu()
 
 
 def write_graph(wrapper: nn.Module, path: Path, mask_token_id: int | None) -> None:
@@ -73,11 +106,14 @@ def write_graph(wrapper: nn.Module, path: Path, mask_token_id: int | None) -> No
         )
 
 
-def export_onnx(model: SimplifiedBert, path: str | Path, mask_token_id: int | None = None) -> Path:
+def export_onnx(
+    model: SimplifiedBert, path: str | Path, mask_token_id: int | None = None, shortlist: list[int] | None = None
+) -> Path:
     """Write ``model`` (fp32, eval) to ``path`` atomically; with ``mask_token_id`` only the masked positions'
-    logits are computed. Returns the path."""
+    logits are computed (``shortlist``: of those token ids only). Returns the path."""
     path = Path(path)
-    atomic_write(path, lambda tmp: write_graph(export_wrapper(model, mask_token_id), tmp, mask_token_id))
+    wrapper = export_wrapper(model, mask_token_id, shortlist)
+    atomic_write(path, lambda tmp: write_graph(wrapper, tmp, mask_token_id))
     return path
 
 

@@ -159,15 +159,19 @@ def difference_from(expected: np.ndarray, graph, feed: dict[str, np.ndarray]) ->
 
 
 def export_fused_onnx(
-    model: SimplifiedBert, path: str | Path, mask_token_id: int | None = None, skip_layer_norm: bool = False
+    model: SimplifiedBert,
+    path: str | Path,
+    mask_token_id: int | None = None,
+    skip_layer_norm: bool = False,
+    shortlist: list[int] | None = None,
 ) -> FusedExport:
-    """Write the fused graph of ``model`` (fp32, eval; ``mask_token_id``: logits at the [MASK]s only; with
-    ``skip_layer_norm`` that fusion too) to ``path`` atomically, after checking it gives sitra's logits; layers
-    whose fusion would not are kept unfused."""
+    """Write the fused graph of ``model`` (fp32, eval; ``mask_token_id``: logits at the [MASK]s only, ``shortlist``:
+    of those token ids only; with ``skip_layer_norm`` that fusion too) to ``path`` atomically, after checking it
+    gives sitra's logits; layers whose fusion would not are kept unfused."""
     path = Path(path)
     feed = probe_batch(model, mask_token_id)
     with torch.no_grad():
-        wrapper = export_wrapper(model, mask_token_id).eval()
+        wrapper = export_wrapper(model, mask_token_id, shortlist).eval()
         expected = wrapper(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])).numpy()
     tolerance = RELATIVE_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     every_layer = set(range(len(model.layers)))
@@ -177,7 +181,8 @@ def export_fused_onnx(
 
         def fused(keep_unfused: set[int]):
             source = Path(scratch) / f"classic_{next(numbers)}.onnx"
-            write_graph(export_wrapper(classic_form(model, keep_unfused), mask_token_id), source, mask_token_id)
+            classic = export_wrapper(classic_form(model, keep_unfused), mask_token_id, shortlist)
+            write_graph(classic, source, mask_token_id)
             return fuse_graph(source, skip_layer_norm)
 
         graph, wrong = fused(set()), set()
@@ -221,7 +226,11 @@ ONNX_FORMS = {
     "ort_fused_int8": "the fused graph, dynamically quantized: every weight int8, embeddings and head too",
     "ort_fused_int8_encoder": "the fused graph, the encoder's weights int8, the embeddings and the head fp32",
     "ort_fused_int8_head": "the fused graph, the vocabulary head's weights int8 (a quarter of its bytes), rest fp32",
+    "ort_fused_short": "the fused graph, the vocabulary head over a shortlist only (--shortlist: the K most frequent "
+    "tokens of the training split; every other token probability 0), fp32",
+    "ort_fused_int8_head_short": "the fused graph, the shortlisted vocabulary head, its weights int8",
 }
+SHORTLIST_FORMS = {"ort_fused_short": "ort_fused", "ort_fused_int8_head_short": "ort_fused_int8_head"}  # -> full head
 INT8_FORMS = {  # int8 form -> the parts it quantizes
     "ort_fused_int8": INT8_PARTS,
     "ort_fused_int8_encoder": ("encoder",),
@@ -229,17 +238,36 @@ INT8_FORMS = {  # int8 form -> the parts it quantizes
 }
 
 
-def export_forms(model: SimplifiedBert, folder: Path, name: str, mask_token_id: int | None, forms) -> dict[str, Path]:
-    """Write ``model`` in each of ``forms`` (keys of :data:`ONNX_FORMS`) under ``folder`` as ``{name}.*.onnx``;
+def export_forms(
+    model: SimplifiedBert,
+    folder: Path,
+    name: str,
+    mask_token_id: int | None,
+    forms,
+    shortlist: list[int] | None = None,
+) -> dict[str, Path]:
+    """Write ``model`` in each of ``forms`` (keys of :data:`ONNX_FORMS`) under ``folder`` as ``{name}.*.onnx``
+    (``shortlist``: the head computes those token ids' logits only; the forms of :data:`SHORTLIST_FORMS` need it);
     returns the file of each form."""
+    short = [form for form in forms if form in SHORTLIST_FORMS]
+    if short:
+        if shortlist is None:
+            raise ValueError(f"{', '.join(short)}: a shortlisted head needs the shortlist")
+        full = [form for form in forms if form not in SHORTLIST_FORMS]
+        files = export_forms(model, folder, name, mask_token_id, full) if full else {}
+        shortened = export_forms(
+            model, folder, f"{name}.short", mask_token_id, [SHORTLIST_FORMS[f] for f in short], shortlist
+        )
+        files |= {form: shortened[SHORTLIST_FORMS[form]] for form in short}
+        return {form: files[form] for form in forms}
     files = {}
     if "ort_fp32" in forms:
-        files["ort_fp32"] = export_onnx(model, folder / f"{name}.onnx", mask_token_id)
+        files["ort_fp32"] = export_onnx(model, folder / f"{name}.onnx", mask_token_id, shortlist)
     if "ort_fused_skipln" in forms:
         target = folder / f"{name}.fused_skipln.onnx"
-        files["ort_fused_skipln"] = export_fused_onnx(model, target, mask_token_id, skip_layer_norm=True).path
+        files["ort_fused_skipln"] = export_fused_onnx(model, target, mask_token_id, True, shortlist).path
     if "ort_fused" in forms or any(form in INT8_FORMS for form in forms):
-        fused = export_fused_onnx(model, folder / f"{name}.fused.onnx", mask_token_id).path
+        fused = export_fused_onnx(model, folder / f"{name}.fused.onnx", mask_token_id, shortlist=shortlist).path
         files["ort_fused"] = fused
         for form in (form for form in forms if form in INT8_FORMS):
             suffix = form.removeprefix("ort_fused_")
