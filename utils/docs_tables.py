@@ -24,6 +24,7 @@ BATCH_64_GOAL = 0.85  # batch 64: speed-up / FLOP reduction
 SPEED_FORMS = {  # the runtime forms the page shows, as bench/latency.py names them
     "ort_fused": "fused fp32",
     "ort_fused_int8_head": "int8 head",
+    "ort_fused_int8_head_short": "int8 head, shortlist",
     "ort_fused_int8": "int8 every weight",
 }
 
@@ -36,11 +37,11 @@ def _span(values: list[float], unit: str = "×", digits: int = 2) -> str:
 
 def speed_markdown(folder: Path) -> str:
     """Batch-1 and batch-64 speed-ups of every model in every form of :data:`SPEED_FORMS` over the runs in
-    ``latency_run*.json`` (a range when the runs differ), the goals met or not, and int8's price in top-1
-    (``onnx_accuracy.json``)."""
-    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("latency_run*.json"))]
+    ``latency*run*.json`` (a range when the runs differ; each form's figures from the runs that timed it), the goals
+    met or not, and the price in top-1 of each form (``onnx_accuracy*.json``)."""
+    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("latency*run*.json"))]
     if not runs:
-        raise UserError(f"{folder}: no latency_run*.json (bench/latency.py writes them)")
+        raise UserError(f"{folder}: no latency*run*.json (bench/latency.py writes them)")
     cells: dict[tuple, list[float]] = {}
     for run in runs:
         for row in run["rows"]:
@@ -68,10 +69,16 @@ def speed_markdown(folder: Path) -> str:
                     row.append(_span(values) + per_flop)
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", *_speed_goals(cells, models, forms), ""]
-    accuracy = folder / "onnx_accuracy.json"
-    if accuracy.is_file():
-        lines += _int8_price(json.loads(accuracy.read_text()))
+    prices = [json.loads(path.read_text()) for path in sorted(folder.glob("onnx_accuracy*.json"))]
+    if prices:
+        lines += _price_in_top1(prices)
     return "\n".join(lines) + "\n"
+
+
+def speed_verdict(folder: Path) -> str:
+    """The speed goals only, met or not (the first screen of docs/RESULTS.md)."""
+    text = speed_markdown(folder)
+    return "\n".join(line for line in text.splitlines() if line.startswith("- ")) + "\n"
 
 
 def _speed_goals(cells: dict, models: list[str], forms: list[str]) -> list[str]:
@@ -107,20 +114,25 @@ def _speed_goals(cells: dict, models: list[str], forms: list[str]) -> list[str]:
     return lines
 
 
-def _int8_price(accuracy: dict) -> list[str]:
-    """int8's price in top-1 against the same model's fused fp32 graph, on the same masks, paired."""
+def _price_in_top1(runs: list[dict]) -> list[str]:
+    """Each form's price in top-1 against the same model's fused fp32 graph, on the same masks, paired (the forms of
+    every ``onnx_accuracy*.json``, on the same sentences)."""
     forms = [form for form in SPEED_FORMS if form != "ort_fused"]
+    results: dict[str, dict[str, dict]] = {}
+    for run in runs:
+        for model, by_form in run["models"].items():
+            results.setdefault(model, {}).update(by_form)
     lines = [
-        f"int8's price in top-1 (points, paired on the same {accuracy['sentences']:,} test sentences, 95% interval; "
-        "⚠: loses more than half a point):",
+        f"The price in top-1 (points, paired on the same {runs[0]['sentences']:,} test sentences against the model's "
+        "fused fp32 graph, 95% interval; ⚠: loses more than half a point):",
         "",
         "| model | " + " | ".join(SPEED_FORMS[form] for form in forms) + " |",
         "|---|" + "---|" * len(forms),
     ]
-    for model, results in accuracy["models"].items():
+    for model, by_form in results.items():
         row = [model]
         for form in forms:
-            result = results.get(form)
+            result = by_form.get(form)
             if result is None:
                 row.append("")
                 continue
@@ -146,6 +158,7 @@ def students_of_study(folder: Path) -> str:
 
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "speed": speed_markdown,
+    "speed_verdict": speed_verdict,
     "study_headline": headline_of_study,
     "study_students": students_of_study,
 }
