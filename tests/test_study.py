@@ -164,6 +164,17 @@ def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothin
     check_tiny_study(storage)
     stage_times = list((storage / "benchmarks").rglob("*.tsv"))
     assert len(stage_times) == 15  # every stage's time, by the engine: store, 4 students, 4 + 4 models, 2 evaluations
+    with open(storage / "data" / "stage_times.csv") as file:
+        timed = list(csv.DictReader(file))
+    assert len(timed) == 15 and all(float(row["seconds"]) > 0 for row in timed)
+    assert {row["kind"] for row in timed} == {
+        "store",
+        "attention_students",
+        "ffn_students",
+        "model",
+        "heal",
+        "evaluate",
+    }
     again = snakemake(tmp_path, study, storage, tiny_data_dir, "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
     # a changed study re-plans only what changed: a longer healing re-heals and re-evaluates, builds nothing

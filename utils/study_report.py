@@ -35,6 +35,7 @@ STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
     "teacher_top1", "train_seconds", "stopped_early",
 )  # fmt: skip
+STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", "mean_load", "cpu_seconds")
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
 ALL_SEEDS = "all"  # the seed of a comparison whose models are averaged over every seed first
 TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
@@ -85,6 +86,21 @@ def student_rows(plan: Plan) -> list[dict]:
                     "replaced_top1": record.get("replaced_top1", record.get("merged_top1")),
                     "teacher_top1": record.get("teacher_top1"), "train_seconds": record.get("train_seconds", 0),
                     "stopped_early": bool(record.get("stopped_early")),
+                })  # fmt: skip
+    return rows
+
+
+def stage_time_rows(plan: Plan) -> list[dict]:
+    """Each finished stage's wall seconds, peak memory, mean load and CPU seconds, as the engine benchmarked it
+    (``{root}/benchmarks/{seed}/{kind}/{name}.tsv``)."""
+    rows = []
+    for path in sorted((plan.root / "benchmarks").glob("*/*/*.tsv")):
+        with open(path, newline="") as file:
+            for record in csv.DictReader(file, delimiter="\t"):
+                rows.append({
+                    "study": plan.study.name, "seed": path.parent.parent.name, "kind": path.parent.name,
+                    "name": path.stem, "seconds": record["s"], "max_rss_mb": record.get("max_rss"),
+                    "mean_load": record.get("mean_load"), "cpu_seconds": record.get("cpu_time"),
                 })  # fmt: skip
     return rows
 
@@ -230,6 +246,10 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
         write_table(plan.students_data, students, STUDENT_COLUMNS)
         written["students"] = plan.students_data
         written["students_plot"] = plot_student_curves(students, plan.students_data.with_suffix(".png"))
+    stage_times = stage_time_rows(plan)
+    if stage_times:
+        write_table(plan.root / "data" / "stage_times.csv", stage_times, STAGE_TIME_COLUMNS)
+        written["stage_times"] = plan.root / "data" / "stage_times.csv"
     if models:
         write_table(files["models"], models, MODEL_COLUMNS)
         write_table(files["comparisons"], comparison_rows(plan, models), COMPARISON_COLUMNS)
