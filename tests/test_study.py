@@ -261,3 +261,17 @@ def test_a_saved_plan_gives_the_workflow_the_same_stages(tmp_path, tiny_teacher_
     key = next(key for key in plan.stages if key[0] == "heal")
     assert loaded.shell_command(*key) == plan.shell_command(*key) and loaded.inputs(*key) == plan.inputs(*key)
     assert loaded.resources("heal") == {"gpu": 1} and loaded.inputs("report") == plan.inputs("report")
+
+
+def test_the_frontier_plots_every_healed_model_against_the_teachers_top1(tmp_path):
+    from utils.study_report import plot_study_frontier
+
+    def row(model, family, side, healing, top1, share, seed=42):
+        return {"seed": seed, "evaluation": "test", "model": model, "family": family, "side": side,
+                "healing": healing, "top1": top1, "flops_share": share, "budget": share}  # fmt: skip
+
+    rows = [row("teacher", "teacher", "teacher", "", 0.3, 1.0), row("a_50", "a", "sitra", "kl", 0.28, 0.5),
+            row("a_50", "a", "sitra", "layerwise", 0.29, 0.5), row("f_50", "f", "field", "kl", 0.27, 0.5)]  # fmt: skip
+    assert plot_study_frontier(rows, tmp_path / "frontier.png").stat().st_size > 10_000
+    rows[0]["top1"] = 0.0  # no share of a teacher that predicts nothing
+    assert plot_study_frontier(rows, tmp_path / "none.png") is None

@@ -254,6 +254,9 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
         write_table(files["models"], models, MODEL_COLUMNS)
         write_table(files["comparisons"], comparison_rows(plan, models), COMPARISON_COLUMNS)
         written |= {name: files[name] for name in ("models", "comparisons")}
+        frontier = plot_study_frontier(read_table(files["models"]), files["models"].parent / "frontier.png")
+        if frontier is not None:
+            written["frontier"] = frontier
     page = plan.root / "report" / "study.md"
     text = study_markdown(files["models"].parent, plan.study.goals)
     page.parent.mkdir(parents=True, exist_ok=True)
@@ -296,6 +299,63 @@ def plot_student_curves(rows: list[dict], path: Path) -> Path:
     for axes in list(figure.axes)[len(curves) :]:
         axes.set_visible(False)
     figure.suptitle("Students' validation loss per epoch (open circle: stopped, loss fell by under the rule's share)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+HEALING_MARKERS = ("o", "^", "s", "D", "v")  # one marker per healing, in the study's order
+
+
+def plot_study_frontier(models: list[dict], path: Path) -> Path | None:
+    """The test split's top-1 as a share of the teacher's against the share of its FLOPs: one colour per family
+    (sitra's families blue-green, the field's warm), one marker per healing, each point the mean over the seeds
+    with the seeds' range as its bar; the budgets as dotted guides. No point is labelled (the legend names the
+    families), so no label can cross another or a guide."""
+    from matplotlib.figure import Figure
+
+    tests = [row for row in models if row["evaluation"] == TEST]
+    teacher = {row["seed"]: float(row["top1"]) for row in tests if row["model"] == "teacher"}
+    points: dict[tuple, list[float]] = {}
+    shares: dict[tuple, float] = {}
+    for row in tests:
+        if row["model"] == "teacher" or not row["healing"] or not teacher.get(row["seed"]):
+            continue
+        key = (row["family"], row["side"], row["healing"], row["model"])
+        points.setdefault(key, []).append(float(row["top1"]) / teacher[row["seed"]])
+        shares[key] = float(row["flops_share"])
+    if not points:
+        return None
+    families = sorted({(family, side) for family, side, _, _ in points}, key=lambda item: (item[1] != "sitra", item))
+    sitra_colours, field_colours = iter(("C0", "C2", "C9", "C4", "C8")), iter(("C3", "C1", "C6", "C5", "C7"))
+    colours = {family: next(sitra_colours if side == "sitra" else field_colours) for family, side in families}
+    healings = list(dict.fromkeys(row["healing"] for row in tests if row["healing"]))
+    figure = Figure(figsize=(8.5, 5.2), layout="constrained")
+    axes = figure.subplots()
+    for budget in sorted({float(row["budget"]) for row in tests if row["model"] != "teacher"}):
+        axes.axvline(budget, color="0.8", linestyle=":", zorder=0)
+    for (family, side, healing, model), values in sorted(points.items()):
+        mean = sum(values) / len(values)
+        error = [[mean - min(values)], [max(values) - mean]]
+        marker = HEALING_MARKERS[healings.index(healing) % len(HEALING_MARKERS)]
+        axes.errorbar(shares[family, side, healing, model], mean, yerr=error, fmt=marker, color=colours[family],
+                      markersize=7, capsize=2, fillstyle="full" if side == "sitra" else "none")  # fmt: skip
+    axes.plot(1.0, 1.0, "*", color="black", markersize=12)
+    handles = [
+        axes.plot([], [], "o", color=colours[f], fillstyle="full" if s == "sitra" else "none")[0] for f, s in families
+    ]
+    labels = [f"{family} ({side})" for family, side in families]
+    handles += [axes.plot([], [], HEALING_MARKERS[i % 5], color="0.3")[0] for i in range(len(healings))]
+    labels += [f"healed: {healing}" for healing in healings]
+    handles.append(axes.plot([], [], "*", color="black", markersize=10)[0])
+    labels.append("teacher")
+    axes.legend(handles, labels, loc="lower right", fontsize=8)
+    axes.set_xlabel("share of the teacher's encoder FLOPs per token")
+    axes.set_ylabel("test top-1, share of the teacher's")
+    axes.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    axes.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    axes.grid(alpha=0.3)
+    axes.set_title("Every healed model on the test split (mean over seeds; bars: the seeds' range)")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
