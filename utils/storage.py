@@ -24,6 +24,13 @@ LATEST = "latest.pt"
 LAYER_DROP_MODEL = "layer_drop"
 BLOCK_RUN_KINDS = ("block", "till_end", "merge", "conditioned")
 _BLOCK_RUN = re.compile(rf"^({'|'.join(BLOCK_RUN_KINDS)})_(\d+)_(\d+)_(\d+)(-[a-z0-9_.]+)?$")
+_FFN_RUN = re.compile(r"^ffn_(\d+)_(\d+)(-[a-z0-9_.]+)?$")
+
+
+def parse_ffn_run(name: str) -> tuple[int, int, str] | None:
+    """``(block, width, variant)`` of a feed-forward student's run folder name (:meth:`Storage.ffn_run`), or None."""
+    match = _FFN_RUN.match(name)
+    return None if match is None else (int(match[1]), int(match[2]), match[3] or "")
 
 
 @dataclass(frozen=True)

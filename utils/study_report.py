@@ -7,14 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from pathlib import Path
 
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models
 from utils.statistics import holm
-from utils.storage import BlockRun
+from utils.storage import BlockRun, parse_ffn_run
 from utils.study import METHODS, Plan, PlannedModel
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
@@ -105,7 +104,6 @@ def stage_time_rows(plan: Plan) -> list[dict]:
     return rows
 
 
-_FFN_RUN = re.compile(r"^ffn_(\d+)_(\d+)(-[a-z0-9_.]+)?$")
 _STUDENT_KINDS = {"block": "attention", "merge": "merge", "conditioned": "conditioned merge"}
 
 
@@ -114,9 +112,10 @@ def _student_of(name: str) -> tuple[str | None, int | None]:
     run = BlockRun.parse(name)
     if run is not None and run.kind in _STUDENT_KINDS:
         return f"{_STUDENT_KINDS[run.kind]} {run.heads}x{run.d_k}{run.variant}", run.block
-    match = _FFN_RUN.match(name)
-    if match is not None:
-        return f"feed-forward {match[2]}{match[3] or ''}", int(match[1])
+    ffn = parse_ffn_run(name)
+    if ffn is not None:
+        block, width, variant = ffn
+        return f"feed-forward {width}{variant}", block
     return None, None
 
 
