@@ -298,7 +298,9 @@ def plot_student_curves(rows: list[dict], path: Path) -> Path:
             axes.legend(fontsize=7, ncols=2)
     for axes in list(figure.axes)[len(curves) :]:
         axes.set_visible(False)
-    figure.suptitle("Students' validation loss per epoch (open circle: stopped, loss fell by under the rule's share)")
+    figure.suptitle(
+        "Students' validation loss per epoch\n(open circle: where the stopping rule ended the run)", fontsize=10
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
