@@ -35,27 +35,33 @@ def _span(values: list[float], unit: str = "×", digits: int = 2) -> str:
     return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
 
 
-def speed_markdown(folder: Path) -> str:
-    """Batch-1 and batch-64 speed-ups of every model in every form of :data:`SPEED_FORMS` over the runs in
-    ``latency*run*.json`` (a range when the runs differ; each form's figures from the runs that timed it), the goals
-    met or not, and the price in top-1 of each form (``onnx_accuracy*.json``)."""
+def _speed_runs(folder: Path) -> tuple[dict[tuple, list[float]], dict[str, float], list[str]]:
+    """From every ``latency*run*.json`` of ``folder``: (model, batch, form) -> the figure of each run that timed it
+    (the teacher's milliseconds, else the speed-up), each model's FLOP reduction, and the models in order."""
     runs = [json.loads(path.read_text()) for path in sorted(folder.glob("latency*run*.json"))]
     if not runs:
         raise UserError(f"{folder}: no latency*run*.json (bench/latency.py writes them)")
     cells: dict[tuple, list[float]] = {}
+    reductions: dict[str, float] = {}
     for run in runs:
         for row in run["rows"]:
             if row["runtime"] in SPEED_FORMS:
-                key = (row["model"], row["batch_size"], row["runtime"])
                 value = row["ms"] if row["model"] == "teacher" else row["speedup"]
-                cells.setdefault(key, []).append(value)
-                cells.setdefault((row["model"], "flops"), [row["flop_reduction"]])
-    models = list(dict.fromkeys(row["model"] for row in runs[0]["rows"]))
+                cells.setdefault((row["model"], row["batch_size"], row["runtime"]), []).append(value)
+                reductions[row["model"]] = row["flop_reduction"]
+    return cells, reductions, list(reductions)
+
+
+def speed_markdown(folder: Path) -> str:
+    """Batch-1 and batch-64 speed-ups of every model in every form of :data:`SPEED_FORMS` over the runs in
+    ``latency*run*.json`` (a range when the runs differ; each form's figures from the runs that timed it), the goals
+    met or not, and the price in top-1 of each form (``onnx_accuracy*.json``)."""
+    cells, reductions, models = _speed_runs(folder)
     forms = list(SPEED_FORMS)
     header = " | ".join(f"batch {batch}: {SPEED_FORMS[form]}" for batch in (1, 64) for form in forms)
     lines = [f"| model | FLOP reduction | {header} |", "|---|---|" + "---|" * 2 * len(forms)]
     for model in models:
-        flops = cells[model, "flops"][0]
+        flops = reductions[model]
         row = [model, f"{flops:.2f}×"]
         for batch in (1, 64):
             for form in forms:
@@ -68,7 +74,7 @@ def speed_markdown(folder: Path) -> str:
                     per_flop = f" ({_span([v / flops for v in values], '')})" if batch == 64 else ""
                     row.append(_span(values) + per_flop)
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", *_speed_goals(cells, models, forms), ""]
+    lines += ["", *_speed_goals(cells, reductions, models), ""]
     prices = [json.loads(path.read_text()) for path in sorted(folder.glob("onnx_accuracy*.json"))]
     if prices:
         lines += _price_in_top1(prices)
@@ -77,15 +83,15 @@ def speed_markdown(folder: Path) -> str:
 
 def speed_verdict(folder: Path) -> str:
     """The speed goals only, met or not (the first screen of docs/RESULTS.md)."""
-    text = speed_markdown(folder)
-    return "\n".join(line for line in text.splitlines() if line.startswith("- ")) + "\n"
+    return "\n".join(_speed_goals(*_speed_runs(folder))) + "\n"
 
 
-def _speed_goals(cells: dict, models: list[str], forms: list[str]) -> list[str]:
-    """One line per goal: the best batch-1 speed-up of a model at that FLOP reduction, in each form."""
-    lines = []
+def _speed_goals(cells: dict, reductions: dict[str, float], models: list[str]) -> list[str]:
+    """One line per goal: the best batch-1 speed-up of a model at that FLOP reduction, in each form of
+    :data:`SPEED_FORMS`; then batch 64's lowest speed-up ÷ FLOP reduction in each form."""
+    forms, lines = list(SPEED_FORMS), []
     for reduction, goal in SPEED_GOALS.items():
-        near = [m for m in models if m != "teacher" and abs(cells[m, "flops"][0] - reduction) / reduction < 0.05]
+        near = [m for m in models if m != "teacher" and abs(reductions[m] - reduction) / reduction < 0.05]
         if not near:
             continue
         verdicts = []
@@ -98,9 +104,7 @@ def _speed_goals(cells: dict, models: list[str], forms: list[str]) -> list[str]:
         lines.append(f"- {reduction:.0f}× fewer FLOPs, goal ≥ {goal}× at batch 1: " + "; ".join(verdicts) + ".")
     verdicts = []
     for form in forms:
-        ratios = [
-            value / cells[m, "flops"][0] for m in models if m != "teacher" for value in cells.get((m, 64, form), [])
-        ]
+        ratios = [value / reductions[m] for m in models if m != "teacher" for value in cells.get((m, 64, form), [])]
         if ratios:
             verdicts.append(
                 f"{SPEED_FORMS[form]} {min(ratios):.2f} ({'met' if min(ratios) >= BATCH_64_GOAL else 'missed'})"
