@@ -118,7 +118,7 @@ DATA_DEFAULTS = {
     "train_sentences": None,  # training sentences in the store every student learns from (None: all)
     "student_epochs": 1,  # with student_stop_patience: the cap
     "student_stop_patience": None,  # each student stops once its validation loss stops falling (--stop_patience)
-    "student_stop_min_delta": 0.01,  # the share of its best the loss must fall by in an epoch (--stop_min_delta)
+    "student_stop_min_delta": None,  # the share of its best the loss must fall by (--stop_min_delta; None: its default)
     "check_sentences": 300,  # validation sentences each run reports on (a diagnostic, not a choice)
     "heal_sentences": 4000,
     "heal_epochs": 1,
@@ -470,8 +470,10 @@ class Plan:
     def _student_stop(self) -> list:
         """The students' stopping rule: none (every epoch of student_epochs), or ``--stop_patience``."""
         data = self.study.data
-        patience = data["student_stop_patience"]
-        return ["--stop_patience", patience, "--stop_min_delta", data["student_stop_min_delta"]] if patience else []
+        if not data["student_stop_patience"]:
+            return []
+        delta = data["student_stop_min_delta"]
+        return ["--stop_patience", data["student_stop_patience"], *(["--stop_min_delta", delta] if delta else [])]
 
     def _seed_stages(self, seed: int, teacher: list) -> None:
         tag, data = f"seed{seed}", self.study.data
