@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     block, heads, d_k = flags.block.block, flags.student.block_heads, flags.student.block_d_k
     teacher.check_layer(block, pair=True)
     storage = Storage(flags.storage.storage_directory)
-    checkpoint = storage.block_checkpoint("merge", block, heads, d_k, run_variant(flags, "merge"))
+    checkpoint = storage.block_output("merge", block, heads, d_k, run_variant(flags, "merge"))
     state = load_block_checkpoint(checkpoint, heads, d_k, flag="merged-layer checkpoint")
     merged = merged_layer_from_state(state, teacher.model, block).to(device)
     name = checkpoint.parent.name

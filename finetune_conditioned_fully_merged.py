@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
         pairs = [chain.block]
     storage = Storage(flags.storage.storage_directory)
     warm_paths = {
-        block: storage.block_checkpoint("merge", block, heads, d_k, run_variant(flags, "merge")) for block in pairs
+        block: storage.block_output("merge", block, heads, d_k, run_variant(flags, "merge")) for block in pairs
     }
     # where each pair starts is part of its run: its merge run's checkpoint when there is one, else --merge_init
     warm_starts = {block: str(path.resolve()) if path.exists() else "none" for block, path in warm_paths.items()}

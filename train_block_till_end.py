@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     info.check_layer(block)
     init_from = flags.init_from.init_from
     if init_from is None:  # the block run of the same shape (default variant), when it exists
-        default = Storage(flags.storage.storage_directory).block_checkpoint(
+        default = Storage(flags.storage.storage_directory).block_output(
             "block", block, shape.block_heads, shape.block_d_k, run_variant(flags, "block")
         )
         init_from = str(default.resolve()) if default.exists() else "none"

@@ -39,9 +39,9 @@ def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_fl
     model, _, meta = load_simplified(storage.model("compound_a"))
     assert meta["method"] == "compound" and meta["recipe"] == recipe
     assert [layer.origin["teacher_layers"] for layer in model.layers] == [[0], [1], [2, 3], [4]]
-    trained = torch.load(storage.block_checkpoint("block", 1, 2, 8), weights_only=True)["model"]
+    trained = torch.load(storage.block_output("block", 1, 2, 8), weights_only=True)["model"]
     assert torch.equal(model.layers[1].attention.query.weight, trained["query.weight"])
-    merged = torch.load(storage.block_checkpoint("merge", 2, 4, 8, "-init_first"), weights_only=True)["model"]
+    merged = torch.load(storage.block_output("merge", 2, 4, 8, "-init_first"), weights_only=True)["model"]
     assert torch.equal(model.layers[2].ffn_in.weight, merged["ffn_in.weight"])
     assert build_compound.main(build)["output"] == str(storage.model("compound_a"))  # the same recipe: nothing to do
     history = train_full_merged_model.main(flags + ["--model", str(storage.model("compound_a"))])

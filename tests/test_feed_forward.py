@@ -44,13 +44,13 @@ def test_feed_forward_students_train_in_their_own_runs_and_assemble(run_flags, t
     storage = storage_of(flags)
     teacher = load_teacher(tiny_teacher_dir)
     feed_forwards, sources, missing = collect_feed_forwards(storage.root, teacher.model, teacher.name, 16)
-    assert sorted(feed_forwards) == [0, 1] and missing == [2] and sources[0] == storage.ffn_run(0, 16) / "latest.pt"
+    assert sorted(feed_forwards) == [0, 1] and missing == [2] and sources[0] == storage.ffn_output(0, 16)
     common = ["--storage_directory", str(storage.root), "--teacher", tiny_teacher_dir, "--block_heads", "2"]
     common += ["--block_d_k", "8", "--data_dir", tiny_data_dir, "--eval_sentences", "16", "--ffn_width", "16"]
     assemble_notebook.main(common)  # no attention runs: every layer keeps the teacher's attention
     model, _, _ = load_simplified(storage.retrained_model(2, 8, ffn_width=16))
     assert [layer.ffn_in.out_features for layer in model.layers] == [16, 16, 64]
-    state = torch.load(storage.ffn_run(1, 16) / "latest.pt", weights_only=True)["model"]
+    state = torch.load(storage.ffn_output(1, 16), weights_only=True)["model"]
     assert torch.equal(model.layers[1].ffn_out.weight, state["ffn_out.weight"])
 
 

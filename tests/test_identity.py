@@ -166,7 +166,7 @@ def test_variants_train_into_their_own_folders_and_assembly_reads_each(run_flags
         attentions, sources, _ = collect_attentions(
             storage.root, teacher.model, teacher.name, 2, 8, [1], "block", variant
         )
-        assert sources[1] == storage.block_checkpoint("block", 1, 2, 8, suffix)
+        assert sources[1] == storage.block_output("block", 1, 2, 8, suffix)
         weights[suffix] = attentions[1].query.weight
     assert all(not torch.equal(weights[""], weights[suffix]) for suffix in variants if suffix)
     # the same command again is the same experiment: finished, nothing retrained
@@ -235,6 +235,6 @@ def test_the_notebook_assembles_the_variant_its_run_flags_name(run_flags, tiny_t
     model, _, meta = load_simplified(storage.retrained_model(2, 8, "-l1"))
     assert not storage.retrained_model(2, 8).exists()
     for block in (0, 1):
-        assert meta["sources"][str(block)] == str(storage.block_checkpoint("block", block, 2, 8, "-l1"))
-        trained = torch.load(storage.block_checkpoint("block", block, 2, 8, "-l1"), weights_only=True)["model"]
+        assert meta["sources"][str(block)] == str(storage.block_output("block", block, 2, 8, "-l1"))
+        trained = torch.load(storage.block_output("block", block, 2, 8, "-l1"), weights_only=True)["model"]
         assert torch.equal(model.layers[block].attention.query.weight, trained["query.weight"])

@@ -86,6 +86,6 @@ def test_merge_pipeline(flags, eval_flags, run_flags, tiny_teacher_5_layers, cap
     written = json.loads((storage.fully_merged_results(heads=2, d_k=8) / "metrics.json").read_text())
     assert set(written["models"]) == set(models)
     merged, _, meta = load_simplified(storage.merged_model(heads=2, d_k=8))
-    retrained = torch.load(storage.block_checkpoint("merge", 0, heads=2, d_k=8), weights_only=True)["model"]
+    retrained = torch.load(storage.block_output("merge", 0, heads=2, d_k=8), weights_only=True)["model"]
     assert not torch.equal(merged.layers[0].ffn_in.weight, retrained["ffn_in.weight"])  # finetuning moved it
-    assert meta["sources"]["0"].endswith("merge_0_8_2/latest.pt")
+    assert meta["sources"]["0"].endswith("merge_0_8_2/best.pt")

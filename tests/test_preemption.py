@@ -143,5 +143,5 @@ def test_metrics_and_checkpoint_agree_whatever_dies_when(run_flags, monkeypatch)
     retrain_single_block.main(run_flags() + BLOCK[:6] + ["--epochs", "1", "--save_checkpoint_every", "1"])
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]  # epoch 0 restored from the checkpoint, none twice
-    assert written == ["epoch_001.pt", "latest.pt"]  # the kept file first: a kill between leaves the old latest
+    assert written == ["best.pt", "epoch_001.pt", "latest.pt"]  # latest last: a kill before it leaves the old one
     assert not list(run.glob(".*tmp-*"))

@@ -113,7 +113,7 @@ def test_resume_gives_the_same_weights_as_a_straight_run(run_flags, tmp_path):
     assert resumed[-1]["block_mse"] == pytest.approx(straight[-1]["block_mse"], rel=1e-5)
     assert straight[-1]["block_mse"] < straight[0]["block_mse"]
     run_dir = storage_of(["--storage_directory", tmp_path / "a"]).block_run("block", 1, heads=2, d_k=8)
-    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt", "latest.pt"]
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "epoch_001.pt", "epoch_002.pt", "latest.pt"]
     assert "replaced_top1" in straight[-1] and "teacher_top1" in straight[-1]
 
 
@@ -164,12 +164,15 @@ def test_attention_score_loss_does_not_depend_on_padding(teacher, tiny_data_dir,
 
 
 class _ScriptedObjective:
-    """A one-weight regression whose evaluation reports scripted validation losses, one per evaluation."""
+    """A one-input feed-forward student (a block run: it has a spec) fit to 2x, whose evaluation reports scripted
+    validation losses, one per evaluation."""
 
     validation_loss = "mse"
 
     def __init__(self, losses: list[float]):
-        self.trainable = self.network = torch.nn.Linear(1, 1)
+        from models import FeedForward
+
+        self.trainable = self.network = FeedForward.fresh(1, 2, torch.nn.GELU())
         self.losses = iter(losses)
 
     def loss(self, batch, network):
@@ -219,8 +222,12 @@ def test_stop_patience_stops_each_lockstep_member_alone_and_a_rerun_is_done(tmp_
     from utils.training import make_optimizer
 
     training = TrainingArguments(batch_size=4, epochs=5, stop_patience=1, stop_min_delta=0.1, group_by_length=False)
-    scripts = {"flat": [1.0, 0.5, 0.49, 9, 9, 9], "falling": [1.0, 0.5, 0.25, 0.12, 0.06, 0.03]}
-    runs = {name: RunDirectory(tmp_path / name, {"name": name}, save_every=10) for name in scripts}
+    scripts = {
+        "flat": [1.0, 0.5, 0.49, 9, 9, 9],
+        "falling": [1.0, 0.5, 0.25, 0.12, 0.06, 0.03],
+        "rising": [1.0, 0.5, 0.7, 9, 9, 9],
+    }
+    runs = {name: RunDirectory(tmp_path / name, {"name": name}, save_every=1) for name in scripts}
 
     def members():
         objectives = {name: _ScriptedObjective(losses) for name, losses in scripts.items()}
@@ -229,10 +236,24 @@ def test_stop_patience_stops_each_lockstep_member_alone_and_a_rerun_is_done(tmp_
             for name in scripts
         ]
 
-    flat, falling = fit_together(members(), _Numbers(12), None, training, torch.device("cpu"), seed=0)
+    flat, falling, rising = fit_together(members(), _Numbers(12), None, training, torch.device("cpu"), seed=0)
     assert [r["epoch"] for r in flat] == [0, 1, 2] and flat[-1]["stopped_early"] and flat[-1]["step"] == 6
     assert [r["epoch"] for r in falling] == [0, 1, 2, 3, 4, 5] and falling[-1]["step"] == 15
     assert not any(r.get("stopped_early") for r in falling)
+    assert [r["epoch"] for r in rising] == [0, 1, 2] and rising[-1]["stopped_early"]
+
+    # each run gives the stages after it its epoch of lowest validation loss: rising's is epoch 1, not its last
+    from utils.storage import run_output
+
+    def kept(name):
+        return torch.load(run_output(runs[name].path), weights_only=True)
+
+    assert [kept(name)["epoch"] for name in scripts] == [2, 5, 1]
+    assert run_output(runs["rising"].path).name == "best.pt"
+    epoch_1 = torch.load(runs["rising"].path / "epoch_001.pt", weights_only=True)["model"]
+    last = torch.load(runs["rising"].latest, weights_only=True)["model"]
+    assert all(torch.equal(kept("rising")["model"][key], value) for key, value in epoch_1.items())
+    assert not all(torch.equal(last[key], value) for key, value in epoch_1.items())
 
     # rerun: the checkpoint's history says the run is finished before anything is loaded; more patience goes on
     def rule(patience):

@@ -15,7 +15,7 @@ from models import FeedForward, MultiHeadAttention, SimplifiedBert, TransformerL
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.model_io import load_block_checkpoint
-from utils.storage import LATEST, Storage
+from utils.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def collect_attentions(
     blocks = list(range(len(teacher.layers))) if blocks is None else blocks
     attentions, sources, missing = {}, {}, []
     for block in blocks:
-        path = storage.block_checkpoint(kind, block, heads, d_k, variant)
+        path = storage.block_output(kind, block, heads, d_k, variant)
         if not path.exists():
             missing.append(block)
             continue
@@ -105,7 +105,7 @@ def collect_feed_forwards(
     blocks = list(range(len(teacher.layers))) if blocks is None else blocks
     feed_forwards, sources, missing = {}, {}, []
     for block in blocks:
-        path = storage.ffn_run(block, width, variant) / LATEST
+        path = storage.ffn_output(block, width, variant)
         if not path.exists():
             missing.append(block)
             continue
@@ -137,7 +137,7 @@ def collect_merged_layers(
     layers, sources, missing = {}, {}, []
     last_start = len(teacher.layers) - 1 if below is None else below
     for block in range(0, last_start, 2):
-        path = storage.block_checkpoint(kind, block, heads, d_k, variant)
+        path = storage.block_output(kind, block, heads, d_k, variant)
         if not path.exists():
             missing.append(block)
             continue

@@ -1,4 +1,5 @@
-"""Atomic checkpoints: a rolling ``latest.pt`` plus ``epoch_NNN.pt`` every few epochs.
+"""Atomic checkpoints: a rolling ``latest.pt`` plus ``epoch_NNN.pt`` every few epochs and, for a block run,
+``best.pt``: the checkpoint of its epoch of lowest validation loss, which the stages after it read.
 
 A checkpoint is a dict of tensors and plain values (loadable with ``weights_only=True``):
 ``model`` (state dict of what is trained), ``optimizer``, ``epoch`` (last finished epoch),
@@ -21,7 +22,7 @@ import torch
 
 from utils.errors import Diverged, UserError
 from utils.files import RunLock, atomic_write, ensure_writable, move_aside, remove_stale_temporaries
-from utils.storage import LATEST
+from utils.storage import BEST, LATEST
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,12 @@ class RunDirectory:
         if state["batches_done"] == 0 and epoch > 0 and epoch % self.save_every == 0:
             save_checkpoint(state, self.path / f"epoch_{epoch:03d}.pt")
         save_checkpoint(state, self.latest)
+
+    def save_best(self, state: dict) -> None:
+        """``best.pt``: the checkpoint of the epoch whose validation loss is the lowest so far."""
+        if not self.writer:
+            return
+        save_checkpoint({**state, "identity": self.identity, "flags": self.flags}, self.path / BEST)
 
     def log_metrics(self, record: dict) -> None:
         if not self.writer:

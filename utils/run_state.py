@@ -111,6 +111,16 @@ def checkpoint_state(member: Member, record: dict | None = None, epoch_progress:
     return state
 
 
+def save(member: Member, state: dict) -> None:
+    """Checkpoint ``state``, an epoch's end or the start; a block run's state (it has a ``spec``) is also kept as
+    ``best.pt`` when its validation loss, the last of ``member.losses``, is the lowest so far (ties: the later).
+    best.pt is written before latest.pt: a kill between the two makes the rerun train that epoch again."""
+    losses = member.losses
+    if "spec" in state and state["batches_done"] == 0 and losses and losses[-1] <= min(losses):
+        member.run.save_best(state)
+    member.run.save(state)
+
+
 def format_record(record: dict) -> str:
     return " ".join(
         f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in record.items()
@@ -131,7 +141,7 @@ def start_or_resume(member: Member, valid_loader, no_resume: bool, world: Distri
         record = {"epoch": 0, "step": 0, **objective.evaluate(valid_loader)}
         log.info("epoch 0 (before training): %s", format_record(record))
         member.losses = [record[member.loss_metric]] if member.loss_metric else []
-        run.save(checkpoint_state(member, record=record))
+        save(member, checkpoint_state(member, record=record))
         run.log_metrics(record)
         return
     objective.trainable.load_state_dict(state["model"])

@@ -2,7 +2,8 @@
 
 ::
 
-    {root}/checkpoints/wikitext2/{run}/     one training run: latest.pt, epoch_NNN.pt, metrics.jsonl
+    {root}/checkpoints/wikitext2/{run}/     one training run: latest.pt, epoch_NNN.pt, metrics.jsonl, and for a
+        block run best.pt (its epoch of lowest validation loss: what assembly and later stages read)
         block runs are named {kind}_{block}_{d_k}_{heads}{variant} (kind: block, till_end, merge, conditioned;
         variant: "" with today's defaults, else e.g. -init_svd or -ce_logits, see utils/identity.py);
         feed-forward students ffn_{block}_{width}{variant}
@@ -21,6 +22,7 @@ from pathlib import Path
 
 DATASET_NAME = "wikitext2"
 LATEST = "latest.pt"
+BEST = "best.pt"
 LAYER_DROP_MODEL = "layer_drop"
 BLOCK_RUN_KINDS = ("block", "till_end", "merge", "conditioned")
 _BLOCK_RUN = re.compile(rf"^({'|'.join(BLOCK_RUN_KINDS)})_(\d+)_(\d+)_(\d+)(-[a-z0-9_.]+)?$")
@@ -58,6 +60,14 @@ class BlockRun:
         return cls(kind, int(block), int(heads), int(d_k), variant or "")
 
 
+def run_output(folder: Path) -> Path:
+    """What a block run gives the stages after it: ``best.pt``, its epoch of lowest validation loss, or
+    ``latest.pt`` for a run that has none (made before best.pt was kept, or resumed from such a run and never
+    bettered since: then its last epoch is what there is)."""
+    best = folder / BEST
+    return best if best.exists() else folder / LATEST
+
+
 class Storage:
     """Paths under one storage directory (nothing is created here)."""
 
@@ -78,9 +88,17 @@ class Storage:
         """The rolling checkpoint of a block run."""
         return self.block_run(kind, block, heads, d_k, variant) / LATEST
 
+    def block_output(self, kind: str, block: int, heads: int, d_k: int, variant: str = "") -> Path:
+        """The trained block a block run gives the stages after it (:func:`run_output`)."""
+        return run_output(self.block_run(kind, block, heads, d_k, variant))
+
     def ffn_run(self, block: int, width: int, variant: str = "") -> Path:
         """A feed-forward student's run: ``ffn_{block}_{width}{variant}``."""
         return self.run(f"ffn_{block}_{width}{variant}")
+
+    def ffn_output(self, block: int, width: int, variant: str = "") -> Path:
+        """The trained feed-forward a student's run gives the stages after it (:func:`run_output`)."""
+        return run_output(self.ffn_run(block, width, variant))
 
     def block_runs(self, kind: str) -> list[tuple[BlockRun, Path]]:
         """Every run folder of ``kind`` (every variant) with its parsed name, sorted by name."""

@@ -13,7 +13,8 @@ from utils.errors import UserError
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models
 from utils.statistics import holm
-from utils.storage import BlockRun, parse_ffn_run
+from utils.checkpoint import load_checkpoint
+from utils.storage import BlockRun, parse_ffn_run, run_output
 from utils.study import METHODS, Plan, PlannedModel
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
@@ -66,7 +67,8 @@ def model_rows(plan: Plan) -> list[dict]:
 def student_rows(plan: Plan) -> list[dict]:
     """Every student's validation curve: a row per student run x finished epoch (epoch 0: before training), from
     the runs' ``metrics.jsonl`` under each seed's storage. ``student`` names the kind and shape, e.g.
-    ``attention 6x32-init_heads``, ``feed-forward 768-init_neurons``, ``merge 12x32-init_first``."""
+    ``attention 6x32-init_heads``, ``feed-forward 768-init_neurons``, ``merge 12x32-init_first``. ``kept``: the
+    epoch is the one the run gives the stages after it (:func:`utils.storage.run_output`)."""
     rows = []
     for seed in plan.study.seeds:
         runs = plan.storage(seed).runs
@@ -74,6 +76,8 @@ def student_rows(plan: Plan) -> list[dict]:
             student, block = _student_of(folder.parent.name)
             if student is None:
                 continue
+            output = run_output(folder.parent)
+            kept = load_checkpoint(output)["epoch"] if output.exists() else None
             for record in _records(folder):
                 metric = next((key for key in STUDENT_LOSSES if key in record), None)
                 if metric is None or "batches_done" in record:  # not a student's, or a partial epoch
@@ -84,7 +88,7 @@ def student_rows(plan: Plan) -> list[dict]:
                     "loss_metric": metric, "validation_loss": record[metric],
                     "replaced_top1": record.get("replaced_top1", record.get("merged_top1")),
                     "teacher_top1": record.get("teacher_top1"), "train_seconds": record.get("train_seconds", 0),
-                    "stopped_early": bool(record.get("stopped_early")),
+                    "stopped_early": bool(record.get("stopped_early")), "kept": record["epoch"] == kept,
                 })  # fmt: skip
     return rows
 

@@ -32,6 +32,7 @@ from utils.run_state import (
     checkpoint_state,
     format_record,
     plateaued,
+    save,
     start_or_resume,
 )
 
@@ -281,7 +282,7 @@ def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, vali
                 current,
                 training.epochs,
             )
-    member.run.save(checkpoint_state(member, record=record))
+    save(member, checkpoint_state(member, record=record))
     member.run.log_metrics(record)
     member.summary = EpochSummary()
 
