@@ -162,8 +162,8 @@ class InitFromArguments:
 
     init_from: Optional[str] = flag(
         None,
-        "Checkpoint to start from; default: this block's retrain_single_block run's best.pt (or latest.pt) if it exists; "
-        "'none' starts from random weights.",
+        "Checkpoint to start from; default: this block's retrain_single_block output (best.pt, or latest.pt) if it "
+        "exists; 'none' starts from random weights.",
     )
 
 

@@ -9,11 +9,11 @@ import json
 import math
 from pathlib import Path
 
+from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models
 from utils.statistics import holm
-from utils.checkpoint import load_checkpoint
 from utils.storage import BlockRun, parse_ffn_run, run_output
 from utils.study import METHODS, Plan, PlannedModel
 
