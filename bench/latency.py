@@ -25,6 +25,7 @@ from utils.args import (
     TeacherArguments,
     parse_args,
     require,
+    require_unused,
 )
 from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
 from utils.data import training_shortlist
@@ -137,8 +138,13 @@ def int8_against_fp32(rows: list[dict], runtimes: list[str]) -> list[str]:
 def main(argv=None) -> dict:
     groups = [TeacherArguments, LatencyArguments, ShortlistArguments, DataArguments, StorageArguments]
     flags = parse_args(groups, __doc__, argv)
-    device = start(flags)
     options = flags.latency
+    if not any(form in SHORTLIST_FORMS for form in options.runtimes):
+        for group in (flags.shortlist, flags.data):
+            require_unused(
+                group, f"only the shortlisted forms ({', '.join(SHORTLIST_FORMS)}) read it: add one to --runtimes"
+            )
+    device = start(flags)
     teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
     root = reserve_unique_dir(flags.storage.storage_directory, "latency_")
     mask = teacher.tokenizer.mask_token_id

@@ -24,6 +24,7 @@ from utils.args import (
     parse_args,
     require,
     require_positive,
+    require_unused,
 )
 from utils.data import eval_loader, frequent_tokens, load_data
 from utils.evaluation import masks_fingerprint
@@ -82,8 +83,12 @@ def table(figures: dict[str, dict[str, dict]]) -> list[str]:
 def main(argv=None) -> dict:
     groups = [TeacherArguments, OnnxAccuracyArguments, ShortlistArguments, DataArguments, StorageArguments]
     flags = parse_args(groups, __doc__, argv)
-    start(flags)
     options = flags.onnx_accuracy
+    if not any(form in SHORTLIST_FORMS for form in options.forms):
+        require_unused(
+            flags.shortlist, f"only the shortlisted forms ({', '.join(SHORTLIST_FORMS)}) read it: add one to --forms"
+        )
+    start(flags)
     teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
     splits = load_data(flags.data, teacher.tokenizer)
     test = splits.test

@@ -273,6 +273,20 @@ def test_the_latency_benchmark_refuses_an_unknown_runtime(capsys, tiny_teacher_d
     assert "--runtimes" in message and "tensorrt" in message and not list(tmp_path.iterdir())
 
 
+def test_the_benchmarks_refuse_shortlist_flags_without_a_shortlisted_form(capsys, tiny_teacher_dir, tmp_path):
+    """--shortlist and the data flags only shape the *_short forms: given without one, they would change nothing."""
+    from bench import onnx_accuracy
+
+    base = ["--teacher", tiny_teacher_dir, "--storage_directory", str(tmp_path)]
+    for main, argv, flag in [
+        (latency.main, ["--runtimes", "ort_fused", "--shortlist", "100"], "--shortlist"),
+        (latency.main, ["--runtimes", "pytorch", "--seq_len", "12"], "--seq_len"),
+        (onnx_accuracy.main, ["--forms", "ort_fused_int8", "--shortlist", "100"], "--shortlist"),
+    ]:
+        message = one_line_error(capsys, main, base + argv)
+        assert message.startswith(f"error: {flag}: only the shortlisted forms") and not list(tmp_path.iterdir())
+
+
 def test_the_fixed_cost_benchmark_profiles_every_part(base, tokenizer, tiny_teacher_dir, tmp_path):
     """Smoke mode (no compile, two repeats): each PyTorch variant timed; the ONNX profile splits the call into
     embeddings, each layer, the vocabulary head and the session's overhead."""

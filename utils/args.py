@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Literal, Optional
 
 from transformers import HfArgumentParser
@@ -34,6 +34,14 @@ def method_flag(family: Family, default: str, lead: str):
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)
+
+
+def require_unused(group, why: str) -> None:
+    """Every flag of ``group`` at its default: the run does not read them (``why`` says when it would), so a value
+    given for one would change nothing, and is refused."""
+    for item in fields(group):
+        default = item.default_factory() if item.default_factory is not MISSING else item.default
+        require(getattr(group, item.name) == default, f"--{item.name}: {why}")
 
 
 def require_positive(group, *names: str) -> None:
