@@ -16,10 +16,12 @@ from models import assemble
 from utils.assembly import collect_attentions
 from utils.model_io import save_simplified
 from utils.report import (
+    PALE,
     budget_of,
     compare_models,
     compound_label,
     criteria_grid,
+    interval_colours,
     method_of,
     pareto,
     plot_criteria,
@@ -204,7 +206,8 @@ def test_criteria_grid_reads_single_block_compounds_and_the_assembled_models(tmp
         for block in (0, 1):
             recipe = {"attention": {"heads": 6, "d_k": 32, "flags": flags, "layers": [block]}}
             rows.append({"model": f"b{block}{variant}", "method": "compound", "recipe": recipe,
-                         "top1_vs_teacher": -0.01 * (block + 1), "agree_top1": 0.9})  # fmt: skip
+                         "top1_vs_teacher": -0.01 * (block + 1), "top1_vs_teacher_low": -0.02 * (block + 1),
+                         "top1_vs_teacher_high": 0.005 - 0.01 * block, "agree_top1": 0.9})  # fmt: skip
         assembled = {"model": f"retrained_32_6{variant}", "top1_vs_teacher": -0.03, "agree_top1": 0.8}
         rows += [assembled, {**assembled, "model": f"retrained_32_6{variant}_finetuned", "healing_steps": 5}]
     rows.append({"model": "two_layers", "method": "compound", "recipe": {"attention": {"heads": 6, "d_k": 32}}})
@@ -212,6 +215,19 @@ def test_criteria_grid_reads_single_block_compounds_and_the_assembled_models(tmp
     assert criteria == ["mse", "l1"] and set(grid) == {(b, c) for b in ("0", "1", "all") for c in criteria}
     assert grid[("1", "l1")]["model"] == "b1-l1" and grid[("all", "mse")]["model"] == "retrained_32_6"
     assert plot_criteria(rows, tmp_path).exists()
+
+
+def test_heatmap_cells_whose_interval_contains_zero_are_pale():
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    values = np.array([[-2.0, -2.0, np.nan]])
+    significant = np.array([[True, False, False]])
+    cmap, norm = colormaps["RdBu"], Normalize(-2, 2)
+    colours = interval_colours(values, significant, cmap, norm)
+    assert np.allclose(colours[0, 0], cmap(norm(-2.0)))  # significant: the scale's own colour
+    assert np.allclose(colours[0, 1, :3], 1 - PALE * (1 - np.array(cmap(norm(-2.0))[:3])))  # same hue, paler
+    assert (colours[0, 1, :3] > colours[0, 0, :3]).all() and np.allclose(colours[0, 2], 1.0)
 
 
 def test_the_teacher_curve_is_drawn_from_its_checks(tmp_path):

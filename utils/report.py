@@ -210,42 +210,66 @@ def criteria_grid(rows) -> tuple[dict[tuple[str, str], dict], list[str]]:
     return grid, list(dict.fromkeys(criterion for _, criterion in grid))
 
 
+PALE = 0.3  # how much of its colour a cell keeps when its interval does not exclude the reference
+
+
+def interval_colours(values: np.ndarray, significant: np.ndarray, cmap, norm) -> np.ndarray:
+    """RGBA [rows, columns, 4] of a heatmap: each value's colour on the numeric scale ``norm``, blended toward
+    white where ``significant`` is False (its interval contains the reference); NaN cells white."""
+    colours = cmap(norm(np.nan_to_num(values)))
+    pale = ~significant[..., None]
+    colours[..., :3] = np.where(pale, 1 - PALE * (1 - colours[..., :3]), colours[..., :3])
+    colours[~np.isfinite(values)] = (1.0, 1.0, 1.0, 1.0)
+    return colours
+
+
 def plot_criteria(rows, output: Path) -> Path | None:
-    """Heatmaps, blocks x criteria: top-1 minus the teacher's (points) and agreement with the teacher, with
-    one block replaced, and in the last row all blocks replaced (assembled)."""
+    """Heatmaps, blocks x criteria: top-1 minus the teacher's (points) and agreement with the teacher (%), with
+    one block replaced, and in the last row all blocks replaced (assembled). Numeric colour scales; a difference
+    whose 95% paired interval contains 0 (indistinguishable from the teacher) is pale."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     grid, criteria = criteria_grid(rows)
     if not grid:
         return None
     blocks = sorted({block for block, _ in grid if block != "all"}, key=int) + (
         ["all"] if any(b == "all" for b, _ in grid) else []
     )
-    figure, axes_pair = _figure(1, 2, figsize=(4 + 2.2 * len(criteria), 0.45 * len(blocks) + 2.2))
-    panels = (
-        ("top1_vs_teacher", "top-1 − teacher (points)", "{:+.2f}"),
-        ("agree_top1", "same top-1 as the teacher (%)", "{:.1f}"),
-    )
-    for axes, (key, title, fmt) in zip(axes_pair, panels, strict=True):
-        table = np.array(
-            [[100 * grid[(b, c)][key] if key in grid.get((b, c), {}) else np.nan for c in criteria] for b in blocks]
+
+    def table(key: str) -> np.ndarray:
+        return np.array(
+            [[100 * grid[(b, c)].get(key, np.nan) if (b, c) in grid else np.nan for c in criteria] for b in blocks]
         )
-        # colored within each row (against its mean, scaled by its widest spread): which criterion wins for that
-        # block, whatever the block's own level and however far one criterion falls elsewhere
-        relative = table - np.nanmean(table, axis=1, keepdims=True)
-        spread = np.nanmax(np.abs(relative), axis=1, keepdims=True)
-        relative = relative / np.where(spread > 0, spread, 1.0)
-        image = axes.imshow(relative, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+
+    difference, low, high = table("top1_vs_teacher"), table("top1_vs_teacher_low"), table("top1_vs_teacher_high")
+    agreement = table("agree_top1")
+    limit = max(float(np.nanmax(np.abs(difference))) if np.isfinite(difference).any() else 1.0, 0.1)
+    panels = (  # values, significant cells, colour map, scale, title, label format
+        (difference, (low > 0) | (high < 0), "RdBu", Normalize(-limit, limit),
+         "top-1 − teacher (points); pale: interval contains 0", "{:+.2f}"),
+        (agreement, np.ones_like(agreement, dtype=bool), "viridis",
+         Normalize(np.nanmin(agreement), np.nanmax(agreement)), "same top-1 as the teacher (%)", "{:.1f}"),
+    )  # fmt: skip
+    figure, axes_pair = _figure(1, 2, figsize=(5.5 + 2.4 * len(criteria), 0.45 * len(blocks) + 2.4))
+    figure.subplots_adjust(wspace=0.6)
+    for axes, (values, significant, name, norm, title, fmt) in zip(axes_pair, panels, strict=True):
+        cmap = colormaps[name]
+        colours = interval_colours(values, significant, cmap, norm)
+        axes.imshow(colours, aspect="auto")
         axes.set_xticks(range(len(criteria)), criteria)
         axes.set_yticks(range(len(blocks)), [f"block {b}" if b != "all" else "all (assembled)" for b in blocks])
-        axes.set_title(title, fontsize=10)
-        for (row, column), value in np.ndenumerate(table):
+        axes.set_title(title, fontsize=9)
+        for (row, column), value in np.ndenumerate(values):
             if np.isfinite(value):
-                axes.text(column, row, fmt.format(value), ha="center", va="center", fontsize=8)
-        bar = figure.colorbar(image, ax=axes, ticks=[-1, 0, 1])
-        bar.ax.set_yticklabels(["worst", "row mean", "best"])
+                dark = colours[row, column, :3] @ np.array([0.299, 0.587, 0.114]) < 0.5  # luminance
+                axes.text(column, row, fmt.format(value), ha="center", va="center", fontsize=8,
+                          color="white" if dark else "black")  # fmt: skip
+        figure.colorbar(ScalarMappable(norm, cmap), ax=axes, fraction=0.05)
     figure.suptitle("distillation criterion of the student attention, per replaced block", fontsize=10)
-    figure.tight_layout()
     path = output / "criteria_heatmap.png"
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 
