@@ -9,7 +9,8 @@
 - ``frontier.png`` and one table per compute budget (``--frontier_evaluations``: of those evaluations only);
 - ``criteria_heatmap.png``: blocks x distillation criteria, each block alone replaced and all assembled;
 - ``teacher_curve.png``: the teacher's validation top-1 over its training steps;
-- ``best_against_field.json``: per budget, sitra's best against the field's best, paired on the same masks;
+- ``best_against_field.json``: per budget, sitra's best against the field's best, paired on the same masks (chosen
+  on ``--select_on``'s sentences, compared on others);
 - with ``--study FILE``: the storage directory is that study's root (its workflow's storage), and its results are
   written as data, ``data/models.csv`` and ``data/comparisons.csv`` (utils/study_report.py), with
   ``report/study.md``, their tables; ``--tables DIR`` prints the tables of such a data folder (e.g. one committed
@@ -58,6 +59,12 @@ class ReportArguments:
         "Evaluations (results folder names) the budget tables, frontier and parameter plot show (default: all; e.g. "
         "leave out the per-block models of a criteria evaluation).",
     )
+    select_on: Optional[str] = flag(
+        None,
+        "An evaluation (results folder name) of other sentences than the reported ones, e.g. validation sentences: "
+        "each side's best is chosen by its top-1 there and compared on the largest other evaluation (default: chosen "
+        "and compared on the same sentences, which the table then says).",
+    )
     study: Optional[str] = flag(
         None,
         "A study file (studies/*.yaml) whose root is --storage_directory: write its results as tidy tables "
@@ -104,7 +111,9 @@ def main(argv=None) -> dict:
     output = Path(options.output_dir or storage.report)
     if options.compare:
         return compare_pairs(storage, options.compare, output, [Storage(folder) for folder in options.seed_runs or []])
-    rows, plots = write_report(storage, output, options.seed_runs or [], options.frontier_evaluations)
+    rows, plots = write_report(
+        storage, output, options.seed_runs or [], options.frontier_evaluations, options.select_on
+    )
     log.info("report written to %s (%d rows, %d plots)", output, len(rows), len(plots))
     return {"rows": len(rows), "plots": [str(p) for p in plots], "output": str(output)}
 

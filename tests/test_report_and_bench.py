@@ -11,7 +11,7 @@ import eval_retrained_12
 import make_report
 import retrain_single_block
 from bench import model_cost, retrain_throughput, sweep_throughput
-from conftest import storage_of
+from conftest import one_line_error, storage_of
 from models import assemble
 from utils.assembly import collect_attentions
 from utils.model_io import save_simplified
@@ -105,6 +105,32 @@ def test_report_pools_the_seeds_of_a_model_evaluated_on_the_same_masks(tmp_path)
     text = (first / "report" / "seeds.md").read_text()
     assert "| a | 2 | 25.00% ± 7.07 [20.00, 30.00] | 70.00% ± 14.14 [60.00, 80.00] |" in text
     assert "## Across seeds" in (first / "report" / "report.md").read_text()
+
+
+def test_best_against_field_chooses_on_the_selection_evaluation_and_compares_on_another(tmp_path, capsys):
+    """On validation the field's best is b; on test c would be: chosen on validation, b is compared on test."""
+    half = {"flop_ratio": 0.5}
+    methods = {"a": "merged_layers", "b": "head_pruning", "c": "layer_drop"}
+    splits = {
+        "valid": ("mv", {"a": [1, 1, 0, 0], "b": [1, 1, 1, 0], "c": [1, 0, 0, 0]}),
+        "test": ("mt", {"a": [1, 1, 1, 0, 0, 0], "b": [1, 0, 0, 0, 0, 0], "c": [1, 1, 1, 1, 1, 0]}),
+    }
+    for evaluation, (masks, values) in splits.items():
+        models = {name: {"top1": float(np.mean(v)), "method": methods[name], "drop_rule": "top", **half}
+                  for name, v in values.items()}  # fmt: skip
+        write_results(tmp_path, evaluation, masks, {"teacher": {"top1": 0.9}, **models})
+        arrays = {f"{name}/top1": np.array(v, dtype=float) for name, v in values.items()}
+        np.savez(tmp_path / "results" / evaluation / "per_sentence.npz", **arrays)
+    make_report.main(["--storage_directory", str(tmp_path), "--select_on", "valid"])
+    [chosen] = json.loads((tmp_path / "report" / "best_against_field.json").read_text())
+    assert (chosen["first"], chosen["second"], chosen["selected_on"]) == ("a", "b", "valid")
+    assert chosen["top1"]["difference"] == pytest.approx(0.5 - 1 / 6)  # on test's six sentences
+    assert "chosen by top-1 on `valid`" in (tmp_path / "report" / "report.md").read_text()
+    make_report.main(["--storage_directory", str(tmp_path)])  # chosen where it is reported: c, and said so
+    [optimistic] = json.loads((tmp_path / "report" / "best_against_field.json").read_text())
+    assert optimistic["second"] == "c" and "optimistic" in (tmp_path / "report" / "report.md").read_text()
+    message = one_line_error(capsys, make_report.main, ["--storage_directory", str(tmp_path), "--select_on", "x"])
+    assert message.startswith("error: --select_on x: no such evaluation")
 
 
 def test_best_against_field_averages_each_model_over_the_seeds_before_the_paired_difference(tmp_path, capsys):

@@ -560,24 +560,30 @@ def side_of(row: dict) -> str:
     return "sitra" if row.get("method") in SITRA_METHODS else "field"
 
 
-def best_against_field(storage: Storage, rows, seed_storages: Sequence[Storage] = ()) -> list[dict]:
+def best_against_field(
+    storage: Storage, rows, seed_storages: Sequence[Storage] = (), select_on: str | None = None
+) -> list[dict]:
     """Per budget (:data:`BUDGETS`): sitra's best model and the field's best by top-1, and their paired
-    difference on the masks both were evaluated on. With ``seed_storages``: only the models evaluated under
-    every seed, ranked by their top-1 averaged over the seeds, compared seed-averaged (:func:`compare_models`)."""
+    difference. With ``select_on`` (an evaluation of other sentences, e.g. validation ones) each side's best is
+    the best there, and the difference is measured on the largest other evaluation of ``rows`` both are in: chosen
+    on one set of sentences, reported on another. Without it both happen on the same ``rows`` (optimistic: a
+    best chosen on the sentences it is reported on). With ``seed_storages``: only the models evaluated under every
+    seed, ranked by their top-1 averaged over the seeds, compared seed-averaged (:func:`compare_models`)."""
+    ranked = [row for row in rows if row["evaluation"] == select_on] if select_on else rows
     if seed_storages:
-        runs = [rows] + [collect_results(s) for s in seed_storages]
+        runs = [ranked] + [collect_results(s) for s in seed_storages]
         means = {
             (row["model"], row["masks"]): row["top1_mean"]
             for row in pool_seeds(runs)
             if row["seeds"] == len(runs) and "top1_mean" in row
         }
-        rows = [
+        ranked = [
             row | {"top1": means[row["model"], row.get("masks")]}
-            for row in rows
+            for row in ranked
             if (row["model"], row.get("masks")) in means
         ]
     best: dict[tuple[float, str], dict] = {}
-    for row in rows:
+    for row in ranked:
         if "top1" in row and "flop_ratio" in row and side_of(row) != "teacher":
             key = (budget_of(row["flop_ratio"]), side_of(row))
             if key not in best or row["top1"] > best[key]["top1"]:
@@ -586,19 +592,44 @@ def best_against_field(storage: Storage, rows, seed_storages: Sequence[Storage] 
     for budget in BUDGETS:
         if (budget, "sitra") in best and (budget, "field") in best:
             first, second = best[(budget, "sitra")]["model"], best[(budget, "field")]["model"]
+            entry = {"budget": budget, "first": first, "second": second, "selected_on": select_on}
+            reported_on = _reported_on(rows, first, second, select_on) if select_on else None
+            if select_on and reported_on is None:
+                results.append(entry)  # no evaluation of other sentences holds both: nothing to report
+                continue
             try:
-                results.append({"budget": budget, **compare_models(storage, first, second, seed_storages)})
+                results.append(entry | compare_models(storage, first, second, seed_storages, reported_on))
             except UserError:  # never evaluated on the same masks: no paired difference to give
-                results.append({"budget": budget, "first": first, "second": second})
+                results.append(entry)
     return results
+
+
+def _reported_on(rows, first: str, second: str, select_on: str) -> str | None:
+    """The evaluation other than ``select_on`` with the most sentences that holds both models, or None."""
+    held = [
+        {row["evaluation"]: row.get("sentences") or 0 for row in rows if row["model"] == model}
+        for model in (first, second)
+    ]
+    shared = [name for name in held[0] if name in held[1] and name != select_on]
+    return max(shared, key=lambda name: held[0][name]) if shared else None
 
 
 def best_against_field_table(comparisons: list[dict]) -> str:
     """A markdown section: one row per budget of :func:`best_against_field`."""
     seeds = max(result.get("seeds", 1) for result in comparisons)
     pooled = f", every model averaged over {seeds} seeds" if seeds > 1 else ""
+    selected_on = comparisons[0].get("selected_on")
+    chosen = (
+        f"Each side's best chosen by top-1 on `{selected_on}`, the difference measured on the largest other evaluation "
+        "both are in."
+        if selected_on
+        else "Each side's best chosen on the same sentences the difference is measured on: optimistic for both "
+        "sides (choose on validation sentences with --select_on)."
+    )
     lines = [
         f"## sitra's best against the field's best, per budget (paired, same masks{pooled})",
+        "",
+        chosen,
         "",
         "| budget | sitra's best | the field's best | top-1 difference (points, 95% interval) "
         "| = teacher top-1 difference |",
@@ -671,15 +702,23 @@ def compare_pairs(storage: Storage, names: list[str], output: Path, seed_storage
 
 
 def write_report(
-    storage: Storage, output: Path, seed_runs: list[str], frontier_evaluations: list[str] | None = None
+    storage: Storage,
+    output: Path,
+    seed_runs: list[str],
+    frontier_evaluations: list[str] | None = None,
+    select_on: str | None = None,
 ) -> tuple[list[dict], list[Path]]:
     """``report.md`` / ``report.csv`` (one row per evaluation and model, budget tables first), the plots, and
     with ``seed_runs`` the seeds pooled (``seeds.md`` / ``seeds.csv``). The budget tables, frontier and
-    parameter plot show the ``frontier_evaluations`` (default: all). Returns the rows and the plots."""
+    parameter plot show the ``frontier_evaluations`` (default: all); each side's best is chosen on ``select_on``
+    (:func:`best_against_field`). Returns the rows and the plots."""
     rows = collect_results(storage)
     grid = block_grid(storage)
     if not rows and not grid:
         raise UserError(f"--storage_directory {storage.root}: no evaluation results and no block runs to report")
+    evaluations = sorted({row["evaluation"] for row in rows})
+    if select_on is not None and select_on not in evaluations:
+        raise UserError(f"--select_on {select_on}: no such evaluation under {storage.root} ({', '.join(evaluations)})")
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "report.csv", rows)
     sections = []
@@ -704,12 +743,15 @@ def write_report(
     plots += [p for p in more if p]
     sections = budget_tables(shown) + sections
     best_sections = []
-    comparisons = best_against_field(storage, shown)
+    # the shown evaluations, and the selection's rows whatever the tables show
+    candidates = shown + [row for row in rows if select_on and row["evaluation"] == select_on and row not in shown]
+    comparisons = best_against_field(storage, candidates, select_on=select_on)
     if comparisons:
         atomic_write(output / "best_against_field.json", lambda tmp: tmp.write_text(json.dumps(comparisons, indent=2)))
         best_sections.append(best_against_field_table(comparisons))
     if seed_runs:  # the same, every model's per-sentence values averaged over the seeds first
-        pooled_comparisons = best_against_field(storage, shown, [Storage(folder) for folder in seed_runs])
+        seeds = [Storage(folder) for folder in seed_runs]
+        pooled_comparisons = best_against_field(storage, candidates, seeds, select_on)
         if pooled_comparisons:
             text = json.dumps(pooled_comparisons, indent=2)
             atomic_write(output / "best_against_field_seeds.json", lambda tmp: tmp.write_text(text))
