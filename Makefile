@@ -23,7 +23,7 @@ demo: setup
 		--epochs 2 --max_sentences 4000 --storage_directory $(STORAGE)
 
 test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=20
 
 lint: setup
 	$(BIN)/ruff check .
