@@ -150,6 +150,7 @@ def check_tiny_study(storage: Path) -> None:
         last[row["run"]] = row
     assert {row["student"].split()[0] for row in curves} == {"attention", "feed-forward"}
     assert all(row["epoch"] == "1" and row["stopped_early"] == "True" for row in last.values()), last
+    assert all(sum(row["kept"] == "True" for row in curves if row["run"] == run) == 1 for run in last)
     assert (storage / "data" / "students.png").stat().st_size > 0 and "the students' training" in page
 
 
@@ -275,3 +276,18 @@ def test_the_frontier_plots_every_healed_model_against_the_teachers_top1(tmp_pat
     assert plot_study_frontier(rows, tmp_path / "frontier.png").stat().st_size > 10_000
     rows[0]["top1"] = 0.0  # no share of a teacher that predicts nothing
     assert plot_study_frontier(rows, tmp_path / "none.png") is None
+
+
+def test_the_students_table_reports_the_epoch_each_student_keeps():
+    """The models are built from each student's best epoch: the table's loss and top-1 are that epoch's."""
+    from utils.study_report import students_markdown
+
+    losses = [3.0, 1.0, 0.5, 0.6]
+    rows = [
+        {"student": "feed-forward 768", "block": "0", "seed": "seed42", "epoch": str(epoch), "validation_loss": loss,
+         "replaced_top1": 0.3 + 0.01 * epoch, "train_seconds": 60, "stopped_early": str(epoch == 3),
+         "kept": str(epoch == 2)}
+        for epoch, loss in enumerate(losses)
+    ]  # fmt: skip
+    line = students_markdown(rows).splitlines()[-1]
+    assert line == "| feed-forward 768 | 0 | seed42 | 3 | the rule | 2 | 1 → 0.5 | 50.0% | 31.00 → 32.00 | 3.0 |"

@@ -510,16 +510,16 @@ def study_markdown(data: Path, goals: dict[float, float] | None = None) -> str:
 
 
 def students_markdown(rows: list[dict]) -> str:
-    """Per student (kind and shape) and block: the epochs trained and why it stopped, its validation loss after
-    epoch 1 and at the end (and how much lower), the layer-replaced top-1 after epoch 1 and at the end, and the
-    training minutes."""
+    """Per student (kind and shape) and block: the epochs trained and why it stopped, the epoch kept (its lowest
+    validation loss: what the models are built from), its validation loss after epoch 1 and at the kept epoch (and
+    how much lower), the layer-replaced top-1 after epoch 1 and at the kept epoch, and the training minutes."""
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
         runs.setdefault((row["student"], int(row["block"]), row["seed"]), []).append(row)
     lines = [
-        "| student | block | seed | epochs | ended by | validation loss, epoch 1 → last | lower by | "
-        "top-1 with it, epoch 1 → last | minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| student | block | seed | epochs | ended by | kept | validation loss, epoch 1 → kept | lower by | "
+        "top-1 with it, epoch 1 → kept | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (student, block, seed), records in sorted(runs.items()):
         records = sorted(records, key=lambda r: int(r["epoch"]))
@@ -527,16 +527,17 @@ def students_markdown(rows: list[dict]) -> str:
         if not trained:
             continue
         first, last = trained[0], trained[-1]
-        loss_first, loss_last = float(first["validation_loss"]), float(last["validation_loss"])
+        kept = next((r for r in records if _truthy(r.get("kept"))), last)
+        loss_first, loss_kept = float(first["validation_loss"]), float(kept["validation_loss"])
         top1 = (
-            f"{100 * float(first['replaced_top1']):.2f} → {100 * float(last['replaced_top1']):.2f}"
+            f"{100 * float(first['replaced_top1']):.2f} → {100 * float(kept['replaced_top1']):.2f}"
             if first.get("replaced_top1")
             else ""
         )
         minutes = sum(float(r["train_seconds"] or 0) for r in trained) / 60
         ended = "the rule" if _truthy(last["stopped_early"]) else "the cap (or still running)"
         lines.append(
-            f"| {student} | {block} | {seed} | {len(trained)} | {ended} | {loss_first:.4g} → {loss_last:.4g} | "
-            f"{1 - loss_last / loss_first:.1%} | {top1} | {minutes:.1f} |"
+            f"| {student} | {block} | {seed} | {len(trained)} | {ended} | {kept['epoch']} | "
+            f"{loss_first:.4g} → {loss_kept:.4g} | {1 - loss_kept / loss_first:.1%} | {top1} | {minutes:.1f} |"
         )
     return "\n".join(lines) + "\n"
