@@ -33,7 +33,7 @@ COMPARISON_COLUMNS = (
 )  # fmt: skip
 STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
-    "teacher_top1", "train_seconds", "stopped_early",
+    "teacher_top1", "train_seconds", "stopped_early", "kept",
 )  # fmt: skip
 STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", "mean_load", "cpu_seconds")
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
@@ -269,7 +269,7 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
 
 def plot_student_curves(rows: list[dict], path: Path) -> Path:
     """One panel per student (kind and shape): its validation loss after each epoch relative to the loss after
-    epoch 1, a line per block (and seed), a dot where the stopping rule ended it."""
+    epoch 1, a line per block (and seed), a circle where the stopping rule ended it, a star at the epoch it keeps."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -293,6 +293,9 @@ def plot_student_curves(rows: list[dict], path: Path) -> Path:
             )
             if _truthy(records[-1]["stopped_early"]):
                 axes.plot(epochs[-1], relative[-1], "o", color=line.get_color(), markersize=7, fillstyle="none")
+            for epoch, value, record in zip(epochs, relative, records, strict=True):
+                if _truthy(record.get("kept")):
+                    axes.plot(epoch, value, "*", color=line.get_color(), markersize=9)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(student, fontsize=10)
         axes.set_xlabel("epoch (all training sentences each)")
@@ -303,7 +306,8 @@ def plot_student_curves(rows: list[dict], path: Path) -> Path:
     for axes in list(figure.axes)[len(curves) :]:
         axes.set_visible(False)
     figure.suptitle(
-        "Students' validation loss per epoch\n(open circle: where the stopping rule ended the run)", fontsize=10
+        "Students' validation loss per epoch\nopen circle: where the stopping rule ended the run\nstar: the epoch kept",
+        fontsize=10,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
