@@ -148,11 +148,15 @@ def _price_in_top1(runs: list[dict]) -> list[str]:
 
 
 def headline_of_study(folder: Path) -> str:
-    """The first table of a committed study: each budget's best, against the field's, with its goal."""
+    """The first table of a committed study: each budget's best, against the field's, with its goal; a study whose
+    models are not evaluated yet (no models.csv) has a row per planned budget that says so."""
     about = folder / "study.json"  # make_report.py --study writes it beside the tables
-    goals = json.loads(about.read_text())["goals"] if about.is_file() else {}
-    goals = {float(budget): share for budget, share in goals.items()}
-    return headline_markdown(read_table(folder / "models.csv"), read_table(folder / "comparisons.csv"), goals)
+    plan = json.loads(about.read_text()) if about.is_file() else {}
+    goals = {float(budget): share for budget, share in plan.get("goals", {}).items()}
+    evaluated = (folder / "models.csv").is_file()
+    models = read_table(folder / "models.csv") if evaluated else []
+    comparisons = read_table(folder / "comparisons.csv") if evaluated else []
+    return headline_markdown(models, comparisons, goals, plan.get("budgets", []))
 
 
 def students_of_study(folder: Path) -> str:

@@ -453,9 +453,12 @@ def comparisons_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline_markdown(models: list[dict], comparisons: list[dict], goals: dict[float, float]) -> str:
+def headline_markdown(
+    models: list[dict], comparisons: list[dict], goals: dict[float, float], budgets: list[float] = ()
+) -> str:
     """The first screen: per budget, sitra's best (chosen on validation, over every healing) with its share of the
-    teacher's test top-1 and that share's paired interval, against the field's best (Holm-marked), and the goal."""
+    teacher's test top-1 and that share's paired interval, against the field's best (Holm-marked), and the goal;
+    each of ``budgets`` not measured yet is a row that says so."""
     teacher = {
         row["seed"]: float(row["top1"]) for row in models if row["model"] == "teacher" and row["evaluation"] == TEST
     }
@@ -465,9 +468,14 @@ def headline_markdown(models: list[dict], comparisons: list[dict], goals: dict[f
         "|---|---|---|---|---|",
     ]
     best = [row for row in _reported(comparisons) if row["kind"] == "best"]
-    for budget in sorted({row["budget"] for row in best}, key=float, reverse=True):
+    measured = {float(row["budget"]) for row in best}
+    for budget in sorted(measured | {float(budget) for budget in budgets}, reverse=True):
+        if budget not in measured:
+            goal = goals.get(budget)
+            lines.append(f"| {budget:.0%} | not measured yet | | | {f'{goal:.0%}: not yet' if goal else ''} |")
+            continue
         # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
-        row = max((row for row in best if row["budget"] == budget), key=lambda row: _validation(models, row))
+        row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
         tests = [m for m in models if m["model"] == row["first"] and m["healing"] == row["healing"]
                  and m["evaluation"] == TEST]  # fmt: skip
         # the share of the teacher's top-1 under each seed, its interval from the paired difference, seed-averaged
