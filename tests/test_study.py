@@ -291,3 +291,16 @@ def test_the_students_table_reports_the_epoch_each_student_keeps():
     ]  # fmt: skip
     line = students_markdown(rows).splitlines()[-1]
     assert line == "| feed-forward 768 | 0 | seed42 | 3 | the rule | 2 | 1 → 0.5 | 50.0% | 31.00 → 32.00 | 3.0 |"
+
+
+def test_the_students_plot_leaves_out_a_student_not_trained_yet(tmp_path):
+    """A stage that has only evaluated its students before training (epoch 0) has no curve: no empty panel."""
+    from utils.study_report import plot_student_curves
+
+    started = {"student": "feed-forward 384", "block": "0", "seed": "seed42", "epoch": "0", "validation_loss": 1.0,
+               "stopped_early": "False", "kept": "True"}  # fmt: skip
+    assert plot_student_curves([started], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    trained = [
+        {**started, "student": "attention 6x32", "epoch": str(epoch), "kept": str(epoch == 1)} for epoch in (1, 2)
+    ]
+    assert plot_student_curves([started, *trained], tmp_path / "one.png").exists()

@@ -248,7 +248,9 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
     if students:
         write_table(plan.students_data, students, STUDENT_COLUMNS)
         written["students"] = plan.students_data
-        written["students_plot"] = plot_student_curves(students, plan.students_data.with_suffix(".png"))
+        curves = plot_student_curves(students, plan.students_data.with_suffix(".png"))
+        if curves is not None:  # None before any student has finished an epoch
+            written["students_plot"] = curves
     stage_times = stage_time_rows(plan)
     if stage_times:
         write_table(plan.root / "data" / "stage_times.csv", stage_times, STAGE_TIME_COLUMNS)
@@ -267,24 +269,26 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
     return {**written, "page": page}
 
 
-def plot_student_curves(rows: list[dict], path: Path) -> Path:
-    """One panel per student (kind and shape): its validation loss after each epoch relative to the loss after
-    epoch 1, a line per block (and seed), a circle where the stopping rule ended it, a star at the epoch it keeps."""
+def plot_student_curves(rows: list[dict], path: Path) -> Path | None:
+    """One panel per student (kind and shape) with a finished epoch (None without any): its validation loss after
+    each epoch relative to the loss after epoch 1, a line per block (and seed), a circle where the stopping rule
+    ended it, a star at the epoch it keeps."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     curves: dict[str, dict[tuple, list[dict]]] = {}
     for row in rows:
-        curves.setdefault(row["student"], {}).setdefault((row["seed"], int(row["block"])), []).append(row)
+        if int(row["epoch"]) >= 1:  # a student only evaluated before training has no curve yet
+            curves.setdefault(row["student"], {}).setdefault((row["seed"], int(row["block"])), []).append(row)
+    if not curves:
+        return None
     several_seeds = len({row["seed"] for row in rows}) > 1
     columns = min(3, len(curves))
     lines = -(-len(curves) // columns)
     figure = Figure(figsize=(4.6 * columns, 3.6 * lines), layout="constrained")
     for axes, student in zip(figure.subplots(lines, columns, squeeze=False).flat, sorted(curves), strict=False):
         for (seed, block), records in sorted(curves[student].items()):
-            records = sorted((r for r in records if int(r["epoch"]) >= 1), key=lambda r: int(r["epoch"]))
-            if not records:
-                continue
+            records = sorted(records, key=lambda r: int(r["epoch"]))
             first = float(records[0]["validation_loss"])
             epochs = [int(r["epoch"]) for r in records]
             relative = [float(r["validation_loss"]) / first for r in records]
