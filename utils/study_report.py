@@ -305,8 +305,7 @@ def plot_student_curves(rows: list[dict], path: Path) -> Path | None:
         axes.set_xlabel("epoch (all training sentences each)")
         axes.set_ylabel("validation loss / after epoch 1")
         axes.grid(alpha=0.3)
-        if axes.lines:
-            axes.legend(fontsize=7, ncols=2)
+        axes.legend(fontsize=7, ncols=2)
     for axes in list(figure.axes)[len(curves) :]:
         axes.set_visible(False)
     figure.suptitle(
