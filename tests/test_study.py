@@ -154,14 +154,23 @@ def check_tiny_study(storage: Path) -> None:
     assert (storage / "data" / "students.png").stat().st_size > 0 and "the students' training" in page
 
 
-def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothing(
-    tmp_path, tiny_teacher_dir, tiny_data_dir
-):
-    study, storage = tiny_study(tmp_path, tiny_teacher_dir), tmp_path / "study"
+@pytest.fixture(scope="module")
+def tiny_study_run(tmp_path_factory, tiny_teacher_dir, tiny_data_dir):
+    """The tiny study run once through the engine on this machine; its folders, and how long the run took. Both
+    tests below read it: the SLURM one reruns its last levels as cluster jobs, so it runs after this one's checks
+    whichever test asks first."""
+    workdir = tmp_path_factory.mktemp("tiny_study")
+    study, storage = tiny_study(workdir, tiny_teacher_dir), workdir / "study"
     started = time.time()
-    run = snakemake(tmp_path, study, storage, tiny_data_dir, "--cores", "2")
+    run = snakemake(workdir, study, storage, tiny_data_dir, "--cores", "2")
     assert run.returncode == 0, run.stderr[-5000:]
-    elapsed = time.time() - started
+    return workdir, study, storage, time.time() - started
+
+
+def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothing(
+    tiny_study_run, tiny_teacher_dir, tiny_data_dir
+):
+    workdir, study, storage, elapsed = tiny_study_run
     check_tiny_study(storage)
     stage_times = list((storage / "benchmarks").rglob("*.tsv"))
     assert len(stage_times) == 15  # every stage's time, by the engine: store, 4 students, 4 + 4 models, 2 evaluations
@@ -176,47 +185,49 @@ def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothin
         "heal",
         "evaluate",
     }
-    again = snakemake(tmp_path, study, storage, tiny_data_dir, "--cores", "2")
+    again = snakemake(workdir, study, storage, tiny_data_dir, "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
     # a changed study re-plans only what changed: a longer healing re-heals and re-evaluates, builds nothing
+    (workdir / "longer").mkdir()  # a file of its own: the SLURM test below reruns the study as it was
     longer = tiny_study(
-        tmp_path, tiny_teacher_dir, data={**yaml.safe_load(study.read_text())["data"], "heal_epochs": 2}
+        workdir / "longer", tiny_teacher_dir, data={**yaml.safe_load(study.read_text())["data"], "heal_epochs": 2}
     )
-    dry = snakemake(tmp_path, longer, storage, tiny_data_dir, "-n")
+    dry = snakemake(workdir, longer, storage, tiny_data_dir, "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+) +(\d+)$", dry.stdout + dry.stderr, re.MULTILINE))
     assert counts["heal"] == "4" and "model" not in counts and "ffn_students" not in counts
     assert elapsed < 180, f"the tiny study took {elapsed:.0f} s"  # about 100 s on an idle 2-core CPU
 
 
-def test_a_tiny_study_runs_through_the_slurm_executor(slurm_accounting, tmp_path, tiny_teacher_dir, tiny_data_dir):
-    """Each stage one SLURM job, its state read back with sacct (the cluster's accounting). The study is the
-    smallest with every level of the workflow (a built model, healed, evaluated on both splits, reported): the
-    engine's work is the same as for the whole tiny study above, at a third of the jobs."""
-    field = {"method": "pruning", "attention_share": 0.5, "reconstruct": True}
-    study = tiny_study(tmp_path, tiny_teacher_dir, budgets=[0.5], families={"field": field}, comparisons=[])
-    storage = tmp_path / "study"
+def test_a_tiny_study_runs_through_the_slurm_executor(
+    slurm_accounting, tiny_study_run, tiny_teacher_dir, tiny_data_dir
+):
+    """Stages run as SLURM jobs, each's state read back with sacct (the cluster's accounting): the tiny study's
+    two evaluations and its report, run again on a real one-node cluster through the cluster profile. Two levels
+    of the workflow, each job a script reading what an earlier stage left, are what the executor adds; the
+    levels below them are the same scripts the local run above ran (each level costs about 30 s of the
+    executor's status checks here, so the test does not build the models again)."""
+    workdir, study, storage, _ = tiny_study_run
+    check_tiny_study(storage)  # whichever test ran first, the local run's results are whole before the rerun
+    report = storage / "data" / "models.csv"
+    written = report.stat().st_mtime_ns
     env = {**slurm_accounting, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     # the cluster profile of docs/OPERATIONS.md, its resources sized down for the one-node test cluster
     args = ["--profile", str(REPO / "workflow" / "profiles" / "slurm"), "--jobs", "4", "--retries", "0",
             "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-            "--default-resources", "runtime=10", "mem_mb=1500", "cpus_per_task=1"]  # fmt: skip
-    run = snakemake(tmp_path, study, storage, tiny_data_dir, *args, env=env, timeout=600)
+            "--default-resources", "runtime=10", "mem_mb=1500", "cpus_per_task=1",
+            "--forcerun", "evaluate"]  # fmt: skip
+    run = snakemake(workdir, study, storage, tiny_data_dir, *args, env=env, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
-    with open(storage / "data" / "models.csv") as file:
-        models = list(csv.DictReader(file))
-    assert {(row["model"], row["healing"], row["evaluation"]) for row in models} == {
-        (model, healing, split)
-        for model, healing in (("field_50", "kl"), ("teacher", ""))
-        for split in ("validation", "test")
-    }
-    logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert len(logs) == 5  # one job per stage (model, heal, two evaluations) and the report
+    logs = list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert len(logs) == 3  # one job per stage: the two evaluations and the report
+    assert report.stat().st_mtime_ns > written  # the report was written again, by the cluster's job
+    check_tiny_study(storage)
     accounted = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-o", "JobName,State", "--starttime", "now-1hour"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    assert len(accounted) >= 5 and all(line.endswith("|COMPLETED") for line in accounted)
+    assert len(accounted) >= 3 and all(line.endswith("|COMPLETED") for line in accounted)
 
 
 @pytest.mark.parametrize("name", ["round1", "round2", "round3", "bert_base"])
