@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import eval_retrained_12
 import make_report
@@ -17,6 +18,7 @@ from utils.assembly import collect_attentions
 from utils.model_io import save_simplified
 from utils.report import (
     PALE,
+    block_grid,
     budget_of,
     compare_models,
     compound_label,
@@ -28,8 +30,23 @@ from utils.report import (
     plot_teacher_curve,
     side_of,
 )
-from utils.storage import Storage
+from utils.storage import BEST, LATEST, BlockRun, Storage
 from utils.teacher import load_teacher
+
+
+def test_the_block_heatmap_shows_the_epoch_each_run_keeps(tmp_path):
+    """A run whose last epoch is worse than its best is drawn with its best's top-1: the epoch its models use."""
+    storage = Storage(tmp_path)
+    folder = storage.run(BlockRun("block", 3, 2, 8).name)
+    folder.mkdir(parents=True)
+    records = [{"epoch": epoch, "step": 10 * epoch, "replaced_top1": top1} for epoch, top1 in enumerate((0.1, 0.3))]
+    records.append({"epoch": 2, "step": 15, "batches_done": 5, "replaced_top1": 0.9})  # part of an epoch: not one
+    records.append({"epoch": 2, "step": 20, "replaced_top1": 0.2})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    torch.save({"model": {}, "epoch": 2}, folder / LATEST)
+    assert block_grid(storage) == {(2, ""): {(3, 8): 0.2}}  # a run older than best.pt: its last epoch
+    torch.save({"model": {}, "epoch": 1}, folder / BEST)
+    assert block_grid(storage) == {(2, ""): {(3, 8): 0.3}}
 
 
 def test_report_benchmarks(run_flags, tiny_teacher_dir, tmp_path):

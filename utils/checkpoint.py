@@ -22,7 +22,7 @@ import torch
 
 from utils.errors import Diverged, UserError
 from utils.files import RunLock, atomic_write, ensure_writable, move_aside, remove_stale_temporaries
-from utils.storage import BEST, LATEST
+from utils.storage import BEST, LATEST, run_output
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,13 @@ def load_checkpoint(path: str | Path, flag: str = "checkpoint") -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{flag} {path} is not a sitra checkpoint (no 'model' entry)")
     return state
+
+
+def kept_epoch(folder: Path) -> int | None:
+    """The epoch a block run gives the stages after it (its :func:`~utils.storage.run_output`); None before its
+    first checkpoint."""
+    output = run_output(Path(folder))
+    return load_checkpoint(output)["epoch"] if output.exists() else None
 
 
 def check_identity(state: dict, expected: dict, path: Path | str) -> None:

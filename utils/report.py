@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from models import DROP, MERGE_INIT, STUDENT_INIT
-from utils.checkpoint import RunDirectory
+from utils.checkpoint import RunDirectory, kept_epoch
 from utils.compound import recipe_variant
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, markdown_table
@@ -150,15 +150,15 @@ def seeds_table(pooled: list[dict]) -> str:
 
 
 def block_grid(storage: Storage) -> dict[tuple[int, str], dict[tuple[int, int], float]]:
-    """(heads, variant) -> {(block, d_k): replaced_top1 of the last epoch}: variants are never mixed in one grid"""
+    """(heads, variant) -> {(block, d_k): replaced_top1 of the epoch the run keeps (:func:`kept_epoch`, the one
+    its models are built from)}: variants are never mixed in one grid"""
     grid: dict[tuple[int, str], dict[tuple[int, int], float]] = {}
     for run, folder in storage.block_runs("block"):
+        kept = kept_epoch(folder)
         records = RunDirectory(folder, {}, 1).read_metrics()
-        if not records:
-            continue
-        last = records[-1]
-        if "replaced_top1" in last:
-            grid.setdefault((run.heads, run.variant), {})[(run.block, run.d_k)] = last["replaced_top1"]
+        record = next((r for r in records if r.get("epoch") == kept and "batches_done" not in r), {})
+        if "replaced_top1" in record:
+            grid.setdefault((run.heads, run.variant), {})[(run.block, run.d_k)] = record["replaced_top1"]
     return grid
 
 

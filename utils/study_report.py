@@ -9,12 +9,12 @@ import json
 import math
 from pathlib import Path
 
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import kept_epoch
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models
 from utils.statistics import holm
-from utils.storage import BlockRun, parse_ffn_run, run_output
+from utils.storage import BlockRun, parse_ffn_run
 from utils.study import METHODS, Plan, PlannedModel
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
@@ -76,8 +76,7 @@ def student_rows(plan: Plan) -> list[dict]:
             student, block = _student_of(folder.parent.name)
             if student is None:
                 continue
-            output = run_output(folder.parent)
-            kept = load_checkpoint(output)["epoch"] if output.exists() else None
+            kept = kept_epoch(folder.parent)
             for record in _records(folder):
                 metric = next((key for key in STUDENT_LOSSES if key in record), None)
                 if metric is None or "batches_done" in record:  # not a student's, or a partial epoch
