@@ -218,7 +218,7 @@ class RunDirectory:
         if not self.writer:
             return
         check_finite(state, self.latest)
-        state = {**state, "identity": self.identity, "flags": self.flags}
+        state = self._stamped(state)
         epoch = state["epoch"]
         if state["batches_done"] == 0 and epoch > 0 and epoch % self.save_every == 0:
             save_checkpoint(state, self.path / f"epoch_{epoch:03d}.pt")
@@ -228,7 +228,11 @@ class RunDirectory:
         """``best.pt``: the checkpoint of the epoch whose validation loss is the lowest so far."""
         if not self.writer:
             return
-        save_checkpoint({**state, "identity": self.identity, "flags": self.flags}, self.path / BEST)
+        save_checkpoint(self._stamped(state), self.path / BEST)
+
+    def _stamped(self, state: dict) -> dict:
+        """The state with this run's identity and flags, which a resume or a later stage checks it against."""
+        return {**state, "identity": self.identity, "flags": self.flags}
 
     def log_metrics(self, record: dict) -> None:
         if not self.writer:
