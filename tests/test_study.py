@@ -3,18 +3,22 @@ through Snakemake, here and on a real one-node SLURM with accounting."""
 
 import csv
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO
 from models.cost import width_for_budget
 from utils.errors import UserError
+from utils.evaluation import PER_SENTENCE
 from utils.study import SHAPES, Plan, Study, TeacherShape
+from utils.study_report import write_study_data
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
 
@@ -230,7 +234,48 @@ def test_a_tiny_study_runs_through_the_slurm_executor(
     assert len(accounted) >= 3 and all(line.endswith("|COMPLETED") for line in accounted)
 
 
-@pytest.mark.parametrize("name", ["round1", "round2", "round3", "bert_base"])
+def test_a_study_compares_each_model_with_the_one_of_its_name_in_its_baseline(
+    tiny_study_run, tiny_teacher_dir, tmp_path
+):
+    """``baseline: ../baseline`` (read from the study's root): each healed model against the model of the same name
+    in that study, on the same test masks. Both studies here are the tiny study's evaluations, copied; in the
+    baseline, sitra_50 got every test token right, so the difference is its own top-1 less 1, and sitra_25 is the
+    same model."""
+    storage = tiny_study_run[2]
+    for root in ("ablation", "baseline"):
+        shutil.copytree(storage / "seed42" / "results", tmp_path / root / "seed42" / "results")
+    arrays = tmp_path / "baseline" / "seed42" / "results" / "test" / PER_SENTENCE
+    with np.load(arrays) as loaded:
+        values = dict(loaded)
+    top1 = values["sitra_50_kl/top1"].mean()
+    values["sitra_50_kl/top1"] = np.ones_like(values["sitra_50_kl/top1"])
+    np.savez(arrays, **values)
+    study = tiny_study(tmp_path, tiny_teacher_dir, baseline="../baseline")
+    plan = Plan(Study.load(study), tmp_path / "ablation", sys.executable)
+    assert plan.baseline == tmp_path / "baseline"
+    write_study_data(plan)
+    with open(plan.data_files["comparisons"]) as file:
+        against = {row["first"]: row for row in csv.DictReader(file) if row["kind"] == "baseline"}
+    assert set(against) == {"sitra_50", "sitra_25", "field_50", "field_25"}
+    assert all(row["second"] == name and row["second_study"] == "baseline" for name, row in against.items())
+    assert float(against["sitra_50"]["top1_difference"]) == pytest.approx(top1 - 1) and top1 < 1
+    assert float(against["sitra_25"]["top1_difference"]) == 0 and against["sitra_25"]["holm_survives"] == "False"
+    assert "| sitra_50 (baseline) |" in (tmp_path / "ablation" / "report" / "study.md").read_text()
+
+
+def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_teacher_dir):
+    """A sibling study's trained teacher: ``../round3/teacher`` from this study's root, wherever the roots are."""
+    shutil.copytree(tiny_teacher_dir, tmp_path / "first" / "teacher")
+    study = tiny_study(tmp_path, tiny_teacher_dir, teacher={"path": "../first/teacher"})
+    plan = Plan(Study.load(study), tmp_path / "second", sys.executable)  # its shape read from that teacher's config
+    assert plan.teacher == str(tmp_path / "first" / "teacher")
+    assert f"--teacher {tmp_path / 'first' / 'teacher'} " in plan.shell_command("store", "seed42", "store")
+    hub_teacher = {"path": "bert-base-uncased", "shape": "bert-base"}
+    hub = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, teacher=hub_teacher)), tmp_path, sys.executable)
+    assert hub.teacher == "bert-base-uncased"  # a hub id is as given
+
+
+@pytest.mark.parametrize("name", ["round1", "round2", "round3", "round3_one_epoch", "bert_base"])
 def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
     from utils.study import KINDS
 

@@ -55,14 +55,18 @@ def compare_models(
     seed_storages: Sequence[Storage] = (),
     evaluation: str | None = None,
     confidence: float = CONFIDENCE,
+    against: Sequence[Storage] | None = None,
 ) -> dict:
     """Paired differences ``first - second`` on the masks both were evaluated on (in the results folder
     ``evaluation`` only, when given), with ``confidence`` intervals. With ``seed_storages`` (the same experiments
     under other seeds) each model's per-sentence values are first averaged over the seeds [N], so the interval is
-    over sentences for the seed-averaged models; both must be evaluated in every one."""
+    over sentences for the seed-averaged models; both must be evaluated in every one. ``against``: where
+    ``second`` is, seed by seed (another study's storages: the same seeds and data give the same masks); by
+    default where ``first`` is."""
     storages = [storage, *seed_storages]
     # per model: one {masks: (evaluation, metric -> [N])} per seed
-    found = [[per_sentence_values(s, model, evaluation) for s in storages] for model in (first, second)]
+    found = [[per_sentence_values(s, model, evaluation) for s in where]
+             for model, where in ((first, storages), (second, against or storages))]  # fmt: skip
     shared = [masks for masks in found[0][0] if all(masks in per_seed for seeds in found for per_seed in seeds)]
     if not shared:
         missing = [model for model, seeds in zip((first, second), found, strict=True) if not all(seeds)]

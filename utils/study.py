@@ -129,7 +129,13 @@ DATA_DEFAULTS = {
     "batch_size": None,  # None: each script's default
 }
 TOP_KEYS = {"name", "description", "teacher", "data", "seeds", "budgets", "families", "healing", "comparisons",
-            "resources", "goals"}  # fmt: skip
+            "resources", "goals", "baseline"}  # fmt: skip
+
+
+def from_root(root: Path, path: str) -> str:
+    """A study file's path: one starting with ``./`` or ``../`` is read from the study's root (``../round3/teacher``:
+    a sibling study's trained teacher, wherever the two roots are); any other is as given (a folder or a hub id)."""
+    return str((Path(root) / path).resolve()) if path.startswith(("./", "../")) else path
 
 
 def _require(condition: bool, message: str, where: str) -> None:
@@ -152,6 +158,7 @@ class Study:
     comparisons: list[list[str]]
     resources: dict = field(default_factory=dict)
     goals: dict = field(default_factory=dict)  # budget -> the share of the teacher's test top-1 to keep
+    baseline: str | None = None  # another study's root (from_root): its models of the same names, compared with these
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -204,8 +211,14 @@ class Study:
         )
         goals = raw.get("goals") or {}
         _require(set(goals) <= set(budgets), "goals: a share of the teacher's top-1 per budget of the study", where)
+        baseline = raw.get("baseline")
+        _require(
+            baseline is None or isinstance(baseline, str) and baseline,
+            "baseline: expected the root of another study (e.g. ../round3, read from this study's root)",
+            where,
+        )
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
-                   raw.get("resources") or {}, goals)  # fmt: skip
+                   raw.get("resources") or {}, goals, baseline)  # fmt: skip
 
 
 def _check_family(name: str, family: dict, budgets: list[float], where: str) -> None:
@@ -393,7 +406,7 @@ class Plan:
     def __init__(self, study: Study, root: str | Path, python: str, data_dir: str | None = None, shape=None):
         self.study, self.root, self.python = study, Path(root).resolve(), python
         self.repo = Path(__file__).resolve().parents[1]
-        self.shape = shape or teacher_shape(study)
+        self.shape = shape or teacher_shape(study, self.root)
         self.models, self.skipped = plan_models(study, self.shape)
         self.data_dir, self.resource_table = data_dir, study.resources
         self.stages: dict[tuple[str, str, str], Stage] = {}
@@ -411,8 +424,14 @@ class Plan:
 
     @property
     def teacher(self) -> str:
-        train = self.study.teacher.get("train")
-        return str(Storage(self.root).teacher) if train is not None else self.study.teacher["path"]
+        if self.study.teacher.get("train") is not None:
+            return str(Storage(self.root).teacher)
+        return from_root(self.root, self.study.teacher["path"])
+
+    @property
+    def baseline(self) -> Path | None:
+        """The root of the study this one's models are compared with, model by model (the study file's baseline)."""
+        return None if self.study.baseline is None else Path(from_root(self.root, self.study.baseline))
 
     def stamp(self, key: tuple[str, str, str]) -> Path:
         kind, seed, name = key
@@ -596,12 +615,14 @@ KINDS = ("teacher", "store", "attention_students", "ffn_students", "merge_studen
          "evaluate")  # fmt: skip  # the workflow's stage rules, in the order a study runs them
 
 
-def teacher_shape(study: Study) -> TeacherShape:
-    """The shape of the study's teacher: the named ``shape``, else its config (or its init's, when trained)."""
+def teacher_shape(study: Study, root: Path) -> TeacherShape:
+    """The shape of the study's teacher: the named ``shape``, else its config (or its init's, when trained); a
+    relative path is read from the study's ``root`` (:func:`from_root`)."""
     named = study.teacher.get("shape")
     if named:
         return TeacherShape(**SHAPES[named])
     from utils.teacher import inspect_teacher
 
-    source = study.teacher["path"] if "path" in study.teacher else study.teacher["train"].get("init", "minilm")
+    train = study.teacher.get("train")
+    source = from_root(root, study.teacher["path"]) if train is None else train.get("init", "minilm")
     return TeacherShape.of_config(inspect_teacher(source).config)

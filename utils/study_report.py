@@ -12,9 +12,9 @@ from pathlib import Path
 from utils.checkpoint import kept_epoch
 from utils.errors import UserError
 from utils.files import atomic_write
-from utils.report import collect_results, compare_models
+from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
-from utils.storage import BlockRun, parse_ffn_run
+from utils.storage import BlockRun, Storage, parse_ffn_run
 from utils.study import METHODS, Plan, PlannedModel
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
@@ -25,7 +25,8 @@ MODEL_COLUMNS = (
     "latency_ms_b1", "latency_ms_b64", "masks",
 )  # fmt: skip
 COMPARISON_COLUMNS = (
-    "study", "kind", "budget", "healing", "first", "second", "first_family", "second_family", "candidates", "seed",
+    "study", "kind", "budget", "healing", "first", "second", "first_family", "second_family", "second_study",
+    "candidates", "seed",
     "seeds", "sentences",
     *(f"{metric}_{part}" for metric in ("top1", "agree_top1") for part in ("difference", "low", "high")),
     "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
@@ -126,19 +127,24 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _compared(plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], **row) -> list[dict]:
-    """``first`` healed by ``healings[0]`` against ``second`` healed by ``healings[1]`` on the test masks: a row per
-    seed and, with several seeds, one of both averaged over them, with the spread of the seeds' differences."""
+def _compared(
+    plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], baseline: bool = False, **row
+) -> list[dict]:
+    """``first`` healed by ``healings[0]`` against ``second`` healed by ``healings[1]`` (``baseline``: the model of
+    that name in the study's baseline) on the test masks: a row per seed and, with several seeds, one of both
+    averaged over them, with the spread of the seeds' differences."""
     storages = [plan.storage(seed) for seed in plan.study.seeds]
     names = first.healed(healings[0]), second.healed(healings[1])
     base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
             "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
-    runs = [(seed, storage, ()) for seed, storage in zip(plan.study.seeds, storages, strict=True)]
+    if baseline:
+        base |= {"second_study": plan.baseline.name, "baseline": plan.baseline}
+    runs = [(seed, [storage]) for seed, storage in zip(plan.study.seeds, storages, strict=True)]
     if len(storages) > 1:
-        runs.append((ALL_SEEDS, storages[0], storages[1:]))
+        runs.append((ALL_SEEDS, storages))
     rows = []
-    for seed, storage, others in runs:
-        result = compare_models(storage, *names, others, evaluation=TEST)
+    for seed, where in runs:
+        result = compare_models(where[0], *names, where[1:], TEST, against=_second_storages(base, where))
         entry = {**base, "seed": seed, "seeds": result["seeds"], "sentences": result["sentences"]}
         for metric in ("top1", "agree_top1"):
             entry |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
@@ -147,6 +153,31 @@ def _compared(plan: Plan, first: PlannedModel, second: PlannedModel, healings: t
         differences = [row["top1_difference"] for row in rows[:-1]]
         rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
     return rows
+
+
+def _second_storages(row: dict, storages: list[Storage]) -> list[Storage] | None:
+    """Where a comparison's second model is, seed by seed: the baseline study's storage of each seed, or None
+    (beside the first)."""
+    if not row.get("baseline"):
+        return None
+    return [Storage(Path(row["baseline"]) / storage.root.name) for storage in storages]
+
+
+def _against_baseline(plan: Plan) -> list[dict]:
+    """Each healed model against the model of the same name and healing in the study's baseline (another study's
+    root: the same teacher, seeds and data, so the same test masks), where the baseline evaluated it under every
+    seed; e.g. students trained one epoch against round three's, to measure what the longer training buys."""
+    if plan.baseline is None:
+        return []
+    compared = []
+    for healing in plan.study.healing:
+        for model in plan.models:
+            name = model.healed(healing)
+            seeds = [Storage(plan.baseline / f"seed{seed}") for seed in plan.study.seeds]
+            if all(per_sentence_values(storage, name, TEST) for storage in seeds):
+                compared += _compared(plan, model, model, (healing, healing), baseline=True, kind="baseline",
+                                      healing=healing)  # fmt: skip
+    return compared
 
 
 def _validation_top1(rows: list[dict]) -> dict[tuple[str, str], float]:
@@ -174,6 +205,7 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
                 if None not in pair:
                     compared += _compared(plan, *pair, (healing, healing), kind="declared", healing=healing)
         compared += _best_against_field(plan, rows, healing)
+    compared += _against_baseline(plan)
     for other in healings[1:]:  # each later healing against the first, model by model
         for model in plan.models:
             compared += _compared(plan, model, model, (other, healings[0]), kind="healing",
@@ -181,10 +213,10 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
     reported = [row for row in compared if row["seed"] == (ALL_SEEDS if len(plan.study.seeds) > 1 else row["seed"])]
     for row, correction in zip(reported, holm([row["top1_p_value"] for row in reported]), strict=True):
         row.update(correction)
-        seeds = row["seeds"]
-        storages = [plan.storage(seed) for seed in plan.study.seeds][:seeds]
+        storages = [plan.storage(seed) for seed in plan.study.seeds][: row["seeds"]]
         first, second = (_healed_name(plan, row, side) for side in ("first", "second"))
-        at_level = compare_models(storages[0], first, second, storages[1:], TEST, correction["holm_confidence"])
+        at_level = compare_models(storages[0], first, second, storages[1:], TEST, correction["holm_confidence"],
+                                  against=_second_storages(row, storages))  # fmt: skip
         row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
     return compared
 
@@ -447,8 +479,9 @@ def comparisons_markdown(rows: list[dict]) -> str:
         spread = f"{100 * float(row['top1_seed_spread']):.2f}" if row.get("top1_seed_spread") else ""
         holm_p = f"{float(row['holm_p']):.3g}"
         holm_p = f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
+        second = f"{row['second']} ({row['second_study']})" if row.get("second_study") else row["second"]
         lines.append(
-            f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {row['first']} | {row['second']} | "
+            f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {row['first']} | {second} | "
             f"{row.get('candidates') or ''} | {row['seeds']} | {_difference(row, 'top1')} | {spread} | {holm_p} | "
             f"{_difference(row, 'top1', 'holm')} | {_difference(row, 'agree_top1')} |"
         )
