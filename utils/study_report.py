@@ -26,8 +26,7 @@ MODEL_COLUMNS = (
 )  # fmt: skip
 COMPARISON_COLUMNS = (
     "study", "kind", "budget", "healing", "first", "second", "first_family", "second_family", "second_study",
-    "candidates", "seed",
-    "seeds", "sentences",
+    "candidates", "seed", "seeds", "sentences",
     *(f"{metric}_{part}" for metric in ("top1", "agree_top1") for part in ("difference", "low", "high")),
     "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
     "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high",
