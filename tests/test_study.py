@@ -263,6 +263,20 @@ def test_a_study_compares_each_model_with_the_one_of_its_name_in_its_baseline(
     assert "| sitra_50 (baseline) |" in (tmp_path / "ablation" / "report" / "study.md").read_text()
 
 
+def test_a_study_run_in_parts_reports_the_seeds_it_has(tiny_study_run, tiny_teacher_dir, tmp_path):
+    """Two seeds planned, one evaluated so far: every comparison is over that seed alone, reported and
+    Holm-corrected as such, and the first table says over how many of the study's seeds."""
+    shutil.copytree(tiny_study_run[2] / "seed42" / "results", tmp_path / "part" / "seed42" / "results")
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, seeds=[42, 43])), tmp_path / "part", sys.executable)
+    write_study_data(plan)
+    with open(plan.data_files["comparisons"]) as file:
+        comparisons = list(csv.DictReader(file))
+    assert len(comparisons) == 4 and all(row["seed"] == "42" and row["seeds"] == "1" for row in comparisons)
+    assert all(row["holm_p"] for row in comparisons)
+    page = (tmp_path / "part" / "report" / "study.md").read_text()
+    assert "| 25% | sitra_25 (kl; 1 of 2 seeds) |" in page
+
+
 def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_teacher_dir):
     """A sibling study's trained teacher: ``../round3/teacher`` from this study's root, wherever the roots are."""
     shutil.copytree(tiny_teacher_dir, tmp_path / "first" / "teacher")

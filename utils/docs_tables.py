@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.study_report import headline_markdown, read_table, students_markdown
+from utils.study_report import headline_markdown, read_table, students_markdown, study_about
 
 SECTION = re.compile(r"(<!-- generated: (\w+) from (\S+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
 DOCUMENTS = ("README.md", "docs/RESULTS.md")
@@ -150,13 +150,11 @@ def _price_in_top1(runs: list[dict]) -> list[str]:
 def headline_of_study(folder: Path) -> str:
     """The first table of a committed study: each budget's best, against the field's, with its goal; a study whose
     models are not evaluated yet (no models.csv) has a row per planned budget that says so."""
-    about = folder / "study.json"  # make_report.py --study writes it beside the tables
-    plan = json.loads(about.read_text()) if about.is_file() else {}
-    goals = {float(budget): share for budget, share in plan.get("goals", {}).items()}
+    about = study_about(folder)  # make_report.py --study writes study.json beside the tables
     evaluated = (folder / "models.csv").is_file()
     models = read_table(folder / "models.csv") if evaluated else []
     comparisons = read_table(folder / "comparisons.csv") if evaluated else []
-    return headline_markdown(models, comparisons, goals, plan.get("budgets", []))
+    return headline_markdown(models, comparisons, about["goals"], about["budgets"], about["seeds"])
 
 
 def students_of_study(folder: Path) -> str:

@@ -130,17 +130,23 @@ def _compared(
     plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], baseline: bool = False, **row
 ) -> list[dict]:
     """``first`` healed by ``healings[0]`` against ``second`` healed by ``healings[1]`` (``baseline``: the model of
-    that name in the study's baseline) on the test masks: a row per seed and, with several seeds, one of both
-    averaged over them, with the spread of the seeds' differences."""
-    storages = [plan.storage(seed) for seed in plan.study.seeds]
+    that name in the study's baseline) on the test masks: a row per seed under which both are evaluated (a study
+    run in parts compares what it has) and, with several, one of both averaged over them, with the spread of the
+    seeds' differences; that last row is the one the study reports (``reported``)."""
     names = first.healed(healings[0]), second.healed(healings[1])
     base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
             "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
     if baseline:
         base |= {"second_study": plan.baseline.name, "baseline": plan.baseline}
-    runs = [(seed, [storage]) for seed, storage in zip(plan.study.seeds, storages, strict=True)]
-    if len(storages) > 1:
-        runs.append((ALL_SEEDS, storages))
+    evaluated = []
+    for seed in plan.study.seeds:
+        storage = plan.storage(seed)
+        second_storage = (_second_storages(base, [storage]) or [storage])[0]
+        if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second_storage, names[1], TEST):
+            evaluated.append((seed, storage))
+    runs = [(seed, [storage]) for seed, storage in evaluated]
+    if len(evaluated) > 1:
+        runs.append((ALL_SEEDS, [storage for _, storage in evaluated]))
     rows = []
     for seed, where in runs:
         result = compare_models(where[0], *names, where[1:], TEST, against=_second_storages(base, where))
@@ -151,6 +157,8 @@ def _compared(
     if len(rows) > 1:
         differences = [row["top1_difference"] for row in rows[:-1]]
         rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
+    if rows:  # what the Holm step needs to compare it again at its level
+        rows[-1] |= {"reported": True, "names": names, "storages": runs[-1][1]}
     return rows
 
 
@@ -164,19 +172,16 @@ def _second_storages(row: dict, storages: list[Storage]) -> list[Storage] | None
 
 def _against_baseline(plan: Plan) -> list[dict]:
     """Each healed model against the model of the same name and healing in the study's baseline (another study's
-    root: the same teacher, seeds and data, so the same test masks), where the baseline evaluated it under every
-    seed; e.g. students trained one epoch against round three's, to measure what the longer training buys."""
+    root: the same teacher, seeds and data, so the same test masks), where the baseline evaluated it; e.g.
+    students trained one epoch against round three's, to measure what the longer training buys."""
     if plan.baseline is None:
         return []
-    compared = []
-    for healing in plan.study.healing:
-        for model in plan.models:
-            name = model.healed(healing)
-            seeds = [Storage(plan.baseline / f"seed{seed}") for seed in plan.study.seeds]
-            if all(per_sentence_values(storage, name, TEST) for storage in seeds):
-                compared += _compared(plan, model, model, (healing, healing), baseline=True, kind="baseline",
-                                      healing=healing)  # fmt: skip
-    return compared
+    return [
+        row
+        for healing in plan.study.healing
+        for model in plan.models
+        for row in _compared(plan, model, model, (healing, healing), baseline=True, kind="baseline", healing=healing)
+    ]
 
 
 def _validation_top1(rows: list[dict]) -> dict[tuple[str, str], float]:
@@ -209,20 +214,14 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
         for model in plan.models:
             compared += _compared(plan, model, model, (other, healings[0]), kind="healing",
                                   healing=f"{other} - {healings[0]}")  # fmt: skip
-    reported = [row for row in compared if row["seed"] == (ALL_SEEDS if len(plan.study.seeds) > 1 else row["seed"])]
+    reported = [row for row in compared if row.get("reported")]
     for row, correction in zip(reported, holm([row["top1_p_value"] for row in reported]), strict=True):
         row.update(correction)
-        storages = [plan.storage(seed) for seed in plan.study.seeds][: row["seeds"]]
-        first, second = (_healed_name(plan, row, side) for side in ("first", "second"))
-        at_level = compare_models(storages[0], first, second, storages[1:], TEST, correction["holm_confidence"],
-                                  against=_second_storages(row, storages))  # fmt: skip
+        where = row["storages"]
+        at_level = compare_models(where[0], *row["names"], where[1:], TEST, correction["holm_confidence"],
+                                  against=_second_storages(row, where))  # fmt: skip
         row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
     return compared
-
-
-def _healed_name(plan: Plan, row: dict, side: str) -> str:
-    healing = row["healing"].split(" - ")[0 if side == "first" else -1]
-    return f"{row[side]}_{healing}"
 
 
 def best_on_validation(
@@ -293,7 +292,7 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
         if frontier is not None:
             written["frontier"] = frontier
     page = plan.root / "report" / "study.md"
-    text = study_markdown(files["models"].parent, plan.study.goals)
+    text = study_markdown(files["models"].parent)
     page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(page, lambda tmp: tmp.write_text(text))
     return {**written, "page": page}
@@ -488,11 +487,12 @@ def comparisons_markdown(rows: list[dict]) -> str:
 
 
 def headline_markdown(
-    models: list[dict], comparisons: list[dict], goals: dict[float, float], budgets: list[float] = ()
+    models: list[dict], comparisons: list[dict], goals: dict[float, float], budgets: list[float] = (), seeds: int = 0
 ) -> str:
     """The first screen: per budget, sitra's best (chosen on validation, over every healing) with its share of the
     teacher's test top-1 and that share's paired interval, against the field's best (Holm-marked), and the goal;
-    each of ``budgets`` not measured yet is a row that says so."""
+    each of ``budgets`` not measured yet is a row that says so, and a comparison over fewer than the study's
+    ``seeds`` says over how many."""
     teacher = {
         row["seed"]: float(row["top1"]) for row in models if row["model"] == "teacher" and row["evaluation"] == TEST
     }
@@ -521,8 +521,9 @@ def headline_markdown(
         verdict = "" if goal is None or math.isnan(share) else f"{goal:.0%}: "
         verdict += "" if not verdict else "met" if share >= goal else f"missed by {goal - share:.1%}"
         survives = " (survives Holm)" if row["holm_survives"] in ("True", True) else " (not after Holm)"
+        chosen = row["healing"] + (f"; {row['seeds']} of {seeds} seeds" if int(row["seeds"]) < seeds else "")
         lines.append(
-            f"| {float(budget):.0%} | {row['first']} ({row['healing']}) | {share:.1%} [{low:.1%}, {high:.1%}] | "
+            f"| {float(budget):.0%} | {row['first']} ({chosen}) | {share:.1%} [{low:.1%}, {high:.1%}] | "
             f"{_difference(row, 'top1')} vs {row['second']}{survives} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
@@ -534,17 +535,28 @@ def _validation(models: list[dict], comparison: dict) -> float:
     return sum(values) / len(values) if values else float("-inf")
 
 
-def study_markdown(data: Path, goals: dict[float, float] | None = None) -> str:
-    """The markdown tables of a study's data folder: the headline, the comparisons and every model
-    (``models.csv``, ``comparisons.csv``), then the students' training (``students.csv``); what a part of the
-    study has not written yet is left out."""
+def study_about(data: Path) -> dict:
+    """What a study's data folder says of the study as planned (``study.json``, beside its tables): ``goals``
+    (budget -> share), ``budgets`` and ``seeds``; empty where it has none."""
+    about = data / "study.json"
+    plan = json.loads(about.read_text()) if about.is_file() else {}
+    goals = {float(budget): share for budget, share in plan.get("goals", {}).items()}
+    return {"goals": goals, "budgets": plan.get("budgets", []), "seeds": len(plan.get("seeds", []))}
+
+
+def study_markdown(data: Path) -> str:
+    """The markdown tables of a study's data folder: the headline (with the goals of its ``study.json``), the
+    comparisons and every model (``models.csv``, ``comparisons.csv``), then the students' training
+    (``students.csv``); what a part of the study has not written yet is left out."""
     if not any((data / f"{name}.csv").is_file() for name in ("models", "students")):
         read_table(data / "models.csv")  # the error naming the missing file
     text = ""
     if (data / "models.csv").is_file():
         models, comparisons = read_table(data / "models.csv"), read_table(data / "comparisons.csv")
         study = models[0]["study"] if models else data.name
-        text = f"### Study {study}: each budget's best\n\n{headline_markdown(models, comparisons, goals or {})}\n"
+        about = study_about(data)
+        headline = headline_markdown(models, comparisons, about["goals"], seeds=about["seeds"])
+        text = f"### Study {study}: each budget's best\n\n{headline}\n"
         if comparisons:
             text += f"### Study {study}: paired comparisons\n\n{comparisons_markdown(comparisons)}\n"
         text += f"### Study {study}: every model\n\n{models_markdown(models)}\n"
