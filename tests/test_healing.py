@@ -1,5 +1,5 @@
 """Layer-wise healing: the layer map through dropped and merged depths, the loss on known tensors, and a teacher
-that heals against itself at zero."""
+that heals against itself at zero; models healed in lockstep end as each healed alone."""
 
 import math
 
@@ -7,10 +7,13 @@ import pytest
 import torch
 from transformers import BertForMaskedLM
 
+import train_full_merged_model
 from conftest import tiny_config
 from models import SimplifiedBert, assemble, teacher_layer_map
 from models.methods import merged_layer
+from utils.model_io import load_simplified, save_simplified
 from utils.objectives import HEALING, LayerwiseDistillation, layerwise_loss
+from utils.teacher import load_teacher
 
 
 @pytest.fixture
@@ -66,3 +69,31 @@ def test_a_teacher_heals_against_itself_at_zero_and_a_changed_layer_does_not(tea
     total, _ = LayerwiseDistillation(teacher, changed, changed).loss(batch, changed)
     output_only, _ = HEALING["output"].function(teacher, changed, changed).loss(batch, changed)
     assert total.item() - output_only.item() > 1e-5
+
+
+@pytest.mark.parametrize("healing", ["output", "layerwise"])
+def test_models_healed_in_lockstep_end_as_each_healed_alone(healing, run_flags, tiny_teacher_dir, tmp_path):
+    """Two models (the teacher whole, and without its layer 1) healed by one run, one teacher forward per batch,
+    end with the weights each gets healed alone, dropout included; each in its own run and output folder."""
+    teacher = load_teacher(tiny_teacher_dir)
+    models = [tmp_path / "models" / name for name in ("whole", "dropped")]
+    for folder, dropped in zip(models, (set(), {1}), strict=True):
+        save_simplified(assemble(teacher.model, dropped=dropped), teacher.tokenizer, folder)
+    heal = ["--train_layers", "--healing", healing, "--epochs", "2", "--lr", "1e-3"]
+    alone = [tmp_path / "alone" / folder.name for folder in models]
+    for model, output in zip(models, alone, strict=True):
+        train_full_merged_model.main(
+            run_flags(storage=tmp_path / "a") + heal + ["--model", str(model), "--output_model", str(output)]
+        )
+    together = [tmp_path / "together" / folder.name for folder in models]
+    histories = train_full_merged_model.main(
+        run_flags(storage=tmp_path / "b") + heal + ["--model", *map(str, models), "--output_model", *map(str, together)]
+    )
+    assert [[record["epoch"] for record in history] for history in histories] == [[0, 1, 2], [0, 1, 2]]
+    for one, other in zip(alone, together, strict=True):
+        first, second = load_simplified(one)[0].state_dict(), load_simplified(other)[0].state_dict()
+        assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    changed = load_simplified(together[1])[0].state_dict()
+    assert not torch.equal(
+        changed["layers.0.ffn_in.weight"], assemble(teacher.model).state_dict()["layers.0.ffn_in.weight"]
+    )

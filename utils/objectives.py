@@ -23,6 +23,9 @@ from utils.signals import Signal, TeacherSignal
 
 LossParts = tuple[torch.Tensor, int]
 CPU = torch.device("cpu")
+# a batch key: the teacher's forward on the batch, computed once for several models healed in lockstep
+# ({traced: the forward's output}; :func:`utils.finetune.one_teacher_forward`)
+TEACHER_OUTPUTS = "teacher_outputs"
 
 
 def sum_count(values: torch.Tensor) -> LossParts:
@@ -251,6 +254,7 @@ class OutputDistillation:
     the teacher's (train_block_till_end, train_full_merged_model, finetune_fully_merged)."""
 
     validation_loss = "kl_from_teacher"
+    traced = False  # whether the loss reads the teacher's layers (its forward with ``trace``)
 
     def __init__(
         self,
@@ -265,9 +269,17 @@ class OutputDistillation:
         self.student = student
         self.temperature, self.hard_label_weight, self.device = temperature, hard_label_weight, device
 
-    def loss(self, batch: dict, network: nn.Module) -> LossParts:
+    def teacher_forward(self, batch: dict) -> tuple[dict, object]:
+        """The batch without the teacher's forward, and that forward (``trace``d where :attr:`traced`): the one
+        a lockstep run computed for every model (:data:`TEACHER_OUTPUTS`), or this model's own."""
+        inputs = {key: value for key, value in batch.items() if key != TEACHER_OUTPUTS}
+        if TEACHER_OUTPUTS in batch:
+            return inputs, batch[TEACHER_OUTPUTS][self.traced]
         with torch.no_grad():
-            teacher_logits = self.teacher(**batch)
+            return inputs, self.teacher(**inputs, trace=self.traced)
+
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
+        batch, teacher_logits = self.teacher_forward(batch)
         labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
         return output_distillation_loss(
             network(**batch), teacher_logits, labels, self.temperature, self.hard_label_weight
@@ -320,13 +332,14 @@ class LayerwiseDistillation(OutputDistillation):
     layer it stands for (:func:`models.teacher_layer_map`: through dropped and merged depths) and its attention
     distributions where the head counts allow (TinyBERT's layer-wise distillation, MiniLM's attention transfer)."""
 
+    traced = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.layer_map = teacher_layer_map(self.student)
 
     def loss(self, batch: dict, network: nn.Module) -> LossParts:
-        with torch.no_grad():
-            teacher_logits, teacher_hiddens, teacher_probs = self.teacher(**batch, trace=True)
+        batch, (teacher_logits, teacher_hiddens, teacher_probs) = self.teacher_forward(batch)
         logits, hiddens, probs = network(**batch, trace=True)
         labels = batch["labels"][batch["labels"] != IGNORE_INDEX]
         total, count = output_distillation_loss(
