@@ -498,14 +498,11 @@ class Plan:
         tag, data = f"seed{seed}", self.study.data
         store_args = self._common(seed) + self._train_sentences
         store = self._add("store", tag, "store", "build_teacher_store.py", store_args, teacher)
-        healed, names = [], []
-        for model in self.models:
-            # a pruned or dropped model needs no students and no store: only what it is made of
-            built = self._model_stage(seed, model, self._student_stages(seed, model, store))
-            for healing, flags in self.study.healing.items():
-                healed.append(self._heal_stage(seed, model, built, healing, flags))
-                names.append(model.healed(healing))
-        models = [self.storage(seed).model(name) for name in names]
+        # a pruned or dropped model needs no students and no store: only what it is made of
+        built = [self._model_stage(seed, model, self._student_stages(seed, model, store)) for model in self.models]
+        healed = [self._heal_stage(seed, built, healing, flags) for healing, flags in self.study.healing.items()]
+        models = [self.storage(seed).model(model.healed(healing)) for healing in self.study.healing
+                  for model in self.models]  # fmt: skip
         for split, share in (("validation", data["validation_share"]), ("test", data["test_share"])):
             # every healed model on the same masks: the validation split to choose on, the test split to report
             args = [*self._common(seed), "--split", split, "--percentage_data", share, "--reference", "none"]
@@ -550,13 +547,15 @@ class Plan:
         args += ["--max_sentences", self.study.data["heal_sentences"], "--output_model", output]
         return self._add("model", tag, model.name, "finetune_fully_merged.py", args, needs)
 
-    def _heal_stage(self, seed: int, model: PlannedModel, built, healing: str, flags: dict) -> tuple[str, str, str]:
+    def _heal_stage(self, seed: int, built: list, healing: str, flags: dict) -> tuple[str, str, str]:
+        """Every model of the seed healed by ``healing``, in lockstep: one teacher forward per batch for all of
+        them (train_full_merged_model.py with several --model), each ending as it would healed alone."""
         storage, data = self.storage(seed), self.study.data
-        args = [*self._common(seed, training=True), "--model", storage.model(model.name)]
+        args = [*self._common(seed, training=True), "--model", *(storage.model(m.name) for m in self.models)]
         args += ["--max_sentences", data["heal_sentences"], "--epochs", data["heal_epochs"]]
         args += ["--eval_sentences", data["check_sentences"], *_flag_args(flags)]
-        args += ["--output_model", storage.model(model.healed(healing))]
-        return self._add("heal", f"seed{seed}", model.healed(healing), "train_full_merged_model.py", args, [built])
+        args += ["--output_model", *(storage.model(model.healed(healing)) for model in self.models)]
+        return self._add("heal", f"seed{seed}", healing, "train_full_merged_model.py", args, built)
 
     # what the workflow reads -------------------------------------------------------------------------------------
     def stages_of(self, kind: str) -> list[Stage]:
