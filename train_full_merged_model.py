@@ -82,17 +82,17 @@ def main(argv: list[str] | None = None) -> list[dict] | list[list[dict]]:
     require(outputs is None or len(outputs) == len(model_dirs),
             f"--output_model: one folder per --model ({len(model_dirs)}), got {len(outputs or [])}")  # fmt: skip
     require(flags.export.export_hf is None or len(model_dirs) == 1, "--export_hf: one --model only")
-    healing = variant(flags.groups)  # -ffn, -t4: how it is healed
+    suffix = variant(flags.groups)  # -ffn, -t4: how it is healed
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     healings = []
     for index, model_dir in enumerate(model_dirs):
-        output = Path(outputs[index]) if outputs else model_dir.parent / f"{model_dir.name}_finetuned{healing}"
+        output = Path(outputs[index]) if outputs else model_dir.parent / f"{model_dir.name}_finetuned{suffix}"
         # each model's run has the flags a run healing it alone would have
         alone = flags.replacing({
             HealedModelsArguments: HealedModelsArguments([str(model_dir)]),
             FinetuneArguments: replace(options, output_model=[str(output)]),
         })  # fmt: skip
-        run = finetune_run(alone, info, model_dir.name + healing, model=str(model_dir.resolve()))
+        run = finetune_run(alone, info, model_dir.name + suffix, model=str(model_dir.resolve()))
         healings.append(Healing(alone, run, model_dir, output))
     pending = [healing for healing in healings if not already_finished(healing.run, healing.flags, healing.output)]
     if pending:

@@ -8,7 +8,7 @@ import torch
 from transformers import BertForMaskedLM
 
 import train_full_merged_model
-from conftest import tiny_config
+from conftest import one_line_error, tiny_config
 from models import SimplifiedBert, assemble, teacher_layer_map
 from models.methods import merged_layer
 from utils.model_io import load_simplified, save_simplified
@@ -72,7 +72,7 @@ def test_a_teacher_heals_against_itself_at_zero_and_a_changed_layer_does_not(tea
 
 
 @pytest.mark.parametrize("healing", ["output", "layerwise"])
-def test_models_healed_in_lockstep_end_as_each_healed_alone(healing, run_flags, tiny_teacher_dir, tmp_path):
+def test_models_healed_in_lockstep_end_as_each_healed_alone(healing, run_flags, tiny_teacher_dir, tmp_path, capsys):
     """Two models (the teacher whole, and without its layer 1) healed by one run, one teacher forward per batch,
     end with the weights each gets healed alone, dropout included; each in its own run and output folder."""
     teacher = load_teacher(tiny_teacher_dir)
@@ -86,6 +86,9 @@ def test_models_healed_in_lockstep_end_as_each_healed_alone(healing, run_flags, 
             run_flags(storage=tmp_path / "a") + heal + ["--model", str(model), "--output_model", str(output)]
         )
     together = [tmp_path / "together" / folder.name for folder in models]
+    one_output = run_flags(storage=tmp_path / "b") + heal + ["--model", *map(str, models), "--output_model", "x"]
+    assert "--output_model: one folder per --model (2), got 1" in one_line_error(capsys, train_full_merged_model.main,
+                                                                                 one_output)  # fmt: skip
     histories = train_full_merged_model.main(
         run_flags(storage=tmp_path / "b") + heal + ["--model", *map(str, models), "--output_model", *map(str, together)]
     )

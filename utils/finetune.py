@@ -74,12 +74,11 @@ class Healing:
 
 def heal_and_save(
     healings: list[Healing], teacher: Teacher, data: WikiTextSplits, flags: Flags, device: torch.device, select
-) -> dict[str, list[dict]]:
+) -> None:
     """Heal every model in ``healings`` (``select(student, flags)`` marks what trains and returns what the saved
     model records of it) and save each at its output.
     Several heal in lockstep: every batch drawn once, one teacher forward for all (:func:`one_teacher_forward`),
-    each model with its own checkpoints, resume and dropout stream, so it ends as it would healed alone. Returns
-    each run's metric records by run folder name."""
+    each model with its own checkpoints, resume and dropout stream, so it ends as it would healed alone."""
     members, students = [], []
     for healing in healings:
         student, _, meta = load_simplified(healing.model_dir, device)
@@ -96,7 +95,6 @@ def heal_and_save(
     histories = fit_together(members, data.train, valid, flags.training, device, flags.data.seed, split)
     for healing, (student, meta), history in zip(healings, students, histories, strict=True):
         _save_healed(student, teacher, data, healing.flags, healing.run, healing.output, meta, history)
-    return {healing.run.path.name: history for healing, history in zip(healings, histories, strict=True)}
 
 
 def finetune_and_save(
