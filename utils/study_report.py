@@ -137,19 +137,20 @@ def _compared(
     base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
             "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
     if baseline:
-        base |= {"second_study": plan.baseline.name, "baseline": plan.baseline}
+        base["second_study"] = plan.baseline.name
+    # per seed, where the first model is and where the second is (the baseline's storage of that seed, or the same)
     evaluated = []
     for seed in plan.study.seeds:
         storage = plan.storage(seed)
-        second_storage = (_second_storages(base, [storage]) or [storage])[0]
-        if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second_storage, names[1], TEST):
-            evaluated.append((seed, storage))
-    runs = [(seed, [storage]) for seed, storage in evaluated]
+        second = Storage(plan.baseline / storage.root.name) if baseline else storage
+        if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second, names[1], TEST):
+            evaluated.append((seed, storage, second))
+    runs = [(seed, [storage], [second]) for seed, storage, second in evaluated]
     if len(evaluated) > 1:
-        runs.append((ALL_SEEDS, [storage for _, storage in evaluated]))
+        runs.append((ALL_SEEDS, [storage for _, storage, _ in evaluated], [second for _, _, second in evaluated]))
     rows = []
-    for seed, where in runs:
-        result = compare_models(where[0], *names, where[1:], TEST, against=_second_storages(base, where))
+    for seed, where, against in runs:
+        result = compare_models(where[0], *names, where[1:], TEST, against=against)
         entry = {**base, "seed": seed, "seeds": result["seeds"], "sentences": result["sentences"]}
         for metric in ("top1", "agree_top1"):
             entry |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
@@ -158,16 +159,8 @@ def _compared(
         differences = [row["top1_difference"] for row in rows[:-1]]
         rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
     if rows:  # what the Holm step needs to compare it again at its level
-        rows[-1] |= {"reported": True, "names": names, "storages": runs[-1][1]}
+        rows[-1] |= {"reported": True, "names": names, "storages": runs[-1][1], "against": runs[-1][2]}
     return rows
-
-
-def _second_storages(row: dict, storages: list[Storage]) -> list[Storage] | None:
-    """Where a comparison's second model is, seed by seed: the baseline study's storage of each seed, or None
-    (beside the first)."""
-    if not row.get("baseline"):
-        return None
-    return [Storage(Path(row["baseline"]) / storage.root.name) for storage in storages]
 
 
 def _against_baseline(plan: Plan) -> list[dict]:
@@ -219,7 +212,7 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
         row.update(correction)
         where = row["storages"]
         at_level = compare_models(where[0], *row["names"], where[1:], TEST, correction["holm_confidence"],
-                                  against=_second_storages(row, where))  # fmt: skip
+                                  against=row["against"])  # fmt: skip
         row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
     return compared
 
