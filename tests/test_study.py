@@ -298,6 +298,22 @@ def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path
     plan = Plan(Study.load(REPO / "studies" / f"{name}.yaml"), tmp_path, "python")
     assert plan.models and {stage.kind for stage in plan.stages.values()} <= set(KINDS)
     assert all(set(stage.needs) <= set(plan.stages) for stage in plan.stages.values())  # no need left unplanned
+    if "train" in plan.study.teacher:  # every stage that reads the teacher the study trains runs after it
+        teacher_key = ("teacher", "shared", "teacher")
+        for stage in plan.stages.values():
+            if plan.teacher in stage.command and stage.key != teacher_key:
+                assert teacher_key in upstream(plan, stage.key), stage.key
+
+
+def upstream(plan: Plan, key: tuple) -> set:
+    """Every stage the stage ``key`` waits for, directly or through others."""
+    found, todo = set(), list(plan.stages[key].needs)
+    while todo:
+        need = todo.pop()
+        if need not in found:
+            found.add(need)
+            todo.extend(plan.stages[need].needs)
+    return found
 
 
 def test_each_sides_best_is_chosen_on_validation_among_its_own_methods(tmp_path, tiny_teacher_dir):

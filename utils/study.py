@@ -498,8 +498,9 @@ class Plan:
         tag, data = f"seed{seed}", self.study.data
         store_args = self._common(seed) + self._train_sentences
         store = self._add("store", tag, "store", "build_teacher_store.py", store_args, teacher)
-        # a pruned or dropped model needs no students and no store: only what it is made of
-        built = [self._model_stage(seed, model, self._student_stages(seed, model, store)) for model in self.models]
+        # every model needs the teacher it is cut from, a pruned or dropped one nothing else (no students, no store)
+        built = [self._model_stage(seed, model, [*teacher, *self._student_stages(seed, model, store)])
+                 for model in self.models]  # fmt: skip
         healed = [self._heal_stage(seed, built, healing, flags) for healing, flags in self.study.healing.items()]
         models = [self.storage(seed).model(model.healed(healing)) for healing in self.study.healing
                   for model in self.models]  # fmt: skip
