@@ -23,6 +23,7 @@ from utils.data import load_data
 from utils.experiment import cli_entry, parse_and_start
 from utils.finetune import Healing, heal_and_save
 from utils.identity import variant
+from utils.model_io import model_fingerprint
 from utils.runs import already_finished, finetune_run
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> list[dict] | list[list[dict]]:
             HealedModelsArguments: HealedModelsArguments([str(model_dir)]),
             FinetuneArguments: replace(options, output_model=[str(output)]),
         })  # fmt: skip
-        run = finetune_run(alone, info, model_dir.name + suffix, model=str(model_dir.resolve()))
+        # the model by path and by content: one rebuilt in place is not taken for the one healed before
+        run = finetune_run(alone, info, model_dir.name + suffix, model=str(model_dir.resolve()),
+                           model_fingerprint=model_fingerprint(model_dir))  # fmt: skip
         healings.append(Healing(alone, run, model_dir, output))
     pending = [healing for healing in healings if not already_finished(healing.run, healing.flags, healing.output)]
     if pending:

@@ -2,6 +2,7 @@
 that heals against itself at zero; models healed in lockstep end as each healed alone."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -100,3 +101,19 @@ def test_models_healed_in_lockstep_end_as_each_healed_alone(healing, run_flags, 
     assert not torch.equal(
         changed["layers.0.ffn_in.weight"], assemble(teacher.model).state_dict()["layers.0.ffn_in.weight"]
     )
+
+
+def test_a_model_rebuilt_in_place_is_not_taken_for_the_one_healed_before(run_flags, tiny_teacher_dir, tmp_path, capsys):
+    """A heal is identified by its model's content as well as its path: the same model copied elsewhere is already
+    healed; other weights at the same path are refused in one line, naming the fingerprint."""
+    teacher = load_teacher(tiny_teacher_dir)
+    model = tmp_path / "first" / "m"
+    save_simplified(assemble(teacher.model, dropped={1}), teacher.tokenizer, model)
+    heal = run_flags(storage=tmp_path / "s") + ["--train_layers", "--output_model", str(tmp_path / "healed")]
+    history = train_full_merged_model.main(heal + ["--model", str(model)])
+    copy = tmp_path / "second" / "m"
+    shutil.copytree(model, copy)
+    assert train_full_merged_model.main(heal + ["--model", str(copy)]) == history  # finished: nothing to do
+    save_simplified(assemble(teacher.model, dropped={2}), teacher.tokenizer, model)  # rebuilt: same size, same path
+    error = one_line_error(capsys, train_full_merged_model.main, heal + ["--model", str(model)])
+    assert "does not match the flags" in error and "model_fingerprint=" in error

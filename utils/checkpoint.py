@@ -87,7 +87,8 @@ def check_identity(state: dict, expected: dict, path: Path | str) -> None:
     checkpoint also records; only a key recorded in neither is not held against it.
     """
     saved = {**state.get("flags", {}), **state.get("identity", {})}
-    for name, fingerprint in (("teacher", "teacher_fingerprint"), ("init", "init_fingerprint")):
+    for name, fingerprint in (("teacher", "teacher_fingerprint"), ("init", "init_fingerprint"),
+                              ("model", "model_fingerprint")):  # fmt: skip
         if saved.get(fingerprint) and saved.get(fingerprint) == expected.get(fingerprint):
             saved.pop(name, None)  # the same weights at another path are the same model
     differences = [

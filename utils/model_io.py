@@ -10,6 +10,7 @@ A simplified model is a folder holding:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -54,6 +55,22 @@ def save_and_export(
     if export_dir:
         kind = export_hf(model, tokenizer, export_dir, meta)
         log.info("exported %s as a Hugging Face folder (%s) to %s", folder, kind, export_dir)
+
+
+def model_fingerprint(folder: str | Path) -> str | None:
+    """sha256 of a saved model's weights and spec, whole: a model rebuilt in place may keep its size and its
+    embeddings (the first MiB, all that :func:`utils.teacher.weights_fingerprint` reads). None when the folder holds
+    no weight file (loading it names the problem)."""
+    if not (Path(folder) / WEIGHTS_FILE).is_file():
+        return None
+    digest = hashlib.sha256()
+    for path in (Path(folder) / WEIGHTS_FILE, Path(folder) / SPEC_FILE):  # an exported folder has no spec
+        if not path.is_file():
+            continue
+        with open(path, "rb") as handle:
+            while chunk := handle.read(2**24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def is_simplified(folder: str | Path) -> bool:
