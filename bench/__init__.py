@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 
 from models import SimplifiedBert
+from utils.args import require_unused
 from utils.experiment import log
 from utils.model_io import load_simplified
+from utils.onnx_optimize import SHORTLIST_FORMS
 from utils.teacher import Teacher, load_teacher
 
 # What every training benchmark times unless told otherwise: one epoch, a token validation pass (timing,
@@ -33,3 +35,13 @@ def write_results(root: Path, name: str, result: dict, lines: list[str]) -> None
     (root / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     log.info("results in %s", root)
+
+
+def shortlisted(forms: list[str], groups: tuple, flag: str) -> bool:
+    """Whether any of ``forms`` (named by ``flag``) has a shortlisted head; where none has, every flag of ``groups``
+    (what only those forms read) must stay at its default: a value for one would change nothing."""
+    if any(form in SHORTLIST_FORMS for form in forms):
+        return True
+    for group in groups:
+        require_unused(group, f"only the shortlisted forms ({', '.join(SHORTLIST_FORMS)}) read it: add one to {flag}")
+    return False

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import onnxruntime
 import torch
 
-from bench import teacher_and_models, write_results
+from bench import shortlisted, teacher_and_models, write_results
 from utils.args import (
     DataArguments,
     ShortlistArguments,
@@ -25,14 +25,13 @@ from utils.args import (
     TeacherArguments,
     parse_args,
     require,
-    require_unused,
 )
 from utils.benchmark import flop_reductions, measure_interleaved, timing_batch
 from utils.data import training_shortlist
 from utils.experiment import cli_entry, start
 from utils.files import reserve_unique_dir
 from utils.onnx_export import onnx_session
-from utils.onnx_optimize import ONNX_FORMS, SHORTLIST_FORMS, export_forms
+from utils.onnx_optimize import ONNX_FORMS, export_forms
 
 RUNTIMES = {"pytorch": "sitra's eager forward", **{form: f"ONNX Runtime, {what}" for form, what in ONNX_FORMS.items()}}
 
@@ -139,18 +138,14 @@ def main(argv=None) -> dict:
     groups = [TeacherArguments, LatencyArguments, ShortlistArguments, DataArguments, StorageArguments]
     flags = parse_args(groups, __doc__, argv)
     options = flags.latency
-    if not any(form in SHORTLIST_FORMS for form in options.runtimes):
-        for group in (flags.shortlist, flags.data):
-            require_unused(
-                group, f"only the shortlisted forms ({', '.join(SHORTLIST_FORMS)}) read it: add one to --runtimes"
-            )
+    needs_shortlist = shortlisted(options.runtimes, (flags.shortlist, flags.data), "--runtimes")
     device = start(flags)
     teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
     root = reserve_unique_dir(flags.storage.storage_directory, "latency_")
     mask = teacher.tokenizer.mask_token_id
     forms = [runtime for runtime in options.runtimes if runtime in ONNX_FORMS]
     shortlist = None
-    if any(form in SHORTLIST_FORMS for form in forms):
+    if needs_shortlist:
         shortlist = training_shortlist(flags.data, teacher.tokenizer, flags.shortlist.shortlist)
     files = {name: export_forms(model, root, name, mask, forms, shortlist) for name, model in models.items()}
     reduction = flop_reductions(models, 40)

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from bench import teacher_and_models, write_results
+from bench import shortlisted, teacher_and_models, write_results
 from utils.args import (
     DataArguments,
     ShortlistArguments,
@@ -24,7 +24,6 @@ from utils.args import (
     parse_args,
     require,
     require_positive,
-    require_unused,
 )
 from utils.data import eval_loader, frequent_tokens, load_data
 from utils.evaluation import masks_fingerprint
@@ -32,7 +31,7 @@ from utils.experiment import cli_entry, start
 from utils.files import atomic_write, reserve_unique_dir
 from utils.onnx_eval import NOTABLE_LOSS, price_of_forms
 from utils.onnx_export import onnx_session
-from utils.onnx_optimize import INT8_FORMS, ONNX_FORMS, SHORTLIST_FORMS, export_forms
+from utils.onnx_optimize import INT8_FORMS, ONNX_FORMS, export_forms
 
 REFERENCE = "ort_fused"  # each model's fp32 graph, what its int8 copies are compared with
 
@@ -84,16 +83,12 @@ def main(argv=None) -> dict:
     groups = [TeacherArguments, OnnxAccuracyArguments, ShortlistArguments, DataArguments, StorageArguments]
     flags = parse_args(groups, __doc__, argv)
     options = flags.onnx_accuracy
-    if not any(form in SHORTLIST_FORMS for form in options.forms):
-        require_unused(
-            flags.shortlist, f"only the shortlisted forms ({', '.join(SHORTLIST_FORMS)}) read it: add one to --forms"
-        )
+    needs_shortlist = shortlisted(options.forms, (flags.shortlist,), "--forms")
     start(flags)
     teacher, models = teacher_and_models(flags.teacher.teacher, options.models)
     splits = load_data(flags.data, teacher.tokenizer)
     test = splits.test
-    shortlisted = any(form in SHORTLIST_FORMS for form in options.forms)
-    shortlist = frequent_tokens(splits.train, flags.shortlist.shortlist) if shortlisted else None
+    shortlist = frequent_tokens(splits.train, flags.shortlist.shortlist) if needs_shortlist else None
     count = min(options.sentences or len(test), len(test))
     root = reserve_unique_dir(flags.storage.storage_directory, "onnx_accuracy_")
     mask = teacher.tokenizer.mask_token_id
