@@ -279,6 +279,19 @@ def test_a_study_run_in_parts_reports_the_seeds_it_has(tiny_study_run, tiny_teac
     assert "| 25% | sitra_25 (kl; 1 of 2 seeds) |" in page
 
 
+def test_a_study_report_is_rebuilt_from_its_raw_results_alone(tiny_study_run, tmp_path):
+    """The raw results the report copies under data/raw (each evaluation's metrics.json and per-sentence outcomes),
+    copied into a fresh root without models, students or stamps, give the same tables."""
+    storage, raw = tiny_study_run[2], tiny_study_run[2] / "data" / "raw"
+    files = sorted(str(path.relative_to(raw)) for path in raw.rglob("*") if path.is_file())
+    assert files == [f"seed42/results/{split}/{name}" for split in ("test", "validation")
+                     for name in ("metrics.json", PER_SENTENCE)]  # fmt: skip
+    shutil.copytree(raw, tmp_path / "fresh")
+    write_study_data(Plan(Study.load(tiny_study_run[1]), tmp_path / "fresh", sys.executable))
+    for table in ("models.csv", "comparisons.csv"):
+        assert (tmp_path / "fresh" / "data" / table).read_text() == (storage / "data" / table).read_text()
+
+
 def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_teacher_dir):
     """A sibling study's trained teacher: ``../round3/teacher`` from this study's root, wherever the roots are."""
     shutil.copytree(tiny_teacher_dir, tmp_path / "first" / "teacher")

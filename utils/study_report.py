@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 from utils.checkpoint import kept_epoch
 from utils.errors import UserError
+from utils.evaluation import PER_SENTENCE
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
@@ -278,6 +280,7 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
         write_table(plan.root / "data" / "stage_times.csv", stage_times, STAGE_TIME_COLUMNS)
         written["stage_times"] = plan.root / "data" / "stage_times.csv"
     if models:
+        written["raw"] = copy_raw_results(plan)
         write_table(files["models"], models, MODEL_COLUMNS)
         write_table(files["comparisons"], comparison_rows(plan, models), COMPARISON_COLUMNS)
         written |= {name: files[name] for name in ("models", "comparisons")}
@@ -289,6 +292,27 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
     page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(page, lambda tmp: tmp.write_text(text))
     return {**written, "page": page}
+
+
+RAW_FILES = ("metrics.json", PER_SENTENCE)  # an evaluation's figures and per-sentence outcomes (utils.evaluation)
+
+
+def copy_raw_results(plan: Plan) -> Path:
+    """Every seed's study evaluations (validation, test) as the evaluations wrote them, under ``data/raw/`` in the
+    root's own layout (``seed42/results/test/per_sentence.npz``): committed beside the tables, they are the raw
+    results, and copied into a root (``cp -r data/raw/. ROOT``) they give :func:`write_study_data` all it reads of
+    the seeds' evaluations, on a machine where the models and the rest of the root are gone."""
+    raw = plan.root / "data" / "raw"
+    for seed in plan.study.seeds:
+        storage = plan.storage(seed)
+        for evaluation in (VALIDATION, TEST):
+            for name in RAW_FILES:
+                source = storage.results(evaluation) / name
+                if source.is_file():
+                    target = raw / source.relative_to(plan.root)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+    return raw
 
 
 def plot_student_curves(rows: list[dict], path: Path) -> Path | None:
