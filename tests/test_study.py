@@ -155,7 +155,8 @@ def check_tiny_study(storage: Path) -> None:
     assert {row["student"].split()[0] for row in curves} == {"attention", "feed-forward"}
     assert all(row["epoch"] == "1" and row["stopped_early"] == "True" for row in last.values()), last
     assert all(sum(row["kept"] == "True" for row in curves if row["run"] == run) == 1 for run in last)
-    assert (storage / "data" / "students.png").stat().st_size > 0 and "the students' training" in page
+    assert not (storage / "data" / "students.png").exists()  # one epoch each: no curve to draw
+    assert "the students' training" in page
 
 
 @pytest.fixture(scope="module")
@@ -394,14 +395,17 @@ def test_the_students_table_reports_the_epoch_each_student_keeps():
     assert line == "| feed-forward 768 | 0 | seed42 | 3 | the rule | 2 | 1 → 0.5 | 50.0% | 31.00 → 32.00 | 3.0 |"
 
 
-def test_the_students_plot_leaves_out_a_student_not_trained_yet(tmp_path):
-    """A stage that has only evaluated its students before training (epoch 0) has no curve: no empty panel."""
+def test_the_students_plot_leaves_out_a_student_without_a_second_epoch(tmp_path):
+    """A stage that has only evaluated its students before training (epoch 0), or trained them one epoch, has no
+    curve relative to epoch 1: no empty or one-point panel."""
     from utils.study_report import plot_student_curves
 
     started = {"student": "feed-forward 384", "block": "0", "seed": "seed42", "epoch": "0", "validation_loss": 1.0,
                "stopped_early": "False", "kept": "True"}  # fmt: skip
-    assert plot_student_curves([started], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    one_epoch = {**started, "student": "feed-forward 768", "epoch": "1"}
+    assert plot_student_curves([started, one_epoch], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
     trained = [
         {**started, "student": "attention 6x32", "epoch": str(epoch), "kept": str(epoch == 1)} for epoch in (1, 2)
     ]
-    assert plot_student_curves([started, *trained], tmp_path / "one.png").exists()
+    assert plot_student_curves([started, one_epoch, *trained], tmp_path / "one.png").exists()

@@ -272,9 +272,12 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
     if students:
         write_table(plan.students_data, students, STUDENT_COLUMNS)
         written["students"] = plan.students_data
-        curves = plot_student_curves(students, plan.students_data.with_suffix(".png"))
-        if curves is not None:  # None before any student has finished an epoch
+        plot = plan.students_data.with_suffix(".png")
+        curves = plot_student_curves(students, plot, study.data["train_sentences"])
+        if curves is not None:
             written["students_plot"] = curves
+        else:  # no student has trained two epochs: an earlier plot of other runs would mislead
+            plot.unlink(missing_ok=True)
     stage_times = stage_time_rows(plan)
     if stage_times:
         write_table(plan.root / "data" / "stage_times.csv", stage_times, STAGE_TIME_COLUMNS)
@@ -315,17 +318,20 @@ def copy_raw_results(plan: Plan) -> Path:
     return raw
 
 
-def plot_student_curves(rows: list[dict], path: Path) -> Path | None:
-    """One panel per student (kind and shape) with a finished epoch (None without any): its validation loss after
-    each epoch relative to the loss after epoch 1, a line per block (and seed), a circle where the stopping rule
-    ended it, a star at the epoch it keeps."""
+def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = None) -> Path | None:
+    """One panel per student (kind and shape) trained more than one epoch (None without any: a curve relative to
+    epoch 1 needs a second): its validation loss after each epoch relative to the loss after epoch 1, a line per
+    block (and seed), a circle where the stopping rule ended it, a star at the epoch it keeps. ``sentences``: the
+    training sentences of an epoch (None: all)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    curves: dict[str, dict[tuple, list[dict]]] = {}
+    runs: dict[str, dict[tuple, list[dict]]] = {}
     for row in rows:
         if int(row["epoch"]) >= 1:  # a student only evaluated before training has no curve yet
-            curves.setdefault(row["student"], {}).setdefault((row["seed"], int(row["block"])), []).append(row)
+            runs.setdefault(row["student"], {}).setdefault((row["seed"], int(row["block"])), []).append(row)
+    curves = {student: by_block for student, by_block in runs.items()
+              if any(len(records) > 1 for records in by_block.values())}  # fmt: skip
     if not curves:
         return None
     several_seeds = len({row["seed"] for row in rows}) > 1
@@ -348,7 +354,7 @@ def plot_student_curves(rows: list[dict], path: Path) -> Path | None:
                     axes.plot(epoch, value, "*", color=line.get_color(), markersize=9)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(student, fontsize=10)
-        axes.set_xlabel("epoch (all training sentences each)")
+        axes.set_xlabel(f"epoch ({f'{sentences:,}' if sentences else 'all'} training sentences each)")
         axes.set_ylabel("validation loss / after epoch 1")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, ncols=2)
