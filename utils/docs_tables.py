@@ -13,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.study_report import headline_markdown, read_table, students_markdown, study_about
+from utils.study_report import (
+    comparisons_markdown,
+    headline_markdown,
+    models_markdown,
+    read_table,
+    students_markdown,
+    study_about,
+)
 
 SECTION = re.compile(r"(<!-- generated: (\w+) from (\S+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
 DOCUMENTS = ("README.md", "docs/RESULTS.md")
@@ -162,11 +169,23 @@ def students_of_study(folder: Path) -> str:
     return students_markdown(read_table(folder / "students.csv"))
 
 
+def models_of_study(folder: Path) -> str:
+    """A committed study's healed models, a table per budget: test top-1, agreement and KL, and validation top-1."""
+    return models_markdown(read_table(folder / "models.csv"))
+
+
+def comparisons_of_study(folder: Path) -> str:
+    """A committed study's reported comparisons, Holm-corrected together."""
+    return comparisons_markdown(read_table(folder / "comparisons.csv"))
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "speed": speed_markdown,
     "speed_verdict": speed_verdict,
     "study_headline": headline_of_study,
     "study_students": students_of_study,
+    "study_models": models_of_study,
+    "study_comparisons": comparisons_of_study,
 }
 
 

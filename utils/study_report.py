@@ -460,26 +460,46 @@ def _reported(rows: list[dict]) -> list[dict]:
     return [row for row in rows if row.get("holm_p")]
 
 
+def _teacher_top1(models: list[dict]) -> dict[str, float]:
+    """seed -> the teacher's test top-1."""
+    teachers = [row for row in models if row["model"] == "teacher" and row["evaluation"] == TEST]
+    return {row["seed"]: float(row["top1"]) for row in teachers}
+
+
+def _share_of_teacher(row: dict, teacher_top1: float) -> tuple[float, float, float]:
+    """A model's test top-1 as a share of the teacher's (same seed), with the interval of its paired difference."""
+    return tuple(
+        1 + float(row[key]) / teacher_top1 if teacher_top1 else math.nan
+        for key in ("top1_vs_teacher", "top1_vs_teacher_low", "top1_vs_teacher_high")
+    )
+
+
 def models_markdown(rows: list[dict]) -> str:
-    """One table per budget: every healed model on the test split (each seed a row), with its validation top-1."""
+    """One table per budget: every healed model on the test split (each seed a row) with its share of the teacher's
+    top-1 (paired interval), and its validation top-1."""
     validation = {(row["model"], row["healing"], row["seed"]): row for row in rows if row["evaluation"] == VALIDATION}
     shown = [row for row in rows if row["evaluation"] == TEST and (row["healing"] or row["model"] == "teacher")]
+    teacher = _teacher_top1(rows)
     lines = []
     for budget in sorted({row["budget"] for row in shown if row["model"] != "teacher"}, key=float, reverse=True):
         lines += [
             f"#### {float(budget):.0%} of the teacher's FLOPs (healed; test split, 95% intervals)",
             "",
-            "| model | healing | seed | FLOPs | parameters | top-1 % | agreement % | KL | validation top-1 % |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| model | healing | seed | FLOPs | parameters | top-1 % | % of the teacher's top-1 (paired) | "
+            "agreement % | KL | validation top-1 % |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         members = [row for row in shown if row["budget"] == budget or row["model"] == "teacher"]
         for row in sorted(members, key=lambda row: (row["model"] != "teacher", -float(row["top1"] or 0))):
             kl = f"{float(row['kl_from_teacher']):.3f}" if row.get("kl_from_teacher") else ""
             chosen_on = validation.get((row["model"], row["healing"], row["seed"]), {})
+            share = ""
+            if row["model"] != "teacher" and row.get("top1_vs_teacher"):
+                share = "{:.1%} [{:.1%}, {:.1%}]".format(*_share_of_teacher(row, teacher.get(row["seed"], 0)))
             lines.append(
                 f"| {row['model']} | {row['healing']} | {row['seed']} | {float(row['flops_share']):.1%} | "
-                f"{int(row['parameters']):,} | {_points(row, 'top1')} | {_points(row, 'agree_top1')} | {kl} | "
-                f"{_points(chosen_on, 'top1')} |"
+                f"{int(row['parameters']):,} | {_points(row, 'top1')} | {share} | {_points(row, 'agree_top1')} | "
+                f"{kl} | {_points(chosen_on, 'top1')} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -516,9 +536,7 @@ def headline_markdown(
     teacher's test top-1 and that share's paired interval, against the field's best (Holm-marked), and the goal;
     each of ``budgets`` not measured yet is a row that says so, and a comparison over fewer than the study's
     ``seeds`` says over how many."""
-    teacher = {
-        row["seed"]: float(row["top1"]) for row in models if row["model"] == "teacher" and row["evaluation"] == TEST
-    }
+    teacher = _teacher_top1(models)
     lines = [
         "| budget | sitra's best (chosen on validation) | % of the teacher's top-1 | sitra's best − the field's best "
         "(top-1 points; Holm) | goal |",
@@ -536,10 +554,8 @@ def headline_markdown(
         tests = [m for m in models if m["model"] == row["first"] and m["healing"] == row["healing"]
                  and m["evaluation"] == TEST]  # fmt: skip
         # the share of the teacher's top-1 under each seed, its interval from the paired difference, seed-averaged
-        share, low, high = (
-            sum(1 + float(m[key]) / teacher[m["seed"]] if teacher[m["seed"]] else math.nan for m in tests) / len(tests)
-            for key in ("top1_vs_teacher", "top1_vs_teacher_low", "top1_vs_teacher_high")
-        )
+        shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
+        share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
         goal = goals.get(float(budget))
         verdict = "" if goal is None or math.isnan(share) else f"{goal:.0%}: "
         verdict += "" if not verdict else "met" if share >= goal else f"missed by {goal - share:.1%}"
