@@ -14,7 +14,6 @@ from pathlib import Path
 
 from utils.errors import UserError
 from utils.study_report import (
-    comparisons_markdown,
     headline_markdown,
     models_markdown,
     read_table,
@@ -174,18 +173,12 @@ def models_of_study(folder: Path) -> str:
     return models_markdown(read_table(folder / "models.csv"))
 
 
-def comparisons_of_study(folder: Path) -> str:
-    """A committed study's reported comparisons, Holm-corrected together."""
-    return comparisons_markdown(read_table(folder / "comparisons.csv"))
-
-
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "speed": speed_markdown,
     "speed_verdict": speed_verdict,
     "study_headline": headline_of_study,
     "study_students": students_of_study,
     "study_models": models_of_study,
-    "study_comparisons": comparisons_of_study,
 }
 
 
