@@ -147,6 +147,10 @@ def check_tiny_study(storage: Path) -> None:
     assert all(float(row["holm_p"]) >= float(row["top1_p_value"]) for row in comparisons)
     page = (storage / "report" / "study.md").read_text()
     assert "4 comparisons, Holm-corrected together" in page and "| 25% | sitra_25 (kl) |" in page
+    from utils.docs_tables import GENERATORS  # the docs' section of the same comparisons, from the data alone
+
+    section = GENERATORS["study_comparisons"](storage / "data")
+    assert section.startswith("4 comparisons, Holm-corrected together") and section.count("| best |") == 2
     with open(storage / "data" / "students.csv") as file:
         curves = list(csv.DictReader(file))
     last = {}
@@ -305,7 +309,7 @@ def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_tea
     assert hub.teacher == "bert-base-uncased"  # a hub id is as given
 
 
-@pytest.mark.parametrize("name", ["round1", "round2", "round3", "round3_one_epoch", "bert_base"])
+@pytest.mark.parametrize("name", ["round1", "round2", "round3", "round3_one_epoch", "round3_50", "bert_base"])
 def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
     from utils.study import KINDS
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from utils.errors import UserError
 from utils.study_report import (
+    comparisons_markdown,
     headline_markdown,
     models_markdown,
     read_table,
@@ -173,12 +174,18 @@ def models_of_study(folder: Path) -> str:
     return models_markdown(read_table(folder / "models.csv"))
 
 
+def comparisons_of_study(folder: Path) -> str:
+    """A committed study's paired comparisons, Holm-corrected together: how many, and each difference."""
+    return comparisons_markdown(read_table(folder / "comparisons.csv"))
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "speed": speed_markdown,
     "speed_verdict": speed_verdict,
     "study_headline": headline_of_study,
     "study_students": students_of_study,
     "study_models": models_of_study,
+    "study_comparisons": comparisons_of_study,
 }
 
 
