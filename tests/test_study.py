@@ -110,6 +110,50 @@ def test_a_bad_study_file_is_one_error_naming_the_key(tmp_path, tiny_teacher_dir
         Study.load(tiny_study(tmp_path, tiny_teacher_dir, **change))
 
 
+def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teacher_dir):
+    """``base``: the base's keys, the part's replacing them; families, comparisons and goals cut to the part."""
+    families = {
+        "sitra": {"method": "students", "attention_share": 0.5},
+        "field": {"method": "pruning", "attention_share": 0.5},
+        "merged": {"method": "merged_pairs", "budgets": [0.5]},
+    }
+    base = tiny_study(tmp_path, tiny_teacher_dir, families=families, goals={0.5: 0.9, 0.25: 0.8},
+                      comparisons=[["sitra", "field"], ["merged", "field"]])  # fmt: skip
+    part = tmp_path / "part.yaml"
+    part.write_text(yaml.safe_dump({"base": base.name, "budgets": [0.25], "seeds": [43]}))
+    study = Study.load(part)
+    assert study.name == "part" and study.budgets == [0.25] and study.seeds == [43]  # the name is never inherited
+    assert set(study.families) == {"sitra", "field"}  # merged, planned at 50% only, is left out
+    assert study.comparisons == [["sitra", "field"]] and study.goals == {0.25: 0.8}
+    assert study.data == Study.load(base).data and study.healing == Study.load(base).healing
+    part.write_text(yaml.safe_dump({"base": base.name, "families": ["field"], "data": {"seq_len": 12}}))
+    study = Study.load(part)  # the families picked; a key given replaces the base's whole (data: defaults but seq_len)
+    assert list(study.families) == ["field"] and study.comparisons == [] and study.budgets == [0.5, 0.25]
+    assert study.data["seq_len"] == 12 and study.data["train_sentences"] is None
+    for bad, message in (
+        ({"base": base.name, "families": ["nobody"]}, r"families: expected names of tiny.yaml's families, not \['nobody'\]"),
+        ({"base": "missing.yaml"}, "base: .*missing.yaml is not another study file"),
+        ({"base": part.name}, "base: .*part.yaml is not another study file"),
+    ):  # fmt: skip
+        part.write_text(yaml.safe_dump(bad))
+        with pytest.raises(UserError, match=message):
+            Study.load(part)
+
+
+@pytest.mark.parametrize("part", ["round3_50", "round3_33"])
+def test_a_part_of_round_three_plans_round_threes_stages_at_its_budget(part, tmp_path):
+    """Each stage that makes a student or a model in a part's root is the stage round three's own plan has."""
+    whole = Plan(Study.load(REPO / "studies" / "round3.yaml"), tmp_path / "round3", "python")
+    piece = Plan(Study.load(REPO / "studies" / f"{part}.yaml"), tmp_path / part, "python")
+    made = {"store", "attention_students", "ffn_students", "model"}
+    commands = {stage.command for stage in whole.stages.values() if stage.kind in made}
+    for stage in piece.stages.values():
+        if stage.kind in made:
+            command = tuple(word.replace(str(tmp_path / part), str(tmp_path / "round3")) for word in stage.command)
+            assert command in commands, stage.key
+    assert {model.budget for model in piece.models} == set(piece.study.budgets) and len(piece.models) == 3
+
+
 def test_the_plan_of_a_bert_base_study_derives_its_shapes_from_3072_and_12_x_64(tmp_path):
     """The dry run of the bert-base study file (no weights needed: the study names the shape) on the engine."""
     dry = subprocess.run(
@@ -309,7 +353,7 @@ def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_tea
     assert hub.teacher == "bert-base-uncased"  # a hub id is as given
 
 
-@pytest.mark.parametrize("name", ["round1", "round2", "round3", "round3_one_epoch", "round3_50", "bert_base"])
+@pytest.mark.parametrize("name", ["round1", "round2", "round3", "round3_one_epoch", "round3_50", "round3_33", "bert_base"])
 def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
     from utils.study import KINDS
 

@@ -6,7 +6,8 @@ and its goals (see ``studies/round2.yaml``, every key explained). :class:`Plan` 
 call of one top-level script each, with the stages it needs, so a workflow engine (``workflow/Snakefile``)
 runs them in order, here or on a cluster, and skips what is done. The heads and feed-forward widths of each
 family at each budget come from the teacher's shape by :func:`models.cost.width_for_budget`, so one study file
-plans the right models for the offline teacher and for ``bert-base-uncased``.
+plans the right models for the offline teacher and for ``bert-base-uncased``. A part of a study (a budget, a
+seed) is a short file that names its ``base`` study and what it changes (``studies/round3_50.yaml``).
 
 Under the study's root (the workflow's ``storage``)::
 
@@ -129,7 +130,7 @@ DATA_DEFAULTS = {
     "batch_size": None,  # None: each script's default
 }
 TOP_KEYS = {"name", "description", "teacher", "data", "seeds", "budgets", "families", "healing", "comparisons",
-            "resources", "goals", "baseline"}  # fmt: skip
+            "resources", "goals", "baseline", "base"}  # fmt: skip
 
 
 def from_root(root: Path, path: str) -> str:
@@ -173,6 +174,8 @@ class Study:
         _require(isinstance(raw, dict), "expected a mapping of study keys", where)
         unknown = set(raw) - TOP_KEYS
         _require(not unknown, f"unknown keys {sorted(unknown)} (expected {', '.join(sorted(TOP_KEYS))})", where)
+        if "base" in raw:
+            raw = _derived(path, raw)
         for key in ("teacher", "budgets", "families"):
             _require(key in raw, f"needs '{key}'", where)
         data = {**DATA_DEFAULTS, **(raw.get("data") or {})}
@@ -219,6 +222,45 @@ class Study:
         )
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
                    raw.get("resources") or {}, goals, baseline)  # fmt: skip
+
+
+def _derived(path: Path, raw: dict) -> dict:
+    """A study file with ``base: other.yaml`` (read from this file's folder): the base study's keys, each key this
+    file gives replacing the base's whole (``name`` is never inherited). A part of a study names its own
+    ``budgets`` and ``seeds`` and may pick the base's families by name (``families: [a, b]``); what it inherits is
+    cut to them: a family's own ``budgets`` to the part's (a family left with none is not planned), the
+    comparisons to the families left, the goals to the part's budgets."""
+    import yaml
+
+    where = str(path)
+    base_path = path.parent / str(raw["base"])
+    _require(base_path.is_file() and base_path.resolve() != path.resolve(), f"base: {base_path} is not another study file", where)  # fmt: skip
+    base = yaml.safe_load(base_path.read_text())
+    _require(isinstance(base, dict) and "base" not in base, "base: expected a study file without a base", where)
+    derived = {**{key: value for key, value in base.items() if key != "name"}, **raw}
+    del derived["base"]
+    budgets = derived.get("budgets")
+    if not isinstance(budgets, list):
+        return derived  # refused by the caller's check
+    if not isinstance(raw.get("families"), dict):  # the base's families, all or those picked
+        inherited = base.get("families") if isinstance(base.get("families"), dict) else {}
+        picked = raw.get("families", list(inherited))
+        unknown = [name for name in picked if name not in inherited] if isinstance(picked, list) else [picked]
+        _require(not unknown, f"families: expected names of {base_path.name}'s families, not {unknown}", where)
+        families = {}
+        for name in picked:
+            family = inherited[name]
+            if isinstance(family, dict) and "budgets" in family:
+                family = {**family, "budgets": [budget for budget in family["budgets"] if budget in budgets]}
+                if not family["budgets"]:
+                    continue
+            families[name] = family
+        derived["families"] = families
+        if "comparisons" not in raw:
+            derived["comparisons"] = [pair for pair in derived.get("comparisons") or [] if set(pair) <= set(families)]
+    if "goals" not in raw and isinstance(derived.get("goals"), dict):
+        derived["goals"] = {budget: goal for budget, goal in derived["goals"].items() if budget in budgets}
+    return derived
 
 
 def _check_family(name: str, family: dict, budgets: list[float], where: str) -> None:
