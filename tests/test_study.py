@@ -131,7 +131,7 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
     assert list(study.families) == ["field"] and study.comparisons == [] and study.budgets == [0.5, 0.25]
     assert study.data["seq_len"] == 12 and study.data["train_sentences"] is None
     for bad, message in (
-        ({"base": base.name, "families": ["nobody"]}, r"families: expected names of tiny.yaml's families, not \['nobody'\]"),
+        ({"base": base.name, "families": ["nobody"]}, r"families: expected names of tiny.yaml's .* not \['nobody'\]"),
         ({"base": "missing.yaml"}, "base: .*missing.yaml is not another study file"),
         ({"base": part.name}, "base: .*part.yaml is not another study file"),
     ):  # fmt: skip
@@ -353,7 +353,7 @@ def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_tea
     assert hub.teacher == "bert-base-uncased"  # a hub id is as given
 
 
-@pytest.mark.parametrize("name", ["round1", "round2", "round3", "round3_one_epoch", "round3_50", "round3_33", "bert_base"])
+@pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "studies").glob("*.yaml")))
 def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
     from utils.study import KINDS
 

@@ -234,7 +234,8 @@ def _derived(path: Path, raw: dict) -> dict:
 
     where = str(path)
     base_path = path.parent / str(raw["base"])
-    _require(base_path.is_file() and base_path.resolve() != path.resolve(), f"base: {base_path} is not another study file", where)  # fmt: skip
+    another = base_path.is_file() and base_path.resolve() != path.resolve()
+    _require(another, f"base: {base_path} is not another study file", where)
     base = yaml.safe_load(base_path.read_text())
     _require(isinstance(base, dict) and "base" not in base, "base: expected a study file without a base", where)
     derived = {**{key: value for key, value in base.items() if key != "name"}, **raw}
