@@ -207,6 +207,50 @@ def check_tiny_study(storage: Path) -> None:
     assert "the students' training" in page
 
 
+def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
+    """Holm over three comparisons of two parts: p 0.01, 0.04 | 0.03 -> 0.03, 0.06, 0.06 (each part alone: all
+    survive); the parts' headline has a row per budget of the whole study, the ones not run said so."""
+    from utils.docs_tables import GENERATORS
+    from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
+
+    def comparison(budget: float, kind: str, p: float) -> dict:
+        return {"kind": kind, "budget": budget, "healing": "kl", "first": f"sitra_{round(100 * budget)}",
+                "second": f"field_{round(100 * budget)}", "seeds": 1, "top1_difference": 0.01, "top1_low": 0.0,
+                "top1_high": 0.02, "top1_p_value": p, "holm_p": p, "holm_survives": True, "holm_low": 0.0,
+                "holm_high": 0.02}  # fmt: skip
+
+    def model(name: str, evaluation: str, top1: float, budget: float) -> dict:
+        return {"evaluation": evaluation, "model": name, "healing": "" if name == "teacher" else "kl", "seed": 42,
+                "budget": budget, "top1": top1, "top1_vs_teacher": top1 - 0.4, "top1_vs_teacher_low": -0.03,
+                "top1_vs_teacher_high": 0.0}  # fmt: skip
+
+    def write(folder: Path, name: str, rows: list[dict], columns: list[str]) -> None:
+        with open(folder / name, "w", newline="") as file:
+            writer = csv.DictWriter(file, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "study.json").write_text('{"budgets": [0.5, 0.33, 0.25], "seeds": [42], "goals": {"0.5": 0.9}}')
+    for budget, ps in ((0.5, (0.01, 0.04)), (0.33, (0.03,))):
+        part = tmp_path / f"part_{round(100 * budget)}"
+        part.mkdir()
+        kinds = ("best", "declared")[: len(ps)]
+        rows = [comparison(budget, kind, p) for kind, p in zip(kinds, ps, strict=True)]
+        write(part, "comparisons.csv", rows, COMPARISON_COLUMNS)
+        models = [model("teacher", split, 0.4, 1.0) for split in ("test", "validation")]
+        models += [model(f"sitra_{round(100 * budget)}", split, 0.38, budget) for split in ("test", "validation")]
+        write(part, "models.csv", models, MODEL_COLUMNS)
+    parts = (whole, tmp_path / "part_50", tmp_path / "part_33")
+    table = GENERATORS["parts_comparisons"](*parts)
+    assert table.startswith("3 comparisons, Holm-corrected together") and "at its Holm level" not in table
+    assert [line.split(" | ")[9] for line in table.splitlines()[4:]] == ["**0.03**", "0.06", "0.06"]
+    headline = GENERATORS["parts_headline"](*parts).splitlines()
+    assert [line.split(" | ")[0] for line in headline[2:]] == ["| 50%", "| 33%", "| 25%"]
+    assert "(survives Holm)" in headline[2] and "(not after Holm)" in headline[3] and "not measured" in headline[4]
+
+
 @pytest.fixture(scope="module")
 def tiny_study_run(tmp_path_factory, tiny_teacher_dir, tiny_data_dir):
     """The tiny study run once through the engine on this machine; its folders, and how long the run took. Both

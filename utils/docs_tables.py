@@ -3,7 +3,8 @@
 A generated section sits between ``<!-- generated: NAME from FOLDER -->`` and ``<!-- end generated -->``;
 :func:`regenerate` rewrites its body from the files in ``FOLDER`` (relative to the repository) by the generator
 ``NAME`` in :data:`GENERATORS`, so a page never shows a figure its data does not hold (``make_report.py --docs``
-writes them; a test checks that the committed pages are what their data gives)."""
+writes them; a test checks that the committed pages are what their data gives). A generator of a study run in
+parts reads several folders, named separated by commas: the whole study's first, then its parts'."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from utils.study_report import (
     comparisons_markdown,
     headline_markdown,
     models_markdown,
+    pooled_comparisons,
     read_table,
     students_markdown,
     study_about,
@@ -179,13 +181,36 @@ def comparisons_of_study(folder: Path) -> str:
     return comparisons_markdown(read_table(folder / "comparisons.csv"))
 
 
-GENERATORS: dict[str, Callable[[Path], str]] = {
+def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list[dict]]:
+    """A study run in parts (each a study file of its own, its data folder committed): what the whole study
+    plans (its ``study.json``), every part's models, and the parts' comparisons Holm-corrected together."""
+    evaluated = [part for part in parts if (part / "models.csv").is_file()]
+    models = [row for part in evaluated for row in read_table(part / "models.csv")]
+    comparisons = pooled_comparisons([read_table(part / "comparisons.csv") for part in evaluated])
+    return study_about(study), models, comparisons
+
+
+def headline_of_parts(study: Path, *parts: Path) -> str:
+    """The first table of a study run in parts (``study``: its data folder, ``parts``: theirs): each budget's best
+    against the field's, Holm-marked over every comparison the parts report, and a row for each budget not run."""
+    about, models, comparisons = _parts(study, parts)
+    return headline_markdown(models, comparisons, about["goals"], about["budgets"], about["seeds"])
+
+
+def comparisons_of_parts(study: Path, *parts: Path) -> str:
+    """Every comparison the parts of a study report, Holm-corrected together."""
+    return comparisons_markdown(_parts(study, parts)[2])
+
+
+GENERATORS: dict[str, Callable[..., str]] = {
     "speed": speed_markdown,
     "speed_verdict": speed_verdict,
     "study_headline": headline_of_study,
     "study_students": students_of_study,
     "study_models": models_of_study,
     "study_comparisons": comparisons_of_study,
+    "parts_headline": headline_of_parts,
+    "parts_comparisons": comparisons_of_parts,
 }
 
 
@@ -196,7 +221,8 @@ def regenerate(text: str, repo: Path) -> str:
         opening, name, source, _, closing = match.groups()
         if name not in GENERATORS:
             raise UserError(f"generated section '{name}': no such generator (expected one of {', '.join(GENERATORS)})")
-        return f"{opening}{GENERATORS[name](repo / source)}{closing}"
+        # a generator of several data folders names them separated by commas
+        return f"{opening}{GENERATORS[name](*(repo / folder for folder in source.split(',')))}{closing}"
 
     return SECTION.sub(body, text)
 

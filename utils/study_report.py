@@ -505,16 +505,28 @@ def models_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pooled_comparisons(parts: list[list[dict]]) -> list[dict]:
+    """The comparisons several parts of one study report (each part's ``comparisons.csv``), Holm-corrected again
+    over all of them together, since a part's own correction counts only its comparisons. The interval at each
+    one's new Holm level is not recomputed (it needs the per-sentence values): dropped."""
+    reported = [dict(row) for rows in parts for row in _reported(rows)]
+    for row, correction in zip(reported, holm([float(row["top1_p_value"]) for row in reported]), strict=True):
+        row |= correction | {"holm_low": "", "holm_high": ""}
+    return reported
+
+
 def comparisons_markdown(rows: list[dict]) -> str:
     """The reported comparisons (first - second, top-1 points on the test split): the 95% interval, the spread of
-    the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level."""
+    the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level
+    (where the rows hold it: not those Holm-corrected again by :func:`pooled_comparisons`)."""
     reported = _reported(rows)
+    at_level = any(row.get("holm_low") for row in reported)
     lines = [
         f"{len(reported)} comparisons, Holm-corrected together; **bold**: survives (adjusted p < 0.05).",
         "",
         "| kind | budget | healing | first | second | candidates | seeds | top-1 difference, 95% | seed spread | "
-        "Holm p | at its Holm level | agreement difference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        + ("Holm p | at its Holm level | agreement difference |" if at_level else "Holm p | agreement difference |"),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if at_level else "---|"),
     ]
     for row in reported:
         spread = f"{100 * float(row['top1_seed_spread']):.2f}" if row.get("top1_seed_spread") else ""
@@ -524,7 +536,8 @@ def comparisons_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {row['first']} | {second} | "
             f"{row.get('candidates') or ''} | {row['seeds']} | {_difference(row, 'top1')} | {spread} | {holm_p} | "
-            f"{_difference(row, 'top1', 'holm')} | {_difference(row, 'agree_top1')} |"
+            + (f"{_difference(row, 'top1', 'holm')} | " if at_level else "")
+            + f"{_difference(row, 'agree_top1')} |"
         )
     return "\n".join(lines) + "\n"
 
