@@ -130,17 +130,30 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
     study = Study.load(part)  # the families picked; a key given replaces the base's whole (data: defaults but seq_len)
     assert list(study.families) == ["field"] and study.comparisons == [] and study.budgets == [0.5, 0.25]
     assert study.data["seq_len"] == 12 and study.data["train_sentences"] is None
+    part.write_text(yaml.safe_dump({"base": base.name, "families": {"own": {"method": "pruning"}}}))
+    assert Study.load(part).comparisons == []  # the base's comparisons name none of its own families
     for bad, message in (
-        ({"base": base.name, "families": ["nobody"]}, r"families: expected names of tiny.yaml's .* not \['nobody'\]"),
+        ({"families": ["nobody"]}, r"families: \['nobody'\] are not families of tiny.yaml"),
+        ({"families": [{"sitra": {}}]}, "families: expected a mapping name -> family, or names of tiny.yaml's"),
+        ({"families": ["merged"], "budgets": [0.25]}, "families: merged is planned only at 50% in tiny.yaml"),
         ({"base": "missing.yaml"}, "base: .*missing.yaml is not another study file"),
         ({"base": part.name}, "base: .*part.yaml is not another study file"),
-    ):  # fmt: skip
-        part.write_text(yaml.safe_dump(bad))
+    ):
+        part.write_text(yaml.safe_dump({"base": base.name, **bad}))
+        with pytest.raises(UserError, match=message):
+            Study.load(part)
+    part.write_text(yaml.safe_dump({"base": base.name}))
+    typo = base.read_text() + "comparsions: []\n"
+    for broken_base, message in (
+        ("budgets: [0.5\n", "tiny.yaml: not a readable YAML study file"),
+        (typo, r"tiny.yaml: unknown keys \['comparsions'\]"),
+    ):
+        base.write_text(broken_base)
         with pytest.raises(UserError, match=message):
             Study.load(part)
 
 
-@pytest.mark.parametrize("part", ["round3_50", "round3_33"])
+@pytest.mark.parametrize("part", ["round3_50", "round3_33", "round3_25"])
 def test_a_part_of_round_three_plans_round_threes_stages_at_its_budget(part, tmp_path):
     """Each stage that makes a student or a model in a part's root is the stage round three's own plan has."""
     whole = Plan(Study.load(REPO / "studies" / "round3.yaml"), tmp_path / "round3", "python")
@@ -249,6 +262,11 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
     headline = GENERATORS["parts_headline"](*parts).splitlines()
     assert [line.split(" | ")[0] for line in headline[2:]] == ["| 50%", "| 33%", "| 25%"]
     assert "(survives Holm)" in headline[2] and "(not after Holm)" in headline[3] and "not measured" in headline[4]
+    shutil.copytree(tmp_path / "part_50", tmp_path / "part_50_seed43")
+    with pytest.raises(UserError, match="part_50_seed43: budget 0.5 is also .*part_50's"):
+        GENERATORS["parts_headline"](whole, tmp_path / "part_50", tmp_path / "part_50_seed43")
+    with pytest.raises(UserError, match="part_67: expected the data folder"):
+        GENERATORS["parts_headline"](whole, tmp_path / "part_67")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ parts reads several folders, named separated by commas: the whole study's first,
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable
@@ -182,10 +183,26 @@ def comparisons_of_study(folder: Path) -> str:
 
 
 def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list[dict]]:
-    """A study run in parts (each a study file of its own, its data folder committed): what the whole study
-    plans (its ``study.json``), every part's models, and the parts' comparisons Holm-corrected together."""
-    evaluated = [part for part in parts if (part / "models.csv").is_file()]
-    models = [row for part in evaluated for row in read_table(part / "models.csv")]
+    """A study run in parts, a budget each (each a study file of its own, its data folder committed): what the
+    whole study plans (its ``study.json``), every part's models, and the parts' comparisons Holm-corrected
+    together. Parts must share the teacher and masks, and not a budget (a budget's seeds pool in one report)."""
+    for folder, what in ((study, "study.json"), *((part, "") for part in parts)):
+        if not (folder / what).exists():
+            raise UserError(f"{folder / what}: expected the data folder of a study or of its part")
+    evaluated = [part for part in parts if (part / "models.csv").is_file()]  # a part not evaluated yet: its rows say so
+    models, budgets_of, teacher_of = [], {}, {}
+    for part in evaluated:
+        for row in read_table(part / "models.csv"):
+            models.append(row)
+            if row["model"] == "teacher":  # the same teacher, masks and seeds in every part, or no shared table
+                key = row["evaluation"], row["seed"]
+                if teacher_of.setdefault(key, (row["top1"], part))[0] != row["top1"]:
+                    raise UserError(f"{part}: its teacher's {key[0]} top-1 under seed {key[1]} is not "
+                                    f"{teacher_of[key][1]}'s: not parts of one study")  # fmt: skip
+            elif budgets_of.setdefault(row["budget"], part) != part:
+                raise UserError(
+                    f"{part}: budget {row['budget']} is also {budgets_of[row['budget']]}'s (a part per budget)"
+                )
     comparisons = pooled_comparisons([read_table(part / "comparisons.csv") for part in evaluated])
     return study_about(study), models, comparisons
 
@@ -222,7 +239,14 @@ def regenerate(text: str, repo: Path) -> str:
         if name not in GENERATORS:
             raise UserError(f"generated section '{name}': no such generator (expected one of {', '.join(GENERATORS)})")
         # a generator of several data folders names them separated by commas
-        return f"{opening}{GENERATORS[name](*(repo / folder for folder in source.split(',')))}{closing}"
+        folders = [repo / folder for folder in source.split(",") if folder]
+        try:
+            if len(folders) != len(source.split(",")):
+                raise TypeError
+            inspect.signature(GENERATORS[name]).bind(*folders)
+        except TypeError:
+            raise UserError(f"generated section '{name}': {source} is not the folders it reads") from None
+        return f"{opening}{GENERATORS[name](*folders)}{closing}"
 
     return SECTION.sub(body, text)
 

@@ -163,17 +163,9 @@ class Study:
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
-        import yaml  # a dependency of the workflow only
-
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise UserError(f"{path}: not a readable YAML study file ({type(error).__name__})") from None
+        raw = _read_study_file(path)
         where = str(path)
-        _require(isinstance(raw, dict), "expected a mapping of study keys", where)
-        unknown = set(raw) - TOP_KEYS
-        _require(not unknown, f"unknown keys {sorted(unknown)} (expected {', '.join(sorted(TOP_KEYS))})", where)
         if "base" in raw:
             raw = _derived(path, raw)
         for key in ("teacher", "budgets", "families"):
@@ -224,43 +216,62 @@ class Study:
                    raw.get("resources") or {}, goals, baseline)  # fmt: skip
 
 
-def _derived(path: Path, raw: dict) -> dict:
-    """A study file with ``base: other.yaml`` (read from this file's folder): the base study's keys, each key this
-    file gives replacing the base's whole (``name`` is never inherited). A part of a study names its own
-    ``budgets`` and ``seeds`` and may pick the base's families by name (``families: [a, b]``); what it inherits is
-    cut to them: a family's own ``budgets`` to the part's (a family left with none is not planned), the
-    comparisons to the families left, the goals to the part's budgets."""
-    import yaml
+def _read_study_file(path: Path) -> dict:
+    """A study file's keys, read as YAML; refused unless they are a mapping of known keys."""
+    import yaml  # a dependency of the workflow only
 
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"{path}: not a readable YAML study file ({type(error).__name__})") from None
+    _require(isinstance(raw, dict), "expected a mapping of study keys", str(path))
+    unknown = set(raw) - TOP_KEYS
+    _require(not unknown, f"unknown keys {sorted(unknown)} (expected {', '.join(sorted(TOP_KEYS))})", str(path))
+    return raw
+
+
+def _derived(path: Path, raw: dict) -> dict:
+    """A study file with ``base: other.yaml`` (read from this file's folder; a whole study, checked as one): the
+    base's keys, each key this file gives replacing the base's whole (``name`` and ``description`` are never
+    inherited). A part of a study names its own ``budgets`` and ``seeds`` and may pick the base's families by
+    name (``families: [a, b]``); what it inherits is cut to its budgets: a family's own ``budgets`` to the part's
+    (an inherited family left with none is not planned; a picked one is refused), the comparisons to the families
+    left, the goals to the part's budgets."""
     where = str(path)
     base_path = path.parent / str(raw["base"])
     another = base_path.is_file() and base_path.resolve() != path.resolve()
     _require(another, f"base: {base_path} is not another study file", where)
-    base = yaml.safe_load(base_path.read_text())
-    _require(isinstance(base, dict) and "base" not in base, "base: expected a study file without a base", where)
-    derived = {**{key: value for key, value in base.items() if key != "name"}, **raw}
+    base = _read_study_file(base_path)
+    _require("base" not in base, f"base: {base_path.name} has a base of its own (one level only)", where)
+    Study.load(base_path)  # the base is a study of its own: its errors name it
+    derived = {key: value for key, value in base.items() if key not in ("name", "description")} | raw
     del derived["base"]
-    budgets = derived.get("budgets")
-    if not isinstance(budgets, list):
-        return derived  # refused by the caller's check
+    budgets = derived["budgets"]
+    _require(isinstance(budgets, list), "budgets: expected a list of shares of the teacher's FLOPs", where)
     if not isinstance(raw.get("families"), dict):  # the base's families, all or those picked
-        inherited = base.get("families") if isinstance(base.get("families"), dict) else {}
+        inherited = base["families"]
         picked = raw.get("families", list(inherited))
-        unknown = [name for name in picked if name not in inherited] if isinstance(picked, list) else [picked]
-        _require(not unknown, f"families: expected names of {base_path.name}'s families, not {unknown}", where)
+        names = isinstance(picked, list) and all(isinstance(name, str) for name in picked)
+        _require(names, f"families: expected a mapping name -> family, or names of {base_path.name}'s", where)
+        unknown = [name for name in picked if name not in inherited]
+        _require(not unknown, f"families: {unknown} are not families of {base_path.name}", where)
         families = {}
         for name in picked:
             family = inherited[name]
-            if isinstance(family, dict) and "budgets" in family:
+            if "budgets" in family:
                 family = {**family, "budgets": [budget for budget in family["budgets"] if budget in budgets]}
                 if not family["budgets"]:
+                    only = ", ".join(f"{budget:.0%}" for budget in inherited[name]["budgets"])
+                    why = f"families: {name} is planned only at {only} in {base_path.name}"
+                    _require("families" not in raw, why, where)
                     continue
             families[name] = family
         derived["families"] = families
-        if "comparisons" not in raw:
-            derived["comparisons"] = [pair for pair in derived.get("comparisons") or [] if set(pair) <= set(families)]
-    if "goals" not in raw and isinstance(derived.get("goals"), dict):
-        derived["goals"] = {budget: goal for budget, goal in derived["goals"].items() if budget in budgets}
+    if "comparisons" not in raw:  # the base's, between the families this study has
+        kept = set(derived["families"])
+        derived["comparisons"] = [pair for pair in base.get("comparisons") or [] if set(pair) <= kept]
+    if "goals" not in raw:
+        derived["goals"] = {budget: goal for budget, goal in (base.get("goals") or {}).items() if budget in budgets}
     return derived
 
 
