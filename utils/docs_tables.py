@@ -186,9 +186,11 @@ def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list
     """A study run in parts, a budget each (each a study file of its own, its data folder committed): what the
     whole study plans (its ``study.json``), every part's models, and the parts' comparisons Holm-corrected
     together. Parts must share the teacher and masks, and not a budget (a budget's seeds pool in one report)."""
-    for folder, what in ((study, "study.json"), *((part, "") for part in parts)):
-        if not (folder / what).exists():
-            raise UserError(f"{folder / what}: expected the data folder of a study or of its part")
+    if not (study / "study.json").is_file():
+        raise UserError(f"{study / 'study.json'}: expected the whole study's plan (make_report.py --study writes it)")
+    for part in parts:
+        if not part.is_dir():
+            raise UserError(f"{part}: expected the data folder of a part of the study")
     evaluated = [part for part in parts if (part / "models.csv").is_file()]  # a part not evaluated yet: its rows say so
     models, budgets_of, teacher_of = [], {}, {}
     for part in evaluated:
@@ -239,14 +241,14 @@ def regenerate(text: str, repo: Path) -> str:
         if name not in GENERATORS:
             raise UserError(f"generated section '{name}': no such generator (expected one of {', '.join(GENERATORS)})")
         # a generator of several data folders names them separated by commas
-        folders = [repo / folder for folder in source.split(",") if folder]
+        folders = source.split(",")
         try:
-            if len(folders) != len(source.split(",")):
-                raise TypeError
             inspect.signature(GENERATORS[name]).bind(*folders)
         except TypeError:
-            raise UserError(f"generated section '{name}': {source} is not the folders it reads") from None
-        return f"{opening}{GENERATORS[name](*folders)}{closing}"
+            folders = []
+        if not all(folders) or not folders:
+            raise UserError(f"generated section '{name}': {source} is not the folders it reads")
+        return f"{opening}{GENERATORS[name](*(repo / folder for folder in folders))}{closing}"
 
     return SECTION.sub(body, text)
 
