@@ -121,7 +121,7 @@ DATA_DEFAULTS = {
     "student_stop_patience": None,  # each student stops once its validation loss stops falling (--stop_patience)
     "student_stop_min_delta": None,  # the share of its best the loss must fall by (--stop_min_delta; None: its default)
     "check_sentences": 300,  # validation sentences each run reports on (a diagnostic, not a choice)
-    "heal_sentences": 4000,
+    "heal_sentences": 4000,  # training sentences each healing learns from (None: all)
     "heal_epochs": 1,
     "test_share": 1.0,  # the share of the test split evaluated (the same masks for every model)
     "validation_share": 1.0,  # the share of the validation split each side's best is chosen on
@@ -522,11 +522,11 @@ class Plan:
         args += ["--seq_len", self.study.data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
         return [self._add("teacher", SHARED, "teacher", "train_teacher.py", args)]
 
-    @property
-    def _train_sentences(self) -> list:
-        """``--max_sentences`` of the store and of every student trained from it (none: every training sentence)."""
-        sentences = self.study.data["train_sentences"]
-        return ["--max_sentences", sentences] if sentences else []
+    def _at_most(self, sentences: str) -> list:
+        """``--max_sentences`` from the data key ``sentences`` (train_sentences: the store and every student trained
+        from it; heal_sentences: each healing); none when the study gives none: every training sentence."""
+        cap = self.study.data[sentences]
+        return ["--max_sentences", cap] if cap else []
 
     def _students(self, seed: int, args, from_store: bool = True) -> list:
         """The flags of a script that trains students of every layer: from the seed's teacher store, or (the
@@ -534,7 +534,7 @@ class Plan:
         data = self.study.data
         store, every_layer, chain = (["--teacher_store"], ["--block", "all"], []) if from_store else ([], [], ["--all"])
         return [
-            *self._common(seed, training=True), *self._train_sentences, *store, "--eval_sentences",
+            *self._common(seed, training=True), *self._at_most("train_sentences"), *store, "--eval_sentences",
             data["check_sentences"], *every_layer, "--epochs", data["student_epochs"], *self._student_stop, *args,
             *chain,
         ]  # fmt: skip
@@ -550,7 +550,7 @@ class Plan:
 
     def _seed_stages(self, seed: int, teacher: list) -> None:
         tag, data = f"seed{seed}", self.study.data
-        store_args = self._common(seed) + self._train_sentences
+        store_args = self._common(seed) + self._at_most("train_sentences")
         store = self._add("store", tag, "store", "build_teacher_store.py", store_args, teacher)
         # every model needs the teacher it is cut from, a pruned or dropped one nothing else (no students, no store)
         built = [self._model_stage(seed, model, [*teacher, *self._student_stages(seed, model, store)])
@@ -599,7 +599,7 @@ class Plan:
         flags = model.merged["flags"]
         args = [*self._common(seed, training=True), "--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k]
         args += [*_flag_args(flags), "--source", model.merged["source"], "--epochs", 0]
-        args += ["--max_sentences", self.study.data["heal_sentences"], "--output_model", output]
+        args += [*self._at_most("heal_sentences"), "--output_model", output]
         return self._add("model", tag, model.name, "finetune_fully_merged.py", args, needs)
 
     def _heal_stage(self, seed: int, built: list, healing: str, flags: dict) -> tuple[str, str, str]:
@@ -607,7 +607,7 @@ class Plan:
         them (train_full_merged_model.py with several --model), each ending as it would healed alone."""
         storage, data = self.storage(seed), self.study.data
         args = [*self._common(seed, training=True), "--model", *(storage.model(m.name) for m in self.models)]
-        args += ["--max_sentences", data["heal_sentences"], "--epochs", data["heal_epochs"]]
+        args += [*self._at_most("heal_sentences"), "--epochs", data["heal_epochs"]]
         args += ["--eval_sentences", data["check_sentences"], *_flag_args(flags)]
         args += ["--output_model", *(storage.model(model.healed(healing)) for model in self.models)]
         return self._add("heal", f"seed{seed}", healing, "train_full_merged_model.py", args, built)
