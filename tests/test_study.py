@@ -224,15 +224,17 @@ def check_tiny_study(storage: Path) -> None:
 
 def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
     """Holm over three comparisons of two parts: p 0.01, 0.04 | 0.03 -> 0.03, 0.06, 0.06 (each part alone: all
-    survive); the parts' headline has a row per budget of the whole study, the ones not run said so."""
+    survive), each one's interval at its new level the paired interval of the parts' raw per-sentence values at
+    that confidence; the parts' headline has a row per budget of the whole study, the ones not run said so."""
     from utils.docs_tables import GENERATORS
+    from utils.statistics import paired_difference
     from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
 
     def comparison(budget: float, kind: str, p: float) -> dict:
         return {"kind": kind, "budget": budget, "healing": "kl", "first": f"sitra_{round(100 * budget)}",
-                "second": f"field_{round(100 * budget)}", "seeds": 1, "top1_difference": 0.01, "top1_low": 0.0,
-                "top1_high": 0.02, "top1_p_value": p, "holm_p": p, "holm_survives": True, "holm_low": 0.0,
-                "holm_high": 0.02}  # fmt: skip
+                "second": f"field_{round(100 * budget)}", "seed": 42, "seeds": 1, "top1_difference": 0.01,
+                "top1_low": 0.0, "top1_high": 0.02, "top1_p_value": p, "holm_p": p, "holm_survives": True,
+                "holm_low": 0.0, "holm_high": 0.02}  # fmt: skip
 
     def model(name: str, evaluation: str, top1: float, budget: float) -> dict:
         return {"evaluation": evaluation, "model": name, "healing": "" if name == "teacher" else "kl", "seed": 42,
@@ -245,6 +247,8 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
             writer.writeheader()
             writer.writerows(rows)
 
+    rng = np.random.default_rng(0)
+    outcomes = {}  # healed model -> its per-sentence top-1 on the test masks
     whole = tmp_path / "whole"
     whole.mkdir()
     (whole / "study.json").write_text('{"budgets": [0.5, 0.33, 0.25], "seeds": [42], "goals": {"0.5": 0.9}}')
@@ -257,18 +261,36 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         models = [model("teacher", split, 0.4, 1.0) for split in ("test", "validation")]
         models += [model(f"sitra_{round(100 * budget)}", split, 0.38, budget) for split in ("test", "validation")]
         write(part, "models.csv", models, MODEL_COLUMNS)
+        raw = part / "raw" / "seed42" / "results" / "test"  # as make_report.py --study copies an evaluation
+        raw.mkdir(parents=True)
+        (raw / "metrics.json").write_text('{"masks": "the test masks"}')
+        shares = {"sitra": 0.45, "field": 0.4}  # each side's chance of a right top-1 on a sentence
+        healed = {f"{side}_{round(100 * budget)}_kl": rng.random(400) < share for side, share in shares.items()}
+        outcomes |= healed
+        np.savez(raw / PER_SENTENCE, **{f"{name}/top1": values.astype(float) for name, values in healed.items()})
     parts = (whole, tmp_path / "part_50", tmp_path / "part_33")
     table = GENERATORS["parts_comparisons"](*parts)
-    assert table.startswith("3 comparisons, Holm-corrected together") and "at its Holm level" not in table
-    assert [line.split(" | ")[9] for line in table.splitlines()[4:]] == ["**0.03**", "0.06", "0.06"]
+    assert table.startswith("3 comparisons, Holm-corrected together")
+    rows = [line.split(" | ") for line in table.splitlines()[4:]]
+    assert [row[9] for row in rows] == ["**0.03**", "0.06", "0.06"]
+    for row, (first, second), confidence in zip(
+        rows, (("sitra_50_kl", "field_50_kl"), ("sitra_50_kl", "field_50_kl"), ("sitra_33_kl", "field_33_kl")),
+        (1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2), strict=True,
+    ):  # fmt: skip
+        expected = paired_difference(outcomes[first], outcomes[second], confidence=confidence)
+        bounds = (100 * expected[end] for end in ("low", "high"))  # the difference shown is the CSV's
+        assert row[10].endswith("[{:+.2f}, {:+.2f}]".format(*bounds)), row
     headline = GENERATORS["parts_headline"](*parts).splitlines()
     assert [line.split(" | ")[0] for line in headline[2:]] == ["| 50%", "| 33%", "| 25%"]
-    assert "(survives Holm)" in headline[2] and "(not after Holm)" in headline[3] and "not measured" in headline[4]
+    assert "(survives Holm; [" in headline[2] and "(not after Holm; [" in headline[3] and "not measured" in headline[4]
     shutil.copytree(tmp_path / "part_50", tmp_path / "part_50_seed43")
     with pytest.raises(UserError, match="part_50_seed43: budget 0.5 is also .*part_50's"):
         GENERATORS["parts_headline"](whole, tmp_path / "part_50", tmp_path / "part_50_seed43")
     with pytest.raises(UserError, match="part_67: expected the data folder"):
         GENERATORS["parts_headline"](whole, tmp_path / "part_67")
+    shutil.rmtree(tmp_path / "part_33" / "raw")
+    with pytest.raises(UserError, match="part_33: no raw test results of sitra_33_kl and field_33_kl under seed 42"):
+        GENERATORS["parts_comparisons"](*parts)
 
 
 @pytest.fixture(scope="module")

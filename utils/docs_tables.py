@@ -8,6 +8,7 @@ parts reads several folders, named separated by commas: the whole study's first,
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
@@ -205,8 +206,30 @@ def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list
                 raise UserError(
                     f"{part}: budget {row['budget']} is also {budgets_of[row['budget']]}'s (a part per budget)"
                 )
-    comparisons = pooled_comparisons([read_table(part / "comparisons.csv") for part in evaluated])
-    return study_about(study), models, comparisons
+    return study_about(study), models, _pooled(tuple(evaluated))
+
+
+_POOLED: dict | None = None  # during one pass over the documents (_pooling_once): parts -> their pooled comparisons
+
+
+@contextlib.contextmanager
+def _pooling_once():
+    """Pool each study's parts once for all the sections of a pass that show them (each comparison's interval at its
+    Holm level takes a bootstrap, about a second); outside a pass every call reads the files anew."""
+    global _POOLED
+    _POOLED = {}
+    try:
+        yield
+    finally:
+        _POOLED = None
+
+
+def _pooled(parts: tuple[Path, ...]) -> list[dict]:
+    if _POOLED is None:
+        return pooled_comparisons(list(parts))
+    if parts not in _POOLED:
+        _POOLED[parts] = pooled_comparisons(list(parts))
+    return _POOLED[parts]
 
 
 def headline_of_parts(study: Path, *parts: Path) -> str:
@@ -253,13 +276,17 @@ def regenerate(text: str, repo: Path) -> str:
     return SECTION.sub(body, text)
 
 
+def regenerated_documents(repo: Path) -> dict[Path, tuple[str, str]]:
+    """Each of :data:`DOCUMENTS`: its text, and that text with every generated section made anew, in one pass."""
+    with _pooling_once():
+        texts = {repo / name: (repo / name).read_text() for name in DOCUMENTS}
+        return {path: (text, regenerate(text, repo)) for path, text in texts.items()}
+
+
 def regenerate_documents(repo: Path) -> list[Path]:
     """Rewrite the generated sections of :data:`DOCUMENTS`; returns the files that changed."""
     changed = []
-    for name in DOCUMENTS:
-        path = repo / name
-        text = path.read_text()
-        new = regenerate(text, repo)
+    for path, (text, new) in regenerated_documents(repo).items():
         if new != text:
             path.write_text(new)
             changed.append(path)

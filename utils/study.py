@@ -111,7 +111,17 @@ class PlannedModel:
 
     def healed(self, healing: str) -> str:
         """The name of this model healed by the study's healing ``healing``."""
-        return f"{self.name}_{healing}"
+        return healed_name(self.name, healing)
+
+
+def healed_name(model: str, healing: str) -> str:
+    """The name of the study's model ``model`` healed by its healing ``healing`` (what the heal stage saves)."""
+    return f"{model}_{healing}"
+
+
+def seed_folder(seed: int | str) -> str:
+    """The folder of a seed's runs under a study's root (and under its committed ``raw/``)."""
+    return f"seed{seed}"
 
 
 # -- the study file ---------------------------------------------------------------------------------------------
@@ -474,7 +484,7 @@ class Plan:
 
     # where things are ------------------------------------------------------------------------------------------
     def storage(self, seed: int) -> Storage:
-        return Storage(self.root / f"seed{seed}")
+        return Storage(self.root / seed_folder(seed))
 
     @property
     def teacher(self) -> str:

@@ -17,7 +17,7 @@ from utils.files import atomic_write
 from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
 from utils.storage import BlockRun, Storage, parse_ffn_run
-from utils.study import METHODS, Plan, PlannedModel
+from utils.study import METHODS, Plan, PlannedModel, healed_name, seed_folder
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
 MODEL_COLUMNS = (
@@ -39,6 +39,7 @@ STUDENT_COLUMNS = (
 )  # fmt: skip
 STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", "mean_load", "cpu_seconds")
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
+BETWEEN_HEALINGS = " - "  # a comparison of two healings of one model: its healing column, "layerwise - kl"
 ALL_SEEDS = "all"  # the seed of a comparison whose models are averaged over every seed first
 TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
@@ -208,7 +209,7 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
     for other in healings[1:]:  # each later healing against the first, model by model
         for model in plan.models:
             compared += _compared(plan, model, model, (other, healings[0]), kind="healing",
-                                  healing=f"{other} - {healings[0]}")  # fmt: skip
+                                  healing=f"{other}{BETWEEN_HEALINGS}{healings[0]}")  # fmt: skip
     reported = [row for row in compared if row.get("reported")]
     for row, correction in zip(reported, holm([row["top1_p_value"] for row in reported]), strict=True):
         row.update(correction)
@@ -505,28 +506,55 @@ def models_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def pooled_comparisons(parts: list[list[dict]]) -> list[dict]:
-    """The comparisons several parts of one study report (each part's ``comparisons.csv``), Holm-corrected again
-    over all of them together, since a part's own correction counts only its comparisons. The interval at each
-    one's new Holm level is not recomputed (it needs the per-sentence values): dropped."""
-    reported = [dict(row) for rows in parts for row in _reported(rows)]
-    for row, correction in zip(reported, holm([float(row["top1_p_value"]) for row in reported]), strict=True):
-        row |= correction | {"holm_low": "", "holm_high": ""}
-    return reported
+def healed_names(row: dict) -> tuple[str, str]:
+    """The two healed models a comparison row compares: each healed by the row's ``healing``, or, in a comparison
+    of healings (``later - first``, as :func:`comparison_rows` names it), the first model by each."""
+    first, _, second = row["healing"].partition(BETWEEN_HEALINGS)
+    return healed_name(row["first"], first), healed_name(row["second"], second or first)
+
+
+def _raw_storages(part: Path, row: dict) -> tuple[list[Storage], list[Storage]]:
+    """Where a part's committed raw results (``raw/``, :func:`copy_raw_results`) hold the first and the second
+    model of its comparison ``row``, a storage per seed it was made under (its ``seed``, or every seed that has
+    both); the second of a baseline comparison is under its study's data folder, beside the part's."""
+    names = healed_names(row)
+    second_study = row.get("second_study")
+    raw = part / "raw", (part.parent / second_study if second_study else part) / "raw"
+    every_seed = row["seed"] == ALL_SEEDS
+    seeds = [path.name for path in sorted(raw[0].glob("seed*"))] if every_seed else [seed_folder(row["seed"])]
+    pairs = [(Storage(raw[0] / seed), Storage(raw[1] / seed)) for seed in seeds]
+    pairs = [(first, second) for first, second in pairs
+             if per_sentence_values(first, names[0], TEST) and per_sentence_values(second, names[1], TEST)]  # fmt: skip
+    if not pairs:
+        raise UserError(f"{part}: no raw test results of {names[0]} and {names[1]} under seed {row['seed']} "
+                        f"(make_report.py --study copies them to data/raw/)")  # fmt: skip
+    return [first for first, _ in pairs], [second for _, second in pairs]
+
+
+def pooled_comparisons(parts: list[Path]) -> list[dict]:
+    """The comparisons several parts of one study report (each part's data folder: its ``comparisons.csv`` and
+    ``raw/``), Holm-corrected again over all of them together, since a part's own correction counts only its
+    comparisons; each one's interval at its new Holm level from the per-sentence values committed under raw/."""
+    reported = [(part, dict(row)) for part in parts for row in _reported(read_table(part / "comparisons.csv"))]
+    corrections = holm([float(row["top1_p_value"]) for _, row in reported])
+    for (part, row), correction in zip(reported, corrections, strict=True):
+        first, against = _raw_storages(part, row)
+        at_level = compare_models(first[0], *healed_names(row), first[1:], TEST, correction["holm_confidence"],
+                                  against=against)  # fmt: skip
+        row |= correction | {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
+    return [row for _, row in reported]
 
 
 def comparisons_markdown(rows: list[dict]) -> str:
     """The reported comparisons (first - second, top-1 points on the test split): the 95% interval, the spread of
-    the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level
-    (where the rows hold it: not those Holm-corrected again by :func:`pooled_comparisons`)."""
+    the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level."""
     reported = _reported(rows)
-    at_level = any(row.get("holm_low") for row in reported)
     lines = [
         f"{len(reported)} comparisons, Holm-corrected together; **bold**: survives (adjusted p < 0.05).",
         "",
         "| kind | budget | healing | first | second | candidates | seeds | top-1 difference, 95% | seed spread | "
-        + ("Holm p | at its Holm level | agreement difference |" if at_level else "Holm p | agreement difference |"),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if at_level else "---|"),
+        "Holm p | at its Holm level | agreement difference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in reported:
         spread = f"{100 * float(row['top1_seed_spread']):.2f}" if row.get("top1_seed_spread") else ""
@@ -536,8 +564,7 @@ def comparisons_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {row['first']} | {second} | "
             f"{row.get('candidates') or ''} | {row['seeds']} | {_difference(row, 'top1')} | {spread} | {holm_p} | "
-            + (f"{_difference(row, 'top1', 'holm')} | " if at_level else "")
-            + f"{_difference(row, 'agree_top1')} |"
+            f"{_difference(row, 'top1', 'holm')} | {_difference(row, 'agree_top1')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -552,7 +579,7 @@ def headline_markdown(
     teacher = _teacher_top1(models)
     lines = [
         "| budget | sitra's best (chosen on validation) | % of the teacher's top-1 | sitra's best − the field's best "
-        "(top-1 points; Holm) | goal |",
+        "(top-1 points, 95%; Holm) | goal |",
         "|---|---|---|---|---|",
     ]
     best = [row for row in _reported(comparisons) if row["kind"] == "best"]
@@ -572,11 +599,14 @@ def headline_markdown(
         goal = goals.get(float(budget))
         verdict = "" if goal is None or math.isnan(share) else f"{goal:.0%}: "
         verdict += "" if not verdict else "met" if share >= goal else f"missed by {goal - share:.1%}"
-        survives = " (survives Holm)" if row["holm_survives"] in ("True", True) else " (not after Holm)"
+        survives = "survives Holm" if row["holm_survives"] in ("True", True) else "not after Holm"
+        if row.get("holm_low"):  # the interval at its Holm level, which excludes 0 where the win survives
+            at_level = (100 * float(row[f"holm_{end}"]) for end in ("low", "high"))
+            survives += "; [{:+.2f}, {:+.2f}] at its level".format(*at_level)
         chosen = row["healing"] + (f"; {row['seeds']} of {seeds} seeds" if int(row["seeds"]) < seeds else "")
         lines.append(
             f"| {float(budget):.0%} | {row['first']} ({chosen}) | {share:.1%} [{low:.1%}, {high:.1%}] | "
-            f"{_difference(row, 'top1')} vs {row['second']}{survives} | {verdict} |"
+            f"{_difference(row, 'top1')} vs {row['second']} ({survives}) | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
