@@ -559,7 +559,7 @@ class Plan:
         return ["--stop_patience", data["student_stop_patience"], *(["--stop_min_delta", delta] if delta else [])]
 
     def _seed_stages(self, seed: int, teacher: list) -> None:
-        tag, data = f"seed{seed}", self.study.data
+        tag, data = seed_folder(seed), self.study.data
         store_args = self._common(seed) + self._at_most("train_sentences")
         store = self._add("store", tag, "store", "build_teacher_store.py", store_args, teacher)
         # every model needs the teacher it is cut from, a pruned or dropped one nothing else (no students, no store)
@@ -575,7 +575,7 @@ class Plan:
             self._add("evaluate", tag, split, "eval_retrained_12.py", args, healed)
 
     def _student_stages(self, seed: int, model: PlannedModel, store) -> list:
-        tag, recipe = f"seed{seed}", model.recipe or {}
+        tag, recipe = seed_folder(seed), model.recipe or {}
         stages = []
         if "attention" in recipe:
             part = recipe["attention"]
@@ -602,7 +602,7 @@ class Plan:
         return stages
 
     def _model_stage(self, seed: int, model: PlannedModel, needs: list) -> tuple[str, str, str]:
-        tag, output = f"seed{seed}", self.storage(seed).model(model.name)
+        tag, output = seed_folder(seed), self.storage(seed).model(model.name)
         if model.recipe is not None:
             args = [*self._common(seed), "--name", model.name, "--recipe", json.dumps(model.recipe, sort_keys=True)]
             return self._add("model", tag, model.name, "build_compound.py", args, needs)
@@ -620,7 +620,7 @@ class Plan:
         args += [*self._at_most("heal_sentences"), "--epochs", data["heal_epochs"]]
         args += ["--eval_sentences", data["check_sentences"], *_flag_args(flags)]
         args += ["--output_model", *(storage.model(model.healed(healing)) for model in self.models)]
-        return self._add("heal", f"seed{seed}", healing, "train_full_merged_model.py", args, built)
+        return self._add("heal", seed_folder(seed), healing, "train_full_merged_model.py", args, built)
 
     # what the workflow reads -------------------------------------------------------------------------------------
     def stages_of(self, kind: str) -> list[Stage]:
