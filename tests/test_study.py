@@ -223,23 +223,26 @@ def check_tiny_study(storage: Path) -> None:
 
 
 def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
-    """Holm over three comparisons of two parts: p 0.01, 0.04 | 0.03 -> 0.03, 0.06, 0.06 (each part alone: all
-    survive), each one's interval at its new level the paired interval of the parts' raw per-sentence values at
-    that confidence; the parts' headline has a row per budget of the whole study, the ones not run said so."""
+    """Two parts' comparisons, p 0.01, 0.04 | 0.03, and each budget's best across the parts (sitra right on 90%
+    of the sentences, the field on 10%: p far below), Holm-corrected together: 0.03, 0.06, 0.06 (each part alone:
+    all survive); each one's interval at its new level the paired interval of the parts' raw per-sentence values
+    at that confidence. A third part, another recipe at 33% better on validation, gives that budget's best; the
+    headline has a row per budget of the whole study, the ones not run said so."""
     from utils.docs_tables import GENERATORS
     from utils.statistics import paired_difference
     from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
 
-    def comparison(budget: float, kind: str, p: float) -> dict:
-        return {"kind": kind, "budget": budget, "healing": "kl", "first": f"sitra_{round(100 * budget)}",
-                "second": f"field_{round(100 * budget)}", "seed": 42, "seeds": 1, "top1_difference": 0.01,
+    def comparison(study: str, budget: float, kind: str, p: float) -> dict:
+        at = round(100 * budget)
+        return {"study": study, "kind": kind, "budget": budget, "healing": "kl", "first": f"sitra_{at}",
+                "second": f"field_{at}", "seed": 42, "seeds": 1, "top1_difference": 0.01,
                 "top1_low": 0.0, "top1_high": 0.02, "top1_p_value": p, "holm_p": p, "holm_survives": True,
                 "holm_low": 0.0, "holm_high": 0.02}  # fmt: skip
 
-    def model(name: str, evaluation: str, top1: float, budget: float) -> dict:
-        return {"evaluation": evaluation, "model": name, "healing": "" if name == "teacher" else "kl", "seed": 42,
-                "budget": budget, "top1": top1, "top1_vs_teacher": top1 - 0.4, "top1_vs_teacher_low": -0.03,
-                "top1_vs_teacher_high": 0.0}  # fmt: skip
+    def model(study: str, name: str, evaluation: str, top1: float, budget: float, seed: int = 42) -> dict:
+        return {"study": study, "evaluation": evaluation, "model": name, "side": name.split("_")[0],
+                "healing": "" if name == "teacher" else "kl", "seed": seed, "budget": budget, "top1": top1,
+                "top1_vs_teacher": top1 - 0.4, "top1_vs_teacher_low": -0.03, "top1_vs_teacher_high": 0.0}  # fmt: skip
 
     def write(folder: Path, name: str, rows: list[dict], columns: list[str]) -> None:
         with open(folder / name, "w", newline="") as file:
@@ -248,48 +251,68 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
             writer.writerows(rows)
 
     rng = np.random.default_rng(0)
-    outcomes = {}  # healed model -> its per-sentence top-1 on the test masks
+    outcomes = {}  # (part, healed model) -> its per-sentence top-1 on the test masks
     whole = tmp_path / "whole"
     whole.mkdir()
-    (whole / "study.json").write_text('{"budgets": [0.5, 0.33, 0.25], "seeds": [42], "goals": {"0.5": 0.9}}')
-    for budget, ps in ((0.5, (0.01, 0.04)), (0.33, (0.03,))):
-        part = tmp_path / f"part_{round(100 * budget)}"
+    (whole / "study.json").write_text('{"budgets": [0.5, 0.33, 0.25], "seeds": [42], "goals": {"0.33": 0.9}}')
+    for name, budget, ps, sitra_top1 in (("part_50", 0.5, (0.01, 0.04), 0.38), ("part_33", 0.33, (0.03,), 0.34),
+                                         ("part_33_long", 0.33, (), 0.37)):  # fmt: skip
+        part = tmp_path / name
         part.mkdir()
         kinds = ("best", "declared")[: len(ps)]
-        rows = [comparison(budget, kind, p) for kind, p in zip(kinds, ps, strict=True)]
+        rows = [comparison(name, budget, kind, p) for kind, p in zip(kinds, ps, strict=True)]
         write(part, "comparisons.csv", rows, COMPARISON_COLUMNS)
-        models = [model("teacher", split, 0.4, 1.0) for split in ("test", "validation")]
-        models += [model(f"sitra_{round(100 * budget)}", split, 0.38, budget) for split in ("test", "validation")]
+        at = round(100 * budget)
+        models = [model(name, "teacher", split, 0.4, 1.0) for split in ("test", "validation")]
+        models += [model(name, f"{side}_{at}", split, top1, budget) for split in ("test", "validation")
+                   for side, top1 in (("sitra", sitra_top1), ("field", 0.3))]  # fmt: skip
         write(part, "models.csv", models, MODEL_COLUMNS)
         raw = part / "raw" / "seed42" / "results" / "test"  # as make_report.py --study copies an evaluation
         raw.mkdir(parents=True)
         (raw / "metrics.json").write_text('{"masks": "the test masks"}')
-        shares = {"sitra": 0.45, "field": 0.4}  # each side's chance of a right top-1 on a sentence
-        healed = {f"{side}_{round(100 * budget)}_kl": rng.random(400) < share for side, share in shares.items()}
-        outcomes |= healed
+        healed = {f"{side}_{at}_kl": rng.random(400) < share for side, share in (("sitra", 0.9), ("field", 0.1))}
+        outcomes |= {(name, model_name): values for model_name, values in healed.items()}
         np.savez(raw / PER_SENTENCE, **{f"{name}/top1": values.astype(float) for name, values in healed.items()})
-    parts = (whole, tmp_path / "part_50", tmp_path / "part_33")
+    parts = (whole, tmp_path / "part_50", tmp_path / "part_33", tmp_path / "part_33_long")
     table = GENERATORS["parts_comparisons"](*parts)
-    assert table.startswith("3 comparisons, Holm-corrected together")
+    assert table.startswith("5 comparisons, Holm-corrected together")
     rows = [line.split(" | ") for line in table.splitlines()[4:]]
-    assert [row[9] for row in rows] == ["**0.03**", "0.06", "0.06"]
-    for row, (first, second), confidence in zip(
-        rows, (("sitra_50_kl", "field_50_kl"), ("sitra_50_kl", "field_50_kl"), ("sitra_33_kl", "field_33_kl")),
-        (1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2), strict=True,
-    ):  # fmt: skip
-        expected = paired_difference(outcomes[first], outcomes[second], confidence=confidence)
+    assert [row[9] for row in rows[:3]] == ["**0.03**", "0.06", "0.06"]
+    assert [row[0] for row in rows[3:]] == ["| best of all"] * 2 and all(row[9].startswith("**") for row in rows[3:])
+    assert [row[3:5] for row in rows[3:]] == [["sitra_50 (part_50)", "field_50 (part_50)"],
+                                               ["sitra_33 (part_33_long)", "field_33 (part_33)"]]  # fmt: skip
+    # the field's best at 33%: part_33's, first in the parts' order among equals on validation
+    pairs = [("part_50", "part_50", 50)] * 2 + [("part_33", "part_33", 33), ("part_50", "part_50", 50),
+                                                  ("part_33_long", "part_33", 33)]  # fmt: skip
+    for row, (first, second, at), confidence in zip(
+        rows, pairs, (1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2, 1 - 0.05 / 5, 1 - 0.05 / 4), strict=True
+    ):
+        expected = paired_difference(outcomes[first, f"sitra_{at}_kl"], outcomes[second, f"field_{at}_kl"],
+                                     confidence=confidence)  # fmt: skip
         bounds = (100 * expected[end] for end in ("low", "high"))  # the difference shown is the CSV's
         assert row[10].endswith("[{:+.2f}, {:+.2f}]".format(*bounds)), row
     headline = GENERATORS["parts_headline"](*parts).splitlines()
     assert [line.split(" | ")[0] for line in headline[2:]] == ["| 50%", "| 33%", "| 25%"]
-    assert "(survives Holm; [" in headline[2] and "(not after Holm; [" in headline[3] and "not measured" in headline[4]
-    shutil.copytree(tmp_path / "part_50", tmp_path / "part_50_seed43")
-    with pytest.raises(UserError, match="part_50_seed43: budget 0.5 is also .*part_50's"):
-        GENERATORS["parts_headline"](whole, tmp_path / "part_50", tmp_path / "part_50_seed43")
+    assert (
+        "sitra_33 (kl; part_33_long) | 92.5% [" in headline[3]
+        and "vs field_33 (part_33) (survives Holm; [" in headline[3]
+    )
+    assert headline[3].endswith("| 90%: met |") and "not measured" in headline[4]
+    shutil.copytree(tmp_path / "part_50", tmp_path / "part_50_again")
+    with pytest.raises(UserError, match="part_50_again: study part_50 is also .*part_50's"):
+        GENERATORS["parts_headline"](whole, tmp_path / "part_50", tmp_path / "part_50_again")
+    seed43 = tmp_path / "part_50_seed43"
+    seed43.mkdir()
+    models = [model("part_50_seed43", "sitra_50", "test", 0.38, 0.5, seed=43)]
+    write(seed43, "models.csv", models, MODEL_COLUMNS)
+    with pytest.raises(UserError, match=r"part_50_seed43: budget 0.5 under seeds \['43'\], .*part_50's under \['42'\]"):
+        GENERATORS["parts_headline"](whole, tmp_path / "part_50", seed43)
     with pytest.raises(UserError, match="part_67: expected the data folder"):
         GENERATORS["parts_headline"](whole, tmp_path / "part_67")
     shutil.rmtree(tmp_path / "part_33" / "raw")
-    with pytest.raises(UserError, match="part_33: no raw test results of sitra_33_kl and field_33_kl under seed 42"):
+    with pytest.raises(
+        UserError, match="results of both sitra_33_kl in .*part_33_long/raw and field_33_kl in .*part_33/raw"
+    ):
         GENERATORS["parts_comparisons"](*parts)
 
 

@@ -184,28 +184,37 @@ def comparisons_of_study(folder: Path) -> str:
 
 
 def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list[dict]]:
-    """A study run in parts, a budget each (each a study file of its own, its data folder committed): what the
-    whole study plans (its ``study.json``), every part's models, and the parts' comparisons Holm-corrected
-    together. Parts must share the teacher and masks, and not a budget (a budget's seeds pool in one report)."""
+    """A study run in parts (each a study file of its own, its data folder committed: a budget each, or another
+    recipe at a budget): what the whole study plans (its ``study.json``), every part's models, and the parts'
+    comparisons with each budget's best across them, Holm-corrected together. Parts must share the teacher and
+    masks, and the parts at a budget their seeds (seeds are pooled within a part's report, not across parts)."""
     if not (study / "study.json").is_file():
         raise UserError(f"{study / 'study.json'}: expected the whole study's plan (make_report.py --study writes it)")
     for part in parts:
         if not part.is_dir():
             raise UserError(f"{part}: expected the data folder of a part of the study")
     evaluated = [part for part in parts if (part / "models.csv").is_file()]  # a part not evaluated yet: its rows say so
-    models, budgets_of, teacher_of = [], {}, {}
+    models, teacher_of, study_of, seeds_of = [], {}, {}, {}
     for part in evaluated:
-        for row in read_table(part / "models.csv"):
+        rows = read_table(part / "models.csv")
+        for name in {row["study"] for row in rows}:
+            if study_of.setdefault(name, part) != part:
+                raise UserError(f"{part}: study {name} is also {study_of[name]}'s (a part once)")
+        seeds: dict[str, set] = {}
+        for row in rows:
             models.append(row)
             if row["model"] == "teacher":  # the same teacher, masks and seeds in every part, or no shared table
                 key = row["evaluation"], row["seed"]
                 if teacher_of.setdefault(key, (row["top1"], part))[0] != row["top1"]:
                     raise UserError(f"{part}: its teacher's {key[0]} top-1 under seed {key[1]} is not "
                                     f"{teacher_of[key][1]}'s: not parts of one study")  # fmt: skip
-            elif budgets_of.setdefault(row["budget"], part) != part:
-                raise UserError(
-                    f"{part}: budget {row['budget']} is also {budgets_of[row['budget']]}'s (a part per budget)"
-                )
+            else:
+                seeds.setdefault(row["budget"], set()).add(row["seed"])
+        for budget, found in seeds.items():
+            other, where = seeds_of.setdefault(budget, (found, part))
+            if other != found:
+                raise UserError(f"{part}: budget {budget} under seeds {sorted(found)}, {where}'s under "
+                                f"{sorted(other)} (parts at a budget share their seeds)")  # fmt: skip
     return study_about(study), models, _pooled(tuple(evaluated))
 
 
@@ -236,7 +245,7 @@ def headline_of_parts(study: Path, *parts: Path) -> str:
     """The first table of a study run in parts (``study``: its data folder, ``parts``: theirs): each budget's best
     against the field's, Holm-marked over every comparison the parts report, and a row for each budget not run."""
     about, models, comparisons = _parts(study, parts)
-    return headline_markdown(models, comparisons, about["goals"], about["budgets"], about["seeds"])
+    return headline_markdown(models, comparisons, about["goals"], about["budgets"], about["seeds"], "best of all")
 
 
 def comparisons_of_parts(study: Path, *parts: Path) -> str:

@@ -513,36 +513,82 @@ def healed_names(row: dict) -> tuple[str, str]:
     return healed_name(row["first"], first), healed_name(row["second"], second or first)
 
 
-def _raw_storages(part: Path, row: dict) -> tuple[list[Storage], list[Storage]]:
-    """Where a part's committed raw results (``raw/``, :func:`copy_raw_results`) hold the first and the second
-    model of its comparison ``row``, a storage per seed it was made under (its ``seed``, or every seed that has
-    both); the second of a baseline comparison is under its study's data folder, beside the part's."""
-    names = healed_names(row)
-    second_study = row.get("second_study")
-    raw = part / "raw", (part.parent / second_study if second_study else part) / "raw"
-    every_seed = row["seed"] == ALL_SEEDS
-    seeds = [path.name for path in sorted(raw[0].glob("seed*"))] if every_seed else [seed_folder(row["seed"])]
-    pairs = [(Storage(raw[0] / seed), Storage(raw[1] / seed)) for seed in seeds]
+def _raw_storages(raws: tuple[Path, Path], names: tuple[str, str], seed: str) -> tuple[list[Storage], list[Storage]]:
+    """Where committed raw results (a study's ``raw/``, :func:`copy_raw_results`; ``raws``: the first model's and
+    the second's) hold the two healed models ``names``, a storage per seed (``seed``, or every seed that has
+    both)."""
+    every_seed = str(seed) == ALL_SEEDS
+    seeds = [path.name for path in sorted(raws[0].glob("seed*"))] if every_seed else [seed_folder(seed)]
+    pairs = [(Storage(raws[0] / seed), Storage(raws[1] / seed)) for seed in seeds]
     pairs = [(first, second) for first, second in pairs
              if per_sentence_values(first, names[0], TEST) and per_sentence_values(second, names[1], TEST)]  # fmt: skip
     if not pairs:
-        raise UserError(f"{part}: no raw test results of {names[0]} and {names[1]} under seed {row['seed']} "
-                        f"(make_report.py --study copies them to data/raw/)")  # fmt: skip
+        raise UserError(f"no raw test results of both {names[0]} in {raws[0]} and {names[1]} in {raws[1]} under "
+                        f"seed {seed} (make_report.py --study copies them to data/raw/)")  # fmt: skip
     return [first for first, _ in pairs], [second for _, second in pairs]
+
+
+def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[str, str]]]:
+    """A part's reported comparisons, each with where its two models' raw results are (the second of a baseline
+    comparison under its study's data folder, beside the part's) and their healed names."""
+    found = []
+    for row in _reported(read_table(part / "comparisons.csv")):
+        second = part.parent / row["second_study"] if row.get("second_study") else part
+        found.append((dict(row), (part / "raw", second / "raw"), healed_names(row)))
+    return found
+
+
+def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str]]]:
+    """Per budget, each side's best over every healed model of every part (chosen by validation top-1 averaged
+    over the seeds: a part may be another recipe at a budget, e.g. a longer healing), against the other's on the
+    test split from the parts' raw results (kind ``best of all``, first - second, 95%); as
+    :func:`_part_comparisons` gives them."""
+    validation: dict[tuple, list[float]] = {}  # (budget, side, study, model, healing) -> validation top-1 per seed
+    folder = {}
+    for part in parts:
+        for row in read_table(part / "models.csv"):
+            folder[row["study"]] = part
+            if row["evaluation"] == VALIDATION and row["healing"]:
+                key = float(row["budget"]), row["side"], row["study"], row["model"], row["healing"]
+                validation.setdefault(key, []).append(float(row["top1"]))
+    found = []
+    for budget in sorted({key[0] for key in validation}, reverse=True):
+        best = {}
+        for side in ("sitra", "field"):
+            scored = [(sum(top1) / len(top1), key) for key, top1 in validation.items() if key[:2] == (budget, side)]
+            if scored:
+                best[side] = max(scored, key=lambda item: item[0])[1][2:], len(scored)  # ties: the first part's
+        if len(best) < 2:
+            continue
+        (first, first_count), (second, second_count) = best["sitra"], best["field"]
+        raws, names = (
+            (folder[first[0]] / "raw", folder[second[0]] / "raw"),
+            (healed_name(*first[1:]), healed_name(*second[1:])),
+        )
+        storages, against = _raw_storages(raws, names, ALL_SEEDS)
+        result = compare_models(storages[0], *names, storages[1:], TEST, against=against)
+        row = {"kind": "best of all", "budget": budget, "study": first[0], "first_study": first[0], "first": first[1],
+               "second_study": second[0], "second": second[1], "candidates": f"{first_count} vs {second_count}",
+               "healing": first[2] if first[2] == second[2] else f"{first[2]} / {second[2]}",
+               "first_healing": first[2], "seed": ALL_SEEDS, "seeds": result["seeds"], "reported": True}  # fmt: skip
+        for metric in ("top1", "agree_top1"):
+            row |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
+        found.append((row, raws, names))
+    return found
 
 
 def pooled_comparisons(parts: list[Path]) -> list[dict]:
     """The comparisons several parts of one study report (each part's data folder: its ``comparisons.csv`` and
-    ``raw/``), Holm-corrected again over all of them together, since a part's own correction counts only its
-    comparisons; each one's interval at its new Holm level from the per-sentence values committed under raw/."""
-    reported = [(part, dict(row)) for part in parts for row in _reported(read_table(part / "comparisons.csv"))]
-    corrections = holm([float(row["top1_p_value"]) for _, row in reported])
-    for (part, row), correction in zip(reported, corrections, strict=True):
-        first, against = _raw_storages(part, row)
-        at_level = compare_models(first[0], *healed_names(row), first[1:], TEST, correction["holm_confidence"],
-                                  against=against)  # fmt: skip
+    ``raw/``) and each budget's best across the parts (:func:`best_across_parts`), Holm-corrected again over all
+    of them together, since a part's own correction counts only its comparisons; each one's interval at its new
+    Holm level from the per-sentence values committed under raw/."""
+    compared = [found for part in parts for found in _part_comparisons(part)] + best_across_parts(parts)
+    corrections = holm([float(row["top1_p_value"]) for row, _, _ in compared])
+    for (row, raws, names), correction in zip(compared, corrections, strict=True):
+        first, against = _raw_storages(raws, names, row["seed"])
+        at_level = compare_models(first[0], *names, first[1:], TEST, correction["holm_confidence"], against=against)
         row |= correction | {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
-    return [row for _, row in reported]
+    return [row for row, _, _ in compared]
 
 
 def comparisons_markdown(rows: list[dict]) -> str:
@@ -560,9 +606,9 @@ def comparisons_markdown(rows: list[dict]) -> str:
         spread = f"{100 * float(row['top1_seed_spread']):.2f}" if row.get("top1_seed_spread") else ""
         holm_p = f"{float(row['holm_p']):.3g}"
         holm_p = f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
-        second = f"{row['second']} ({row['second_study']})" if row.get("second_study") else row["second"]
         lines.append(
-            f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {row['first']} | {second} | "
+            f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {_named(row, 'first')} | "
+            f"{_named(row, 'second')} | "
             f"{row.get('candidates') or ''} | {row['seeds']} | {_difference(row, 'top1')} | {spread} | {holm_p} | "
             f"{_difference(row, 'top1', 'holm')} | {_difference(row, 'agree_top1')} |"
         )
@@ -570,9 +616,15 @@ def comparisons_markdown(rows: list[dict]) -> str:
 
 
 def headline_markdown(
-    models: list[dict], comparisons: list[dict], goals: dict[float, float], budgets: list[float] = (), seeds: int = 0
+    models: list[dict],
+    comparisons: list[dict],
+    goals: dict[float, float],
+    budgets: list[float] = (),
+    seeds: int = 0,
+    kind: str = "best",
 ) -> str:
-    """The first screen: per budget, sitra's best (chosen on validation, over every healing) with its share of the
+    """The first screen: per budget, sitra's best (chosen on validation, over every healing; ``kind``: the
+    comparisons of each side's best, ``best of all`` for a study's parts together) with its share of the
     teacher's test top-1 and that share's paired interval, against the field's best (Holm-marked), and the goal;
     each of ``budgets`` not measured yet is a row that says so, and a comparison over fewer than the study's
     ``seeds`` says over how many."""
@@ -582,7 +634,7 @@ def headline_markdown(
         "(top-1 points, 95%; Holm) | goal |",
         "|---|---|---|---|---|",
     ]
-    best = [row for row in _reported(comparisons) if row["kind"] == "best"]
+    best = [row for row in _reported(comparisons) if row["kind"] == kind]
     measured = {float(row["budget"]) for row in best}
     for budget in sorted(measured | {float(budget) for budget in budgets}, reverse=True):
         if budget not in measured:
@@ -591,8 +643,7 @@ def headline_markdown(
             continue
         # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
         row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
-        tests = [m for m in models if m["model"] == row["first"] and m["healing"] == row["healing"]
-                 and m["evaluation"] == TEST]  # fmt: skip
+        tests = [m for m in _first_model(models, row) if m["evaluation"] == TEST]
         # the share of the teacher's top-1 under each seed, its interval from the paired difference, seed-averaged
         shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
         share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
@@ -603,17 +654,31 @@ def headline_markdown(
         if row.get("holm_low"):  # the interval at its Holm level, which excludes 0 where the win survives
             at_level = (100 * float(row[f"holm_{end}"]) for end in ("low", "high"))
             survives += "; [{:+.2f}, {:+.2f}] at its level".format(*at_level)
-        chosen = row["healing"] + (f"; {row['seeds']} of {seeds} seeds" if int(row["seeds"]) < seeds else "")
+        chosen = row["healing"] + (f"; {row['first_study']}" if row.get("first_study") else "")
+        chosen += f"; {row['seeds']} of {seeds} seeds" if int(row["seeds"]) < seeds else ""
+        second = _named(row, "second") if row.get("second_study") != row.get("first_study") else row["second"]
         lines.append(
             f"| {float(budget):.0%} | {row['first']} ({chosen}) | {share:.1%} [{low:.1%}, {high:.1%}] | "
-            f"{_difference(row, 'top1')} vs {row['second']} ({survives}) | {verdict} |"
+            f"{_difference(row, 'top1')} vs {second} ({survives}) | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _named(row: dict, which: str) -> str:
+    """The first or second model of a comparison, with its study where the row names it (another study's)."""
+    study = row.get(f"{which}_study")
+    return f"{row[which]} ({study})" if study else row[which]
+
+
+def _first_model(models: list[dict], comparison: dict) -> list[dict]:
+    """The rows of a comparison's first model, healed as it is compared, of its study (every evaluation, seed)."""
+    healing = comparison.get("first_healing") or comparison["healing"]
+    return [m for m in models if m["model"] == comparison["first"] and m["healing"] == healing
+            and m["study"] == comparison["study"]]  # fmt: skip
+
+
 def _validation(models: list[dict], comparison: dict) -> float:
-    values = [float(m["top1"]) for m in models if m["model"] == comparison["first"]
-              and m["healing"] == comparison["healing"] and m["evaluation"] == VALIDATION]  # fmt: skip
+    values = [float(m["top1"]) for m in _first_model(models, comparison) if m["evaluation"] == VALIDATION]
     return sum(values) / len(values) if values else float("-inf")
 
 
