@@ -534,7 +534,8 @@ def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[s
     found = []
     for row in _reported(read_table(part / "comparisons.csv")):
         second = part.parent / row["second_study"] if row.get("second_study") else part
-        found.append((dict(row), (part / "raw", second / "raw"), healed_names(row)))
+        shown = dict(row, first_study=row["study"])  # among several parts, each row says whose it is
+        found.append((shown, (part / "raw", second / "raw"), healed_names(row)))
     return found
 
 
