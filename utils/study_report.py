@@ -571,7 +571,7 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
         row = {"kind": "best of all", "budget": budget, "study": first[0], "first_study": first[0], "first": first[1],
                "second_study": second[0], "second": second[1], "candidates": f"{first_count} vs {second_count}",
                "healing": first[2] if first[2] == second[2] else f"{first[2]} / {second[2]}",
-               "first_healing": first[2], "seed": ALL_SEEDS, "seeds": result["seeds"], "reported": True}  # fmt: skip
+               "first_healing": first[2], "seed": ALL_SEEDS, "seeds": result["seeds"]}  # fmt: skip
         for metric in ("top1", "agree_top1"):
             row |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
         found.append((row, raws, names))
