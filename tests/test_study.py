@@ -154,7 +154,16 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
 
 
 @pytest.mark.parametrize(
-    "part", ["round3_67", "round3_50", "round3_33", "round3_25", "round3_33_heal_all", "round3_25_heal_all"]
+    "part",
+    [
+        "round3_67",
+        "round3_50",
+        "round3_33",
+        "round3_25",
+        "round3_33_heal_all",
+        "round3_25_heal_all",
+        "round3_50_heal_all",
+    ],
 )
 def test_a_part_of_round_three_plans_round_threes_stages_at_its_budget(part, tmp_path):
     """Each stage that makes a student or a model in a part's root is the stage round three's own plan has (so a
