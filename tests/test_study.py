@@ -473,6 +473,20 @@ def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_tea
     assert hub.teacher == "bert-base-uncased"  # a hub id is as given
 
 
+def test_every_seed_trains_with_its_own_seed_and_is_evaluated_on_the_same_masks(tmp_path, tiny_teacher_dir):
+    """Seeds 42 and 43: each seed's training stages take its seed; both seeds' evaluations take the study's mask
+    seed (42 unless the study says otherwise), so the two seeds' models pair sentence by sentence."""
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, seeds=[42, 43])), tmp_path, sys.executable)
+    for seed in (42, 43):
+        assert f"--seed {seed} " in plan.shell_command("heal", f"seed{seed}", "kl") + " "
+        for split in ("validation", "test"):
+            assert "--seed 42 " in plan.shell_command("evaluate", f"seed{seed}", split) + " "
+    data = {"train_sentences": 96, "heal_sentences": 64, "seq_len": 20, "mask_seed": 7}
+    other = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, seeds=[43], data=data)), tmp_path, sys.executable)
+    assert "--seed 7 " in other.shell_command("evaluate", "seed43", "test") + " "
+    assert "--seed 43 " in other.shell_command("heal", "seed43", "kl") + " "
+
+
 @pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "studies").glob("*.yaml")))
 def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
     from utils.study import KINDS

@@ -136,6 +136,9 @@ DATA_DEFAULTS = {
     "test_share": 1.0,  # the share of the test split evaluated (the same masks for every model)
     "validation_share": 1.0,  # the share of the validation split each side's best is chosen on
     "latency_repeats": 0,  # timed calls per latency figure in the evaluations (0: none)
+    # the seed of the validation and test masks, the same under every seed of the study (and every study): each
+    # seed's models are then evaluated on the same masked tokens, so they pair across seeds and studies
+    "mask_seed": 42,
     "seq_len": 40,
     "batch_size": None,  # None: each script's default
 }
@@ -518,9 +521,11 @@ class Plan:
         self.stages.setdefault(stage.key, stage)
         return stage.key
 
-    def _common(self, seed: int, training: bool = False) -> list[str]:
+    def _common(self, seed: int, training: bool = False, seed_flag: int | None = None) -> list[str]:
+        """The flags every stage of ``seed`` shares; ``seed_flag``: another ``--seed`` (the evaluations' masks)."""
         data = self.study.data
-        args = ["--teacher", self.teacher, "--storage_directory", self.storage(seed).root, "--seed", seed]
+        args = ["--teacher", self.teacher, "--storage_directory", self.storage(seed).root]
+        args += ["--seed", seed if seed_flag is None else seed_flag]
         args += ["--seq_len", data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
         return args + (["--batch_size", data["batch_size"]] if training and data["batch_size"] else [])
 
@@ -570,7 +575,8 @@ class Plan:
                   for model in self.models]  # fmt: skip
         for split, share in (("validation", data["validation_share"]), ("test", data["test_share"])):
             # every healed model on the same masks: the validation split to choose on, the test split to report
-            args = [*self._common(seed), "--split", split, "--percentage_data", share, "--reference", "none"]
+            args = [*self._common(seed, seed_flag=data["mask_seed"]), "--split", split, "--percentage_data", share]
+            args += ["--reference", "none"]
             args += ["--latency_repeats", data["latency_repeats"], "--evaluation", split, "--models", *models]
             self._add("evaluate", tag, split, "eval_retrained_12.py", args, healed)
 
