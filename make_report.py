@@ -16,7 +16,7 @@
   ``report/study.md``, their tables; ``--tables DIR`` prints the tables of such a data folder (e.g. one committed
   under docs/data/) as markdown;
 - with ``--seed_runs``: ``seeds.md`` / ``seeds.csv``, every model trained under several seeds as mean ± spread,
-  and ``best_against_field_seeds.json``, the same comparison with each model averaged over the seeds.
+  and ``best_against_field_seeds.json``, the same comparison over the seeds (intervals resampling seeds too).
 Written to ``{storage}/report/``.
 
 python make_report.py --storage_directory storage
@@ -50,9 +50,9 @@ class ReportArguments:
         None,
         "Storage directories of the same experiments run with another --seed: every model evaluated under this "
         "storage directory and one of them, on the same test masks, is pooled into mean ± spread across seeds "
-        "(seeds.md, seeds.csv), and sitra's best against the field's best is compared with each model's "
-        "per-sentence values averaged over the seeds (best_against_field_seeds.json); with --compare, the two "
-        "models are compared so.",
+        "(seeds.md, seeds.csv), and sitra's best against the field's best is compared over seeds and sentences, "
+        "the interval resampling both (best_against_field_seeds.json); with --compare, the two models are "
+        "compared so.",
     )
     frontier_evaluations: Optional[list[str]] = flag(
         None,

@@ -121,6 +121,36 @@ def test_a_model_equal_to_the_teacher_has_a_zero_width_paired_difference():
     assert paired["p_value"] < 0.001  # the paired t-test agrees
 
 
+def test_the_seed_and_sentence_bootstrap_resamples_both_levels():
+    """Known answers: seeds that differ only by a constant per seed ([0.1, 0.2, 0.3], no spread over sentences)
+    give the range of the seed means (each extreme 1/27 = 3.7% of the resamples, beyond the 2.5% tails); seeds that
+    agree give the sentence bootstrap's width; the same sentences with the seeds apart give a wider interval."""
+    from utils.statistics import seed_and_sentence_difference
+
+    constant = np.array([[0.1] * 50, [0.2] * 50, [0.3] * 50])
+    spread = seed_and_sentence_difference(constant, np.zeros_like(constant))
+    assert spread["difference"] == pytest.approx(0.2)
+    assert (spread["low"], spread["high"]) == pytest.approx((0.1, 0.3)) and spread["excludes_zero"]
+    assert spread["p_value"] == pytest.approx(2 / 10001)  # every resample above 0: the smallest p it can give
+    rng = np.random.default_rng(3)
+    hits, other = (rng.random(2000) < 0.4).astype(float), (rng.random(2000) < 0.35).astype(float)
+    agreeing = seed_and_sentence_difference(np.stack([hits] * 3), np.stack([other] * 3))
+    sentences_only = paired_difference(hits, other)
+    assert agreeing["difference"] == pytest.approx(sentences_only["difference"])
+    width = sentences_only["high"] - sentences_only["low"]
+    assert agreeing["high"] - agreeing["low"] == pytest.approx(width, rel=0.1)
+    shifted = np.stack([other, other, other])  # the second model 6 points better or worse under two seeds
+    shifted[0, np.flatnonzero(other == 0)[:120]] = 1
+    shifted[1, np.flatnonzero(other)[:120]] = 0
+    apart = seed_and_sentence_difference(np.stack([hits] * 3), shifted)
+    assert apart["high"] - apart["low"] > 1.5 * width
+    assert apart["p_value"] > agreeing["p_value"]
+    wider = seed_and_sentence_difference(np.stack([hits] * 3), shifted, confidence=0.999)
+    assert wider["low"] < apart["low"] and wider["high"] > apart["high"]
+    with pytest.raises(ValueError, match=r"\[S, N\]"):
+        seed_and_sentence_difference(hits, other)
+
+
 def test_interval_covers_the_mean_and_narrows_with_more_sentences():
     rng = np.random.default_rng(1)
     widths = []

@@ -150,7 +150,7 @@ def test_best_against_field_chooses_on_the_selection_evaluation_and_compares_on_
     assert message.startswith("error: --select_on x: no such evaluation")
 
 
-def test_best_against_field_averages_each_model_over_the_seeds_before_the_paired_difference(tmp_path, capsys):
+def test_best_against_field_compares_over_the_seeds(tmp_path, capsys):
     first, second = tmp_path / "seed42", tmp_path / "seed43"
     half = {"flop_ratio": 0.5}
     per_seed = {  # per-sentence top-1 of sitra's model a and the field's b (and c, under seed 42 only)
@@ -172,7 +172,7 @@ def test_best_against_field_averages_each_model_over_the_seeds_before_the_paired
     pooled = json.loads((report / "best_against_field_seeds.json").read_text())  # c has one seed: not ranked
     assert [(r["first"], r["second"], r["seeds"]) for r in pooled] == [("a", "b", 2)]
     assert abs(pooled[0]["top1"]["difference"] - (0.375 - 0.5)) < 1e-12  # seed-averaged a: [1, .5, 0, 0]
-    assert "every model averaged over 2 seeds" in (report / "report.md").read_text()
+    assert "over 2 seeds: the intervals resample seeds and sentences" in (report / "report.md").read_text()
     compared = make_report.main(["--storage_directory", str(first), "--compare", "a", "b", "--seed_runs", str(second)])
     assert compared["seeds"] == 2 and (report / "compare_a_vs_b_seeds2.json").exists()
     with pytest.raises(SystemExit):  # c under one seed only: one error line, no file

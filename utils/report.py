@@ -20,7 +20,7 @@ from utils.compound import recipe_variant
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, markdown_table
 from utils.files import atomic_write
-from utils.statistics import CONFIDENCE, paired_difference
+from utils.statistics import CONFIDENCE, paired_difference, seed_and_sentence_difference
 from utils.storage import Storage
 
 
@@ -59,8 +59,9 @@ def compare_models(
 ) -> dict:
     """Paired differences ``first - second`` on the masks both were evaluated on (in the results folder
     ``evaluation`` only, when given), with ``confidence`` intervals. With ``seed_storages`` (the same experiments
-    under other seeds) each model's per-sentence values are first averaged over the seeds [N], so the interval is
-    over sentences for the seed-averaged models; both must be evaluated in every one. ``against``: where
+    under other seeds, evaluated on the same masks) the difference is over seeds and sentences, its interval from
+    resampling both (:func:`utils.statistics.seed_and_sentence_difference`); both must be evaluated in every
+    one. ``against``: where
     ``second`` is, seed by seed (another study's storages: the same seeds and data give the same masks); by
     default where ``first`` is."""
     storages = [storage, *seed_storages]
@@ -89,8 +90,11 @@ def compare_models(
     }
     for key in ("top1", "agree_top1"):
         if all(key in per_seed for seeds in values for per_seed in seeds):
-            averaged = [np.mean([per_seed[key] for per_seed in seeds], axis=0) for seeds in values]
-            result[key] = paired_difference(*averaged, confidence=confidence)
+            stacked = [np.stack([per_seed[key] for per_seed in seeds]) for seeds in values]  # model -> [S, N]
+            if len(storages) > 1:
+                result[key] = seed_and_sentence_difference(*stacked, confidence=confidence)
+            else:
+                result[key] = paired_difference(stacked[0][0], stacked[1][0], confidence=confidence)
     return result
 
 
@@ -572,7 +576,7 @@ def best_against_field(
     the best there, and the difference is measured on the largest other evaluation of ``rows`` both are in: chosen
     on one set of sentences, reported on another. Without it both happen on the same ``rows`` (optimistic: a
     best chosen on the sentences it is reported on). With ``seed_storages``: only the models evaluated under every
-    seed, ranked by their top-1 averaged over the seeds, compared seed-averaged (:func:`compare_models`)."""
+    seed, ranked by their top-1 averaged over the seeds, compared over seeds and sentences (:func:`compare_models`)."""
     ranked = [row for row in rows if row["evaluation"] == select_on] if select_on else rows
     if seed_storages:
         runs = [ranked] + [collect_results(s) for s in seed_storages]
@@ -621,7 +625,7 @@ def _reported_on(rows, first: str, second: str, select_on: str) -> str | None:
 def best_against_field_table(comparisons: list[dict]) -> str:
     """A markdown section: one row per budget of :func:`best_against_field`."""
     seeds = max(result.get("seeds", 1) for result in comparisons)
-    pooled = f", every model averaged over {seeds} seeds" if seeds > 1 else ""
+    pooled = f", over {seeds} seeds: the intervals resample seeds and sentences" if seeds > 1 else ""
     selected_on = comparisons[0].get("selected_on")
     chosen = (
         f"Each side's best chosen by top-1 on `{selected_on}`, the difference measured on the largest other evaluation "
@@ -753,7 +757,7 @@ def write_report(
     if comparisons:
         atomic_write(output / "best_against_field.json", lambda tmp: tmp.write_text(json.dumps(comparisons, indent=2)))
         best_sections.append(best_against_field_table(comparisons))
-    if seed_runs:  # the same, every model's per-sentence values averaged over the seeds first
+    if seed_runs:  # the same over every seed: the intervals resample seeds as well as sentences
         seeds = [Storage(folder) for folder in seed_runs]
         pooled_comparisons = best_against_field(storage, candidates, seeds, select_on)
         if pooled_comparisons:

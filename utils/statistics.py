@@ -70,6 +70,43 @@ def paired_difference(
             "p_value": p_value}  # fmt: skip
 
 
+SEED_RESAMPLES = 10000  # the two-level bootstrap's: its p-value and intervals reach Holm's levels (1 - 0.05 / m)
+
+
+def seed_and_sentence_difference(
+    first: np.ndarray,
+    second: np.ndarray,
+    resamples: int = SEED_RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> dict:
+    """Mean of ``first - second`` [S, N] (the two models trained under S seeds, each pair evaluated on the same N
+    sentences and masks) over seeds and sentences, with a two-level percentile bootstrap that resamples both: each
+    resample draws S seeds with replacement and N sentences with replacement (the same sentences under every
+    seed, as they share their masks), so the interval holds the seeds' spread as well as the sentences'. The
+    two-sided p-value is the resamples' share on the far side of 0 (doubled, counting the observed one), so an
+    interval at level 1 - a excludes 0 where p < a. Keys as :func:`paired_difference`'s."""
+    differences = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
+    if differences.ndim != 2 or np.shape(first) != np.shape(second):
+        raise ValueError(f"seed x sentence values need the same shape [S, N]: {np.shape(first)} vs {np.shape(second)}")
+    seeds, sentences = differences.shape
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for start in range(0, resamples, 500):  # 500 resamples at a time: [500, N] floats, not [resamples, N]
+        count = min(500, resamples - start)
+        weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=count) / seeds  # [B, S] seeds drawn
+        picked = rng.integers(0, sentences, size=(count, sentences))  # [B, N] sentences drawn
+        seed_averaged = weights @ differences  # [B, N]: each sentence's difference over the drawn seeds
+        estimates.append(np.take_along_axis(seed_averaged, picked, axis=1).mean(axis=1))
+    estimates = np.concatenate(estimates)
+    tail = (1 - confidence) / 2
+    low, high = (float(value) for value in np.quantile(estimates, [tail, 1 - tail]))
+    far_side = min(np.count_nonzero(estimates <= 0), np.count_nonzero(estimates >= 0))
+    p_value = min(1.0, 2 * (far_side + 1) / (resamples + 1))
+    return {"difference": float(differences.mean()), "low": low, "high": high,
+            "excludes_zero": bool(low > 0 or high < 0), "p_value": p_value}  # fmt: skip
+
+
 def with_intervals(metrics: dict[str, dict], values: dict[str, dict], teacher: str | None) -> None:
     """Add ``{metric}_low`` / ``{metric}_high`` for every per-sentence metric of every model, and for every
     model but the teacher the paired top-1 difference from it (``top1_vs_teacher``, ``_low``, ``_high``)."""

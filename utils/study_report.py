@@ -40,7 +40,7 @@ STUDENT_COLUMNS = (
 STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", "mean_load", "cpu_seconds")
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
 BETWEEN_HEALINGS = " - "  # a comparison of two healings of one model: its healing column, "layerwise - kl"
-ALL_SEEDS = "all"  # the seed of a comparison whose models are averaged over every seed first
+ALL_SEEDS = "all"  # the seed of a comparison over every seed (its interval resamples seeds and sentences)
 TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
 
