@@ -448,6 +448,39 @@ def test_a_study_run_in_parts_reports_the_seeds_it_has(tiny_study_run, tiny_teac
     assert "| 25% | sitra_25 (kl; 1 of 2 seeds) |" in page
 
 
+def test_a_study_over_two_seeds_reports_each_seed_and_both_with_the_seeds_resampled(tiny_study_run, tiny_teacher_dir,
+                                                                                     tmp_path):  # fmt: skip
+    """Seed 43's results made from seed 42's (the same masks: the study's mask seed) with field_50 one sentence in
+    five better: each seed's difference, their spread, both seeds' mean difference with an interval that holds
+    the seeds' spread (wider than either seed's), and the docs' seed-by-seed table, from the data alone."""
+    from utils.docs_tables import GENERATORS
+
+    root = tmp_path / "two"
+    for seed in (42, 43):
+        shutil.copytree(tiny_study_run[2] / "seed42" / "results", root / f"seed{seed}" / "results")
+    npz = root / "seed43" / "results" / "test" / PER_SENTENCE
+    arrays = dict(np.load(npz))
+    key = next(name for name in arrays if name.startswith("field_50") and name.endswith("/top1"))
+    arrays[key] = np.where(np.arange(len(arrays[key])) % 5 == 0, 1.0, arrays[key])
+    np.savez(npz, **arrays)
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, seeds=[42, 43])), root, sys.executable)
+    write_study_data(plan)
+    with open(plan.data_files["comparisons"]) as file:
+        rows = [row for row in csv.DictReader(file) if row["kind"] == "declared" and row["first"] == "sitra_50"]
+    by_seed = {row["seed"]: row for row in rows}
+    assert set(by_seed) == {"42", "43", "all"} and by_seed["all"]["seeds"] == "2" and by_seed["all"]["holm_p"]
+    differences = [float(by_seed[seed]["top1_difference"]) for seed in ("42", "43")]
+    assert differences[1] < differences[0]  # field_50 better under seed 43
+    both = by_seed["all"]
+    assert float(both["top1_difference"]) == pytest.approx(sum(differences) / 2)
+    assert float(both["top1_seed_spread"]) == pytest.approx(differences[0] - differences[1])
+    width = {seed: float(by_seed[seed]["top1_high"]) - float(by_seed[seed]["top1_low"]) for seed in by_seed}
+    assert width["all"] > max(width["42"], width["43"])
+    section = GENERATORS["study_seeds"](root / "data")
+    assert "| seed 42 | seed 43 | seed spread | every seed (seeds and sentences resampled) |" in section
+    assert section.count("| declared |") == 2  # the two budgets, each one row
+
+
 def test_a_study_report_is_rebuilt_from_its_raw_results_alone(tiny_study_run, tmp_path):
     """The raw results the report copies under data/raw (each evaluation's metrics.json and per-sentence outcomes),
     copied into a fresh root without models, students or stamps, give the same tables."""

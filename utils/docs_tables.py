@@ -22,6 +22,7 @@ from utils.study_report import (
     models_markdown,
     pooled_comparisons,
     read_table,
+    seeds_markdown,
     students_markdown,
     study_about,
 )
@@ -183,6 +184,11 @@ def comparisons_of_study(folder: Path) -> str:
     return comparisons_markdown(read_table(folder / "comparisons.csv"))
 
 
+def seeds_of_study(folder: Path) -> str:
+    """A committed study's comparisons over several seeds, seed by seed and over every seed."""
+    return seeds_markdown(read_table(folder / "comparisons.csv"))
+
+
 def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list[dict]]:
     """A study run in parts (each a study file of its own, its data folder committed: a budget each, or another
     recipe at a budget): what the whole study plans (its ``study.json``), every part's models, and the parts'
@@ -260,6 +266,7 @@ GENERATORS: dict[str, Callable[..., str]] = {
     "study_students": students_of_study,
     "study_models": models_of_study,
     "study_comparisons": comparisons_of_study,
+    "study_seeds": seeds_of_study,
     "parts_headline": headline_of_parts,
     "parts_comparisons": comparisons_of_parts,
 }

@@ -616,6 +616,38 @@ def comparisons_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_markdown(rows: list[dict]) -> str:
+    """Each comparison reported over several seeds, seed by seed: each seed's difference with its interval over
+    sentences, the seeds' spread, and the difference over every seed with its interval resampling seeds as well
+    as sentences (and Holm's adjusted p, over every comparison the study reports)."""
+    pooled = [row for row in _reported(rows) if row["seed"] == ALL_SEEDS]
+    if not pooled:
+        return "No comparison over several seeds yet.\n"
+    identity = ("kind", "budget", "healing", "first", "second")
+    per_seed = {}  # comparison -> seed -> row
+    for row in rows:
+        if row["seed"] != ALL_SEEDS:
+            per_seed.setdefault(tuple(str(row[key]) for key in identity), {})[str(row["seed"])] = row
+    seeds = sorted({seed for found in per_seed.values() for seed in found})
+    lines = [
+        "| kind | budget | healing | first | second | "
+        + " | ".join(f"seed {seed}" for seed in seeds)
+        + " | seed spread | every seed (seeds and sentences resampled) | Holm p |",
+        "|---" * (len(seeds) + 8) + "|",
+    ]
+    for row in pooled:
+        found = per_seed.get(tuple(str(row[key]) for key in identity), {})
+        cells = [_difference(found[seed], "top1") if seed in found else "" for seed in seeds]
+        holm_p = f"{float(row['holm_p']):.3g}"
+        holm_p = f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
+        lines.append(
+            f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {_named(row, 'first')} | "
+            f"{_named(row, 'second')} | " + " | ".join(cells) + f" | {100 * float(row['top1_seed_spread']):.2f} | "
+            f"{_difference(row, 'top1')} | {holm_p} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def headline_markdown(
     models: list[dict],
     comparisons: list[dict],
