@@ -61,9 +61,8 @@ def compare_models(
     ``evaluation`` only, when given), with ``confidence`` intervals. With ``seed_storages`` (the same experiments
     under other seeds, evaluated on the same masks) the difference is over seeds and sentences, its interval from
     resampling both (:func:`utils.statistics.seed_and_sentence_difference`); both must be evaluated in every
-    one. ``against``: where
-    ``second`` is, seed by seed (another study's storages: the same seeds and data give the same masks); by
-    default where ``first`` is."""
+    one. ``against``: where ``second`` is, seed by seed (another study's storages: the same seeds and data give
+    the same masks); by default where ``first`` is."""
     storages = [storage, *seed_storages]
     # per model: one {masks: (evaluation, metric -> [N])} per seed
     found = [[per_sentence_values(s, model, evaluation) for s in where]
