@@ -592,6 +592,12 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
     return [row for row, _, _ in compared]
 
 
+def _holm_cell(row: dict) -> str:
+    """A comparison's Holm-adjusted p, bold where it survives."""
+    holm_p = f"{float(row['holm_p']):.3g}"
+    return f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
+
+
 def comparisons_markdown(rows: list[dict]) -> str:
     """The reported comparisons (first - second, top-1 points on the test split): the 95% interval, the spread of
     the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level."""
@@ -605,8 +611,7 @@ def comparisons_markdown(rows: list[dict]) -> str:
     ]
     for row in reported:
         spread = f"{100 * float(row['top1_seed_spread']):.2f}" if row.get("top1_seed_spread") else ""
-        holm_p = f"{float(row['holm_p']):.3g}"
-        holm_p = f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
+        holm_p = _holm_cell(row)
         lines.append(
             f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {_named(row, 'first')} | "
             f"{_named(row, 'second')} | "
@@ -638,8 +643,7 @@ def seeds_markdown(rows: list[dict]) -> str:
     for row in pooled:
         found = per_seed.get(tuple(str(row[key]) for key in identity), {})
         cells = [_difference(found[seed], "top1") if seed in found else "" for seed in seeds]
-        holm_p = f"{float(row['holm_p']):.3g}"
-        holm_p = f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
+        holm_p = _holm_cell(row)
         lines.append(
             f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {_named(row, 'first')} | "
             f"{_named(row, 'second')} | " + " | ".join(cells) + f" | {100 * float(row['top1_seed_spread']):.2f} | "
