@@ -11,11 +11,12 @@ import json
 from dataclasses import dataclass
 
 from utils.args import CUT_FLAGS, TeacherArguments, flag, require
-from utils.compound import NEEDS_DATA, build_compound, read_recipe
+from utils.compound import NEEDS_DATA, build_compound, read_recipe, recipe_reconstruction
 from utils.data import eval_loader, load_data
 from utils.errors import UserError
 from utils.experiment import cli_entry, log, parse_and_start
 from utils.model_io import is_simplified, save_and_export
+from utils.pruning import calibration_loaders
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
 
@@ -29,7 +30,10 @@ class CompoundArguments:
     recipe: str = flag(None, "The recipe: a JSON file or inline JSON (see utils/compound.py).", required=True)
     name: str = flag(None, "Name of the saved model (under the storage directory's models).", required=True)
     importance_sentences: int = flag(2000, "Validation sentences that rank heads and neurons (pruning parts).")
-    calibration_sentences: int = flag(512, "Training sentences of a least-squares reconstruction.")
+    calibration_sentences: int = flag(
+        512,
+        "Training sentences a reconstruction is fitted on (a validated one scores its choices on the next as many).",
+    )
 
     def __post_init__(self):
         require("/" not in self.name and self.name.strip(), f"--name {self.name!r}: expected a plain folder name")
@@ -51,12 +55,17 @@ def main(argv: list[str] | None = None) -> dict:
         return {"output": str(output), "recipe": recipe}
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     teacher = load_teacher(info, device)
-    validation = calibration = None
+    validation = calibration = held_out = None
     if any(part in recipe for part in NEEDS_DATA):
         data = load_data(flags.data, teacher.tokenizer)
         validation = eval_loader(data.validation, BATCH, options.importance_sentences)
-        calibration = eval_loader(data.train, BATCH, options.calibration_sentences)
-    model, meta = build_compound(recipe, flags.storage.storage_directory, teacher, validation, calibration, device)
+        reconstruction = recipe_reconstruction(recipe)
+        if reconstruction is not None:
+            sentences = options.calibration_sentences
+            calibration, held_out = calibration_loaders(data.train, BATCH, sentences, reconstruction)
+    model, meta = build_compound(
+        recipe, flags.storage.storage_directory, teacher, validation, calibration, device, held_out
+    )
     save_and_export(model, teacher.tokenizer, output, meta, flags.export.export_hf)
     widths = [layer.ffn_in.out_features for layer in model.layers]
     heads = [layer.attention.heads for layer in model.layers]

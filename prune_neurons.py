@@ -3,8 +3,10 @@ Kwon et al. 2022's least-squares reconstruction): rank every layer's intermediat
 |gradient of the MLM loss w.r.t. a per-neuron gate| on validation sentences, keep ``--ffn_width`` per layer
 (``--per_layer``) or the same total chosen across layers, and with ``--reconstruct`` refit each layer's output
 projection by least squares so that the kept neurons reproduce the full feed-forward output on
-``--calibration_sentences`` training sentences. Saves a simplified model every evaluation, healing script and
-the export take (a uniform width exports as plain ``BertForMaskedLM`` with a smaller ``intermediate_size``).
+``--calibration_sentences`` training sentences (``--reconstruct validated``: layer by layer on the pruned model's
+own inputs, drawn toward the pruned weights as far as held-out training sentences ask). Saves a simplified model
+every evaluation, healing script and the export take (a uniform width exports as plain ``BertForMaskedLM`` with a
+smaller ``intermediate_size``).
 
 ``--block_heads H`` also keeps each layer's H most important heads: head + neuron pruning at one budget.
 
@@ -14,14 +16,15 @@ Example: python prune_neurons.py --teacher storage/teacher --ffn_width 768 --per
 from dataclasses import dataclass
 from typing import Optional
 
-from models import SimplifiedBert, attention_of_heads, feed_forward_of_neurons, reconstruct_feed_forward_output
+from models import SimplifiedBert, attention_of_heads, feed_forward_of_neurons
 from utils.args import CUT_FLAGS, TeacherArguments, flag, require
 from utils.data import eval_loader, load_data
 from utils.experiment import cli_entry, log, parse_and_start
 from utils.model_io import save_and_export
 from utils.pruning import (
+    RECONSTRUCTION,
+    calibration_loaders,
     check_fewer_than_teacher,
-    feed_forward_statistics,
     head_importance,
     heads_to_keep,
     neuron_importance,
@@ -41,9 +44,18 @@ class NeuronPruneArguments:
         None, "Feed-forward neurons kept per layer (on average, with the global choice).", required=True
     )
     per_layer: bool = flag(False, "Keep the same number of neurons in every layer (default: choose across layers).")
-    reconstruct: bool = flag(False, "Refit each pruned layer's output projection by least squares (Kwon et al.).")
+    reconstruct: Optional[str] = flag(
+        None,
+        RECONSTRUCTION.help("Refit each pruned layer's output projection (bare --reconstruct: least_squares)."),
+        choices=RECONSTRUCTION.names(),
+        nargs="?",
+        const="least_squares",
+    )
     importance_sentences: int = flag(2000, "Validation sentences the importance is accumulated over.")
-    calibration_sentences: int = flag(512, "Training sentences the reconstruction is fitted on.")
+    calibration_sentences: int = flag(
+        512,
+        "Training sentences a reconstruction is fitted on (a validated one scores its choices on the next as many).",
+    )
     block_heads: Optional[int] = flag(
         None, "Also prune every layer's attention to its H most important heads (head + neuron pruning at one budget)."
     )
@@ -72,13 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
             layer.with_attention(attention_of_heads(layer.attention, keep, layer.attention.dropout))
             for layer, keep in zip(layers, heads, strict=True)
         ]
-    if options.reconstruct:
-        calibration = eval_loader(data.train, BATCH, options.calibration_sentences)
-        statistics = feed_forward_statistics(teacher.model, dict(enumerate(kept)), calibration, device)
-        for index, layer in enumerate(layers):
-            reconstruct_feed_forward_output(layer, *statistics[index])
     base = teacher.model
     model = SimplifiedBert(base.config, base.embeddings, layers, base.mlm_head).eval()
+    chosen = {}
+    if options.reconstruct:
+        sentences = options.calibration_sentences
+        calibration, held_out = calibration_loaders(data.train, BATCH, sentences, options.reconstruct)
+        pruned = {index: (index, keep) for index, keep in enumerate(kept)}
+        chosen = RECONSTRUCTION[options.reconstruct].function(base, model, pruned, calibration, held_out, device)
     output = Storage(flags.storage.storage_directory).neuron_pruned_model(
         options.ffn_width, options.per_layer, options.reconstruct, options.block_heads
     )
@@ -88,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reconstructed": options.reconstruct,
         "kept_neurons": [len(keep) for keep in kept],
         **({} if heads is None else {"kept_heads": heads}),
+        **({"reconstruction": chosen} if chosen else {}),
     }
     save_and_export(model, teacher.tokenizer, output, meta, flags.export.export_hf)
     log.info("kept neurons per layer %s; saved to %s", meta["kept_neurons"], output)

@@ -15,8 +15,13 @@ from models.methods import (
     feed_forward_of_neurons,
     layers_to_drop,
     merged_layer,
+    output_projection,
     reconstruct_feed_forward_output,
+    ridge_toward,
+    set_output_projection,
+    squared_error,
     student_attention,
+    validated_ridge,
 )
 from models.surgery import assemble, select_trainable, teacher_layer_map
 
@@ -38,7 +43,12 @@ __all__ = [
     "merged_layer",
     "model_cost",
     "parameter_count",
+    "output_projection",
     "reconstruct_feed_forward_output",
+    "ridge_toward",
+    "set_output_projection",
+    "squared_error",
+    "validated_ridge",
     "select_trainable",
     "teacher_layer_map",
     "student_attention",

@@ -319,5 +319,44 @@ def reconstruct_feed_forward_output(layer: TransformerLayer, gram: torch.Tensor,
     [k+1, hidden] (float64). A ridge of 1e-6 of the mean diagonal keeps a rank-deficient system solvable."""
     ridge = 1e-6 * gram.diagonal().mean().clamp_min(1e-12)
     solution = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), cross)  # [k+1, hidden]
+    set_output_projection(layer, solution)
+
+
+@torch.no_grad()
+def output_projection(layer: TransformerLayer) -> torch.Tensor:
+    """A layer's second feed-forward matrix and bias stacked as one least-squares unknown: [k+1, hidden] float64
+    (``[a;1]ᵀ W`` is the feed-forward output of the activations ``a``)."""
+    return torch.cat([layer.ffn_out.weight.T, layer.ffn_out.bias[None]]).double()
+
+
+@torch.no_grad()
+def set_output_projection(layer: TransformerLayer, solution: torch.Tensor) -> None:
+    """Write ``solution`` [k+1, hidden] (:func:`output_projection`'s layout) into the layer."""
     layer.ffn_out.weight.copy_(solution[:-1].T.to(layer.ffn_out.weight))
     layer.ffn_out.bias.copy_(solution[-1].to(layer.ffn_out.bias))
+
+
+def ridge_toward(gram: torch.Tensor, cross: torch.Tensor, prior: torch.Tensor, strength: float) -> torch.Tensor:
+    """argmin_W Σ ‖[a;1]ᵀ W − y‖² + λ ‖W − prior‖², λ = ``strength`` × the mean diagonal of ``gram``: least
+    squares (λ → 0) drawn toward ``prior`` [k+1, hidden], which it becomes as λ → ∞. ``gram`` and ``cross`` as
+    in :func:`reconstruct_feed_forward_output`."""
+    ridge = strength * gram.diagonal().mean().clamp_min(1e-12)
+    return torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), cross + ridge * prior)
+
+
+def squared_error(solution: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, energy: float) -> float:
+    """Σ ‖[a;1]ᵀ W − y‖² over the tokens of the sums ``gram``, ``cross`` and ``energy`` = Σ ‖y‖², without them."""
+    return float(torch.trace(solution.T @ gram @ solution) - 2 * torch.trace(solution.T @ cross)) + energy
+
+
+def validated_ridge(
+    prior: torch.Tensor, fit: tuple, held_out: tuple, strengths: tuple[float, ...]
+) -> tuple[torch.Tensor, float | str, dict[str, float]]:
+    """The output projection a held-out check prefers: ``prior`` [k+1, hidden] itself ("plain") or
+    :func:`ridge_toward` it at each of ``strengths``, fitted on the sums ``fit`` = (gram, cross, energy) and scored
+    on ``held_out``'s. Returns the chosen solution, its key and every choice's held-out error relative to the
+    held-out Σ ‖y‖² (keys ``str(strength)`` and ``"plain"``; ties go to ``prior``)."""
+    candidates = {"plain": prior} | {strength: ridge_toward(*fit[:2], prior, strength) for strength in strengths}
+    errors = {key: squared_error(solution, *held_out) / held_out[2] for key, solution in candidates.items()}
+    best = min(errors, key=errors.get)
+    return candidates[best], best, {str(key): error for key, error in errors.items()}

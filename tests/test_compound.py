@@ -112,6 +112,29 @@ def test_a_compound_gives_the_logits_of_its_parts_by_hand_and_after_export(run_f
     assert torch.allclose(exported(input_ids=ids, attention_mask=mask).logits[0, 3], expected[0], atol=1e-5)
 
 
+def test_a_validated_reconstruction_refits_the_layers_a_drop_keeps_and_says_what_it_chose(run_flags, capsys):
+    recipe = {
+        "prune_heads": {"heads": 2, "layers": [0, 2]},
+        "prune_neurons": {"width": 16, "reconstruct": "validated", "layers": [0, 2]},
+        "drop": {"rule": "alternate", "count": 1},  # teacher layer 1 goes: layer 2 is the compound's layer 1
+    }
+    build = run_flags(drop=("batch_size", "eval_sentences")) + ["--importance_sentences", "32"]
+    too_many = one_line_error(capsys, build_compound.main, build + ["--name", "v", "--recipe", json.dumps(recipe)])
+    assert "--calibration_sentences 512: --reconstruct validated fits on that many training sentences" in too_many
+    build += ["--calibration_sentences", "32"]  # of the tiny data's 96: 32 to fit, 32 to check
+    result = build_compound.main(build + ["--name", "validated", "--recipe", json.dumps(recipe)])
+    assert result["widths"] == [16, 16] and result["heads"] == [2, 2]
+    model, _, meta = load_simplified(storage_of(build).model("validated"))
+    chosen = meta["reconstruction"]["chosen"]
+    assert meta["reconstruction"]["method"] == "validated" and set(chosen) == {"0", "1"}
+    for layer in chosen.values():  # each layer holds its best choice on held-out sentences, never worse than plain
+        errors = layer["held_out_errors"]
+        assert errors[str(layer["strength"])] == min(errors.values()) <= errors["plain"] < 1
+    recipe["prune_neurons"]["reconstruct"] = "ridge"
+    error = one_line_error(capsys, build_compound.main, build + ["--name", "x", "--recipe", json.dumps(recipe)])
+    assert "--recipe prune_neurons: reconstruct 'ridge': expected true, false or one of" in error
+
+
 def test_the_notebook_builds_a_compound_from_a_recipe(run_flags, tiny_teacher_dir, tiny_data_dir):
     storage = storage_of(run_flags())
     recipe = (

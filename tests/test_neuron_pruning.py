@@ -1,6 +1,7 @@
 """Feed-forward neuron pruning (prune_neurons.py): exact at full width, importance finds a dead neuron, the
-least-squares reconstruction fits the full layer better than plain pruning, and the saved model evaluates and
-exports as plain BertForMaskedLM with a smaller intermediate_size."""
+least-squares reconstruction fits the full layer better than plain pruning, the validated one never does worse
+than plain pruning on held-out tokens, and the saved model evaluates and exports as plain BertForMaskedLM with a
+smaller intermediate_size."""
 
 import json
 
@@ -16,12 +17,17 @@ from models import (
     FeedForward,
     SimplifiedBert,
     feed_forward_of_neurons,
+    output_projection,
     reconstruct_feed_forward_output,
+    ridge_toward,
     select_trainable,
+    squared_error,
+    validated_ridge,
 )
 from utils.data import eval_loader, load_masked_splits
+from utils.errors import UserError
 from utils.model_io import load_simplified
-from utils.pruning import feed_forward_statistics, neuron_importance, neurons_to_keep
+from utils.pruning import RECONSTRUCTION, feed_forward_sums, neuron_importance, neurons_to_keep, reconstruction_of
 
 
 def tiny_model() -> SimplifiedBert:
@@ -60,9 +66,8 @@ def test_reconstruction_fits_the_full_feed_forward_better_than_pruning(tokenizer
     model = tiny_model()
     splits = load_masked_splits(tiny_data_dir, tokenizer, 40, 64, seed=0)
     keep = [list(range(0, 64, 4))] * 3  # a quarter of the neurons
-    statistics = feed_forward_statistics(
-        model, dict(enumerate(keep)), eval_loader(splits.train, 16), torch.device("cpu")
-    )
+    sources = {index: (layer, kept) for index, (layer, kept) in enumerate(zip(model.layers, keep, strict=True))}
+    statistics = feed_forward_sums(model, sources, eval_loader(splits.train, 16), torch.device("cpu"))
     held_out = next(iter(eval_loader(splits.validation, 32)))
     states = model.embeddings(input_ids=held_out["input_ids"])
     real = held_out["attention_mask"].bool()
@@ -71,7 +76,7 @@ def test_reconstruction_fits_the_full_feed_forward_better_than_pruning(tokenizer
     full = layer.ffn_out(layer.activation(layer.ffn_in(hidden)))[real]
     pruned = feed_forward_of_neurons(layer, keep[0])
     error_pruned = (pruned.ffn_out(pruned.activation(pruned.ffn_in(hidden)))[real] - full).pow(2).mean()
-    reconstruct_feed_forward_output(pruned, *statistics[0])
+    reconstruct_feed_forward_output(pruned, *statistics[0][:2])
     error_fitted = (pruned.ffn_out(pruned.activation(pruned.ffn_in(hidden)))[real] - full).pow(2).mean()
     assert error_fitted < 0.5 * error_pruned  # on sentences the fit never saw
 
@@ -82,7 +87,7 @@ def test_the_script_saves_a_model_that_evaluates_and_exports_as_plain_bert(run_f
     flags += ["--calibration_sentences", "64", "--export_hf", str(tmp_path / "exported")]
     result = prune_neurons.main(flags)
     storage = storage_of(flags)
-    folder = storage.neuron_pruned_model(16, per_layer=True, reconstructed=True)
+    folder = storage.neuron_pruned_model(16, per_layer=True, reconstruction="least_squares")
     assert result["output"] == str(folder) and result["kept_neurons"] == [16, 16, 16]
     model, _, meta = load_simplified(folder)
     assert meta["method"] == "neuron_pruning" and [layer.ffn_in.out_features for layer in model.layers] == [16] * 3
@@ -104,10 +109,20 @@ def test_the_script_saves_a_model_that_evaluates_and_exports_as_plain_bert(run_f
     assert trainable == {"ffn_in.weight", "ffn_in.bias", "ffn_out.weight", "ffn_out.bias"}
 
 
+def test_the_script_saves_a_validated_reconstruction_under_its_own_name(run_flags):
+    flags = run_flags(drop=("batch_size", "eval_sentences")) + ["--ffn_width", "16", "--per_layer"]
+    flags += ["--reconstruct", "validated", "--importance_sentences", "32", "--calibration_sentences", "32"]
+    result = prune_neurons.main(flags)
+    folder = storage_of(flags).neuron_pruned_model(16, per_layer=True, reconstruction="validated")
+    assert folder.name == "pruned_ffn_16_ls_validated" and result["output"] == str(folder)
+    _, _, meta = load_simplified(folder)
+    assert meta["reconstructed"] == "validated" and sorted(meta["reconstruction"]) == ["0", "1", "2"]
+
+
 def test_heads_and_neurons_pruned_together(run_flags):
     flags = run_flags(drop=("batch_size", "eval_sentences")) + ["--ffn_width", "32", "--block_heads", "2"]
     result = prune_neurons.main(flags + ["--importance_sentences", "32"])
-    model, _, meta = load_simplified(storage_of(flags).neuron_pruned_model(32, False, False, heads=2))
+    model, _, meta = load_simplified(storage_of(flags).neuron_pruned_model(32, False, None, heads=2))
     assert result["method"] == meta["method"] == "head_neuron_pruning" and sum(meta["kept_neurons"]) == 3 * 32
     assert [layer.attention.heads for layer in model.layers] == [2, 2, 2] and len(meta["kept_heads"][0]) == 2
     assert all(layer.origin["kind"] == "student_attention" for layer in model.layers)
@@ -137,3 +152,87 @@ def test_reconstruction_recovers_a_dropped_neuron_that_copies_a_kept_one():
     assert (FeedForward.of_layer(pruned)(states) - full).abs().max() > 1e-3  # plain pruning loses neuron 5
     reconstruct_feed_forward_output(pruned, augmented.T @ augmented, augmented.T @ full.double())
     assert torch.allclose(FeedForward.of_layer(pruned)(states), full, atol=1e-4)
+
+
+def test_the_sums_of_every_neuron_give_back_the_layer_and_the_ridge_runs_from_least_squares_to_the_prior():
+    model = tiny_model()
+    states = torch.randn(4, 6, 32)
+    layer = model.layers[1]
+    every = list(range(64))
+    loader = [{"input_ids": torch.randint(1000, 2000, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long)}]
+    gram, cross, energy = feed_forward_sums(model, {1: (layer, every)}, loader, torch.device("cpu"))[1]
+    exact = output_projection(layer)  # the full layer's own weights fit its own output exactly
+    assert gram.shape == (65, 65) and cross.shape == (65, 32) and energy > 0
+    assert squared_error(exact, gram, cross, energy) / energy == pytest.approx(0, abs=1e-8)
+    prior = torch.zeros_like(exact)
+    assert torch.allclose(ridge_toward(gram, cross, prior, 1e8), prior, atol=1e-6)  # λ → ∞: the prior
+    fitted = ridge_toward(gram, cross, prior, 1e-9)  # λ → 0: least squares, which the exact weights solve
+    assert squared_error(fitted, gram, cross, energy) / energy < 1e-6
+    with torch.no_grad():
+        full = FeedForward.of_layer(layer)(states).reshape(-1, 32).double()
+        kept = layer.activation(layer.ffn_in(states)).reshape(-1, 64).double()
+    augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=torch.float64)], dim=1)
+    direct = (augmented @ prior - full).pow(2).sum()  # the error of zero weights, directly and from the sums
+    sums = (augmented.T @ augmented, augmented.T @ full, float(full.pow(2).sum()))
+    assert squared_error(prior, *sums) == pytest.approx(float(direct), rel=1e-9)
+
+
+def _loader(splits, first: int, count: int):
+    return eval_loader(splits.train, 16, count, skip=first)
+
+
+def test_validated_reconstruction_restores_a_copied_neuron_fitted_on_the_pruned_model_s_own_inputs(
+    tokenizer, tiny_data_dir
+):
+    splits = load_masked_splits(tiny_data_dir, tokenizer, 40, 96, seed=0)
+    teacher = tiny_model()
+    with torch.no_grad():  # layer 1's neuron 5 is neuron 3 again: least squares restores what dropping 5 loses
+        teacher.layers[1].ffn_in.weight[5], teacher.layers[1].ffn_in.bias[5] = (
+            teacher.layers[1].ffn_in.weight[3],
+            teacher.layers[1].ffn_in.bias[3],
+        )
+    keep = [index for index in range(64) if index != 5]
+    halved = feed_forward_of_neurons(teacher.layers[0], list(range(32)))  # layer 0 pruned, not refitted
+    layers = [halved, feed_forward_of_neurons(teacher.layers[1], keep), teacher.layers[2]]
+    model = SimplifiedBert(teacher.config, teacher.embeddings, layers, teacher.mlm_head).eval()
+    held_out = _loader(splits, 64, 32)
+    restored = RECONSTRUCTION["validated"].function(
+        teacher, model, {1: (1, keep)}, _loader(splits, 0, 64), held_out, "cpu"
+    )
+    errors, strength = restored[1]["held_out_errors"], restored[1]["strength"]
+    assert strength != "plain" and errors[str(strength)] < 1e-6 and errors["plain"] > 1e-3  # neuron 5 is back
+    # the errors are the pruned model's: recomputed on its own inputs they agree, on the teacher's they do not
+    sources = {1: (teacher.layers[1], keep)}
+    own, teachers = (feed_forward_sums(inputs, sources, held_out, "cpu")[1] for inputs in (model, teacher))
+    plain = output_projection(feed_forward_of_neurons(teacher.layers[1], keep))
+    assert squared_error(plain, *own) / own[2] == pytest.approx(errors["plain"], rel=1e-6)
+    assert squared_error(plain, *teachers) / teachers[2] != pytest.approx(errors["plain"], rel=1e-3)
+
+
+def test_a_reconstruction_is_true_false_or_a_registered_name():
+    assert reconstruction_of(True, "x") == "least_squares" and reconstruction_of(None, "x") is None
+    assert [reconstruction_of(name, "x") for name in RECONSTRUCTION.names()] == RECONSTRUCTION.names()
+    with pytest.raises(UserError, match="families.f: reconstruct 'ridge': expected true, false or one of"):
+        reconstruction_of("ridge", "families.f")
+
+
+def _sums(kept: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=kept.dtype)], dim=1)
+    return augmented.T @ augmented, augmented.T @ output, float(output.pow(2).sum())
+
+
+def test_the_held_out_check_keeps_the_pruned_weights_where_calibration_confounds_a_dropped_neuron():
+    # y = a + d: a kept neuron a (weight 1) and a dropped one d. On the calibration tokens d = 10 a, so least
+    # squares gives a the weight 11; on held-out tokens d is independent of a, where 11 is far worse than 1.
+    generator = torch.Generator().manual_seed(0)
+    a_fit, a_held, d_held = (torch.randn(400, 1, generator=generator, dtype=torch.float64) for _ in range(3))
+    fit, held = _sums(a_fit, a_fit + 10 * a_fit), _sums(a_held, a_held + d_held)
+    prior = torch.tensor([[1.0], [0.0]], dtype=torch.float64)  # the pruned weights: a's own weight, no bias
+    assert torch.allclose(ridge_toward(*fit[:2], prior, 1e-9), torch.tensor([[11.0], [0.0]], dtype=torch.float64))
+    solution, strength, errors = validated_ridge(prior, fit, held, (1e-6, 1e-2, 1.0, 10.0))
+    assert strength == "plain" and torch.equal(solution, prior)
+    assert errors["plain"] == pytest.approx(0.5, abs=0.1)  # d's share of y = a + d on held-out tokens
+    assert errors["1e-06"] > 20 * errors["plain"]
+    # where calibration tells the truth (d = 10 a on held-out tokens too), least squares is chosen
+    solution, strength, _ = validated_ridge(prior, fit, _sums(a_held, 11 * a_held), (1e-6, 1e-2, 1.0, 10.0))
+    assert strength == 1e-6 and solution[0, 0] == pytest.approx(11, abs=1e-3)

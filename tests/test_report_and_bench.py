@@ -236,6 +236,8 @@ def test_compound_families_come_from_their_recipes():
     field = {"prune_heads": {"heads": 6}, "prune_neurons": {"width": 768, "reconstruct": True}}
     assert compound_label(field) == "head pruning + neuron pruning + least squares"
     assert compound_label({**field, "prune_neurons": {"width": 768}}) == "head pruning + neuron pruning"
+    validated = {**field, "prune_neurons": {"width": 768, "reconstruct": "validated"}}
+    assert compound_label(validated) == "head pruning + neuron pruning + least squares (validated)"
     sitra = {"feed_forward": {"width": 768}, "attention": {"heads": 6, "d_k": 32}}
     assert compound_label(sitra) == "retrained attention + retrained feed-forward"
     assert compound_label({"drop": {"rule": "top", "count": 3}}) == "layer drop (top)"

@@ -103,11 +103,28 @@ def test_a_family_asked_for_a_budget_it_cannot_reach_is_refused(tmp_path, tiny_t
         ({"comparisons": [["sitra", "nobody"]]}, "comparisons: .* is not a pair of family names"),
         ({"data": {"epochs": 3}}, "data: keys are"),
         ({"teacher": {"shape": "bert-base"}}, "teacher: expected exactly one of 'path'"),
+        (
+            {"families": {"x": {"method": "pruning", "reconstruct": "ridge"}}},
+            r"families.x: reconstruct 'ridge': expected true, false or one of least_squares, validated",
+        ),
     ],
 )
 def test_a_bad_study_file_is_one_error_naming_the_key(tmp_path, tiny_teacher_dir, change, message):
     with pytest.raises(UserError, match=message):
         Study.load(tiny_study(tmp_path, tiny_teacher_dir, **change))
+
+
+def test_a_field_family_names_its_reconstruction_and_true_keeps_the_committed_recipes(tmp_path, tiny_teacher_dir):
+    families = {
+        "ls": {"method": "pruning", "attention_share": 0.5, "reconstruct": True},
+        "lsv": {"method": "pruning", "attention_share": 0.5, "reconstruct": "validated"},
+        "plain": {"method": "pruning", "attention_share": 0.5},
+        "dropped": {"method": "layer_drop", "reconstruct": "validated"},
+    }
+    study = tiny_study(tmp_path, tiny_teacher_dir, families=families, comparisons=[], budgets=[0.5])
+    plan = Plan(Study.load(study), tmp_path / "root", "python")
+    spelled = {model.family: model.recipe["prune_neurons"]["reconstruct"] for model in plan.models}
+    assert spelled == {"ls": True, "lsv": "validated", "plain": False, "dropped": "validated"}
 
 
 def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teacher_dir):

@@ -17,7 +17,8 @@ A recipe names, per part, where each layer's module comes from; a part left out 
 ffn``), retrain_merge.py or the conditioned chain, found by the values of the flags they were trained with
 (``flags``: flag name -> value, e.g. ``{"criterion": "CrossEntropy", "loss_on_logits": true}``; the defaults may
 be left out); ``prune_heads`` / ``prune_neurons`` prune the teacher's own modules by importance (neurons
-optionally reconstructed by least squares); ``layers`` (default: every layer) and ``pairs`` (the first layers
+optionally refitted: ``reconstruct`` true for least squares, or a method of utils.pruning.RECONSTRUCTION by name,
+e.g. ``"validated"``); ``layers`` (default: every layer) and ``pairs`` (the first layers
 of the merged pairs; default: 0, 2, ...) say where. A layer takes at
 most one attention and one feed-forward source; merged pairs and dropped layers replace whole layers.
 """
@@ -35,11 +36,17 @@ from models import (
     attention_of_heads,
     feed_forward_of_neurons,
     layers_to_drop,
-    reconstruct_feed_forward_output,
 )
 from utils.assembly import collect_attentions, collect_feed_forwards, collect_merged_layers
 from utils.errors import UserError
-from utils.pruning import feed_forward_statistics, head_importance, heads_to_keep, neuron_importance, neurons_to_keep
+from utils.pruning import (
+    RECONSTRUCTION,
+    head_importance,
+    heads_to_keep,
+    neuron_importance,
+    neurons_to_keep,
+    reconstruction_of,
+)
 from utils.runs import variant_of_flags
 
 PARTS = {  # recipe key -> the keys it takes (required ones first, then optional)
@@ -76,9 +83,15 @@ def read_recipe(text: str) -> dict:
     for first, second in (("attention", "prune_heads"), ("feed_forward", "prune_neurons"), ("merge", "drop")):
         if first in recipe and second in recipe and _overlap(recipe[first], recipe[second]):
             raise UserError(f"--recipe: {first} and {second} both replace the same layers")
+    recipe_reconstruction(recipe)  # a reconstruction it knows, before anything is loaded
     if "drop" in recipe and recipe["drop"]["rule"] not in DROP.names():
         raise UserError(f"--recipe drop: rule {recipe['drop']['rule']!r} is not one of {', '.join(DROP.names())}")
     return recipe
+
+
+def recipe_reconstruction(recipe: dict) -> str | None:
+    """The reconstruction of the recipe's pruned neurons (:data:`utils.pruning.RECONSTRUCTION`), if any."""
+    return reconstruction_of(recipe.get("prune_neurons", {}).get("reconstruct"), "--recipe prune_neurons")
 
 
 def recipe_variant(options: dict, kind: str) -> str:
@@ -95,10 +108,11 @@ def _overlap(first: dict, second: dict) -> bool:
 
 
 def build_compound(
-    recipe: dict, storage_directory, teacher, validation=None, calibration=None, device=None
+    recipe: dict, storage_directory, teacher, validation=None, calibration=None, device=None, held_out=None
 ) -> tuple[SimplifiedBert, dict]:
-    """The compound model of ``recipe`` and its meta. ``validation`` / ``calibration`` loaders serve the
-    pruning parts (importance; least-squares reconstruction)."""
+    """The compound model of ``recipe`` and its meta. ``validation`` / ``calibration`` / ``held_out`` loaders
+    serve the pruning parts (importance; least-squares reconstruction, fitted on ``calibration``, a validated
+    one choosing its ridge on ``held_out``)."""
     model, name, count = teacher.model, teacher.name, teacher.num_layers
     every = list(range(count))
     attentions, feed_forwards, merged, dropped, sources = {}, {}, {}, set(), {}
@@ -128,14 +142,13 @@ def build_compound(
         options = recipe["prune_neurons"]
         layers = options.get("layers", every)
         kept = neurons_to_keep(neuron_importance(model, validation, device, layers), options["width"], per_layer=True)
-        pruned = {
-            layer: feed_forward_of_neurons(model.layers[layer], keep) for layer, keep in zip(layers, kept, strict=True)
-        }
-        if options.get("reconstruct"):
-            statistics = feed_forward_statistics(model, dict(zip(layers, kept, strict=True)), calibration, device)
-            for layer, pruned_layer in pruned.items():
-                reconstruct_feed_forward_output(pruned_layer, *statistics[layer])
-        feed_forwards.update({layer: FeedForward.of_layer(pruned_layer) for layer, pruned_layer in pruned.items()})
+        pruned_neurons = dict(zip(layers, kept, strict=True))
+        feed_forwards.update(
+            {
+                layer: FeedForward.of_layer(feed_forward_of_neurons(model.layers[layer], keep))
+                for layer, keep in pruned_neurons.items()
+            }
+        )
     if "merge" in recipe:
         options = recipe["merge"]
         kind = options.get("source", "merge")
@@ -158,7 +171,17 @@ def build_compound(
         raise UserError(f"--recipe: layers {clashes} are merged or dropped and also given a new module")
     compound = assemble(model, attentions=attentions, merged=merged, dropped=dropped, feed_forwards=feed_forwards)
     meta = {"method": "compound", "recipe": recipe, "teacher": name, "sources": sources, "dropped": sorted(dropped)}
-    return compound.eval(), meta
+    compound.eval()
+    reconstruction = recipe_reconstruction(recipe)
+    if reconstruction is not None:  # on the assembled model: a method may fit on the pruned model's own inputs
+        pruned = {
+            index: (layer.origin["teacher_layers"][0], pruned_neurons[layer.origin["teacher_layers"][0]])
+            for index, layer in enumerate(compound.layers)
+            if layer.origin["kind"] != "merged" and layer.origin["teacher_layers"][0] in pruned_neurons
+        }
+        chosen = RECONSTRUCTION[reconstruction].function(model, compound, pruned, calibration, held_out, device)
+        meta["reconstruction"] = {"method": reconstruction, **({"chosen": chosen} if chosen else {})}
+    return compound, meta
 
 
 def _take_students(part: str, collected: tuple[dict, dict, list], modules: dict, sources: dict) -> None:

@@ -258,9 +258,9 @@ def epoch_batches(
     return [batch[rank::world_size].tolist() for batch in batches if len(batch) >= world_size]
 
 
-def sequential_batches(count: int, batch_size: int) -> list[list[int]]:
-    """Items ``0..count-1`` in order, ``batch_size`` at a time."""
-    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+def sequential_batches(count: int, batch_size: int, first: int = 0) -> list[list[int]]:
+    """Items ``first..count-1`` in order, ``batch_size`` at a time."""
+    return [list(range(start, min(start + batch_size, count))) for start in range(first, count, batch_size)]
 
 
 def make_loader(dataset, batches: list[list[int]]) -> torch.utils.data.DataLoader:
@@ -274,12 +274,13 @@ def make_loader(dataset, batches: list[list[int]]) -> torch.utils.data.DataLoade
     )
 
 
-def eval_loader(dataset: MaskedSentences, batch_size: int, limit: int | None = None) -> torch.utils.data.DataLoader:
-    """The first ``limit`` sentences in corpus order, masked as for epoch 0."""
+def eval_loader(
+    dataset: MaskedSentences, batch_size: int, limit: int | None = None, skip: int = 0
+) -> torch.utils.data.DataLoader:
+    """``limit`` sentences in corpus order after the first ``skip`` (default: all of them), masked as for epoch 0."""
     dataset.set_epoch(EVAL_EPOCH)
-    return make_loader(
-        dataset, sequential_batches(len(dataset) if limit is None else min(limit, len(dataset)), batch_size)
-    )
+    stop = len(dataset) if limit is None else min(skip + limit, len(dataset))
+    return make_loader(dataset, sequential_batches(stop, batch_size, first=skip))
 
 
 def frequent_tokens(sentences: MaskedSentences, count: int) -> list[int]:

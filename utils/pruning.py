@@ -1,6 +1,6 @@
 """Head and feed-forward neuron importance (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"), the
-choice of units to keep, and the calibration sums of a least-squares reconstruction: the data-driven half of
-head and neuron pruning and of teacher-initialised students."""
+choice of units to keep, and the least-squares reconstructions of pruned feed-forwards (:data:`RECONSTRUCTION`):
+the data-driven half of head and neuron pruning and of teacher-initialised students."""
 
 from __future__ import annotations
 
@@ -8,8 +8,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from models import FFN_INIT, IGNORE_INDEX, STUDENT_INIT, FeedForward, MultiHeadAttention, SimplifiedBert
-from models.methods import IMPORTANCE
+from models import (
+    FFN_INIT,
+    IGNORE_INDEX,
+    STUDENT_INIT,
+    FeedForward,
+    MultiHeadAttention,
+    SimplifiedBert,
+    TransformerLayer,
+    output_projection,
+    reconstruct_feed_forward_output,
+    set_output_projection,
+    validated_ridge,
+)
+from models.methods import IMPORTANCE, Family
+from utils.data import eval_loader
 from utils.device import to_device
 from utils.errors import UserError
 
@@ -133,30 +146,36 @@ def neurons_to_keep(importance, width: int, per_layer: bool) -> list[list[int]]:
 
 
 @torch.no_grad()
-def feed_forward_statistics(
-    model: SimplifiedBert, keep: dict[int, list[int]], loader, device: torch.device
-) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer of ``keep`` (only those are recorded), over the real tokens of ``loader``: Σ [a;1][a;1]ᵀ
-    [k+1, k+1] and Σ [a;1] yᵀ [k+1, hidden] (float64), ``a`` the activations of the neurons ``keep[layer]`` and
-    ``y`` the layer's full feed-forward output: what :func:`models.reconstruct_feed_forward_output` solves. The
-    inputs are the unpruned model's (each layer reconstructed on its own)."""
-    sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+def feed_forward_sums(
+    model: SimplifiedBert, sources: dict[int, tuple[TransformerLayer, list[int]]], loader, device: torch.device
+) -> dict[int, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Per layer ``i`` of ``sources`` = {i: (full layer, kept neurons)}, over the real tokens of ``loader`` run
+    through ``model``: with ``x`` the input of model layer i's feed-forward, ``a`` the full layer's activations
+    of the kept neurons at ``x`` and ``y`` its whole feed-forward output at ``x``, the sums Σ [a;1][a;1]ᵀ
+    [k+1, k+1] and Σ [a;1] yᵀ [k+1, hidden] (float64) and Σ ‖y‖²: what :func:`models.reconstruct_feed_forward_output`
+    and :func:`models.ridge_toward` solve and :func:`models.squared_error` scores. ``model`` may be the full
+    layers' own (the unpruned teacher's inputs) or a pruned one (its own inputs)."""
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
     real: dict[str, torch.Tensor] = {}
 
     def record(index: int):
-        columns = torch.as_tensor(keep[index], device=device)
+        full_layer, keep = sources[index]
+        columns = torch.as_tensor(keep, device=device)
 
-        def hook(module, inputs, output):
-            tokens = real["mask"]
-            kept = inputs[0][tokens][:, columns].double()
+        def hook(module, inputs):
+            ffn_in = full_layer.ffn_in  # by its weights: the full layer may be the hooked one
+            hidden = inputs[0][real["mask"]]  # [n, hidden]
+            activations = full_layer.activation(F.linear(hidden, ffn_in.weight, ffn_in.bias))  # [n, intermediate]
+            output = full_layer.ffn_out(activations).double()  # [n, hidden]
+            kept = activations[:, columns].double()
             augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=kept.dtype, device=device)], dim=1)
-            gram, cross = augmented.T @ augmented, augmented.T @ output[tokens].double()
+            found = (augmented.T @ augmented, augmented.T @ output, float(output.pow(2).sum()))
             previous = sums.get(index)
-            sums[index] = (gram, cross) if previous is None else (previous[0] + gram, previous[1] + cross)
+            sums[index] = found if previous is None else tuple(a + b for a, b in zip(previous, found, strict=True))
 
         return hook
 
-    hooks = [model.layers[index].ffn_out.register_forward_hook(record(index)) for index in keep]
+    hooks = [model.layers[index].ffn_in.register_forward_pre_hook(record(index)) for index in sources]
     try:
         for batch in tqdm(loader, desc="calibration", leave=False):
             batch = to_device(batch, device)
@@ -165,7 +184,84 @@ def feed_forward_statistics(
     finally:
         for hook in hooks:
             hook.remove()
-    return {index: (gram.cpu(), cross.cpu()) for index, (gram, cross) in sums.items()}
+    return {index: (gram.cpu(), cross.cpu(), energy) for index, (gram, cross, energy) in sums.items()}
+
+
+# -- least-squares reconstruction of pruned feed-forwards: how a pruned layer's output projection is refitted --
+# Each method takes the teacher, the pruned model (eval mode), ``pruned`` = {model layer: (teacher layer, kept
+# neurons)}, the calibration and held-out loaders (training sentences) and the device; it refits the model's
+# layers in place and returns what it chose per model layer (for the saved model's meta).
+RECONSTRUCTION = Family(
+    "reconstruct", produces="refitted output projections of pruned feed-forwards", label="least squares"
+)
+VALIDATED_STRENGTHS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge / mean diagonal of the gram; and "plain"
+HELD_OUT = "held_out"  # a method that checks its fit on held-out sentences
+
+
+def calibration_loaders(train, batch_size: int, sentences: int, reconstruction: str):
+    """The loaders a reconstruction takes: the first ``sentences`` training sentences it fits on and, for a
+    method that needs them, the next as many it checks its choices on (else None)."""
+    if HELD_OUT not in RECONSTRUCTION[reconstruction].needs:
+        return eval_loader(train, batch_size, sentences), None
+    if len(train) < 2 * sentences:
+        raise UserError(
+            f"--calibration_sentences {sentences}: --reconstruct {reconstruction} fits on that many training "
+            f"sentences and checks on as many more, but the training split has {len(train)}"
+        )
+    return eval_loader(train, batch_size, sentences), eval_loader(train, batch_size, sentences, skip=sentences)
+
+
+@RECONSTRUCTION.register(
+    "least_squares",
+    "each layer's output projection refitted by least squares (ridge 1e-6) to the full feed-forward's output on "
+    "the unpruned teacher's inputs over the calibration tokens, every layer on its own (Kwon et al. 2022)",
+)
+def reconstruct_least_squares(
+    teacher: SimplifiedBert, model: SimplifiedBert, pruned: dict, calibration, held_out, device
+) -> dict:
+    sources = {source: (teacher.layers[source], keep) for source, keep in pruned.values()}
+    sums = feed_forward_sums(teacher, sources, calibration, device)
+    for index, (source, _) in pruned.items():
+        reconstruct_feed_forward_output(model.layers[index], *sums[source][:2])
+    return {}
+
+
+@RECONSTRUCTION.register(
+    "validated",
+    "layer by layer from the first, on the pruned model's own inputs: least squares drawn toward the plainly "
+    "pruned weights by a ridge whose strength is chosen on held-out training tokens, the plainly pruned weights "
+    "among the choices (a layer the fit would make worse is left as pruned)",
+    needs=(HELD_OUT,),
+)
+def reconstruct_validated(
+    teacher: SimplifiedBert, model: SimplifiedBert, pruned: dict, calibration, held_out, device
+) -> dict:
+    chosen = {}
+    for index in sorted(pruned):  # a layer's inputs are those the layers before it, already refitted, give
+        source, keep = pruned[index]
+        sources = {index: (teacher.layers[source], keep)}
+        fit = feed_forward_sums(model, sources, calibration, device)[index]
+        held = feed_forward_sums(model, sources, held_out, device)[index]
+        layer = model.layers[index]
+        plain = output_projection(layer).cpu()  # the sums are on the CPU
+        solution, strength, errors = validated_ridge(plain, fit, held, VALIDATED_STRENGTHS)
+        set_output_projection(layer, solution)
+        # each choice's held-out error relative to Σ ‖y‖² (0: the full feed-forward exactly; "plain": as pruned)
+        chosen[index] = {"strength": strength, "held_out_errors": errors}
+    return chosen
+
+
+def reconstruction_of(value, where: str) -> str | None:
+    """The reconstruction a recipe's or study's ``reconstruct`` names (``where``: which, for the error): ``true``
+    is least squares (Kwon et al.; the committed studies' spelling), ``false`` or absent none, or a method's name."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "least_squares"
+    if value not in RECONSTRUCTION.names():
+        expected = ", ".join(RECONSTRUCTION.names())
+        raise UserError(f"{where}: reconstruct {value!r}: expected true, false or one of {expected}")
+    return value
 
 
 def initial_feed_forward(

@@ -369,7 +369,7 @@ def method_of(row: dict) -> tuple[str, str]:
     if method == "layer_drop":
         label = f"{label} ({row['drop_rule']})"
     elif method in ("neuron_pruning", "head_neuron_pruning") and row.get("reconstructed"):
-        label = f"{label} + least squares"
+        label = label + reconstruction_label(row["reconstructed"])
     elif row.get("merge_init") == "average":
         label = f"{label} (average)"
     return label, marker
@@ -386,12 +386,20 @@ COMPOUND_PARTS = {  # a compound recipe's parts as a family label names them (ut
 
 
 def compound_label(recipe: dict) -> str:
-    """The family of a compound model from its recipe: its parts, and least squares when a pruned feed-forward
-    was reconstructed (``retrained attention + retrained feed-forward``; ``layer drop (top)`` alone)."""
+    """The family of a compound model from its recipe: its parts, and least squares (and which) when a pruned
+    feed-forward was reconstructed (``retrained attention + retrained feed-forward``; ``layer drop (top)`` alone)."""
     if set(recipe) == {"drop"}:
         return f"{DROP.label} ({recipe['drop']['rule']})"
     label = " + ".join(COMPOUND_PARTS[part] for part in COMPOUND_PARTS if part in recipe)
-    return label + (" + least squares" if recipe.get("prune_neurons", {}).get("reconstruct") else "")
+    return label + reconstruction_label(recipe.get("prune_neurons", {}).get("reconstruct"))
+
+
+def reconstruction_label(reconstruct) -> str:
+    """What a label adds for a pruned feed-forward's reconstruction (``reconstruct``: a recipe's or saved meta's
+    value; true and ``least_squares`` are Kwon et al.'s)."""
+    if not reconstruct:
+        return ""
+    return " + least squares" if reconstruct in (True, "least_squares") else f" + least squares ({reconstruct})"
 
 
 def healed(row: dict) -> bool:

@@ -130,11 +130,14 @@ class Storage:
         """Where prune_heads.py saves a head-pruned teacher (``_global``: heads chosen across layers)."""
         return self.model(f"pruned_{d_k}_{heads}" + ("" if per_layer else "_global"))
 
-    def neuron_pruned_model(self, width: int, per_layer: bool, reconstructed: bool, heads: int | None = None) -> Path:
+    def neuron_pruned_model(
+        self, width: int, per_layer: bool, reconstruction: str | None, heads: int | None = None
+    ) -> Path:
         """Where prune_neurons.py saves a teacher with ``width`` feed-forward neurons per layer (``_global``:
-        chosen across layers; ``_ls``: output projections reconstructed by least squares; ``_heads{H}``: its
-        attention pruned to H heads per layer too)."""
-        name = f"pruned_ffn_{width}" + ("" if per_layer else "_global") + ("_ls" if reconstructed else "")
+        chosen across layers; ``_ls``: output projections reconstructed by least squares, ``_ls_validated`` by the
+        validated least squares; ``_heads{H}``: its attention pruned to H heads per layer too)."""
+        suffix = {None: "", "least_squares": "_ls"}.get(reconstruction, f"_ls_{reconstruction}")
+        name = f"pruned_ffn_{width}" + ("" if per_layer else "_global") + suffix
         return self.model(name + ("" if heads is None else f"_heads{heads}"))
 
     def layer_drop_model(self, rule: str = "alternate", variant: str = "") -> Path:

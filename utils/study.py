@@ -297,6 +297,17 @@ def _check_family(name: str, family: dict, budgets: list[float], where: str) -> 
     unknown = set(family) - {"method", "budgets", *method.options}
     _require(not unknown, f"{family['method']} takes no {sorted(unknown)} (it takes {sorted(method.options)})", where)
     _require(set(family.get("budgets", budgets)) <= set(budgets), "budgets: each must be one of the study's", where)
+    if "reconstruct" in family:
+        _reconstruct(family, where)
+
+
+def _reconstruct(options: dict, where: str) -> bool | str:
+    """A family's ``reconstruct`` as its recipes spell it: true for least squares (the committed studies'
+    recipes), false for none, else the name of a method of utils.pruning.RECONSTRUCTION."""
+    from utils.pruning import reconstruction_of
+
+    method = reconstruction_of(options.get("reconstruct"), where)
+    return method == "least_squares" if method in (None, "least_squares") else method
 
 
 # -- methods: how a family plans its model at one budget ----------------------------------------------------------
@@ -376,11 +387,11 @@ def plan_students(shape: TeacherShape, seq_len: int, family: str, options: dict,
 
 
 @register("pruning", "field", ("attention_share", "reconstruct"),
-          "the field: the teacher's least important heads and neurons removed (neurons optionally reconstructed "
-          "by least squares)")  # fmt: skip
+          "the field: the teacher's least important heads and neurons removed (neurons optionally reconstructed: "
+          "reconstruct true for least squares, or a reconstruction's name)")  # fmt: skip
 def plan_pruning(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
     def neurons(width: int) -> dict:
-        return {"prune_neurons": {"width": width, "reconstruct": bool(options.get("reconstruct", False))}}
+        return {"prune_neurons": {"width": width, "reconstruct": _reconstruct(options, family)}}
 
     return _cut_model(
         shape, seq_len, family, "pruning", options, budget, lambda heads: {"prune_heads": {"heads": heads}}, neurons
@@ -397,7 +408,7 @@ def plan_layer_drop(shape: TeacherShape, seq_len: int, family: str, options: dic
     if width < shape.ffn:
         recipe["prune_neurons"] = {
             "width": width,
-            "reconstruct": bool(options.get("reconstruct", False)),
+            "reconstruct": _reconstruct(options, family),
             "layers": _kept_layers(recipe["drop"]["rule"], shape.layers, shape.layers - kept),
         }
     share = shape.share(seq_len, kept, shape.heads, width)
