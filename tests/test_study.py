@@ -250,6 +250,29 @@ def check_tiny_study(storage: Path) -> None:
     assert "the students' training" in page
 
 
+def _part_comparison(study: str, budget: float, kind: str, p: float) -> dict:
+    """A row of a part's comparisons.csv: sitra_{at} against field_{at} under seed 42 with p-value ``p``."""
+    at = round(100 * budget)
+    return {"study": study, "kind": kind, "budget": budget, "healing": "kl", "first": f"sitra_{at}",
+            "second": f"field_{at}", "seed": 42, "seeds": 1, "top1_difference": 0.01,
+            "top1_low": 0.0, "top1_high": 0.02, "top1_p_value": p, "holm_p": p, "holm_survives": True,
+            "holm_low": 0.0, "holm_high": 0.02}  # fmt: skip
+
+
+def _part_model(study: str, name: str, evaluation: str, top1: float, budget: float, seed: int = 42) -> dict:
+    """A row of a part's models.csv (``name``: teacher, or side_budget healed by kl)."""
+    return {"study": study, "evaluation": evaluation, "model": name, "side": name.split("_")[0],
+            "healing": "" if name == "teacher" else "kl", "seed": seed, "budget": budget, "top1": top1,
+            "top1_vs_teacher": top1 - 0.4, "top1_vs_teacher_low": -0.03, "top1_vs_teacher_high": 0.0}  # fmt: skip
+
+
+def _write_rows(folder: Path, name: str, rows: list[dict], columns: list[str]) -> None:
+    with open(folder / name, "w", newline="") as file:
+        writer = csv.DictWriter(file, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
     """Two parts' comparisons, p 0.01, 0.04 | 0.03, and each budget's best across the parts (sitra right on 90%
     of the sentences, the field on 10%: p far below), Holm-corrected together: 0.03, 0.06, 0.06 (each part alone:
@@ -260,24 +283,7 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
     from utils.statistics import paired_difference
     from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
 
-    def comparison(study: str, budget: float, kind: str, p: float) -> dict:
-        at = round(100 * budget)
-        return {"study": study, "kind": kind, "budget": budget, "healing": "kl", "first": f"sitra_{at}",
-                "second": f"field_{at}", "seed": 42, "seeds": 1, "top1_difference": 0.01,
-                "top1_low": 0.0, "top1_high": 0.02, "top1_p_value": p, "holm_p": p, "holm_survives": True,
-                "holm_low": 0.0, "holm_high": 0.02}  # fmt: skip
-
-    def model(study: str, name: str, evaluation: str, top1: float, budget: float, seed: int = 42) -> dict:
-        return {"study": study, "evaluation": evaluation, "model": name, "side": name.split("_")[0],
-                "healing": "" if name == "teacher" else "kl", "seed": seed, "budget": budget, "top1": top1,
-                "top1_vs_teacher": top1 - 0.4, "top1_vs_teacher_low": -0.03, "top1_vs_teacher_high": 0.0}  # fmt: skip
-
-    def write(folder: Path, name: str, rows: list[dict], columns: list[str]) -> None:
-        with open(folder / name, "w", newline="") as file:
-            writer = csv.DictWriter(file, columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
+    comparison, model, write = _part_comparison, _part_model, _write_rows
     rng = np.random.default_rng(0)
     outcomes = {}  # (part, healed model) -> its per-sentence top-1 on the test masks
     whole = tmp_path / "whole"
@@ -342,6 +348,47 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         UserError, match="results of both sitra_33_kl in .*part_33_long/raw and field_33_kl in .*part_33/raw"
     ):
         GENERATORS["parts_comparisons"](*parts)
+
+
+def test_the_best_of_all_over_parts_under_several_seeds_is_shown_seed_by_seed_and_corrected_once(tmp_path):
+    """sitra's model in one part and the field's in another, both under seeds 42 and 43 (sitra right on 60% and
+    70% of the sentences, the field on 50% and 40%): the best of all is compared seed by seed (each seed's paired
+    difference, +0.10 and +0.30 up to sampling) and over both seeds, and only the latter enters Holm's family."""
+    from utils.docs_tables import GENERATORS
+    from utils.statistics import paired_difference
+    from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
+
+    rng = np.random.default_rng(1)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "study.json").write_text('{"budgets": [0.33], "seeds": [42, 43], "goals": {}}')
+    outcomes = {}
+    for part, side, shares in (("sitra_part", "sitra", (0.6, 0.7)), ("field_part", "field", (0.5, 0.4))):
+        folder = tmp_path / part
+        folder.mkdir()
+        _write_rows(folder, "comparisons.csv", [], COMPARISON_COLUMNS)
+        models = [_part_model(part, "teacher", split, 0.4, 1.0, seed) for split in ("test", "validation")
+                  for seed in (42, 43)]  # fmt: skip
+        models += [_part_model(part, f"{side}_33", split, 0.3, 0.33, seed) for split in ("test", "validation")
+                   for seed in (42, 43)]  # fmt: skip
+        _write_rows(folder, "models.csv", models, MODEL_COLUMNS)
+        for seed, share in zip((42, 43), shares, strict=True):
+            raw = folder / "raw" / f"seed{seed}" / "results" / "test"
+            raw.mkdir(parents=True)
+            (raw / "metrics.json").write_text('{"masks": "the test masks"}')
+            outcomes[side, seed] = (rng.random(2000) < share).astype(float)
+            np.savez(raw / PER_SENTENCE, **{f"{side}_33_kl/top1": outcomes[side, seed]})
+    parts = (whole, tmp_path / "sitra_part", tmp_path / "field_part")
+    assert GENERATORS["parts_comparisons"](*parts).startswith("1 comparisons, Holm-corrected together")
+    row = GENERATORS["parts_seeds"](*parts).splitlines()[2].split(" | ")
+    assert row[0] == "| best of all" and row[3:5] == ["sitra_33 (sitra_part)", "field_33 (field_part)"]
+    for cell, seed in zip(row[5:7], (42, 43), strict=True):
+        expected = paired_difference(outcomes["sitra", seed], outcomes["field", seed])
+        assert cell == "{:+.2f} [{:+.2f}, {:+.2f}]".format(
+            *(100 * expected[key] for key in ("difference", "low", "high"))
+        )
+    assert row[5].startswith("+1") and row[6].startswith("+3")  # about +0.10 and +0.30
+    assert row[-1].startswith("**")  # over both seeds, alone in Holm's family: survives
 
 
 @pytest.fixture(scope="module")

@@ -259,6 +259,12 @@ def comparisons_of_parts(study: Path, *parts: Path) -> str:
     return comparisons_markdown(_parts(study, parts)[2])
 
 
+def seeds_of_parts(study: Path, *parts: Path) -> str:
+    """The comparisons over several seeds the parts of a study report (each budget's best of all among them),
+    seed by seed and over every seed, Holm-corrected with every comparison the parts report."""
+    return seeds_markdown(_parts(study, parts)[2])
+
+
 GENERATORS: dict[str, Callable[..., str]] = {
     "speed": speed_markdown,
     "speed_verdict": speed_verdict,
@@ -269,6 +275,7 @@ GENERATORS: dict[str, Callable[..., str]] = {
     "study_seeds": seeds_of_study,
     "parts_headline": headline_of_parts,
     "parts_comparisons": comparisons_of_parts,
+    "parts_seeds": seeds_of_parts,
 }
 
 

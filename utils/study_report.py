@@ -148,6 +148,19 @@ def _compared(
         second = Storage(plan.baseline / storage.root.name) if baseline else storage
         if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second, names[1], TEST):
             evaluated.append((seed, storage, second))
+    rows, (storages, against) = seed_by_seed(base, names, evaluated)
+    if rows:  # what the Holm step needs to compare it again at its level
+        rows[-1] |= {"reported": True, "names": names, "storages": storages, "against": against}
+    return rows
+
+
+def seed_by_seed(
+    base: dict, names: tuple[str, str], evaluated: list[tuple]
+) -> tuple[list[dict], tuple[list[Storage], list[Storage]]]:
+    """``names[0]`` against ``names[1]`` on the test masks under each ``(seed, first's storage, second's)`` of
+    ``evaluated``: a row (``base`` and the differences) per seed and, with several, one over them all (seeds and
+    sentences resampled) with the spread of the seeds' differences; and the storages of the last row, the one a
+    report states."""
     runs = [(seed, [storage], [second]) for seed, storage, second in evaluated]
     if len(evaluated) > 1:
         runs.append((ALL_SEEDS, [storage for _, storage, _ in evaluated], [second for _, _, second in evaluated]))
@@ -161,9 +174,7 @@ def _compared(
     if len(rows) > 1:
         differences = [row["top1_difference"] for row in rows[:-1]]
         rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
-    if rows:  # what the Holm step needs to compare it again at its level
-        rows[-1] |= {"reported": True, "names": names, "storages": runs[-1][1], "against": runs[-1][2]}
-    return rows
+    return rows, (runs[-1][1], runs[-1][2]) if runs else ([], [])
 
 
 def _against_baseline(plan: Plan) -> list[dict]:
@@ -539,11 +550,12 @@ def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[s
     return found
 
 
-def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str]]]:
+def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
     """Per budget, each side's best over every healed model of every part (chosen by validation top-1 averaged
     over the seeds: a part may be another recipe at a budget, e.g. a longer healing), against the other's on the
-    test split from the parts' raw results (kind ``best of all``, first - second, 95%); as
-    :func:`_part_comparisons` gives them."""
+    test split from the parts' raw results (kind ``best of all``, first - second, 95%), seed by seed and over
+    the seeds (:func:`seed_by_seed`); as :func:`_part_comparisons` gives them, and whether the row is the one a
+    report states (the others are shown beside it)."""
     validation: dict[tuple, list[float]] = {}  # (budget, side, study, model, healing) -> validation top-1 per seed
     folder = {}
     for part in parts:
@@ -567,14 +579,15 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
             (healed_name(*first[1:]), healed_name(*second[1:])),
         )
         storages, against = _raw_storages(raws, names, ALL_SEEDS)
-        result = compare_models(storages[0], *names, storages[1:], TEST, against=against)
-        row = {"kind": "best of all", "budget": budget, "study": first[0], "first_study": first[0], "first": first[1],
-               "second_study": second[0], "second": second[1], "candidates": f"{first_count} vs {second_count}",
-               "healing": first[2] if first[2] == second[2] else f"{first[2]} / {second[2]}",
-               "first_healing": first[2], "seed": ALL_SEEDS, "seeds": result["seeds"]}  # fmt: skip
-        for metric in ("top1", "agree_top1"):
-            row |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
-        found.append((row, raws, names))
+        base = {"kind": "best of all", "budget": budget, "study": first[0], "first_study": first[0],
+                "first": first[1], "second_study": second[0], "second": second[1],
+                "candidates": f"{first_count} vs {second_count}",
+                "healing": first[2] if first[2] == second[2] else f"{first[2]} / {second[2]}",
+                "first_healing": first[2]}  # fmt: skip
+        evaluated = [(storage.root.name.removeprefix("seed"), storage, other)
+                     for storage, other in zip(storages, against, strict=True)]  # fmt: skip
+        rows, _ = seed_by_seed(base, names, evaluated)
+        found += [(row, raws, names, row is rows[-1]) for row in rows]
     return found
 
 
@@ -583,13 +596,16 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
     ``raw/``) and each budget's best across the parts (:func:`best_across_parts`), Holm-corrected again over all
     of them together, since a part's own correction counts only its comparisons; each one's interval at its new
     Holm level from the per-sentence values committed under raw/."""
-    compared = [found for part in parts for found in _part_comparisons(part)] + best_across_parts(parts)
+    across = best_across_parts(parts)
+    per_seed = [row for row, _, _, reported in across if not reported]  # shown beside, not corrected
+    compared = [found for part in parts for found in _part_comparisons(part)]
+    compared += [(row, raws, names) for row, raws, names, reported in across if reported]
     corrections = holm([float(row["top1_p_value"]) for row, _, _ in compared])
     for (row, raws, names), correction in zip(compared, corrections, strict=True):
         first, against = _raw_storages(raws, names, row["seed"])
         at_level = compare_models(first[0], *names, first[1:], TEST, correction["holm_confidence"], against=against)
         row |= correction | {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
-    return [row for row, _, _ in compared]
+    return [row for row, _, _ in compared] + per_seed
 
 
 def _holm_cell(row: dict) -> str:
