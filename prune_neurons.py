@@ -4,9 +4,9 @@ Kwon et al. 2022's least-squares reconstruction): rank every layer's intermediat
 (``--per_layer``) or the same total chosen across layers, and with ``--reconstruct`` refit each layer's output
 projection by least squares so that the kept neurons reproduce the full feed-forward output on
 ``--calibration_sentences`` training sentences (``--reconstruct validated``: layer by layer on the pruned model's
-own inputs, drawn toward the pruned weights as far as held-out training sentences ask). Saves a simplified model
-every evaluation, healing script and the export take (a uniform width exports as plain ``BertForMaskedLM`` with a
-smaller ``intermediate_size``).
+own inputs, drawn toward the pruned weights as far as the layer's normalised output on held-out sentences asks).
+Saves a simplified model every evaluation, healing script and the export take (a uniform width exports as plain
+``BertForMaskedLM`` with a smaller ``intermediate_size``).
 
 ``--block_heads H`` also keeps each layer's H most important heads: head + neuron pruning at one budget.
 

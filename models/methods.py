@@ -350,13 +350,26 @@ def squared_error(solution: torch.Tensor, gram: torch.Tensor, cross: torch.Tenso
 
 
 def validated_ridge(
-    prior: torch.Tensor, fit: tuple, held_out: tuple, strengths: tuple[float, ...]
+    prior: torch.Tensor, fit: tuple, strengths: tuple[float, ...], held_out_error: Callable[[torch.Tensor], float]
 ) -> tuple[torch.Tensor, float | str, dict[str, float]]:
     """The output projection a held-out check prefers: ``prior`` [k+1, hidden] itself ("plain") or
-    :func:`ridge_toward` it at each of ``strengths``, fitted on the sums ``fit`` = (gram, cross, energy) and scored
-    on ``held_out``'s. Returns the chosen solution, its key and every choice's held-out error relative to the
-    held-out Σ ‖y‖² (keys ``str(strength)`` and ``"plain"``; ties go to ``prior``)."""
+    :func:`ridge_toward` it at each of ``strengths``, fitted on the sums ``fit`` = (gram, cross, ...) and scored by
+    ``held_out_error`` (a solution -> its error on held-out tokens). Returns the chosen solution, its key and
+    every choice's error (keys ``str(strength)`` and ``"plain"``; ties go to ``prior``)."""
     candidates = {"plain": prior} | {strength: ridge_toward(*fit[:2], prior, strength) for strength in strengths}
-    errors = {key: squared_error(solution, *held_out) / held_out[2] for key, solution in candidates.items()}
+    errors = {key: held_out_error(solution) for key, solution in candidates.items()}
     best = min(errors, key=errors.get)
     return candidates[best], best, {str(key): error for key, error in errors.items()}
+
+
+@torch.no_grad()
+def normalized_output_error(
+    layer: TransformerLayer, solution: torch.Tensor, hidden: torch.Tensor, target: torch.Tensor
+) -> float:
+    """Σ ‖LN(x + [a;1]ᵀ W) − t‖² / Σ ‖t‖² over tokens: ``hidden`` [n, H] the inputs ``x`` of the layer's
+    feed-forward, ``a`` its activations there, ``W`` = ``solution`` [k+1, H], LN the layer's ``ffn_norm`` and
+    ``target`` [n, H] what the full layer gives (the next layer's input). Unlike the feed-forward output's own
+    squared error, a token whose output is a thousand times larger counts no more than another after the norm."""
+    activations = layer.activation(layer.ffn_in(hidden))  # [n, k]
+    output = activations @ solution[:-1].to(hidden) + solution[-1].to(hidden)  # [n, H]
+    return float((layer.ffn_norm(hidden + output) - target).double().pow(2).sum() / target.double().pow(2).sum())

@@ -17,6 +17,7 @@ from models import (
     FeedForward,
     SimplifiedBert,
     feed_forward_of_neurons,
+    normalized_output_error,
     output_projection,
     reconstruct_feed_forward_output,
     ridge_toward,
@@ -27,7 +28,14 @@ from models import (
 from utils.data import eval_loader, load_masked_splits
 from utils.errors import UserError
 from utils.model_io import load_simplified
-from utils.pruning import RECONSTRUCTION, feed_forward_sums, neuron_importance, neurons_to_keep, reconstruction_of
+from utils.pruning import (
+    RECONSTRUCTION,
+    feed_forward_inputs,
+    feed_forward_sums,
+    neuron_importance,
+    neurons_to_keep,
+    reconstruction_of,
+)
 
 
 def tiny_model() -> SimplifiedBert:
@@ -200,13 +208,16 @@ def test_validated_reconstruction_restores_a_copied_neuron_fitted_on_the_pruned_
         teacher, model, {1: (1, keep)}, _loader(splits, 0, 64), held_out, "cpu"
     )
     errors, strength = restored[1]["held_out_errors"], restored[1]["strength"]
-    assert strength != "plain" and errors[str(strength)] < 1e-6 and errors["plain"] > 1e-3  # neuron 5 is back
+    assert strength != "plain" and errors[str(strength)] < 1e-3 * errors["plain"]  # neuron 5 is back
     # the errors are the pruned model's: recomputed on its own inputs they agree, on the teacher's they do not
-    sources = {1: (teacher.layers[1], keep)}
-    own, teachers = (feed_forward_sums(inputs, sources, held_out, "cpu")[1] for inputs in (model, teacher))
     plain = output_projection(feed_forward_of_neurons(teacher.layers[1], keep))
-    assert squared_error(plain, *own) / own[2] == pytest.approx(errors["plain"], rel=1e-6)
-    assert squared_error(plain, *teachers) / teachers[2] != pytest.approx(errors["plain"], rel=1e-3)
+    full = teacher.layers[1]
+    for inputs, agrees in ((model, True), (teacher, False)):
+        hidden = feed_forward_inputs(inputs, 1, held_out, "cpu")
+        with torch.no_grad():
+            target = full.ffn_norm(hidden + full.ffn_out(full.activation(full.ffn_in(hidden))))
+        error = normalized_output_error(model.layers[1], plain, hidden, target)
+        assert (error == pytest.approx(errors["plain"], rel=1e-5)) is agrees
 
 
 def test_a_reconstruction_is_true_false_or_a_registered_name():
@@ -229,10 +240,27 @@ def test_the_held_out_check_keeps_the_pruned_weights_where_calibration_confounds
     fit, held = _sums(a_fit, a_fit + 10 * a_fit), _sums(a_held, a_held + d_held)
     prior = torch.tensor([[1.0], [0.0]], dtype=torch.float64)  # the pruned weights: a's own weight, no bias
     assert torch.allclose(ridge_toward(*fit[:2], prior, 1e-9), torch.tensor([[11.0], [0.0]], dtype=torch.float64))
-    solution, strength, errors = validated_ridge(prior, fit, held, (1e-6, 1e-2, 1.0, 10.0))
+
+    def held_out_error(solution: torch.Tensor) -> float:
+        return squared_error(solution, *held) / held[2]
+
+    solution, strength, errors = validated_ridge(prior, fit, (1e-6, 1e-2, 1.0, 10.0), held_out_error)
     assert strength == "plain" and torch.equal(solution, prior)
     assert errors["plain"] == pytest.approx(0.5, abs=0.1)  # d's share of y = a + d on held-out tokens
     assert errors["1e-06"] > 20 * errors["plain"]
     # where calibration tells the truth (d = 10 a on held-out tokens too), least squares is chosen
-    solution, strength, _ = validated_ridge(prior, fit, _sums(a_held, 11 * a_held), (1e-6, 1e-2, 1.0, 10.0))
+    held = _sums(a_held, 11 * a_held)
+    solution, strength, _ = validated_ridge(prior, fit, (1e-6, 1e-2, 1.0, 10.0), held_out_error)
     assert strength == 1e-6 and solution[0, 0] == pytest.approx(11, abs=1e-3)
+
+
+def test_the_normalised_output_error_is_the_layer_s_own_output_error():
+    teacher = tiny_model()
+    layer, full = feed_forward_of_neurons(teacher.layers[0], list(range(0, 64, 2))), teacher.layers[0]
+    with torch.no_grad():
+        hidden = torch.randn(50, 32)
+        target = full.ffn_norm(hidden + full.ffn_out(full.activation(full.ffn_in(hidden))))
+        pruned = layer.ffn_norm(hidden + layer.ffn_out(layer.activation(layer.ffn_in(hidden))))
+    assert normalized_output_error(full, output_projection(full), hidden, target) < 1e-10  # the full layer: 0
+    expected = float((pruned - target).pow(2).sum() / target.pow(2).sum())  # the pruned layer, run as it is
+    assert normalized_output_error(layer, output_projection(layer), hidden, target) == pytest.approx(expected, rel=1e-5)

@@ -4,6 +4,8 @@ the data-driven half of head and neuron pruning and of teacher-initialised stude
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -16,6 +18,7 @@ from models import (
     MultiHeadAttention,
     SimplifiedBert,
     TransformerLayer,
+    normalized_output_error,
     output_projection,
     reconstruct_feed_forward_output,
     set_output_projection,
@@ -229,8 +232,9 @@ def reconstruct_least_squares(
 @RECONSTRUCTION.register(
     "validated",
     "layer by layer from the first, on the pruned model's own inputs: least squares drawn toward the plainly "
-    "pruned weights by a ridge whose strength is chosen on held-out training tokens, the plainly pruned weights "
-    "among the choices (a layer the fit would make worse is left as pruned)",
+    "pruned weights by a ridge whose strength (the plainly pruned weights among the choices) gives the layer's "
+    "normalised output closest to the full layer's on held-out training tokens (the feed-forward output's own "
+    "squared error is ruled by a few tokens of huge activations, which the norm after it evens out)",
     needs=(HELD_OUT,),
 )
 def reconstruct_validated(
@@ -239,16 +243,35 @@ def reconstruct_validated(
     chosen = {}
     for index in sorted(pruned):  # a layer's inputs are those the layers before it, already refitted, give
         source, keep = pruned[index]
-        sources = {index: (teacher.layers[source], keep)}
-        fit = feed_forward_sums(model, sources, calibration, device)[index]
-        held = feed_forward_sums(model, sources, held_out, device)[index]
-        layer = model.layers[index]
+        fit = feed_forward_sums(model, {index: (teacher.layers[source], keep)}, calibration, device)[index]
+        layer, full_layer = model.layers[index], teacher.layers[source]
+        hidden = feed_forward_inputs(model, index, held_out, device)  # [n, H]
+        with torch.no_grad():
+            target = full_layer.ffn_norm(hidden + full_layer.ffn_out(full_layer.activation(full_layer.ffn_in(hidden))))
+        held_out_error = partial(normalized_output_error, layer, hidden=hidden, target=target)
         plain = output_projection(layer).cpu()  # the sums are on the CPU
-        solution, strength, errors = validated_ridge(plain, fit, held, VALIDATED_STRENGTHS)
+        solution, strength, errors = validated_ridge(plain, fit, VALIDATED_STRENGTHS, held_out_error)
         set_output_projection(layer, solution)
-        # each choice's held-out error relative to Σ ‖y‖² (0: the full feed-forward exactly; "plain": as pruned)
+        # each choice's held-out error relative to Σ ‖t‖² (0: the full layer exactly; "plain": as pruned)
         chosen[index] = {"strength": strength, "held_out_errors": errors}
     return chosen
+
+
+@torch.no_grad()
+def feed_forward_inputs(model: SimplifiedBert, index: int, loader, device: torch.device) -> torch.Tensor:
+    """The inputs of model layer ``index``'s feed-forward at the real tokens of ``loader``, [n, hidden]."""
+    found, real = [], {}
+    hook = model.layers[index].ffn_in.register_forward_pre_hook(
+        lambda module, inputs: found.append(inputs[0][real["mask"]])
+    )
+    try:
+        for batch in tqdm(loader, desc="held-out inputs", leave=False):
+            batch = to_device(batch, device)
+            real["mask"] = batch["attention_mask"].bool()
+            model.encode(batch["input_ids"], batch["attention_mask"], stop=index + 1)
+    finally:
+        hook.remove()
+    return torch.cat(found)
 
 
 def reconstruction_of(value, where: str) -> str | None:
