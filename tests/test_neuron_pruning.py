@@ -264,3 +264,18 @@ def test_the_normalised_output_error_is_the_layer_s_own_output_error():
     assert normalized_output_error(full, output_projection(full), hidden, target) < 1e-10  # the full layer: 0
     expected = float((pruned - target).pow(2).sum() / target.pow(2).sum())  # the pruned layer, run as it is
     assert normalized_output_error(layer, output_projection(layer), hidden, target) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_reconstruction_benchmark_refits_the_same_pruned_model_each_way(tiny_teacher_dir, tiny_data_dir, tmp_path):
+    from bench import reconstruction
+
+    flags = ["--teacher", tiny_teacher_dir, "--data_dir", tiny_data_dir, "--block_heads", "2", "--ffn_width", "16"]
+    flags += ["--importance_sentences", "32", "--calibration_sentences", "32", "--check_sentences", "32"]
+    rows = reconstruction.main(flags + ["--seq_len", "20", "--output", str(tmp_path / "rows.csv")])
+    assert [row["reconstruction"] for row in rows] == ["none", *RECONSTRUCTION.names()]
+    plain, least_squares, validated = rows
+    assert plain["chosen_strengths"] == least_squares["chosen_strengths"] == ""
+    assert len(validated["chosen_strengths"].split()) == 3  # one choice per layer
+    assert plain["layer0_bias_norm"] != least_squares["layer0_bias_norm"]  # the same pruning, refitted or not
+    assert all(row["teacher_top1"] == plain["teacher_top1"] and row["sentences"] > 0 for row in rows)
+    assert (tmp_path / "rows.csv").read_text().count("\n") == 4
