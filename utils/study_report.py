@@ -597,7 +597,10 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
     of them together, since a part's own correction counts only its comparisons; each one's interval at its new
     Holm level from the per-sentence values committed under raw/."""
     across = best_across_parts(parts)
-    per_seed = [row for row, _, _, reported in across if not reported]  # shown beside, not corrected
+    # each seed's rows are shown beside the row over every seed, not corrected: the parts' own and the best of all
+    per_seed = [dict(row, first_study=row["study"]) for part in parts
+                for row in read_table(part / "comparisons.csv") if not row.get("holm_p")]  # fmt: skip
+    per_seed += [row for row, _, _, reported in across if not reported]
     compared = [found for part in parts for found in _part_comparisons(part)]
     compared += [(row, raws, names) for row, raws, names, reported in across if reported]
     corrections = holm([float(row["top1_p_value"]) for row, _, _ in compared])
