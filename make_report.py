@@ -43,8 +43,8 @@ class ReportArguments:
     compare: Optional[list[str]] = flag(
         None,
         "Pairs of model names (A B [C D ...]): print each pair's paired top-1 (and agreement) difference on the same "
-        "masks with its 95% bootstrap interval, and whether it excludes 0 (writes compare_A_vs_B.json). A pair that "
-        "cannot be compared is named in an error line, the others still run, and the exit code is non-zero.",
+        "masks with its 95% paired t-test interval, and whether it excludes 0 (writes compare_A_vs_B.json). A pair "
+        "that cannot be compared is named in an error line, the others still run, and the exit code is non-zero.",
     )
     seed_runs: Optional[list[str]] = flag(
         None,

@@ -121,6 +121,21 @@ def test_a_model_equal_to_the_teacher_has_a_zero_width_paired_difference():
     assert paired["p_value"] < 0.001  # the paired t-test agrees
 
 
+def test_a_paired_interval_excludes_zero_exactly_where_its_p_value_is_below_the_level():
+    """The first model right on 24 sentences the second misses and wrong on 10 it gets, of 400: +14 / 400, paired t
+    p 0.016. Its interval at level 1 - a (95%, or a Holm step's) excludes 0 where p < a and not elsewhere, even a
+    hair either side of p (a bootstrap of 1,000 resamples read those tails off its outermost resamples)."""
+    second = (np.arange(400) < 200).astype(float)
+    first = second.copy()
+    first[200:224], first[:10] = 1.0, 0.0
+    paired = paired_difference(first, second)
+    assert paired["difference"] == pytest.approx(14 / 400) and paired["p_value"] == pytest.approx(0.0162, abs=1e-4)
+    for alpha in (0.05, 0.02, paired["p_value"] * 1.001, paired["p_value"] * 0.999, 0.01, 0.05 / 45):
+        at_level = paired_difference(first, second, confidence=1 - alpha)
+        assert at_level["excludes_zero"] == (paired["p_value"] < alpha), alpha
+        assert at_level["low"] < paired["low"] < paired["high"] < at_level["high"] or alpha == 0.05
+
+
 def test_the_seed_and_sentence_bootstrap_resamples_both_levels():
     """Known answers: seeds that differ only by a constant per seed ([0.1, 0.2, 0.3], no spread over sentences)
     give the range of the seed means (each extreme 1/27 = 3.7% of the resamples, beyond the 2.5% tails); seeds that

@@ -232,12 +232,15 @@ def check_tiny_study(storage: Path) -> None:
     )
     assert [row["candidates"] for row in comparisons if row["kind"] == "best"] == ["1 vs 1", "1 vs 1"]
     assert all(float(row["holm_p"]) >= float(row["top1_p_value"]) for row in comparisons)
+    # each budget's declared pair is also each side's best (one candidate each): 2 tests under 4 rows
+    assert {row["holm_tests"] for row in comparisons} == {"2"}
+    assert [row["holm_p"] for row in comparisons[:2]] == [row["holm_p"] for row in comparisons[2:]]
     page = (storage / "report" / "study.md").read_text()
-    assert "4 comparisons, Holm-corrected together" in page and "| 25% | sitra_25 (kl) |" in page
+    assert "4 comparisons (2 distinct tests: " in page and "| 25% | sitra_25 (kl) |" in page
     from utils.docs_tables import GENERATORS  # the docs' section of the same comparisons, from the data alone
 
     section = GENERATORS["study_comparisons"](storage / "data")
-    assert section.startswith("4 comparisons, Holm-corrected together") and section.count("| best |") == 2
+    assert section.startswith("4 comparisons (2 distinct tests: ") and section.count("| best |") == 2
     with open(storage / "data" / "students.csv") as file:
         curves = list(csv.DictReader(file))
     last = {}
@@ -273,29 +276,41 @@ def _write_rows(folder: Path, name: str, rows: list[dict], columns: list[str]) -
         writer.writerows(rows)
 
 
+def _discordant(better: int, worse: int, sentences: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Two models' per-sentence top-1 on the same sentences: the second right on the first half, the first the same
+    but right on ``better`` more sentences and wrong on ``worse`` of the second's."""
+    second = (np.arange(sentences) < sentences // 2).astype(float)
+    first = second.copy()
+    first[sentences // 2 : sentences // 2 + better], first[:worse] = 1.0, 0.0
+    return first, second
+
+
 def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
-    """Two parts' comparisons, p 0.01, 0.04 | 0.03, and each budget's best across the parts (sitra right on 90%
-    of the sentences, the field on 10%: p far below), Holm-corrected together: 0.03, 0.06, 0.06 (each part alone:
-    all survive); each one's interval at its new level the paired interval of the parts' raw per-sentence values
-    at that confidence. A third part, another recipe at 33% better on validation, gives that budget's best; the
-    headline has a row per budget of the whole study, the ones not run said so."""
+    """Three parts: part_50's declared and best comparison are one test (the same pair on the same results), its
+    sitra ahead on 14 sentences and behind on 10 (paired t p 0.41); part_33's best far apart (p ~1e-21); and each
+    budget's best across the parts, at 33% part_33_long's sitra (better on validation: 24 ahead, 10 behind, p
+    0.016) against part_33's field. Every row is computed again from the raw per-sentence values (the parts'
+    files say p 1 and a difference of 0), and Holm counts the 3 distinct tests, not the 5 rows: the 33% win
+    survives at 2 x 0.016 (over 5 rows it would be 4 x 0.016 and not). Each interval at its Holm level is the
+    paired interval at that confidence. The headline has a row per budget of the whole study, the ones not run
+    said so."""
     from utils.docs_tables import GENERATORS
-    from utils.statistics import paired_difference
+    from utils.statistics import holm, paired_difference
     from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
 
     comparison, model, write = _part_comparison, _part_model, _write_rows
-    rng = np.random.default_rng(0)
     outcomes = {}  # (part, healed model) -> its per-sentence top-1 on the test masks
     whole = tmp_path / "whole"
     whole.mkdir()
     (whole / "study.json").write_text('{"budgets": [0.5, 0.33, 0.25], "seeds": [42], "goals": {"0.33": 0.9}}')
-    for name, budget, ps, sitra_top1 in (("part_50", 0.5, (0.01, 0.04), 0.38), ("part_33", 0.33, (0.03,), 0.34),
-                                         ("part_33_long", 0.33, (), 0.37)):  # fmt: skip
+    for name, budget, kinds, sitra_top1, (better, worse) in (
+        ("part_50", 0.5, ("best", "declared"), 0.38, (14, 10)),
+        ("part_33", 0.33, ("best",), 0.34, (80, 0)),
+        ("part_33_long", 0.33, (), 0.37, (24, 10)),
+    ):
         part = tmp_path / name
         part.mkdir()
-        kinds = ("best", "declared")[: len(ps)]
-        rows = [comparison(name, budget, kind, p) for kind, p in zip(kinds, ps, strict=True)]
-        write(part, "comparisons.csv", rows, COMPARISON_COLUMNS)
+        write(part, "comparisons.csv", [comparison(name, budget, kind, 1.0) for kind in kinds], COMPARISON_COLUMNS)
         at = round(100 * budget)
         models = [model(name, "teacher", split, 0.4, 1.0) for split in ("test", "validation")]
         models += [model(name, f"{side}_{at}", split, top1, budget) for split in ("test", "validation")
@@ -304,27 +319,36 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         raw = part / "raw" / "seed42" / "results" / "test"  # as make_report.py --study copies an evaluation
         raw.mkdir(parents=True)
         (raw / "metrics.json").write_text('{"masks": "the test masks"}')
-        healed = {f"{side}_{at}_kl": rng.random(400) < share for side, share in (("sitra", 0.9), ("field", 0.1))}
+        healed = dict(zip((f"sitra_{at}_kl", f"field_{at}_kl"), _discordant(better, worse), strict=True))
         outcomes |= {(name, model_name): values for model_name, values in healed.items()}
-        np.savez(raw / PER_SENTENCE, **{f"{name}/top1": values.astype(float) for name, values in healed.items()})
+        np.savez(raw / PER_SENTENCE, **{f"{name}/top1": values for name, values in healed.items()})
     parts = (whole, tmp_path / "part_50", tmp_path / "part_33", tmp_path / "part_33_long")
     table = GENERATORS["parts_comparisons"](*parts)
-    assert table.startswith("5 comparisons, Holm-corrected together")
+    assert table.startswith("5 comparisons (3 distinct tests: a pair on the same results")
     rows = [line.split(" | ") for line in table.splitlines()[4:]]
-    assert [row[9] for row in rows[:3]] == ["**0.03**", "0.06", "0.06"]
-    assert [row[0] for row in rows[3:]] == ["| best of all"] * 2 and all(row[9].startswith("**") for row in rows[3:])
+    assert [row[0] for row in rows[3:]] == ["| best of all"] * 2
     assert [row[3:5] for row in rows[3:]] == [["sitra_50 (part_50)", "field_50 (part_50)"],
                                                ["sitra_33 (part_33_long)", "field_33 (part_33)"]]  # fmt: skip
     # the field's best at 33%: part_33's, first in the parts' order among equals on validation
     pairs = [("part_50", "part_50", 50)] * 2 + [("part_33", "part_33", 33), ("part_50", "part_50", 50),
                                                   ("part_33_long", "part_33", 33)]  # fmt: skip
-    for row, (first, second, at), confidence in zip(
-        rows, pairs, (1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2, 1 - 0.05 / 5, 1 - 0.05 / 4), strict=True
-    ):
-        expected = paired_difference(outcomes[first, f"sitra_{at}_kl"], outcomes[second, f"field_{at}_kl"],
-                                     confidence=confidence)  # fmt: skip
-        bounds = (100 * expected[end] for end in ("low", "high"))  # the difference shown is the CSV's
-        assert row[10].endswith("[{:+.2f}, {:+.2f}]".format(*bounds)), row
+    expected = [paired_difference(outcomes[first, f"sitra_{at}_kl"], outcomes[second, f"field_{at}_kl"])
+                for first, second, at in pairs]  # fmt: skip
+    p_values = [found["p_value"] for found in expected]
+    assert p_values[0] == pytest.approx(0.41, abs=0.01) and p_values[4] == pytest.approx(0.016, abs=0.001)
+    by_test = holm([p_values[0], p_values[2], p_values[4]])  # part_50's pair, part_33's, the 33% best of all
+    corrections = [by_test[0], by_test[0], by_test[1], by_test[0], by_test[2]]
+    for row, found, correction, (first, second, at) in zip(rows, expected, corrections, pairs, strict=True):
+        assert row[7] == "{:+.2f} [{:+.2f}, {:+.2f}]".format(
+            *(100 * found[key] for key in ("difference", "low", "high"))
+        )
+        holm_p = f"{correction['holm_p']:.3g}"
+        assert row[9] == (f"**{holm_p}**" if correction["holm_survives"] else holm_p), row
+        at_level = paired_difference(outcomes[first, f"sitra_{at}_kl"], outcomes[second, f"field_{at}_kl"],
+                                     confidence=correction["holm_confidence"])  # fmt: skip
+        assert row[10].endswith("[{:+.2f}, {:+.2f}]".format(*(100 * at_level[end] for end in ("low", "high"))))
+    assert [row[9].startswith("**") for row in rows] == [False, False, True, False, True]
+    assert by_test[2]["holm_p"] == pytest.approx(2 * p_values[4])  # the 33% best of all: second of 3 tests
     headline = GENERATORS["parts_headline"](*parts).splitlines()
     assert [line.split(" | ")[0] for line in headline[2:]] == ["| 50%", "| 33%", "| 25%"]
     assert (
@@ -343,9 +367,9 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         GENERATORS["parts_headline"](whole, tmp_path / "part_50", seed43)
     with pytest.raises(UserError, match="part_67: expected the data folder"):
         GENERATORS["parts_headline"](whole, tmp_path / "part_67")
-    shutil.rmtree(tmp_path / "part_33" / "raw")
+    shutil.rmtree(tmp_path / "part_33" / "raw")  # its own comparison cannot be computed again: said so
     with pytest.raises(
-        UserError, match="results of both sitra_33_kl in .*part_33_long/raw and field_33_kl in .*part_33/raw"
+        UserError, match="results of both sitra_33_kl in .*part_33/raw and field_33_kl in .*part_33/raw"
     ):
         GENERATORS["parts_comparisons"](*parts)
 

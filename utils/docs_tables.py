@@ -229,8 +229,9 @@ _POOLED: dict | None = None  # during one pass over the documents (_pooling_once
 
 @contextlib.contextmanager
 def _pooling_once():
-    """Pool each study's parts once for all the sections of a pass that show them (each comparison's interval at its
-    Holm level takes a bootstrap, about a second); outside a pass every call reads the files anew."""
+    """Pool each study's parts once for all the sections of a pass that show them (every row is computed again from
+    the parts' raw results, over several seeds by a bootstrap of about a second); outside a pass every call reads
+    the files anew."""
     global _POOLED
     _POOLED = {}
     try:

@@ -31,7 +31,7 @@ COMPARISON_COLUMNS = (
     "candidates", "seed", "seeds", "sentences",
     *(f"{metric}_{part}" for metric in ("top1", "agree_top1") for part in ("difference", "low", "high")),
     "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
-    "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high",
+    "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high", "holm_tests",
 )  # fmt: skip
 STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
@@ -167,14 +167,32 @@ def seed_by_seed(
     rows = []
     for seed, where, against in runs:
         result = compare_models(where[0], *names, where[1:], TEST, against=against)
-        entry = {**base, "seed": seed, "seeds": result["seeds"], "sentences": result["sentences"]}
-        for metric in ("top1", "agree_top1"):
-            entry |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
-        rows.append(entry)
+        rows.append({**base, "seed": seed, **_difference_fields(result)})
     if len(rows) > 1:
         differences = [row["top1_difference"] for row in rows[:-1]]
         rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
     return rows, (runs[-1][1], runs[-1][2]) if runs else ([], [])
+
+
+def _difference_fields(result: dict) -> dict:
+    """A comparison row's figures from :func:`utils.report.compare_models`'s ``result``: seeds, sentences, and each
+    metric's difference, interval, whether it excludes 0 and p."""
+    fields = {"seeds": result["seeds"], "sentences": result["sentences"]}
+    for metric in ("top1", "agree_top1"):
+        fields |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
+    return fields
+
+
+def holm_by_test(rows: list[dict], tests: list) -> list[dict]:
+    """Holm's correction of ``rows``' top-1 p-values over the distinct tests among them (``tests``: each row's, e.g.
+    its two models and where their results are): one pair on the same results, reported under several kinds
+    (declared, and each side's best), is one hypothesis and counts once. Each row gets its test's adjusted p, its
+    Holm level and how many tests the family has (``holm_tests``); ``rows`` back."""
+    distinct = {test: float(row["top1_p_value"]) for row, test in zip(rows, tests, strict=True)}
+    corrections = dict(zip(distinct, holm(list(distinct.values())), strict=True))
+    for row, test in zip(rows, tests, strict=True):
+        row |= corrections[test] | {"holm_tests": len(distinct)}
+    return rows
 
 
 def _against_baseline(plan: Plan) -> list[dict]:
@@ -222,10 +240,10 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
             compared += _compared(plan, model, model, (other, healings[0]), kind="healing",
                                   healing=f"{other}{BETWEEN_HEALINGS}{healings[0]}")  # fmt: skip
     reported = [row for row in compared if row.get("reported")]
-    for row, correction in zip(reported, holm([row["top1_p_value"] for row in reported]), strict=True):
-        row.update(correction)
+    tests = [(row["names"], *(tuple(s.root for s in row[key]) for key in ("storages", "against"))) for row in reported]
+    for row in holm_by_test(reported, tests):
         where = row["storages"]
-        at_level = compare_models(where[0], *row["names"], where[1:], TEST, correction["holm_confidence"],
+        at_level = compare_models(where[0], *row["names"], where[1:], TEST, row["holm_confidence"],
                                   against=row["against"])  # fmt: skip
         row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
     return compared
@@ -539,14 +557,15 @@ def _raw_storages(raws: tuple[Path, Path], names: tuple[str, str], seed: str) ->
     return [first for first, _ in pairs], [second for _, second in pairs]
 
 
-def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[str, str]]]:
-    """A part's reported comparisons, each with where its two models' raw results are (the second of a baseline
-    comparison under its study's data folder, beside the part's) and their healed names."""
+def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
+    """A part's comparisons, each with where its two models' raw results are (the second of a baseline
+    comparison under its study's data folder, beside the part's), their healed names, and whether the part
+    reported it (the others are its seeds' rows, shown beside)."""
     found = []
-    for row in _reported(read_table(part / "comparisons.csv")):
+    for row in read_table(part / "comparisons.csv"):
         second = part.parent / row["second_study"] if row.get("second_study") else part
         shown = dict(row, first_study=row["study"])  # among several parts, each row says whose it is
-        found.append((shown, (part / "raw", second / "raw"), healed_names(row)))
+        found.append((shown, (part / "raw", second / "raw"), healed_names(row), bool(row.get("holm_p"))))
     return found
 
 
@@ -595,20 +614,22 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
     """The comparisons several parts of one study report (each part's data folder: its ``comparisons.csv`` and
     ``raw/``) and each budget's best across the parts (:func:`best_across_parts`), Holm-corrected again over all
     of them together, since a part's own correction counts only its comparisons; each one's interval at its new
-    Holm level from the per-sentence values committed under raw/."""
-    across = best_across_parts(parts)
-    # each seed's rows are shown beside the row over every seed, not corrected: the parts' own and the best of all
-    per_seed = [dict(row, first_study=row["study"]) for part in parts
-                for row in read_table(part / "comparisons.csv") if not row.get("holm_p")]  # fmt: skip
-    per_seed += [row for row, _, _, reported in across if not reported]
-    compared = [found for part in parts for found in _part_comparisons(part)]
-    compared += [(row, raws, names) for row, raws, names, reported in across if reported]
-    corrections = holm([float(row["top1_p_value"]) for row, _, _ in compared])
-    for (row, raws, names), correction in zip(compared, corrections, strict=True):
+    Holm level from the per-sentence values committed under raw/. A part's rows are computed again from its raw
+    results as well, so every row of the table comes from today's statistics (:mod:`utils.statistics`), whatever
+    the code that wrote the part. Each seed's rows are shown beside the row over every seed, not corrected."""
+    found = [found for part in parts for found in _part_comparisons(part)]
+    for row, raws, names, _ in found:
         first, against = _raw_storages(raws, names, row["seed"])
-        at_level = compare_models(first[0], *names, first[1:], TEST, correction["holm_confidence"], against=against)
-        row |= correction | {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
-    return [row for row, _, _ in compared] + per_seed
+        row |= _difference_fields(compare_models(first[0], *names, first[1:], TEST, against=against))
+    found += best_across_parts(parts)
+    reported = [(row, raws, names) for row, raws, names, reported in found if reported]
+    tests = [(names, raws, str(row["seed"])) for row, raws, names in reported]
+    holm_by_test([row for row, _, _ in reported], tests)
+    for row, raws, names in reported:
+        first, against = _raw_storages(raws, names, row["seed"])
+        at_level = compare_models(first[0], *names, first[1:], TEST, row["holm_confidence"], against=against)
+        row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
+    return [row for row, _, _ in reported] + [row for row, _, _, reported in found if not reported]
 
 
 def _holm_cell(row: dict) -> str:
@@ -621,8 +642,12 @@ def comparisons_markdown(rows: list[dict]) -> str:
     """The reported comparisons (first - second, top-1 points on the test split): the 95% interval, the spread of
     the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level."""
     reported = _reported(rows)
+    tests = reported[0].get("holm_tests") if reported else None  # absent from data written before 2026-12-03
+    counted = f" ({tests} distinct tests: a pair on the same results, reported under several kinds, counts once)"
     lines = [
-        f"{len(reported)} comparisons, Holm-corrected together; **bold**: survives (adjusted p < 0.05).",
+        f"{len(reported)} comparisons{counted if tests and int(tests) < len(reported) else ''}, Holm-corrected "
+        "together; **bold**: survives "
+        "(adjusted p < 0.05).",
         "",
         "| kind | budget | healing | first | second | candidates | seeds | top-1 difference, 95% | seed spread | "
         "Holm p | at its Holm level | agreement difference |",
