@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import FeedForward, assemble, attention_of_heads, feed_forward_of_neurons  # noqa: E402
+from models import assemble, pruned_modules  # noqa: E402
 from utils.data import eval_loader, load_masked_splits  # noqa: E402
 from utils.device import pick_device  # noqa: E402
 from utils.metrics import evaluate_mlm  # noqa: E402
@@ -61,10 +61,7 @@ def main(argv=None) -> list[dict]:
         heads = heads_to_keep(head_importance(model, ranking, device), args.block_heads, per_layer=True)
         kept = neurons_to_keep(neuron_importance(model, ranking, device), args.ffn_width, per_layer=True)
         for reconstruction in args.reconstructions:
-            attentions = {index: attention_of_heads(layer.attention, heads[index], layer.attention.dropout)
-                          for index, layer in enumerate(model.layers)}  # fmt: skip
-            feed_forwards = {index: FeedForward.of_layer(feed_forward_of_neurons(layer, kept[index]))
-                             for index, layer in enumerate(model.layers)}  # fmt: skip
+            attentions, feed_forwards = pruned_modules(model, dict(enumerate(heads)), dict(enumerate(kept)))
             pruned = assemble(model, attentions=attentions, feed_forwards=feed_forwards).eval()
             chosen = {}
             if reconstruction != PLAIN:

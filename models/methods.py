@@ -311,6 +311,22 @@ def feed_forward_of_neurons(layer: TransformerLayer, keep: list[int]) -> Transfo
     return pruned.train(layer.training)  # a pruned frozen teacher layer is in eval mode, as the layer was
 
 
+def pruned_modules(
+    base: SimplifiedBert, heads: dict[int, list[int]] | None = None, neurons: dict[int, list[int]] | None = None
+) -> tuple[dict[int, MultiHeadAttention], dict[int, FeedForward]]:
+    """Head and neuron pruning of ``base``'s layers, as :func:`models.assemble` takes it: the attention of layer i
+    keeping its heads ``heads[i]`` and the feed-forward keeping its intermediate neurons ``neurons[i]``."""
+    attentions = {
+        index: attention_of_heads(base.layers[index].attention, keep, base.layers[index].attention.dropout)
+        for index, keep in (heads or {}).items()
+    }
+    feed_forwards = {
+        index: FeedForward.of_layer(feed_forward_of_neurons(base.layers[index], keep))
+        for index, keep in (neurons or {}).items()
+    }
+    return attentions, feed_forwards
+
+
 @torch.no_grad()
 def reconstruct_feed_forward_output(layer: TransformerLayer, gram: torch.Tensor, cross: torch.Tensor) -> None:
     """Least-squares reconstruction of a pruned layer's second feed-forward matrix (Kwon et al. 2022): the
@@ -344,19 +360,14 @@ def ridge_toward(gram: torch.Tensor, cross: torch.Tensor, prior: torch.Tensor, s
     return torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), cross + ridge * prior)
 
 
-def squared_error(solution: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, energy: float) -> float:
-    """Σ ‖[a;1]ᵀ W − y‖² over the tokens of the sums ``gram``, ``cross`` and ``energy`` = Σ ‖y‖², without them."""
-    return float(torch.trace(solution.T @ gram @ solution) - 2 * torch.trace(solution.T @ cross)) + energy
-
-
 def validated_ridge(
     prior: torch.Tensor, fit: tuple, strengths: tuple[float, ...], held_out_error: Callable[[torch.Tensor], float]
 ) -> tuple[torch.Tensor, float | str, dict[str, float]]:
     """The output projection a held-out check prefers: ``prior`` [k+1, hidden] itself ("plain") or
-    :func:`ridge_toward` it at each of ``strengths``, fitted on the sums ``fit`` = (gram, cross, ...) and scored by
+    :func:`ridge_toward` it at each of ``strengths``, fitted on the sums ``fit`` = (gram, cross) and scored by
     ``held_out_error`` (a solution -> its error on held-out tokens). Returns the chosen solution, its key and
     every choice's error (keys ``str(strength)`` and ``"plain"``; ties go to ``prior``)."""
-    candidates = {"plain": prior} | {strength: ridge_toward(*fit[:2], prior, strength) for strength in strengths}
+    candidates = {"plain": prior} | {strength: ridge_toward(*fit, prior, strength) for strength in strengths}
     errors = {key: held_out_error(solution) for key, solution in candidates.items()}
     best = min(errors, key=errors.get)
     return candidates[best], best, {str(key): error for key, error in errors.items()}

@@ -22,7 +22,6 @@ from models import (
     reconstruct_feed_forward_output,
     ridge_toward,
     select_trainable,
-    squared_error,
     validated_ridge,
 )
 from utils.data import eval_loader, load_masked_splits
@@ -52,6 +51,20 @@ def test_keeping_every_neuron_is_the_layer_and_a_subset_is_the_sum_of_its_neuron
     activations = layer.activation(layer.ffn_in(states))[..., [3, 7, 60]]
     expected = activations @ layer.ffn_out.weight[:, [3, 7, 60]].T + layer.ffn_out.bias
     assert torch.allclose(pruned.ffn_out(pruned.activation(pruned.ffn_in(states))), expected, atol=1e-6)
+
+
+def test_pruned_modules_keeping_every_unit_are_the_model_and_fewer_shrink_only_their_layers():
+    from models import assemble, pruned_modules
+
+    model = tiny_model()
+    ids, mask = torch.randint(1000, 2000, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    every = pruned_modules(model, {i: list(range(4)) for i in range(3)}, {i: list(range(64)) for i in range(3)})
+    whole = assemble(model, attentions=every[0], feed_forwards=every[1]).eval()
+    assert torch.allclose(whole.encode(ids, mask), model.encode(ids, mask), atol=1e-5)
+    attentions, feed_forwards = pruned_modules(model, heads={0: [1, 3]}, neurons={2: [5, 6, 7]})
+    assert set(attentions) == {0} and attentions[0].heads == 2 and set(feed_forwards) == {2}
+    pruned = assemble(model, attentions=attentions, feed_forwards=feed_forwards)
+    assert pruned.layers[2].ffn_in.out_features == 3 and pruned.layers[1] is model.layers[1]
 
 
 def test_importance_ranks_a_silenced_neuron_last_and_the_choice_keeps_the_budget(tokenizer, tiny_data_dir):
@@ -164,25 +177,23 @@ def test_reconstruction_recovers_a_dropped_neuron_that_copies_a_kept_one():
 
 def test_the_sums_of_every_neuron_give_back_the_layer_and_the_ridge_runs_from_least_squares_to_the_prior():
     model = tiny_model()
-    states = torch.randn(4, 6, 32)
     layer = model.layers[1]
     every = list(range(64))
     loader = [{"input_ids": torch.randint(1000, 2000, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long)}]
-    gram, cross, energy = feed_forward_sums(model, {1: (layer, every)}, loader, torch.device("cpu"))[1]
-    exact = output_projection(layer)  # the full layer's own weights fit its own output exactly
-    assert gram.shape == (65, 65) and cross.shape == (65, 32) and energy > 0
-    assert squared_error(exact, gram, cross, energy) / energy == pytest.approx(0, abs=1e-8)
+    gram, cross = feed_forward_sums(model, {1: (layer, every)}, loader, torch.device("cpu"))[1]
+    exact = output_projection(layer)  # the full layer's own weights fit its own output exactly:
+    assert gram.shape == (65, 65) and cross.shape == (65, 32)
+    assert torch.allclose(gram @ exact, cross, rtol=1e-6, atol=1e-6)  # they solve the normal equations
     prior = torch.zeros_like(exact)
     assert torch.allclose(ridge_toward(gram, cross, prior, 1e8), prior, atol=1e-6)  # λ → ∞: the prior
-    fitted = ridge_toward(gram, cross, prior, 1e-9)  # λ → 0: least squares, which the exact weights solve
-    assert squared_error(fitted, gram, cross, energy) / energy < 1e-6
-    with torch.no_grad():
-        full = FeedForward.of_layer(layer)(states).reshape(-1, 32).double()
-        kept = layer.activation(layer.ffn_in(states)).reshape(-1, 64).double()
+    fitted = ridge_toward(gram, cross, prior, 1e-9)  # λ → 0: a least-squares solution (24 tokens, 65 unknowns)
+    assert torch.allclose(gram @ fitted, cross, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the sums are those of the layer's own activations and output at its inputs
+        hidden = feed_forward_inputs(model, 1, loader, "cpu")  # [n, 32]
+        full = FeedForward.of_layer(layer)(hidden).double()
+        kept = layer.activation(layer.ffn_in(hidden)).double()
     augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=torch.float64)], dim=1)
-    direct = (augmented @ prior - full).pow(2).sum()  # the error of zero weights, directly and from the sums
-    sums = (augmented.T @ augmented, augmented.T @ full, float(full.pow(2).sum()))
-    assert squared_error(prior, *sums) == pytest.approx(float(direct), rel=1e-9)
+    assert torch.allclose(gram, augmented.T @ augmented) and torch.allclose(cross, augmented.T @ full)
 
 
 def _loader(splits, first: int, count: int):
@@ -228,8 +239,14 @@ def test_a_reconstruction_is_true_false_or_a_registered_name():
 
 
 def _sums(kept: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Σ [a;1][a;1]ᵀ, Σ [a;1] yᵀ and Σ ‖y‖² of kept activations ``a`` [n, k] and outputs ``y`` [n, hidden]."""
     augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=kept.dtype)], dim=1)
     return augmented.T @ augmented, augmented.T @ output, float(output.pow(2).sum())
+
+
+def _squared_error(solution: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, energy: float) -> float:
+    """Σ ‖[a;1]ᵀ W − y‖² from the sums of :func:`_sums`, without the tokens."""
+    return float(torch.trace(solution.T @ gram @ solution) - 2 * torch.trace(solution.T @ cross)) + energy
 
 
 def test_the_held_out_check_keeps_the_pruned_weights_where_calibration_confounds_a_dropped_neuron():
@@ -237,12 +254,12 @@ def test_the_held_out_check_keeps_the_pruned_weights_where_calibration_confounds
     # squares gives a the weight 11; on held-out tokens d is independent of a, where 11 is far worse than 1.
     generator = torch.Generator().manual_seed(0)
     a_fit, a_held, d_held = (torch.randn(400, 1, generator=generator, dtype=torch.float64) for _ in range(3))
-    fit, held = _sums(a_fit, a_fit + 10 * a_fit), _sums(a_held, a_held + d_held)
+    fit, held = _sums(a_fit, a_fit + 10 * a_fit)[:2], _sums(a_held, a_held + d_held)
     prior = torch.tensor([[1.0], [0.0]], dtype=torch.float64)  # the pruned weights: a's own weight, no bias
-    assert torch.allclose(ridge_toward(*fit[:2], prior, 1e-9), torch.tensor([[11.0], [0.0]], dtype=torch.float64))
+    assert torch.allclose(ridge_toward(*fit, prior, 1e-9), torch.tensor([[11.0], [0.0]], dtype=torch.float64))
 
     def held_out_error(solution: torch.Tensor) -> float:
-        return squared_error(solution, *held) / held[2]
+        return _squared_error(solution, *held) / held[2]
 
     solution, strength, errors = validated_ridge(prior, fit, (1e-6, 1e-2, 1.0, 10.0), held_out_error)
     assert strength == "plain" and torch.equal(solution, prior)

@@ -28,15 +28,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models import (
-    DROP,
-    FeedForward,
-    SimplifiedBert,
-    assemble,
-    attention_of_heads,
-    feed_forward_of_neurons,
-    layers_to_drop,
-)
+from models import DROP, SimplifiedBert, assemble, layers_to_drop, pruned_modules
 from utils.assembly import collect_attentions, collect_feed_forwards, collect_merged_layers
 from utils.errors import UserError
 from utils.pruning import (
@@ -128,9 +120,7 @@ def build_compound(
         options = recipe["prune_heads"]
         layers = options.get("layers", every)
         kept = heads_to_keep(head_importance(model, validation, device, layers), options["heads"], per_layer=True)
-        for layer, heads in zip(layers, kept, strict=True):
-            attention = model.layers[layer].attention
-            attentions[layer] = attention_of_heads(attention, heads, attention.dropout)
+        attentions.update(pruned_modules(model, heads=dict(zip(layers, kept, strict=True)))[0])
     if "feed_forward" in recipe:
         options = recipe["feed_forward"]
         variant = recipe_variant(options, "ffn")
@@ -143,12 +133,7 @@ def build_compound(
         layers = options.get("layers", every)
         kept = neurons_to_keep(neuron_importance(model, validation, device, layers), options["width"], per_layer=True)
         pruned_neurons = dict(zip(layers, kept, strict=True))
-        feed_forwards.update(
-            {
-                layer: FeedForward.of_layer(feed_forward_of_neurons(model.layers[layer], keep))
-                for layer, keep in pruned_neurons.items()
-            }
-        )
+        feed_forwards.update(pruned_modules(model, neurons=pruned_neurons)[1])
     if "merge" in recipe:
         options = recipe["merge"]
         kind = options.get("source", "merge")

@@ -151,14 +151,14 @@ def neurons_to_keep(importance, width: int, per_layer: bool) -> list[list[int]]:
 @torch.no_grad()
 def feed_forward_sums(
     model: SimplifiedBert, sources: dict[int, tuple[TransformerLayer, list[int]]], loader, device: torch.device
-) -> dict[int, tuple[torch.Tensor, torch.Tensor, float]]:
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer ``i`` of ``sources`` = {i: (full layer, kept neurons)}, over the real tokens of ``loader`` run
     through ``model``: with ``x`` the input of model layer i's feed-forward, ``a`` the full layer's activations
     of the kept neurons at ``x`` and ``y`` its whole feed-forward output at ``x``, the sums Σ [a;1][a;1]ᵀ
-    [k+1, k+1] and Σ [a;1] yᵀ [k+1, hidden] (float64) and Σ ‖y‖²: what :func:`models.reconstruct_feed_forward_output`
-    and :func:`models.ridge_toward` solve and :func:`models.squared_error` scores. ``model`` may be the full
-    layers' own (the unpruned teacher's inputs) or a pruned one (its own inputs)."""
-    sums: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    [k+1, k+1] and Σ [a;1] yᵀ [k+1, hidden] (float64): what :func:`models.reconstruct_feed_forward_output` and
+    :func:`models.ridge_toward` solve. ``model`` may be the full layers' own (the unpruned teacher's inputs) or a
+    pruned one (its own inputs)."""
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     real: dict[str, torch.Tensor] = {}
 
     def record(index: int):
@@ -172,7 +172,7 @@ def feed_forward_sums(
             output = full_layer.ffn_out(activations).double()  # [n, hidden]
             kept = activations[:, columns].double()
             augmented = torch.cat([kept, torch.ones(len(kept), 1, dtype=kept.dtype, device=device)], dim=1)
-            found = (augmented.T @ augmented, augmented.T @ output, float(output.pow(2).sum()))
+            found = (augmented.T @ augmented, augmented.T @ output)
             previous = sums.get(index)
             sums[index] = found if previous is None else tuple(a + b for a, b in zip(previous, found, strict=True))
 
@@ -187,7 +187,7 @@ def feed_forward_sums(
     finally:
         for hook in hooks:
             hook.remove()
-    return {index: (gram.cpu(), cross.cpu(), energy) for index, (gram, cross, energy) in sums.items()}
+    return {index: (gram.cpu(), cross.cpu()) for index, (gram, cross) in sums.items()}
 
 
 # -- least-squares reconstruction of pruned feed-forwards: how a pruned layer's output projection is refitted --
@@ -225,7 +225,7 @@ def reconstruct_least_squares(
     sources = {source: (teacher.layers[source], keep) for source, keep in pruned.values()}
     sums = feed_forward_sums(teacher, sources, calibration, device)
     for index, (source, _) in pruned.items():
-        reconstruct_feed_forward_output(model.layers[index], *sums[source][:2])
+        reconstruct_feed_forward_output(model.layers[index], *sums[source])
     return {}
 
 

@@ -167,20 +167,14 @@ def seed_by_seed(
     rows = []
     for seed, where, against in runs:
         result = compare_models(where[0], *names, where[1:], TEST, against=against)
-        rows.append({**base, "seed": seed, **_difference_fields(result)})
+        entry = {**base, "seed": seed, "seeds": result["seeds"], "sentences": result["sentences"]}
+        for metric in ("top1", "agree_top1"):
+            entry |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
+        rows.append(entry)
     if len(rows) > 1:
         differences = [row["top1_difference"] for row in rows[:-1]]
         rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
     return rows, (runs[-1][1], runs[-1][2]) if runs else ([], [])
-
-
-def _difference_fields(result: dict) -> dict:
-    """A comparison row's figures from :func:`utils.report.compare_models`'s ``result``: seeds, sentences, and each
-    metric's difference, interval, whether it excludes 0 and p."""
-    fields = {"seeds": result["seeds"], "sentences": result["sentences"]}
-    for metric in ("top1", "agree_top1"):
-        fields |= {f"{metric}_{key}": value for key, value in (result.get(metric) or {}).items()}
-    return fields
 
 
 def holm_by_test(rows: list[dict], tests: list) -> list[dict]:
@@ -557,6 +551,13 @@ def _raw_storages(raws: tuple[Path, Path], names: tuple[str, str], seed: str) ->
     return [first for first, _ in pairs], [second for _, second in pairs]
 
 
+def _raw_seeds(raws: tuple[Path, Path], names: tuple[str, str], seed: str) -> list[tuple[str, Storage, Storage]]:
+    """:func:`_raw_storages` as :func:`seed_by_seed` takes them: (seed, the first model's storage, the second's)."""
+    storages, against = _raw_storages(raws, names, seed)
+    return [(storage.root.name.removeprefix("seed"), storage, other)
+            for storage, other in zip(storages, against, strict=True)]  # fmt: skip
+
+
 def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
     """A part's comparisons, each with where its two models' raw results are (the second of a baseline
     comparison under its study's data folder, beside the part's), their healed names, and whether the part
@@ -597,15 +598,12 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
             (folder[first[0]] / "raw", folder[second[0]] / "raw"),
             (healed_name(*first[1:]), healed_name(*second[1:])),
         )
-        storages, against = _raw_storages(raws, names, ALL_SEEDS)
         base = {"kind": "best of all", "budget": budget, "study": first[0], "first_study": first[0],
                 "first": first[1], "second_study": second[0], "second": second[1],
                 "candidates": f"{first_count} vs {second_count}",
                 "healing": first[2] if first[2] == second[2] else f"{first[2]} / {second[2]}",
                 "first_healing": first[2]}  # fmt: skip
-        evaluated = [(storage.root.name.removeprefix("seed"), storage, other)
-                     for storage, other in zip(storages, against, strict=True)]  # fmt: skip
-        rows, _ = seed_by_seed(base, names, evaluated)
+        rows, _ = seed_by_seed(base, names, _raw_seeds(raws, names, ALL_SEEDS))
         found += [(row, raws, names, row is rows[-1]) for row in rows]
     return found
 
@@ -618,9 +616,9 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
     results as well, so every row of the table comes from today's statistics (:mod:`utils.statistics`), whatever
     the code that wrote the part. Each seed's rows are shown beside the row over every seed, not corrected."""
     found = [found for part in parts for found in _part_comparisons(part)]
-    for row, raws, names, _ in found:
-        first, against = _raw_storages(raws, names, row["seed"])
-        row |= _difference_fields(compare_models(first[0], *names, first[1:], TEST, against=against))
+    for row, raws, names, _ in found:  # its seed's, or over its seeds with their spread
+        computed = seed_by_seed({}, names, _raw_seeds(raws, names, row["seed"]))[0][-1]
+        row |= {key: value for key, value in computed.items() if key != "seed"}
     found += best_across_parts(parts)
     reported = [(row, raws, names) for row, raws, names, reported in found if reported]
     tests = [(names, raws, str(row["seed"])) for row, raws, names in reported]
@@ -646,8 +644,7 @@ def comparisons_markdown(rows: list[dict]) -> str:
     counted = f" ({tests} distinct tests: a pair on the same results, reported under several kinds, counts once)"
     lines = [
         f"{len(reported)} comparisons{counted if tests and int(tests) < len(reported) else ''}, Holm-corrected "
-        "together; **bold**: survives "
-        "(adjusted p < 0.05).",
+        "together; **bold**: survives (adjusted p < 0.05).",
         "",
         "| kind | budget | healing | first | second | candidates | seeds | top-1 difference, 95% | seed spread | "
         "Holm p | at its Holm level | agreement difference |",
