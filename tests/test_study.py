@@ -149,9 +149,15 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
     assert study.data["seq_len"] == 12 and study.data["train_sentences"] is None
     part.write_text(yaml.safe_dump({"base": base.name, "families": {"own": {"method": "pruning"}}}))
     assert Study.load(part).comparisons == []  # the base's comparisons name none of its own families
+    own = {"method": "pruning", "attention_share": 0.25}
+    part.write_text(yaml.safe_dump({"base": base.name, "families": ["sitra", {"own": own}]}))
+    study = Study.load(part)  # a base family picked by name beside one of the part's own: each defined once
+    assert study.families == {"sitra": families["sitra"], "own": own} and study.comparisons == []
     for bad, message in (
         ({"families": ["nobody"]}, r"families: \['nobody'\] are not families of tiny.yaml"),
-        ({"families": [{"sitra": {}}]}, "families: expected a mapping name -> family, or names of tiny.yaml's"),
+        ({"families": [{"a": {}, "b": {}}]}, "families: expected a mapping name -> family, or a list of names of"),
+        ({"families": ["field", {"field": {"method": "pruning"}}]}, "families: each name once"),
+        ({"families": [{"own": {"method": "nothing"}}]}, "families.own: method: one of"),
         ({"families": ["merged"], "budgets": [0.25]}, "families: merged is planned only at 50% in tiny.yaml"),
         ({"base": "missing.yaml"}, "base: .*missing.yaml is not another study file"),
         ({"base": part.name}, "base: .*part.yaml is not another study file"),
@@ -673,6 +679,25 @@ def test_holm_adjusts_each_p_value_by_its_rank_and_widens_its_interval():
     assert [round(c["holm_p"], 4) for c in corrected] == [0.03, 0.06, 0.06, 0.02]
     assert [c["holm_survives"] for c in corrected] == [True, False, False, True]
     assert [round(c["holm_confidence"], 4) for c in corrected] == [0.9833, 0.95, 0.975, 0.9875]
+
+
+def test_holm_counts_a_test_reported_under_several_kinds_once_and_computes_its_interval_once():
+    from utils.statistics import holm
+    from utils.study_report import holm_by_test
+
+    rows = [{"kind": kind, "top1_p_value": p} for kind, p in (("declared", 0.01), ("best", 0.01), ("declared", 0.04))]
+    asked = []
+
+    def interval_at(row: dict, confidence: float) -> tuple[float, float]:
+        asked.append((row["kind"], row["top1_p_value"], round(confidence, 4)))
+        return -confidence, confidence
+
+    holm_by_test(rows, ["pair a", "pair a", "pair b"], interval_at)
+    assert asked == [("declared", 0.01, 0.975), ("declared", 0.04, 0.95)]  # two tests, not three rows
+    expected = holm([0.01, 0.04])
+    assert [row["holm_p"] for row in rows] == [expected[0]["holm_p"]] * 2 + [expected[1]["holm_p"]]
+    assert [row["holm_tests"] for row in rows] == [2, 2, 2]
+    assert rows[0]["holm_high"] == rows[1]["holm_high"] == pytest.approx(0.975) and rows[2]["holm_low"] == -0.95
 
 
 def test_a_saved_plan_gives_the_workflow_the_same_stages(tmp_path, tiny_teacher_dir):

@@ -247,9 +247,10 @@ def _derived(path: Path, raw: dict) -> dict:
     """A study file with ``base: other.yaml`` (read from this file's folder; a whole study, checked as one): the
     base's keys, each key this file gives replacing the base's whole (``name`` and ``description`` are never
     inherited). A part of a study names its own ``budgets`` and ``seeds`` and may pick the base's families by
-    name (``families: [a, b]``); what it inherits is cut to its budgets: a family's own ``budgets`` to the part's
-    (an inherited family left with none is not planned; a picked one is refused), the comparisons to the families
-    left, the goals to the part's budgets."""
+    name beside families of its own (``families: [a, b, {c: {method: ...}}]``: one definition of each family);
+    what it inherits is cut to its budgets: a family's own ``budgets`` to the part's (an inherited family left with
+    none is not planned; a picked one is refused), the comparisons to the families left, the goals to the part's
+    budgets."""
     where = str(path)
     base_path = path.parent / str(raw["base"])
     another = base_path.is_file() and base_path.resolve() != path.resolve()
@@ -261,17 +262,19 @@ def _derived(path: Path, raw: dict) -> dict:
     del derived["base"]
     budgets = derived["budgets"]
     _require(isinstance(budgets, list), "budgets: expected a list of shares of the teacher's FLOPs", where)
-    if not isinstance(raw.get("families"), dict):  # the base's families, all or those picked
+    if not isinstance(raw.get("families"), dict):  # the base's families, all or those picked, and new ones
         inherited = base["families"]
-        picked = raw.get("families", list(inherited))
-        names = isinstance(picked, list) and all(isinstance(name, str) for name in picked)
-        _require(names, f"families: expected a mapping name -> family, or names of {base_path.name}'s", where)
-        unknown = [name for name in picked if name not in inherited]
+        picked = [_family_entry(item) for item in raw.get("families", list(inherited))]
+        why = f"families: expected a mapping name -> family, or a list of names of {base_path.name}'s and name: family"
+        _require(None not in picked, why, where)
+        names = [name for name, _ in picked]
+        _require(len(set(names)) == len(names), f"families: each name once (got {names})", where)
+        unknown = [name for name, own in picked if own is None and name not in inherited]
         _require(not unknown, f"families: {unknown} are not families of {base_path.name}", where)
         families = {}
-        for name in picked:
-            family = inherited[name]
-            if "budgets" in family:
+        for name, own in picked:
+            family = own if own is not None else inherited[name]
+            if own is None and "budgets" in family:
                 family = {**family, "budgets": [budget for budget in family["budgets"] if budget in budgets]}
                 if not family["budgets"]:
                     only = ", ".join(f"{budget:.0%}" for budget in inherited[name]["budgets"])
@@ -286,6 +289,17 @@ def _derived(path: Path, raw: dict) -> dict:
     if "goals" not in raw:
         derived["goals"] = {budget: goal for budget, goal in (base.get("goals") or {}).items() if budget in budgets}
     return derived
+
+
+def _family_entry(item) -> tuple[str, dict | None] | None:
+    """An item of a derived study's ``families`` list: a base family's name -> (name, None); a one-key mapping
+    ``{name: family}`` (a family of this study's own) -> (name, family); anything else -> None."""
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, dict) and len(item) == 1:
+        ((name, family),) = item.items()
+        return (name, family) if isinstance(name, str) else None
+    return None
 
 
 def _check_family(name: str, family: dict, budgets: list[float], where: str) -> None:

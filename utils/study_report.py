@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from utils.checkpoint import kept_epoch
@@ -177,15 +178,24 @@ def seed_by_seed(
     return rows, (runs[-1][1], runs[-1][2]) if runs else ([], [])
 
 
-def holm_by_test(rows: list[dict], tests: list) -> list[dict]:
+IntervalAt = Callable[[dict, float], tuple[float, float]]  # a comparison row, a confidence -> its top-1 interval
+
+
+def holm_by_test(rows: list[dict], tests: list, interval_at: IntervalAt) -> list[dict]:
     """Holm's correction of ``rows``' top-1 p-values over the distinct tests among them (``tests``: each row's, e.g.
     its two models and where their results are): one pair on the same results, reported under several kinds
     (declared, and each side's best), is one hypothesis and counts once. Each row gets its test's adjusted p, its
-    Holm level and how many tests the family has (``holm_tests``); ``rows`` back."""
-    distinct = {test: float(row["top1_p_value"]) for row, test in zip(rows, tests, strict=True)}
-    corrections = dict(zip(distinct, holm(list(distinct.values())), strict=True))
+    Holm level, how many tests the family has (``holm_tests``) and the test's top-1 interval at that level
+    (``holm_low``, ``holm_high``), which ``interval_at(row, confidence)`` computes once per test; ``rows`` back."""
+    first_row = {}
     for row, test in zip(rows, tests, strict=True):
-        row |= corrections[test] | {"holm_tests": len(distinct)}
+        first_row.setdefault(test, row)
+    corrections = dict(zip(first_row, holm([float(row["top1_p_value"]) for row in first_row.values()]), strict=True))
+    for test, correction in corrections.items():
+        low, high = interval_at(first_row[test], correction["holm_confidence"])
+        correction |= {"holm_tests": len(corrections), "holm_low": low, "holm_high": high}
+    for row, test in zip(rows, tests, strict=True):
+        row |= corrections[test]
     return rows
 
 
@@ -235,11 +245,13 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
                                   healing=f"{other}{BETWEEN_HEALINGS}{healings[0]}")  # fmt: skip
     reported = [row for row in compared if row.get("reported")]
     tests = [(row["names"], *(tuple(s.root for s in row[key]) for key in ("storages", "against"))) for row in reported]
-    for row in holm_by_test(reported, tests):
+
+    def interval_at(row: dict, confidence: float) -> tuple[float, float]:
         where = row["storages"]
-        at_level = compare_models(where[0], *row["names"], where[1:], TEST, row["holm_confidence"],
-                                  against=row["against"])  # fmt: skip
-        row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
+        top1 = compare_models(where[0], *row["names"], where[1:], TEST, confidence, against=row["against"])["top1"]
+        return top1["low"], top1["high"]
+
+    holm_by_test(reported, tests, interval_at)
     return compared
 
 
@@ -616,18 +628,23 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
     results as well, so every row of the table comes from today's statistics (:mod:`utils.statistics`), whatever
     the code that wrote the part. Each seed's rows are shown beside the row over every seed, not corrected."""
     found = [found for part in parts for found in _part_comparisons(part)]
+    computed: dict[tuple, dict[str, dict]] = {}  # (raws, names) -> seed -> its row, each pair computed once
     for row, raws, names, _ in found:  # its seed's, or over its seeds with their spread
-        computed = seed_by_seed({}, names, _raw_seeds(raws, names, row["seed"]))[0][-1]
-        row |= {key: value for key, value in computed.items() if key != "seed"}
+        if (raws, names) not in computed:
+            rows, _ = seed_by_seed({}, names, _raw_seeds(raws, names, ALL_SEEDS))
+            computed[raws, names] = {str(entry["seed"]): entry for entry in rows}
+        row |= {key: value for key, value in computed[raws, names][str(row["seed"])].items() if key != "seed"}
     found += best_across_parts(parts)
     reported = [(row, raws, names) for row, raws, names, reported in found if reported]
-    tests = [(names, raws, str(row["seed"])) for row, raws, names in reported]
-    holm_by_test([row for row, _, _ in reported], tests)
-    for row, raws, names in reported:
-        first, against = _raw_storages(raws, names, row["seed"])
-        at_level = compare_models(first[0], *names, first[1:], TEST, row["holm_confidence"], against=against)
-        row |= {"holm_low": at_level["top1"]["low"], "holm_high": at_level["top1"]["high"]}
-    return [row for row, _, _ in reported] + [row for row, _, _, reported in found if not reported]
+
+    def interval_at(row: dict, confidence: float) -> tuple[float, float]:
+        first, against = _raw_storages(row["raws"], row["names"], row["seed"])
+        top1 = compare_models(first[0], *row["names"], first[1:], TEST, confidence, against=against)["top1"]
+        return top1["low"], top1["high"]
+
+    rows = [row | {"raws": raws, "names": names} for row, raws, names in reported]
+    holm_by_test(rows, [(names, raws, str(row["seed"])) for row, raws, names in reported], interval_at)
+    return rows + [row for row, _, _, reported in found if not reported]
 
 
 def _holm_cell(row: dict) -> str:
