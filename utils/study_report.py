@@ -245,14 +245,19 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
                                   healing=f"{other}{BETWEEN_HEALINGS}{healings[0]}")  # fmt: skip
     reported = [row for row in compared if row.get("reported")]
     tests = [(row["names"], *(tuple(s.root for s in row[key]) for key in ("storages", "against"))) for row in reported]
-
-    def interval_at(row: dict, confidence: float) -> tuple[float, float]:
-        where = row["storages"]
-        top1 = compare_models(where[0], *row["names"], where[1:], TEST, confidence, against=row["against"])["top1"]
-        return top1["low"], top1["high"]
-
-    holm_by_test(reported, tests, interval_at)
+    holm_by_test(
+        reported, tests, lambda row, level: _top1_interval(row["names"], row["storages"], row["against"], level)
+    )
     return compared
+
+
+def _top1_interval(
+    names: tuple[str, str], storages: list[Storage], against: list[Storage], confidence: float
+) -> tuple[float, float]:
+    """The paired top-1 interval of ``names[0] - names[1]`` on the test masks at ``confidence`` (the first model's
+    results under ``storages``, the second's under ``against``, a storage per seed)."""
+    top1 = compare_models(storages[0], *names, storages[1:], TEST, confidence, against=against)["top1"]
+    return top1["low"], top1["high"]
 
 
 def best_on_validation(
@@ -638,9 +643,7 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
     reported = [(row, raws, names) for row, raws, names, reported in found if reported]
 
     def interval_at(row: dict, confidence: float) -> tuple[float, float]:
-        first, against = _raw_storages(row["raws"], row["names"], row["seed"])
-        top1 = compare_models(first[0], *row["names"], first[1:], TEST, confidence, against=against)["top1"]
-        return top1["low"], top1["high"]
+        return _top1_interval(row["names"], *_raw_storages(row["raws"], row["names"], row["seed"]), confidence)
 
     rows = [row | {"raws": raws, "names": names} for row, raws, names in reported]
     holm_by_test(rows, [(names, raws, str(row["seed"])) for row, raws, names in reported], interval_at)
