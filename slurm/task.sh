@@ -5,14 +5,18 @@
 # A child killed by one of these signals before it could handle them (138, 143) is requeued too:
 # every write is atomic, so the rerun starts from the last complete checkpoint.
 set -uo pipefail
+# Trapped first: a signal that comes before the child starts is kept and passed on once it has.
+child="" pending=""
+forward() { pending=$1; [[ -n $child ]] && kill -"$1" "$child" 2>/dev/null; }
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
 source "$SITRA_REPO/slurm/common.sh"  # SITRA_REPO comes with the submitting environment
 cd "$SITRA_REPO"
 command=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1")
 echo "[$(date '+%F %T')] task $SLURM_ARRAY_TASK_ID of job ${SLURM_ARRAY_JOB_ID:-?} on $(hostname): $command"
 bash -c "exec $command" &
 child=$!
-trap 'kill -USR1 $child 2>/dev/null' USR1
-trap 'kill -TERM $child 2>/dev/null' TERM
+[[ -n $pending ]] && kill -"$pending" "$child" 2>/dev/null
 wait $child; status=$?
 while kill -0 $child 2>/dev/null; do wait $child; status=$?; done  # wait again after a trapped signal
 if ((status == EXIT_REQUEUE || status == 128 + 10 || status == 128 + 15)); then

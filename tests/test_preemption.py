@@ -1,12 +1,14 @@
 """SIGTERM to a running CLI run: it checkpoints its place in the epoch and exits 75; the rerun continues
 from that step and ends with the weights of an uninterrupted run."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,12 +74,24 @@ def test_sigusr1_in_the_first_second_requeues_the_slurm_task(run_flags, tmp_path
     env = {**os.environ, "SITRA_REPO": str(REPO), "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "4242",
            "PATH": f"{fake_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     task = subprocess.Popen(["bash", "slurm/task.sh", str(tasks)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    children = Path(f"/proc/{task.pid}/task/{task.pid}/children")
+    deadline = time.time() + 60
+    while "retrain_single_block.py" not in _command_lines(children) and time.time() < deadline:
+        time.sleep(0.01)  # signalled once the training script has started (its first second), not at fork
     task.send_signal(signal.SIGUSR1)
     output, _ = task.communicate(timeout=120)
     assert task.returncode == EXIT_REQUEUE, output
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242_0"]
     assert "requeueing" in output
+
+
+def _command_lines(children_file: Path) -> str:
+    """The command lines of the processes listed in a /proc ``children`` file, joined ("" if none yet)."""
+    lines = []
+    for pid in children_file.read_text().split():
+        with contextlib.suppress(FileNotFoundError):
+            lines.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
+    return " ".join(lines)
 
 
 class SignalAt:
