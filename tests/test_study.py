@@ -437,6 +437,59 @@ def test_the_best_of_all_over_parts_under_several_seeds_is_shown_seed_by_seed_an
     assert row[-1].startswith("**") and declared[-1].startswith("**")  # two tests, both far from 0: survive
 
 
+def test_a_part_under_more_seeds_is_chosen_on_the_seeds_every_part_has_and_tested_on_all_of_its_own(tmp_path):
+    """At 33%: part_one under seed 42; part_two the same models again under seeds 42 and 43 (the same validation
+    top-1 under seed 42); part_lucky's sitra under both, behind on seed 42 (0.34 against 0.35) but far ahead on
+    43 (0.9), ahead on the mean of its own seeds. The best is chosen on seed 42, the seed every part has: part_two's
+    (equal to part_one's there, with more seeds), tested over both seeds; the candidates count part_two's copies
+    once. A part sharing no seed with the others at a budget is refused."""
+    from utils.docs_tables import GENERATORS
+    from utils.statistics import paired_difference
+    from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
+
+    rng = np.random.default_rng(2)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "study.json").write_text('{"budgets": [0.33], "seeds": [42, 43], "goals": {"0.33": 0.5}}')
+    outcomes = {}
+    validation = {"part_one": {42: {"sitra": 0.35, "field": 0.3}},
+                  "part_two": {42: {"sitra": 0.35, "field": 0.3}, 43: {"sitra": 0.5, "field": 0.3}},
+                  "part_lucky": {42: {"sitra": 0.34}, 43: {"sitra": 0.9}}}  # fmt: skip
+    for part, by_seed in validation.items():
+        folder = tmp_path / part
+        folder.mkdir()
+        _write_rows(folder, "comparisons.csv", [], COMPARISON_COLUMNS)
+        models = []
+        for seed, sides in by_seed.items():
+            models += [_part_model(part, "teacher", split, 0.4, 1.0, seed) for split in ("test", "validation")]
+            raw = folder / "raw" / f"seed{seed}" / "results" / "test"
+            raw.mkdir(parents=True)
+            (raw / "metrics.json").write_text('{"masks": "the test masks"}')
+            for side, top1 in sides.items():
+                models += [_part_model(part, f"{side}_33", "validation", top1, 0.33, seed),
+                           _part_model(part, f"{side}_33", "test", 0.3, 0.33, seed)]  # fmt: skip
+                outcomes[part, side, seed] = (rng.random(1000) < (0.6 if side == "sitra" else 0.4)).astype(float)
+            np.savez(raw / PER_SENTENCE, **{f"{side}_33_kl/top1": outcomes[part, side, seed] for side in sides})
+        _write_rows(folder, "models.csv", models, MODEL_COLUMNS)
+    parts = (whole, *(tmp_path / part for part in validation))
+    declared, best = (line.split(" | ") for line in GENERATORS["parts_seeds"](*parts).splitlines()[1:3])
+    assert best[0] == "| best of all" and best[3:5] == ["sitra_33 (part_two)", "field_33 (part_two)"]
+    for cell, seed in zip(best[5:7], (42, 43), strict=True):
+        expected = paired_difference(outcomes["part_two", "sitra", seed], outcomes["part_two", "field", seed])
+        assert cell == "{:+.2f} [{:+.2f}, {:+.2f}]".format(
+            *(100 * expected[key] for key in ("difference", "low", "high"))
+        )
+    table = GENERATORS["parts_comparisons"](*parts).splitlines()
+    assert table[4].split(" | ")[5:7] == ["2 vs 1", "2"]  # candidates (sitra's two distinct, the field's one), seeds
+    headline = GENERATORS["parts_headline"](*parts).splitlines()[2]
+    assert headline.startswith("| 33% | sitra_33 (kl; part_two) | ") and "seeds" not in headline
+    alone = tmp_path / "part_43"
+    alone.mkdir()
+    _write_rows(alone, "models.csv", [_part_model("part_43", "sitra_33", "test", 0.3, 0.33, seed=43)], MODEL_COLUMNS)
+    with pytest.raises(UserError, match=r"part_43: budget 0.33 under seeds \['43'\], .*part_one's under \['42'\]"):
+        GENERATORS["parts_headline"](whole, tmp_path / "part_one", alone)
+
+
 @pytest.fixture(scope="module")
 def tiny_study_run(tmp_path_factory, tiny_teacher_dir, tiny_data_dir):
     """The tiny study run once through the engine on this machine; its folders, and how long the run took. Both

@@ -191,9 +191,10 @@ def seeds_of_study(folder: Path) -> str:
 
 def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list[dict]]:
     """A study run in parts (each a study file of its own, its data folder committed: a budget each, or another
-    recipe at a budget): what the whole study plans (its ``study.json``), every part's models, and the parts'
-    comparisons with each budget's best across them, Holm-corrected together. Parts must share the teacher and
-    masks, and the parts at a budget their seeds (seeds are pooled within a part's report, not across parts)."""
+    recipe at a budget, or the same under more seeds): what the whole study plans (its ``study.json``), every
+    part's models, and the parts' comparisons with each budget's best across them, Holm-corrected together. Parts
+    must share the teacher and masks, and the parts at a budget a seed at least (each budget's best is chosen on
+    the seeds they all have, :func:`~utils.study_report.best_across_parts`)."""
     if not (study / "study.json").is_file():
         raise UserError(f"{study / 'study.json'}: expected the whole study's plan (make_report.py --study writes it)")
     for part in parts:
@@ -218,9 +219,10 @@ def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list
                 seeds.setdefault(row["budget"], set()).add(row["seed"])
         for budget, found in seeds.items():
             other, where = seeds_of.setdefault(budget, (found, part))
-            if other != found:
+            if not other & found:
                 raise UserError(f"{part}: budget {budget} under seeds {sorted(found)}, {where}'s under "
-                                f"{sorted(other)} (parts at a budget share their seeds)")  # fmt: skip
+                                f"{sorted(other)} (parts at a budget share a seed)")  # fmt: skip
+            seeds_of[budget] = other & found, where
     return study_about(study), models, _pooled(tuple(evaluated))
 
 

@@ -588,26 +588,36 @@ def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[s
 
 
 def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
-    """Per budget, each side's best over every healed model of every part (chosen by validation top-1 averaged
-    over the seeds: a part may be another recipe at a budget, e.g. a longer healing), against the other's on the
-    test split from the parts' raw results (kind ``best of all``, first - second, 95%), seed by seed and over
-    the seeds (:func:`seed_by_seed`); as :func:`_part_comparisons` gives them, and whether the row is the one a
-    report states (the others are shown beside it)."""
-    validation: dict[tuple, list[float]] = {}  # (budget, side, study, model, healing) -> validation top-1 per seed
+    """Per budget, each side's best over every healed model of every part (a part may be another recipe at a
+    budget, e.g. a longer healing, or the same recipe under more seeds), against the other's on the test split from
+    the parts' raw results (kind ``best of all``, first - second, 95%), seed by seed and over the seeds
+    (:func:`seed_by_seed`); as :func:`_part_comparisons` gives them, and whether the row is the one a report states
+    (the others are shown beside it).
+
+    The best is chosen by validation top-1 averaged over the seeds every part at the budget has, so a part run
+    under more seeds is not favoured by them; among candidates equal there (the same stages run again under more
+    seeds), the one with the most seeds is tested, then the first part's. ``candidates`` counts distinct models
+    (a model run again in another part is one)."""
+    validation: dict[tuple, dict[str, float]] = {}  # (budget, side, study, model, healing) -> seed -> val. top-1
     folder = {}
     for part in parts:
         for row in read_table(part / "models.csv"):
             folder[row["study"]] = part
             if row["evaluation"] == VALIDATION and row["healing"]:
                 key = float(row["budget"]), row["side"], row["study"], row["model"], row["healing"]
-                validation.setdefault(key, []).append(float(row["top1"]))
+                validation.setdefault(key, {})[str(row["seed"])] = float(row["top1"])
     found = []
     for budget in sorted({key[0] for key in validation}, reverse=True):
+        at_budget = {key: top1 for key, top1 in validation.items() if key[0] == budget}
+        common = set.intersection(*(set(top1) for top1 in at_budget.values()))
         best = {}
         for side in ("sitra", "field"):
-            scored = [(sum(top1) / len(top1), key) for key, top1 in validation.items() if key[:2] == (budget, side)]
+            scored = [(sum(top1[seed] for seed in common) / len(common), len(top1), key)
+                      for key, top1 in at_budget.items() if key[1] == side]  # fmt: skip
             if scored:
-                best[side] = max(scored, key=lambda item: item[0])[1][2:], len(scored)  # ties: the first part's
+                chosen = max(scored, key=lambda item: item[:2])[2]  # ties: the first part's
+                distinct = {(score, key[3], key[4]) for score, _, key in scored}
+                best[side] = chosen[2:], len(distinct)
         if len(best) < 2:
             continue
         (first, first_count), (second, second_count) = best["sitra"], best["field"]
