@@ -807,3 +807,5 @@ def test_the_students_plot_leaves_out_a_student_without_a_second_epoch(tmp_path)
         {**started, "student": "attention 6x32", "epoch": str(epoch), "kept": str(epoch == 1)} for epoch in (1, 2)
     ]
     assert plot_student_curves([started, one_epoch, *trained], tmp_path / "one.png").exists()
+    two_seeds = [*trained, *({**row, "seed": "seed43", "block": "1"} for row in trained)]  # a line style per seed
+    assert plot_student_curves(two_seeds, tmp_path / "two.png").exists()

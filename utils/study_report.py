@@ -359,12 +359,16 @@ def copy_raw_results(plan: Plan) -> Path:
     return raw
 
 
+SEED_LINE_STYLES = ("-", "--", ":", "-.")  # one per seed, in the order of the seeds
+
+
 def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = None) -> Path | None:
     """One panel per student (kind and shape) trained more than one epoch (None without any: a curve relative to
     epoch 1 needs a second): its validation loss after each epoch relative to the loss after epoch 1, a line per
     block (and seed), a circle where the stopping rule ended it, a star at the epoch it keeps. ``sentences``: the
     training sentences of an epoch (None: all)."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     runs: dict[str, dict[tuple, list[dict]]] = {}
@@ -375,32 +379,37 @@ def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = No
               if any(len(records) > 1 for records in by_block.values())}  # fmt: skip
     if not curves:
         return None
-    several_seeds = len({row["seed"] for row in rows}) > 1
+    # a block is one colour in every panel, a seed one line style: one legend for the figure, under the panels
+    blocks = sorted({block for by_block in curves.values() for _, block in by_block})
+    seeds = sorted({seed for by_block in curves.values() for seed, _ in by_block})
+    colour = {block: f"C{index % 10}" for index, block in enumerate(blocks)}
+    style = {seed: SEED_LINE_STYLES[index % len(SEED_LINE_STYLES)] for index, seed in enumerate(seeds)}
     columns = min(3, len(curves))
     lines = -(-len(curves) // columns)
-    figure = Figure(figsize=(4.6 * columns, 3.6 * lines), layout="constrained")
+    figure = Figure(figsize=(4.6 * columns, 3.2 * lines + 0.8), layout="constrained")
     for axes, student in zip(figure.subplots(lines, columns, squeeze=False).flat, sorted(curves), strict=False):
         for (seed, block), records in sorted(curves[student].items()):
             records = sorted(records, key=lambda r: int(r["epoch"]))
             first = float(records[0]["validation_loss"])
             epochs = [int(r["epoch"]) for r in records]
             relative = [float(r["validation_loss"]) / first for r in records]
-            (line,) = axes.plot(
-                epochs, relative, marker=".", label=f"block {block}" + (f", seed {seed}" if several_seeds else "")
-            )
+            axes.plot(epochs, relative, marker=".", color=colour[block], linestyle=style[seed])
             if _truthy(records[-1]["stopped_early"]):
-                axes.plot(epochs[-1], relative[-1], "o", color=line.get_color(), markersize=7, fillstyle="none")
+                axes.plot(epochs[-1], relative[-1], "o", color=colour[block], markersize=7, fillstyle="none")
             for epoch, value, record in zip(epochs, relative, records, strict=True):
                 if _truthy(record.get("kept")):
-                    axes.plot(epoch, value, "*", color=line.get_color(), markersize=9)
+                    axes.plot(epoch, value, "*", color=colour[block], markersize=9)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(student, fontsize=10)
         axes.set_xlabel(f"epoch ({f'{sentences:,}' if sentences else 'all'} training sentences each)")
         axes.set_ylabel("validation loss / after epoch 1")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7, ncols=2)
     for axes in list(figure.axes)[len(curves) :]:
         axes.set_visible(False)
+    handles = [Line2D([], [], color=colour[block], marker=".", label=f"block {block}") for block in blocks]
+    if len(seeds) > 1:
+        handles += [Line2D([], [], color="0.3", linestyle=style[seed], label=f"seed {seed}") for seed in seeds]
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     figure.suptitle(
         "Students' validation loss per epoch\nopen circle: where the stopping rule ended the run\nstar: the epoch kept",
         fontsize=10,
