@@ -318,7 +318,7 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         part.mkdir()
         write(part, "comparisons.csv", [comparison(name, budget, kind, 1.0) for kind in kinds], COMPARISON_COLUMNS)
         at = round(100 * budget)
-        models = [model(name, "teacher", split, 0.4, 1.0) for split in ("test", "validation")]
+        models = [model(name, "teacher", split, 0.575, 1.0) for split in ("test", "validation")]
         models += [model(name, f"{side}_{at}", split, top1, budget) for split in ("test", "validation")
                    for side, top1 in (("sitra", sitra_top1), ("field", 0.3))]  # fmt: skip
         write(part, "models.csv", models, MODEL_COLUMNS)
@@ -327,6 +327,7 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         (raw / "metrics.json").write_text('{"masks": "the test masks"}')
         healed = dict(zip((f"sitra_{at}_kl", f"field_{at}_kl"), _discordant(better, worse), strict=True))
         outcomes |= {(name, model_name): values for model_name, values in healed.items()}
+        healed["teacher"] = (np.arange(400) < 230).astype(float)  # 0.575, models.csv's teacher top-1
         np.savez(raw / PER_SENTENCE, **{f"{name}/top1": values for name, values in healed.items()})
     parts = (whole, tmp_path / "part_50", tmp_path / "part_33", tmp_path / "part_33_long")
     table = GENERATORS["parts_comparisons"](*parts)
@@ -357,8 +358,12 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
     assert by_test[2]["holm_p"] == pytest.approx(2 * p_values[4])  # the 33% best of all: second of 3 tests
     headline = GENERATORS["parts_headline"](*parts).splitlines()
     assert [line.split(" | ")[0] for line in headline[2:]] == ["| 50%", "| 33%", "| 25%"]
+    # the share of the teacher's top-1 from the per-sentence results, as the lead over the field is computed
+    share = paired_difference(outcomes["part_33_long", "sitra_33_kl"], (np.arange(400) < 230).astype(float))
+    shown = "{:.1%} [{:.1%}, {:.1%}]".format(*(1 + share[key] / 0.575 for key in ("difference", "low", "high")))
+    assert shown.startswith("93.0% [")
     assert (
-        "sitra_33 (kl; part_33_long) | 92.5% [" in headline[3]
+        f"sitra_33 (kl; part_33_long) | {shown} |" in headline[3]
         and "vs field_33 (part_33) (survives Holm; [" in headline[3]
     )
     assert headline[3].endswith("| 90%: met |") and "not measured" in headline[4]
@@ -416,7 +421,7 @@ def test_the_best_of_all_over_parts_under_several_seeds_is_shown_seed_by_seed_an
             raw.mkdir(parents=True)
             (raw / "metrics.json").write_text('{"masks": "the test masks"}')
             outcomes[side, seed] = (rng.random(2000) < share).astype(float)
-            values = {f"{side}_33_kl/top1": outcomes[side, seed]}
+            values = {f"{side}_33_kl/top1": outcomes[side, seed], "teacher/top1": np.ones(2000)}
             if side == "sitra":
                 outcomes["own field", seed] = (rng.random(2000) < 0.5).astype(float)
                 values["field_33_kl/top1"] = outcomes["own field", seed]
@@ -469,7 +474,8 @@ def test_a_part_under_more_seeds_is_chosen_on_the_seeds_every_part_has_and_teste
                 models += [_part_model(part, f"{side}_33", "validation", top1, 0.33, seed),
                            _part_model(part, f"{side}_33", "test", 0.3, 0.33, seed)]  # fmt: skip
                 outcomes[part, side, seed] = (rng.random(1000) < (0.6 if side == "sitra" else 0.4)).astype(float)
-            np.savez(raw / PER_SENTENCE, **{f"{side}_33_kl/top1": outcomes[part, side, seed] for side in sides})
+            values = {f"{side}_33_kl/top1": outcomes[part, side, seed] for side in sides}
+            np.savez(raw / PER_SENTENCE, **values, **{"teacher/top1": (np.arange(1000) < 800).astype(float)})
         _write_rows(folder, "models.csv", models, MODEL_COLUMNS)
     parts = (whole, *(tmp_path / part for part in validation))
     declared, best = (line.split(" | ") for line in GENERATORS["parts_seeds"](*parts).splitlines()[1:3])
@@ -482,7 +488,9 @@ def test_a_part_under_more_seeds_is_chosen_on_the_seeds_every_part_has_and_teste
     table = GENERATORS["parts_comparisons"](*parts).splitlines()
     assert table[4].split(" | ")[5:7] == ["2 vs 1", "2"]  # candidates (sitra's two distinct, the field's one), seeds
     headline = GENERATORS["parts_headline"](*parts).splitlines()[2]
-    assert headline.startswith("| 33% | sitra_33 (kl; part_two) | ") and "seeds" not in headline
+    # its share of the teacher's (0.8 here; 0.4 in models.csv) over both seeds: the mean of each seed's difference
+    lead = np.mean([outcomes["part_two", "sitra", seed].mean() - 0.8 for seed in (42, 43)])
+    assert headline.startswith(f"| 33% | sitra_33 (kl; part_two) | {1 + lead / 0.4:.1%} [") and "seeds" not in headline
     alone = tmp_path / "part_43"
     alone.mkdir()
     _write_rows(alone, "models.csv", [_part_model("part_43", "sitra_33", "test", 0.3, 0.33, seed=43)], MODEL_COLUMNS)

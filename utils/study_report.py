@@ -13,7 +13,7 @@ from pathlib import Path
 
 from utils.checkpoint import kept_epoch
 from utils.errors import UserError
-from utils.evaluation import PER_SENTENCE
+from utils.evaluation import PER_SENTENCE, TEACHER
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
@@ -596,6 +596,9 @@ def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[s
     return found
 
 
+SHARE_KEYS = (("", "difference"), ("_low", "low"), ("_high", "high"))  # a models.csv column's end, compare_models'
+
+
 def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
     """Per budget, each side's best over every healed model of every part (a part may be another recipe at a
     budget, e.g. a longer healing, or the same recipe under more seeds), against the other's on the test split from
@@ -639,7 +642,12 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
                 "candidates": f"{first_count} vs {second_count}",
                 "healing": first[2] if first[2] == second[2] else f"{first[2]} / {second[2]}",
                 "first_healing": first[2]}  # fmt: skip
-        rows, _ = seed_by_seed(base, names, _raw_seeds(raws, names, ALL_SEEDS))
+        evaluated = _raw_seeds(raws, names, ALL_SEEDS)
+        rows, _ = seed_by_seed(base, names, evaluated)
+        # sitra's best against the teacher on the same seeds and sentences, its share computed as its lead is
+        shares, _ = seed_by_seed({}, (names[0], TEACHER), [(seed, where, where) for seed, where, _ in evaluated])
+        for row, share in zip(rows, shares, strict=True):
+            row |= {f"first_top1_vs_teacher{end}": share[f"top1_{key}"] for end, key in SHARE_KEYS}
         found += [(row, raws, names, row is rows[-1]) for row in rows]
     return found
 
@@ -742,7 +750,8 @@ def headline_markdown(
 ) -> str:
     """The first screen: per budget, sitra's best (chosen on validation, over every healing; ``kind``: the
     comparisons of each side's best, ``best of all`` for a study's parts together) with its share of the
-    teacher's test top-1 and that share's paired interval, against the field's best (Holm-marked), and the goal;
+    teacher's test top-1 and that share's paired interval (a best of all's from the parts' per-sentence results,
+    over its comparison's seeds and resampling them, as its lead), against the field's best (Holm-marked), the goal;
     each of ``budgets`` not measured yet is a row that says so, and a comparison over fewer than the study's
     ``seeds`` says over how many."""
     teacher = _teacher_top1(models)
@@ -761,9 +770,12 @@ def headline_markdown(
         # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
         row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
         tests = [m for m in _first_model(models, row) if m["evaluation"] == TEST]
-        # the share of the teacher's top-1 under each seed, its interval from the paired difference, seed-averaged
-        shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
-        share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
+        if row.get("first_top1_vs_teacher") not in (None, ""):  # from the per-sentence results, over the row's seeds
+            against = {f"top1_vs_teacher{end}": row[f"first_top1_vs_teacher{end}"] for end, _ in SHARE_KEYS}
+            share, low, high = _share_of_teacher(against, sum(teacher[m["seed"]] for m in tests) / len(tests))
+        else:  # a study's own table: the share under each seed from models.csv, seed-averaged
+            shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
+            share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
         goal = goals.get(float(budget))
         verdict = "" if goal is None or math.isnan(share) else f"{goal:.0%}: "
         verdict += "" if not verdict else "met" if share >= goal else f"missed by {goal - share:.1%}"
