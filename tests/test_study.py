@@ -450,7 +450,7 @@ def test_a_part_under_more_seeds_is_chosen_on_the_seeds_every_part_has_and_teste
     once. A part sharing no seed with the others at a budget is refused."""
     from utils.docs_tables import GENERATORS
     from utils.statistics import paired_difference
-    from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS
+    from utils.study_report import COMPARISON_COLUMNS, MODEL_COLUMNS, best_across_parts
 
     rng = np.random.default_rng(2)
     whole = tmp_path / "whole"
@@ -493,7 +493,10 @@ def test_a_part_under_more_seeds_is_chosen_on_the_seeds_every_part_has_and_teste
     assert headline.startswith(f"| 33% | sitra_33 (kl; part_two) | {1 + lead / 0.4:.1%} [") and "seeds" not in headline
     alone = tmp_path / "part_43"
     alone.mkdir()
-    _write_rows(alone, "models.csv", [_part_model("part_43", "sitra_33", "test", 0.3, 0.33, seed=43)], MODEL_COLUMNS)
+    unshared = [_part_model("part_43", "sitra_33", split, 0.3, 0.33, seed=43) for split in ("test", "validation")]
+    _write_rows(alone, "models.csv", unshared, MODEL_COLUMNS)
+    with pytest.raises(UserError, match="budget 0.33: no seed that every part at it has"):
+        best_across_parts([tmp_path / "part_one", alone])
     with pytest.raises(UserError, match=r"part_43: budget 0.33 under seeds \['43'\], .*part_one's under \['42'\]"):
         GENERATORS["parts_headline"](whole, tmp_path / "part_one", alone)
 

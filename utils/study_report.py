@@ -622,6 +622,8 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
     for budget in sorted({key[0] for key in validation}, reverse=True):
         at_budget = {key: top1 for key, top1 in validation.items() if key[0] == budget}
         common = set.intersection(*(set(top1) for top1 in at_budget.values()))
+        if not common:
+            raise UserError(f"budget {budget:g}: no seed that every part at it has (the best is chosen on them)")
         best = {}
         for side in ("sitra", "field"):
             scored = [(sum(top1[seed] for seed in common) / len(common), len(top1), key)
