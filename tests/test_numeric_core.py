@@ -166,6 +166,24 @@ def test_the_seed_and_sentence_bootstrap_resamples_both_levels():
         seed_and_sentence_difference(hits, other)
 
 
+def test_the_seed_and_sentence_bootstrap_draws_the_resamples_of_a_difference_once():
+    """A report asks for a comparison at 95% and again at its Holm level: the second reuses the first's resamples
+    (one entry kept), with the interval a fresh draw gives; other differences or another seed are drawn anew."""
+    from utils import statistics
+
+    rng = np.random.default_rng(4)
+    first, second = (rng.random((2, 500)) < 0.4).astype(float), (rng.random((2, 500)) < 0.3).astype(float)
+    statistics._ESTIMATES.clear()
+    at_95 = statistics.seed_and_sentence_difference(first, second)
+    at_99 = statistics.seed_and_sentence_difference(first, second, confidence=0.99)
+    assert len(statistics._ESTIMATES) == 1 and at_99["low"] < at_95["low"] < at_95["high"] < at_99["high"]
+    statistics._ESTIMATES.clear()
+    assert statistics.seed_and_sentence_difference(first, second, confidence=0.99) == at_99  # drawn again: the same
+    statistics.seed_and_sentence_difference(first, second, seed=1)
+    statistics.seed_and_sentence_difference(first, 1 - second)
+    assert len(statistics._ESTIMATES) == 3
+
+
 def test_interval_covers_the_mean_and_narrows_with_more_sentences():
     rng = np.random.default_rng(1)
     widths = []

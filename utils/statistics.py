@@ -8,6 +8,8 @@ two separate intervals; over several seeds, a two-level bootstrap resamples seed
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from scipy.stats import bootstrap, ttest_rel
 
@@ -61,6 +63,33 @@ def paired_difference(first: np.ndarray, second: np.ndarray, confidence: float =
 SEED_RESAMPLES = 10000  # the two-level bootstrap's: its p-value and intervals reach Holm's levels (1 - 0.05 / m)
 
 
+_ESTIMATES: dict[tuple, np.ndarray] = {}  # the resamples of recent differences: a level's interval reuses them
+_ESTIMATES_KEPT = 32  # 80 KB each at 10,000 resamples
+
+
+def _seed_and_sentence_estimates(differences: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """The two-level bootstrap's mean differences [resamples] of ``differences`` [S, N]; the same ``differences``
+    under the same ``seed`` give the same resamples, so they are drawn once (a report asks for a comparison's
+    interval at 95% and again at its Holm level)."""
+    key = hashlib.sha256(differences.tobytes()).hexdigest(), differences.shape, resamples, seed
+    if key in _ESTIMATES:
+        return _ESTIMATES[key]
+    seeds, sentences = differences.shape
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for start in range(0, resamples, 500):  # 500 resamples at a time: [500, N] floats, not [resamples, N]
+        count = min(500, resamples - start)
+        weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=count) / seeds  # [B, S] seeds drawn
+        picked = rng.integers(0, sentences, size=(count, sentences))  # [B, N] sentences drawn
+        seed_averaged = weights @ differences  # [B, N]: each sentence's difference over the drawn seeds
+        estimates.append(np.take_along_axis(seed_averaged, picked, axis=1).mean(axis=1))
+    if len(_ESTIMATES) >= _ESTIMATES_KEPT:
+        del _ESTIMATES[next(iter(_ESTIMATES))]  # the oldest
+    _ESTIMATES[key] = np.concatenate(estimates)
+    _ESTIMATES[key].flags.writeable = False
+    return _ESTIMATES[key]
+
+
 def seed_and_sentence_difference(
     first: np.ndarray,
     second: np.ndarray,
@@ -77,16 +106,7 @@ def seed_and_sentence_difference(
     differences = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
     if differences.ndim != 2 or np.shape(first) != np.shape(second):
         raise ValueError(f"seed x sentence values need the same shape [S, N]: {np.shape(first)} vs {np.shape(second)}")
-    seeds, sentences = differences.shape
-    rng = np.random.default_rng(seed)
-    estimates = []
-    for start in range(0, resamples, 500):  # 500 resamples at a time: [500, N] floats, not [resamples, N]
-        count = min(500, resamples - start)
-        weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=count) / seeds  # [B, S] seeds drawn
-        picked = rng.integers(0, sentences, size=(count, sentences))  # [B, N] sentences drawn
-        seed_averaged = weights @ differences  # [B, N]: each sentence's difference over the drawn seeds
-        estimates.append(np.take_along_axis(seed_averaged, picked, axis=1).mean(axis=1))
-    estimates = np.concatenate(estimates)
+    estimates = _seed_and_sentence_estimates(differences, resamples, seed)
     tail = (1 - confidence) / 2
     low, high = (float(value) for value in np.quantile(estimates, [tail, 1 - tail]))
     far_side = min(np.count_nonzero(estimates <= 0), np.count_nonzero(estimates >= 0))
