@@ -5,7 +5,8 @@
 # A child killed by one of these signals before it could handle them (138, 143) is requeued too:
 # every write is atomic, so the rerun starts from the last complete checkpoint.
 set -uo pipefail
-# Trapped first: a signal that comes before the child starts is kept and passed on once it has.
+# Trapped first: a signal before the command starts means it is not started (the task is requeued); one after is
+# passed on to it. (Sent in the instant of the fork, a signal could reach the child before it drops these traps.)
 child="" pending=""
 forward() { pending=$1; [[ -n $child ]] && kill -"$1" "$child" 2>/dev/null; }
 trap 'forward USR1' USR1
@@ -14,11 +15,16 @@ source "$SITRA_REPO/slurm/common.sh"  # SITRA_REPO comes with the submitting env
 cd "$SITRA_REPO"
 command=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1")
 echo "[$(date '+%F %T')] task $SLURM_ARRAY_TASK_ID of job ${SLURM_ARRAY_JOB_ID:-?} on $(hostname): $command"
-bash -c "exec $command" &
-child=$!
-[[ -n $pending ]] && kill -"$pending" "$child" 2>/dev/null
-wait $child; status=$?
-while kill -0 $child 2>/dev/null; do wait $child; status=$?; done  # wait again after a trapped signal
+status=$EXIT_REQUEUE
+if [[ -n $pending ]]; then
+  echo "[$(date '+%F %T')] SIG$pending before the command started: not started"
+else
+  bash -c "exec $command" &
+  child=$!
+  [[ -n $pending ]] && kill -"$pending" "$child" 2>/dev/null
+  wait $child; status=$?
+  while kill -0 $child 2>/dev/null; do wait $child; status=$?; done  # wait again after a trapped signal
+fi
 if ((status == EXIT_REQUEUE || status == 128 + 10 || status == 128 + 15)); then
   echo "[$(date '+%F %T')] stopped by a signal (checkpoint kept): requeueing"
   scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"

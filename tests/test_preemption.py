@@ -63,21 +63,38 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes(run_flags, tmp_path):
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 20
 
 
-def test_sigusr1_in_the_first_second_requeues_the_slurm_task(run_flags, tmp_path):
+def _slurm_task(command: str, tmp_path: Path, hostname: str = "") -> subprocess.Popen:
+    """slurm/task.sh running ``command`` as task 0 of job 4242, ``scontrol`` (and ``hostname`` where given: a
+    script) faked in a ``bin`` folder first on the PATH; scontrol's calls go to ``scontrol.calls``."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
-    (fake_bin / "scontrol").chmod(0o755)
-    command = " ".join([sys.executable, "retrain_single_block.py", *run_flags(), *BLOCK[:6], "--epochs", "1"])
+    fakes = {"scontrol": f'echo "$@" >> {tmp_path / "scontrol.calls"}', "hostname": hostname}
+    for name, script in fakes.items():
+        if script:
+            (fake_bin / name).write_text(f"#!/bin/sh\n{script}\n")
+            (fake_bin / name).chmod(0o755)
     tasks = tmp_path / "tasks"
     tasks.write_text(command + "\n")
     env = {**os.environ, "SITRA_REPO": str(REPO), "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "4242",
            "PATH": f"{fake_bin}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    task = subprocess.Popen(["bash", "slurm/task.sh", str(tasks)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    children = Path(f"/proc/{task.pid}/task/{task.pid}/children")
+    return subprocess.Popen(["bash", "slurm/task.sh", str(tasks)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _children(pid: int) -> list[str]:
+    """The command lines of a process's children (none yet: [])."""
+    lines = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):
+            lines.append(Path(f"/proc/{child}/cmdline").read_text().replace("\0", " "))
+    return lines
+
+
+def test_sigusr1_in_the_first_second_requeues_the_slurm_task(run_flags, tmp_path):
+    script = f"{sys.executable} retrain_single_block.py"
+    task = _slurm_task(" ".join([script, *run_flags(), *BLOCK[:6], "--epochs", "1"]), tmp_path)
     deadline = time.time() + 60
-    while "retrain_single_block.py" not in _command_lines(children) and time.time() < deadline:
-        time.sleep(0.01)  # signalled once the training script has started (its first second), not at fork
+    while not any(line.startswith(script) for line in _children(task.pid)) and time.time() < deadline:
+        time.sleep(0.01)  # signalled once Python runs the script (its first second), not at the fork before it
     task.send_signal(signal.SIGUSR1)
     output, _ = task.communicate(timeout=120)
     assert task.returncode == EXIT_REQUEUE, output
@@ -85,13 +102,21 @@ def test_sigusr1_in_the_first_second_requeues_the_slurm_task(run_flags, tmp_path
     assert "requeueing" in output
 
 
-def _command_lines(children_file: Path) -> str:
-    """The command lines of the processes listed in a /proc ``children`` file, joined ("" if none yet)."""
-    lines = []
-    for pid in children_file.read_text().split():
-        with contextlib.suppress(FileNotFoundError):
-            lines.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
-    return " ".join(lines)
+def test_sigusr1_before_the_command_starts_requeues_without_starting_it(run_flags, tmp_path):
+    """The signal comes while the task is still starting (its fake ``hostname`` waits): the task is requeued and
+    its command never runs (its storage folder is never made)."""
+    marker, storage = tmp_path / "starting", tmp_path / "storage"
+    command = " ".join([sys.executable, "retrain_single_block.py", *run_flags(storage=storage), *BLOCK[:6]])
+    task = _slurm_task(command, tmp_path, hostname=f"touch {marker}; sleep 1; echo node")
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    task.send_signal(signal.SIGUSR1)
+    output, _ = task.communicate(timeout=60)
+    assert task.returncode == EXIT_REQUEUE, output
+    assert "SIGUSR1 before the command started: not started" in output and "on node:" in output
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242_0"]
+    assert not storage.exists()
 
 
 class SignalAt:

@@ -218,11 +218,12 @@ def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list
             else:
                 seeds.setdefault(row["budget"], set()).add(row["seed"])
         for budget, found in seeds.items():
-            other, where = seeds_of.setdefault(budget, (found, part))
-            if not other & found:
-                raise UserError(f"{part}: budget {budget} under seeds {sorted(found)}, {where}'s under "
-                                f"{sorted(other)} (parts at a budget share a seed)")  # fmt: skip
-            seeds_of[budget] = other & found, where
+            shared, before = seeds_of.setdefault(budget, (found, []))  # the seeds every part so far has, the parts
+            if not shared & found:
+                raise UserError(f"{part}: budget {budget} under seeds {sorted(found)}, "
+                                f"{', '.join(map(str, before))} under {sorted(shared)} together "
+                                f"(parts at a budget share a seed)")  # fmt: skip
+            seeds_of[budget] = shared & found, [*before, part]
     return study_about(study), models, _pooled(tuple(evaluated))
 
 

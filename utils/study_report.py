@@ -363,10 +363,21 @@ SEED_LINE_STYLES = ("-", "--", ":", "-.")  # one per seed, in the order of the s
 
 
 def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = None) -> Path | None:
+    """:func:`student_curves_figure` saved at ``path`` (None, and nothing written, without a curve to draw)."""
+    figure = student_curves_figure(rows, sentences)
+    if figure is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def student_curves_figure(rows: list[dict], sentences: int | None = None):
     """One panel per student (kind and shape) trained more than one epoch (None without any: a curve relative to
     epoch 1 needs a second): its validation loss after each epoch relative to the loss after epoch 1, a line per
-    block (and seed), a circle where the stopping rule ended it, a star at the epoch it keeps. ``sentences``: the
-    training sentences of an epoch (None: all)."""
+    block (one colour in every panel) and seed (one line style), a circle where the stopping rule ended it, a star
+    at the epoch it keeps. ``sentences``: the training sentences of an epoch (None: all)."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -382,7 +393,8 @@ def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = No
     # a block is one colour in every panel, a seed one line style: one legend for the figure, under the panels
     blocks = sorted({block for by_block in curves.values() for _, block in by_block})
     seeds = sorted({seed for by_block in curves.values() for seed, _ in by_block})
-    colour = {block: f"C{index % 10}" for index, block in enumerate(blocks)}
+    palette = colormaps["tab10" if len(blocks) <= 10 else "tab20"].colors  # bert-base has 12 blocks
+    colour = {block: palette[index % len(palette)] for index, block in enumerate(blocks)}
     style = {seed: SEED_LINE_STYLES[index % len(SEED_LINE_STYLES)] for index, seed in enumerate(seeds)}
     columns = min(3, len(curves))
     lines = -(-len(curves) // columns)
@@ -414,9 +426,7 @@ def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = No
         "Students' validation loss per epoch\nopen circle: where the stopping rule ended the run\nstar: the epoch kept",
         fontsize=10,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    return path
+    return figure
 
 
 HEALING_MARKERS = ("o", "^", "s", "D", "v")  # one marker per healing, in the study's order
@@ -599,6 +609,15 @@ def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[s
 SHARE_KEYS = (("", "difference"), ("_low", "low"), ("_high", "high"))  # a models.csv column's end, compare_models'
 
 
+def _raw_teacher_top1(storage: Storage, model: str) -> float:
+    """The teacher's test top-1 on the masks ``model`` is evaluated on in ``storage`` (committed raw results)."""
+    teacher, evaluated = per_sentence_values(storage, TEACHER, TEST), per_sentence_values(storage, model, TEST)
+    masks = next((masks for masks in evaluated if masks in teacher), None)
+    if masks is None:
+        raise UserError(f"{storage.root}: no raw test results of the teacher on {model}'s masks")
+    return float(teacher[masks][1]["top1"].mean())
+
+
 def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
     """Per budget, each side's best over every healed model of every part (a part may be another recipe at a
     budget, e.g. a longer healing, or the same recipe under more seeds), against the other's on the test split from
@@ -648,8 +667,11 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
         rows, _ = seed_by_seed(base, names, evaluated)
         # sitra's best against the teacher on the same seeds and sentences, its share computed as its lead is
         shares, _ = seed_by_seed({}, (names[0], TEACHER), [(seed, where, where) for seed, where, _ in evaluated])
-        for row, share in zip(rows, shares, strict=True):
+        teacher_top1 = [_raw_teacher_top1(where, names[0]) for _, where, _ in evaluated]
+        teacher_top1 += [sum(teacher_top1) / len(teacher_top1)] * (len(rows) - len(teacher_top1))  # over the seeds
+        for row, share, teacher in zip(rows, shares, teacher_top1, strict=True):
             row |= {f"first_top1_vs_teacher{end}": share[f"top1_{key}"] for end, key in SHARE_KEYS}
+            row["first_teacher_top1"] = teacher
         found += [(row, raws, names, row is rows[-1]) for row in rows]
     return found
 
@@ -774,7 +796,7 @@ def headline_markdown(
         tests = [m for m in _first_model(models, row) if m["evaluation"] == TEST]
         if row.get("first_top1_vs_teacher") not in (None, ""):  # from the per-sentence results, over the row's seeds
             against = {f"top1_vs_teacher{end}": row[f"first_top1_vs_teacher{end}"] for end, _ in SHARE_KEYS}
-            share, low, high = _share_of_teacher(against, sum(teacher[m["seed"]] for m in tests) / len(tests))
+            share, low, high = _share_of_teacher(against, float(row["first_teacher_top1"]))
         else:  # a study's own table: the share under each seed from models.csv, seed-averaged
             shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
             share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
