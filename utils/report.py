@@ -94,6 +94,7 @@ def compare_models(
                 result[key] = seed_and_sentence_difference(*stacked, confidence=confidence)
             else:
                 result[key] = paired_difference(stacked[0][0], stacked[1][0], confidence=confidence)
+            result[key] |= {"first_mean": float(stacked[0].mean()), "second_mean": float(stacked[1].mean())}
     return result
 
 

@@ -606,18 +606,6 @@ def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[s
     return found
 
 
-SHARE_KEYS = (("", "difference"), ("_low", "low"), ("_high", "high"))  # a models.csv column's end, compare_models'
-
-
-def _raw_teacher_top1(storage: Storage, model: str) -> float:
-    """The teacher's test top-1 on the masks ``model`` is evaluated on in ``storage`` (committed raw results)."""
-    teacher, evaluated = per_sentence_values(storage, TEACHER, TEST), per_sentence_values(storage, model, TEST)
-    masks = next((masks for masks in evaluated if masks in teacher), None)
-    if masks is None:
-        raise UserError(f"{storage.root}: no raw test results of the teacher on {model}'s masks")
-    return float(teacher[masks][1]["top1"].mean())
-
-
 def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
     """Per budget, each side's best over every healed model of every part (a part may be another recipe at a
     budget, e.g. a longer healing, or the same recipe under more seeds), against the other's on the test split from
@@ -666,12 +654,12 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
         evaluated = _raw_seeds(raws, names, ALL_SEEDS)
         rows, _ = seed_by_seed(base, names, evaluated)
         # sitra's best against the teacher on the same seeds and sentences, its share computed as its lead is
-        shares, _ = seed_by_seed({}, (names[0], TEACHER), [(seed, where, where) for seed, where, _ in evaluated])
-        teacher_top1 = [_raw_teacher_top1(where, names[0]) for _, where, _ in evaluated]
-        teacher_top1 += [sum(teacher_top1) / len(teacher_top1)] * (len(rows) - len(teacher_top1))  # over the seeds
-        for row, share, teacher in zip(rows, shares, teacher_top1, strict=True):
-            row |= {f"first_top1_vs_teacher{end}": share[f"top1_{key}"] for end, key in SHARE_KEYS}
-            row["first_teacher_top1"] = teacher
+        against_teacher, _ = seed_by_seed({}, (names[0], TEACHER), [(seed, at, at) for seed, at, _ in evaluated])
+        for row, paired in zip(rows, against_teacher, strict=True):
+            as_models_csv = {f"top1_vs_teacher{end}": paired[f"top1_{key}"]
+                             for end, key in (("", "difference"), ("_low", "low"), ("_high", "high"))}  # fmt: skip
+            share = _share_of_teacher(as_models_csv, paired["top1_second_mean"])
+            row |= dict(zip(("first_share", "first_share_low", "first_share_high"), share, strict=True))
         found += [(row, raws, names, row is rows[-1]) for row in rows]
     return found
 
@@ -793,11 +781,10 @@ def headline_markdown(
             continue
         # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
         row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
-        tests = [m for m in _first_model(models, row) if m["evaluation"] == TEST]
-        if row.get("first_top1_vs_teacher") not in (None, ""):  # from the per-sentence results, over the row's seeds
-            against = {f"top1_vs_teacher{end}": row[f"first_top1_vs_teacher{end}"] for end, _ in SHARE_KEYS}
-            share, low, high = _share_of_teacher(against, float(row["first_teacher_top1"]))
+        if row.get("first_share") not in (None, ""):  # from the per-sentence results, over the row's seeds
+            share, low, high = (float(row[f"first_share{end}"]) for end in ("", "_low", "_high"))
         else:  # a study's own table: the share under each seed from models.csv, seed-averaged
+            tests = [m for m in _first_model(models, row) if m["evaluation"] == TEST]
             shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
             share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
         goal = goals.get(float(budget))
