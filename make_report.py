@@ -73,8 +73,8 @@ class ReportArguments:
     tables: Optional[str] = flag(None, "A study's data folder (models.csv, comparisons.csv): print its tables.")
     docs: bool = flag(
         False,
-        "Rewrite the generated tables of README.md and docs/RESULTS.md (<!-- generated: ... --> sections) from the "
-        "data committed under docs/data/.",
+        "Rewrite the generated tables of README.md, docs/RESULTS.md and docs/round3_models.md (<!-- generated: ... --> "
+        "sections) from the data committed under docs/data/.",
     )
 
     def __post_init__(self):

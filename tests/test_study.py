@@ -781,7 +781,7 @@ def test_a_saved_plan_gives_the_workflow_the_same_stages(tmp_path, tiny_teacher_
 
 
 def test_the_frontier_plots_every_healed_model_against_the_teachers_top1(tmp_path):
-    from utils.study_report import plot_study_frontier
+    from utils.study_report import plot_study_frontier, study_frontier_figure
 
     def row(model, family, side, healing, top1, share, seed=42):
         return {"seed": seed, "evaluation": "test", "model": model, "family": family, "side": side,
@@ -790,6 +790,13 @@ def test_the_frontier_plots_every_healed_model_against_the_teachers_top1(tmp_pat
     rows = [row("teacher", "teacher", "teacher", "", 0.3, 1.0), row("a_50", "a", "sitra", "kl", 0.28, 0.5),
             row("a_50", "a", "sitra", "layerwise", 0.29, 0.5), row("f_50", "f", "field", "kl", 0.27, 0.5)]  # fmt: skip
     assert plot_study_frontier(rows, tmp_path / "frontier.png").stat().st_size > 10_000
+    # one budget's part spans a few points of the teacher's top-1: no two ticks may read the same
+    narrow = [rows[0], row("a_67", "a", "sitra", "kl", 0.2985, 0.664), row("f_67", "f", "field", "kl", 0.2920, 0.664)]
+    figure = study_frontier_figure(narrow)
+    figure.canvas.draw()
+    for ticks in (figure.axes[0].get_yticklabels(), figure.axes[0].get_xticklabels()):
+        labels = [tick.get_text() for tick in ticks if tick.get_text()]
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
     rows[0]["top1"] = 0.0  # no share of a teacher that predicts nothing
     assert plot_study_frontier(rows, tmp_path / "none.png") is None
 

@@ -433,11 +433,23 @@ HEALING_MARKERS = ("o", "^", "s", "D", "v")  # one marker per healing, in the st
 
 
 def plot_study_frontier(models: list[dict], path: Path) -> Path | None:
+    """:func:`study_frontier_figure` saved at ``path`` (None, and nothing written, without a healed model)."""
+    figure = study_frontier_figure(models)
+    if figure is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def study_frontier_figure(models: list[dict]):
     """The test split's top-1 as a share of the teacher's against the share of its FLOPs: one colour per family
     (sitra's families blue-green, the field's warm), one marker per healing, each point the mean over the seeds
     with the seeds' range as its bar; the budgets as dotted guides. No point is labelled (the legend names the
-    families), so no label can cross another or a guide."""
+    families), so no label can cross another or a guide. The percent ticks take as many decimals as their spacing
+    needs (a part at one budget spans a few points of the teacher's top-1)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
     tests = [row for row in models if row["evaluation"] == TEST]
     teacher = {row["seed"]: float(row["top1"]) for row in tests if row["model"] == "teacher"}
@@ -477,13 +489,11 @@ def plot_study_frontier(models: list[dict], path: Path) -> Path | None:
     axes.legend(handles, labels, loc="lower right", fontsize=8)
     axes.set_xlabel("share of the teacher's encoder FLOPs per token")
     axes.set_ylabel("test top-1, share of the teacher's")
-    axes.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
-    axes.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes.grid(alpha=0.3)
     axes.set_title("Every healed model on the test split (mean over seeds; bars: the seeds' range)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    return path
+    return figure
 
 
 def _truthy(value) -> bool:
