@@ -311,7 +311,7 @@ def test_a_study_not_evaluated_yet_has_a_headline_row_per_planned_budget(tmp_pat
 
     (tmp_path / "study.json").write_text(json.dumps({"budgets": [0.67, 0.5], "goals": {"0.5": 0.97}}))
     rows = headline_of_study(tmp_path).splitlines()[2:]
-    assert rows == ["| 67% | not measured yet | | |  |", "| 50% | not measured yet | | | 97%: not yet |"]
+    assert rows == ["| 67% | not measured yet | | | none set |", "| 50% | not measured yet | | | 97%: not yet |"]
 
 
 def test_speed_goals_are_judged_on_every_run(tmp_path):

@@ -368,6 +368,9 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         and "vs field_33 (part_33) (survives Holm; [" in headline[3]
     )
     assert headline[3].endswith("| 90%: met |") and "not measured" in headline[4]
+    assert headline[2].endswith("| none set |")  # no goal at 50%
+    (whole / "study.json").write_text('{"budgets": [0.5, 0.33, 0.25], "seeds": [42], "goals": {"0.33": 0.95}}')
+    assert GENERATORS["parts_headline"](*parts).splitlines()[3].endswith("| 95%: missed by 2.0% |")
     shutil.copytree(tmp_path / "part_50", tmp_path / "part_50_again")
     with pytest.raises(UserError, match="part_50_again: study part_50 is also .*part_50's"):
         GENERATORS["parts_headline"](whole, tmp_path / "part_50", tmp_path / "part_50_again")

@@ -787,7 +787,7 @@ def headline_markdown(
     for budget in sorted(measured | {float(budget) for budget in budgets}, reverse=True):
         if budget not in measured:
             goal = goals.get(budget)
-            lines.append(f"| {budget:.0%} | not measured yet | | | {f'{goal:.0%}: not yet' if goal else ''} |")
+            lines.append(f"| {budget:.0%} | not measured yet | | | {f'{goal:.0%}: not yet' if goal else 'none set'} |")
             continue
         # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
         row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
@@ -798,8 +798,12 @@ def headline_markdown(
             shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
             share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
         goal = goals.get(float(budget))
-        verdict = "" if goal is None or math.isnan(share) else f"{goal:.0%}: "
-        verdict += "" if not verdict else "met" if share >= goal else f"missed by {goal - share:.1%}"
+        if goal is None:
+            verdict = "none set"
+        elif math.isnan(share):
+            verdict = ""
+        else:
+            verdict = f"{goal:.0%}: " + ("met" if share >= goal else f"missed by {goal - share:.1%}")
         survives = "survives Holm" if row["holm_survives"] in ("True", True) else "not after Holm"
         if row.get("holm_low"):  # the interval at its Holm level, which excludes 0 where the win survives
             at_level = (100 * float(row[f"holm_{end}"]) for end in ("low", "high"))
