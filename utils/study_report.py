@@ -362,14 +362,18 @@ def copy_raw_results(plan: Plan) -> Path:
 SEED_LINE_STYLES = ("-", "--", ":", "-.")  # one per seed, in the order of the seeds
 
 
-def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = None) -> Path | None:
-    """:func:`student_curves_figure` saved at ``path`` (None, and nothing written, without a curve to draw)."""
-    figure = student_curves_figure(rows, sentences)
+def _saved(figure, path: Path) -> Path | None:
+    """``figure`` written to ``path`` (None, and nothing written, where there was nothing to draw)."""
     if figure is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
+
+
+def plot_student_curves(rows: list[dict], path: Path, sentences: int | None = None) -> Path | None:
+    """:func:`student_curves_figure` saved at ``path`` (None, and nothing written, without a curve to draw)."""
+    return _saved(student_curves_figure(rows, sentences), path)
 
 
 def student_curves_figure(rows: list[dict], sentences: int | None = None):
@@ -434,12 +438,7 @@ HEALING_MARKERS = ("o", "^", "s", "D", "v")  # one marker per healing, in the st
 
 def plot_study_frontier(models: list[dict], path: Path) -> Path | None:
     """:func:`study_frontier_figure` saved at ``path`` (None, and nothing written, without a healed model)."""
-    figure = study_frontier_figure(models)
-    if figure is None:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    return path
+    return _saved(study_frontier_figure(models), path)
 
 
 def study_frontier_figure(models: list[dict]):
