@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO
 from models.cost import width_for_budget
 from utils.errors import UserError
-from utils.evaluation import PER_SENTENCE
+from utils.evaluation import PER_SENTENCE, TEACHER
 from utils.study import SHAPES, Plan, Study, TeacherShape
 from utils.study_report import write_study_data
 
@@ -187,6 +187,7 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
         "round3_25_heal_all",
         "round3_50_heal_all",
         "round3_67_heal_all",
+        "round3_drop_heal_all",
     ],
 )
 def test_a_part_of_round_three_plans_round_threes_stages_at_its_budget(part, tmp_path):
@@ -587,33 +588,40 @@ def test_a_tiny_study_runs_through_the_slurm_executor(
     assert len(accounted) == 1 and all(line.endswith("|COMPLETED") for line in accounted)
 
 
-def test_a_study_compares_each_model_with_the_one_of_its_name_in_its_baseline(
+def test_a_study_compares_each_model_with_the_one_of_its_name_in_its_baselines(
     tiny_study_run, tiny_teacher_dir, tmp_path
 ):
-    """``baseline: ../baseline`` (read from the study's root): each healed model against the model of the same name
-    in that study, on the same test masks. Both studies here are the tiny study's evaluations, copied; in the
-    baseline, sitra_50 got every test token right, so the difference is its own top-1 less 1, and sitra_25 is the
-    same model."""
+    """``baseline: [../first, ../second]`` (read from the study's root, e.g. one part per budget): each healed model
+    against the model of the same name in the first of them that evaluated it, on the same test masks. Every study
+    here is the tiny study's evaluations, copied; in ``first``, sitra_50 got every test token right, so the
+    difference is its own top-1 less 1, and the field's models are not there, so they are compared in ``second``,
+    where field_50 got every token right; sitra_25 is the same model."""
     storage = tiny_study_run[2]
-    for root in ("ablation", "baseline"):
+    for root in ("ablation", "first", "second"):
         shutil.copytree(storage / "seed42" / "results", tmp_path / root / "seed42" / "results")
-    arrays = tmp_path / "baseline" / "seed42" / "results" / "test" / PER_SENTENCE
-    with np.load(arrays) as loaded:
-        values = dict(loaded)
-    top1 = values["sitra_50_kl/top1"].mean()
-    values["sitra_50_kl/top1"] = np.ones_like(values["sitra_50_kl/top1"])
-    np.savez(arrays, **values)
-    study = tiny_study(tmp_path, tiny_teacher_dir, baseline="../baseline")
+    top1 = {}
+    for root, changed, kept in (("first", "sitra_50_kl", "sitra_"), ("second", "field_50_kl", "")):
+        arrays = tmp_path / root / "seed42" / "results" / "test" / PER_SENTENCE
+        with np.load(arrays) as loaded:
+            values = {key: value for key, value in loaded.items() if key.startswith((kept, TEACHER))}
+        top1[changed] = values[f"{changed}/top1"].mean()
+        values[f"{changed}/top1"] = np.ones_like(values[f"{changed}/top1"])
+        np.savez(arrays, **values)
+    study = tiny_study(tmp_path, tiny_teacher_dir, baseline=["../first", "../second"])
     plan = Plan(Study.load(study), tmp_path / "ablation", sys.executable)
-    assert plan.baseline == tmp_path / "baseline"
+    assert plan.baselines == [tmp_path / "first", tmp_path / "second"]
     write_study_data(plan)
     with open(plan.data_files["comparisons"]) as file:
         against = {row["first"]: row for row in csv.DictReader(file) if row["kind"] == "baseline"}
-    assert set(against) == {"sitra_50", "sitra_25", "field_50", "field_25"}
-    assert all(row["second"] == name and row["second_study"] == "baseline" for name, row in against.items())
-    assert float(against["sitra_50"]["top1_difference"]) == pytest.approx(top1 - 1) and top1 < 1
+    assert {name: row["second_study"] for name, row in against.items()} == {
+        "sitra_50": "first", "sitra_25": "first", "field_50": "second", "field_25": "second"}  # fmt: skip
+    assert all(row["second"] == name for name, row in against.items())
+    assert float(against["sitra_50"]["top1_difference"]) == pytest.approx(top1["sitra_50_kl"] - 1)
+    assert float(against["field_50"]["top1_difference"]) == pytest.approx(top1["field_50_kl"] - 1)
+    assert max(top1.values()) < 1  # so that neither difference is the 0 of a model against itself
     assert float(against["sitra_25"]["top1_difference"]) == 0 and against["sitra_25"]["holm_survives"] == "False"
-    assert "| sitra_50 (baseline) |" in (tmp_path / "ablation" / "report" / "study.md").read_text()
+    page = (tmp_path / "ablation" / "report" / "study.md").read_text()
+    assert "| sitra_50 | sitra_50 (first) |" in page and "| field_50 | field_50 (second) |" in page
 
 
 def test_a_study_run_in_parts_reports_the_seeds_it_has(tiny_study_run, tiny_teacher_dir, tmp_path):

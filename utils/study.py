@@ -172,7 +172,8 @@ class Study:
     comparisons: list[list[str]]
     resources: dict = field(default_factory=dict)
     goals: dict = field(default_factory=dict)  # budget -> the share of the teacher's test top-1 to keep
-    baseline: str | None = None  # another study's root (from_root): its models of the same names, compared with these
+    # other studies' roots (from_root), e.g. one part per budget: their models of the same names, compared with these
+    baselines: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -219,14 +220,16 @@ class Study:
         )
         goals = raw.get("goals") or {}
         _require(set(goals) <= set(budgets), "goals: a share of the teacher's top-1 per budget of the study", where)
-        baseline = raw.get("baseline")
+        baselines = raw.get("baseline") or []
+        baselines = [baselines] if isinstance(baselines, str) else baselines
         _require(
-            baseline is None or isinstance(baseline, str) and baseline,
-            "baseline: expected the root of another study (e.g. ../round3, read from this study's root)",
+            isinstance(baselines, list) and all(isinstance(root, str) and root for root in baselines),
+            "baseline: expected the root of another study, or a list of them (e.g. ../round3, read from this study's "
+            "root)",
             where,
         )
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
-                   raw.get("resources") or {}, goals, baseline)  # fmt: skip
+                   raw.get("resources") or {}, goals, baselines)  # fmt: skip
 
 
 def _read_study_file(path: Path) -> dict:
@@ -521,9 +524,10 @@ class Plan:
         return from_root(self.root, self.study.teacher["path"])
 
     @property
-    def baseline(self) -> Path | None:
-        """The root of the study this one's models are compared with, model by model (the study file's baseline)."""
-        return None if self.study.baseline is None else Path(from_root(self.root, self.study.baseline))
+    def baselines(self) -> list[Path]:
+        """The roots of the studies this one's models are compared with, model by model (the study file's baseline:
+        one root, or several, e.g. one part per budget, each model compared where it was evaluated)."""
+        return [Path(from_root(self.root, root)) for root in self.study.baselines]
 
     def stamp(self, key: tuple[str, str, str]) -> Path:
         kind, seed, name = key

@@ -134,19 +134,26 @@ def _compared(
     plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], baseline: bool = False, **row
 ) -> list[dict]:
     """``first`` healed by ``healings[0]`` against ``second`` healed by ``healings[1]`` (``baseline``: the model of
-    that name in the study's baseline) on the test masks: a row per seed under which both are evaluated (a study
-    run in parts compares what it has) and, with several, one of both averaged over them, with the spread of the
-    seeds' differences; that last row is the one the study reports (``reported``)."""
+    that name in the first of the study's baselines that evaluated it) on the test masks: a row per seed under which
+    both are evaluated (a study run in parts compares what it has) and, with several, one of both averaged over
+    them, with the spread of the seeds' differences; that last row is the one the study reports (``reported``)."""
     names = first.healed(healings[0]), second.healed(healings[1])
     base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
             "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
-    if baseline:
-        base["second_study"] = plan.baseline.name
+    storages = [plan.storage(seed) for seed in plan.study.seeds]
+    if baseline:  # the first baseline that evaluated the second model under some seed
+        roots = [
+            root
+            for root in plan.baselines
+            if any(per_sentence_values(Storage(root / at.root.name), names[1], TEST) for at in storages)
+        ]
+        if not roots:
+            return []
+        base["second_study"] = roots[0].name
     # per seed, where the first model is and where the second is (the baseline's storage of that seed, or the same)
     evaluated = []
-    for seed in plan.study.seeds:
-        storage = plan.storage(seed)
-        second = Storage(plan.baseline / storage.root.name) if baseline else storage
+    for seed, storage in zip(plan.study.seeds, storages, strict=True):
+        second = Storage(roots[0] / storage.root.name) if baseline else storage
         if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second, names[1], TEST):
             evaluated.append((seed, storage, second))
     rows, (storages, against) = seed_by_seed(base, names, evaluated)
@@ -203,7 +210,7 @@ def _against_baseline(plan: Plan) -> list[dict]:
     """Each healed model against the model of the same name and healing in the study's baseline (another study's
     root: the same teacher, seeds and data, so the same test masks), where the baseline evaluated it; e.g.
     students trained one epoch against round three's, to measure what the longer training buys."""
-    if plan.baseline is None:
+    if not plan.baselines:
         return []
     return [
         row
