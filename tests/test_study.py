@@ -18,7 +18,7 @@ from models.cost import width_for_budget
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, TEACHER
 from utils.study import SHAPES, Plan, Study, TeacherShape
-from utils.study_report import write_study_data
+from utils.study_report import COMPARISON_COLUMNS, study_markdown, write_study_data, write_table
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
 
@@ -623,6 +623,10 @@ def test_a_study_compares_each_model_with_the_one_of_its_name_in_its_baselines(
     assert float(against["sitra_25"]["top1_difference"]) == 0 and against["sitra_25"]["holm_survives"] == "False"
     page = (tmp_path / "ablation" / "report" / "study.md").read_text()
     assert "| sitra_50 | sitra_50 (first) |" in page and "| field_50 | field_50 (second) |" in page
+    # a part without a best of each side (e.g. one family against its baseline) says so instead of an empty table
+    write_table(plan.data_files["comparisons"], list(against.values()), COMPARISON_COLUMNS)
+    page = study_markdown(plan.data_files["comparisons"].parent)
+    assert "No budget has a model of both sides" in page and "| 50% | sitra_50 (" not in page
 
 
 def test_a_study_run_in_parts_reports_the_seeds_it_has(tiny_study_run, tiny_teacher_dir, tmp_path):

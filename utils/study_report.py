@@ -862,7 +862,10 @@ def study_markdown(data: Path) -> str:
         models, comparisons = read_table(data / "models.csv"), read_table(data / "comparisons.csv")
         study = models[0]["study"] if models else data.name
         about = study_about(data)
-        headline = headline_markdown(models, comparisons, about["goals"], seeds=about["seeds"])
+        if any(row["kind"] == "best" for row in comparisons):
+            headline = headline_markdown(models, comparisons, about["goals"], seeds=about["seeds"])
+        else:  # e.g. a part of one family, compared with its baseline only
+            headline = "No budget has a model of both sides (sitra's and the field's) here.\n"
         text = f"### Study {study}: each budget's best\n\n{headline}\n"
         if comparisons:
             text += f"### Study {study}: paired comparisons\n\n{comparisons_markdown(comparisons)}\n"
