@@ -104,6 +104,7 @@ def test_a_family_asked_for_a_budget_it_cannot_reach_is_refused(tmp_path, tiny_t
         ({"data": {"epochs": 3}}, "data: keys are"),
         ({"teacher": {"shape": "bert-base"}}, "teacher: expected exactly one of 'path'"),
         ({"baseline": ["../round3", 3]}, "baseline: expected the root of another study, or a list of them"),
+        ({"baseline": ""}, "baseline: expected the root of another study, or a list of them"),
         (
             {"families": {"x": {"method": "pruning", "reconstruct": "ridge"}}},
             r"families.x: reconstruct 'ridge': expected true, false or one of least_squares, validated",

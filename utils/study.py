@@ -220,8 +220,8 @@ class Study:
         )
         goals = raw.get("goals") or {}
         _require(set(goals) <= set(budgets), "goals: a share of the teacher's top-1 per budget of the study", where)
-        baselines = raw.get("baseline") or []
-        baselines = [baselines] if isinstance(baselines, str) else baselines
+        baselines = raw.get("baseline")  # absent, one root, or a list of them
+        baselines = [] if baselines is None else [baselines] if isinstance(baselines, str) else baselines
         _require(
             isinstance(baselines, list) and all(isinstance(root, str) and root for root in baselines),
             "baseline: expected the root of another study, or a list of them (e.g. ../round3, read from this study's "

@@ -140,20 +140,23 @@ def _compared(
     names = first.healed(healings[0]), second.healed(healings[1])
     base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
             "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
-    storages = [plan.storage(seed) for seed in plan.study.seeds]
+    seed_storages = [plan.storage(seed) for seed in plan.study.seeds]
     if baseline:  # the first baseline that evaluated the second model under some seed
-        roots = [
-            root
-            for root in plan.baselines
-            if any(per_sentence_values(Storage(root / at.root.name), names[1], TEST) for at in storages)
-        ]
-        if not roots:
+        second_root = next(
+            (
+                root
+                for root in plan.baselines
+                if any(per_sentence_values(Storage(root / at.root.name), names[1], TEST) for at in seed_storages)
+            ),
+            None,
+        )
+        if second_root is None:
             return []
-        base["second_study"] = roots[0].name
+        base["second_study"] = second_root.name
     # per seed, where the first model is and where the second is (the baseline's storage of that seed, or the same)
     evaluated = []
-    for seed, storage in zip(plan.study.seeds, storages, strict=True):
-        second = Storage(roots[0] / storage.root.name) if baseline else storage
+    for seed, storage in zip(plan.study.seeds, seed_storages, strict=True):
+        second = Storage(second_root / storage.root.name) if baseline else storage
         if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second, names[1], TEST):
             evaluated.append((seed, storage, second))
     rows, (storages, against) = seed_by_seed(base, names, evaluated)
