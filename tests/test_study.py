@@ -717,6 +717,21 @@ def test_every_seed_trains_with_its_own_seed_and_is_evaluated_on_the_same_masks(
     assert "--seed 43 " in other.shell_command("heal", "seed43", "kl") + " "
 
 
+def test_a_studys_precision_reaches_every_training_stage_and_none_leaves_each_scripts_auto(tmp_path, tiny_teacher_dir):
+    """data.precision fp32: a GPU run of the study is the CPU run's experiment (autocast off in every stage that
+    trains); absent, no stage is given --precision (auto: bf16 on a GPU); anything else is one error naming it."""
+    data = {"train_sentences": 96, "heal_sentences": 64, "seq_len": 20, "precision": "fp32"}
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, data=data)), tmp_path, sys.executable)
+    given = {stage.key: "--precision fp32" in plan.shell_command(*stage.key) for stage in plan.stages.values()}
+    training = {"attention_students", "ffn_students", "heal"}
+    assert {kind for kind, _, _ in given} >= training | {"store", "model", "evaluate"}
+    assert {key for key, has in given.items() if has} == {key for key in given if key[0] in training}
+    plain = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir)), tmp_path, sys.executable)
+    assert not [stage.key for stage in plain.stages.values() if "--precision" in stage.command]
+    with pytest.raises(UserError, match="data.precision: one of auto, fp32, bf16, fp16"):
+        Study.load(tiny_study(tmp_path, tiny_teacher_dir, data={**data, "precision": "fp64"}))
+
+
 @pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "studies").glob("*.yaml")))
 def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path):
     from utils.study import KINDS

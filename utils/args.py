@@ -16,6 +16,7 @@ from typing import Literal, Optional
 from transformers import HfArgumentParser
 
 from models.methods import DROP, FFN_INIT, MERGE_INIT, STUDENT_INIT, Family
+from utils.device import PRECISIONS
 from utils.errors import UserError
 from utils.objectives import HEALING
 
@@ -229,7 +230,7 @@ class TrainingArguments:
     group_by_length: bool = flag(
         True, "Batch sentences of similar length together (less padding); --no_group_by_length: plain shuffling."
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = flag(
+    precision: Literal[PRECISIONS] = flag(
         "auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU."
     )
 

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision: auto is bf16 on a GPU, fp32 on the CPU
+
 
 def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
     """``requested``, else this process's GPU (``cuda:LOCAL_RANK`` under torchrun) when there is one, else the CPU."""

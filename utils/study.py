@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.device import PRECISIONS
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.storage import Storage
@@ -141,6 +142,9 @@ DATA_DEFAULTS = {
     "mask_seed": 42,
     "seq_len": 40,
     "batch_size": None,  # None: each script's default
+    # every training stage's autocast (--precision); None: each script's auto, bf16 on a GPU and fp32 on the CPU.
+    # fp32 makes a GPU run the same experiment as a CPU one (the evaluations and the store are fp32 either way)
+    "precision": None,
 }
 TOP_KEYS = {"name", "description", "teacher", "data", "seeds", "budgets", "families", "healing", "comparisons",
             "resources", "goals", "baseline", "base"}  # fmt: skip
@@ -186,6 +190,8 @@ class Study:
             _require(key in raw, f"needs '{key}'", where)
         data = {**DATA_DEFAULTS, **(raw.get("data") or {})}
         _require(set(data) == set(DATA_DEFAULTS), f"data: keys are {', '.join(DATA_DEFAULTS)}", where)
+        precision = data["precision"]
+        _require(precision in (None, *PRECISIONS), f"data.precision: one of {', '.join(PRECISIONS)}", where)
         budgets = raw["budgets"]
         _require(
             isinstance(budgets, list) and budgets and all(isinstance(b, float) and 0 < b <= 1 for b in budgets),
@@ -556,7 +562,10 @@ class Plan:
         args = ["--teacher", self.teacher, "--storage_directory", self.storage(seed).root]
         args += ["--seed", seed if seed_flag is None else seed_flag]
         args += ["--seq_len", data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
-        return args + (["--batch_size", data["batch_size"]] if training and data["batch_size"] else [])
+        if training:
+            args += ["--batch_size", data["batch_size"]] if data["batch_size"] else []
+            args += ["--precision", data["precision"]] if data["precision"] else []
+        return args
 
     def _teacher_stage(self) -> list:
         train = self.study.teacher.get("train")
