@@ -230,9 +230,7 @@ class TrainingArguments:
     group_by_length: bool = flag(
         True, "Batch sentences of similar length together (less padding); --no_group_by_length: plain shuffling."
     )
-    precision: Literal[PRECISIONS] = flag(
-        "auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU."
-    )
+    precision: Literal[PRECISIONS] = flag("auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU.")
 
     def __post_init__(self):
         require_finite(self, "lr", "adam_weight_decay", "adam_beta1", "adam_beta2")

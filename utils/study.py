@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.device import PRECISIONS
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.storage import Storage
@@ -190,6 +189,8 @@ class Study:
             _require(key in raw, f"needs '{key}'", where)
         data = {**DATA_DEFAULTS, **(raw.get("data") or {})}
         _require(set(data) == set(DATA_DEFAULTS), f"data: keys are {', '.join(DATA_DEFAULTS)}", where)
+        from utils.device import PRECISIONS  # here, not at the top: a cluster job imports this module, torch-free
+
         precision = data["precision"]
         _require(precision in (None, *PRECISIONS), f"data.precision: one of {', '.join(PRECISIONS)}", where)
         budgets = raw["budgets"]
