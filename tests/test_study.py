@@ -190,7 +190,8 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
         "round3_50_heal_all",
         "round3_67_heal_all",
         "round3_drop_heal_all",
-        "round3_heal_all_seeds",
+        "round3_67_heal_all_seeds",
+        "round3_50_heal_all_seeds",
         "round3_25_heal_all_seeds",
     ],
 )
