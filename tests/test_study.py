@@ -2,6 +2,7 @@
 through Snakemake, here and on a real one-node SLURM with accounting."""
 
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -884,3 +885,62 @@ def test_the_students_plot_gives_a_block_one_colour_in_every_panel_and_a_seed_on
     assert [line.get_linestyle() for line in curves[0]] == ["-"] * 12 + ["--"] * 12
     labels = [text.get_text() for text in figure.legends[0].get_texts()]
     assert labels == [f"block {block}" for block in range(12)] + ["seed 42", "seed 43"]
+
+
+def test_a_seed_restored_from_parts_takes_each_model_from_the_first_part_that_has_it_and_overwrites_nothing(
+    tmp_path, capsys
+):
+    """The tiny study's seed 42 from two parts' committed raw results: ``first`` has sitra's two models (and one
+    the study does not plan), ``second`` the field's and a sitra model of its own, which the first part's shadows.
+    The root gets the teacher and the four planned models, each model's per-sentence outcomes from its part; a second
+    restore, a part on other masks, a model no part has and a seed the study lacks are one error line each."""
+    import make_report
+    from conftest import one_line_error
+
+    study = tiny_study(tmp_path, "unused", teacher={"path": "teacher", "shape": "minilm"})
+    rng = np.random.default_rng(0)
+    outcomes = {}  # (part, model) -> its per-sentence top-1 on the test masks
+
+    def part(name: str, models: list[str], masks: str = "the masks") -> Path:
+        folder = tmp_path / name
+        for evaluation in ("validation", "test"):
+            raw = folder / "raw" / "seed42" / "results" / evaluation
+            raw.mkdir(parents=True)
+            figures = {model: {"top1": 0.3} for model in models} | {"teacher": {"top1": 0.4}}
+            metrics = {"masks": f"{masks} of {evaluation}", "sentences": 50, "models": figures}
+            (raw / "metrics.json").write_text(json.dumps(metrics))
+            values = {f"{model}/top1": (rng.random(50) < 0.3).astype(float) for model in models}
+            values["teacher/top1"] = np.ones(50)
+            outcomes.update({(name, evaluation, model): values[f"{model}/top1"] for model in models})
+            np.savez(raw / PER_SENTENCE, **values)
+        return folder
+
+    first = part("first", ["sitra_50_kl", "sitra_25_kl", "unplanned_kl"])
+    second = part("second", ["field_50_kl", "field_25_kl", "sitra_50_kl"])
+    root = tmp_path / "root"
+    restore = ["--storage_directory", str(root), "--study", str(study), "--restore_seed", "42", "--restore_from"]
+    make_report.main([*restore, str(first), str(second)])
+    for evaluation in ("validation", "test"):
+        results = root / "seed42" / "results" / evaluation
+        metrics = json.loads((results / "metrics.json").read_text())
+        planned = {"sitra_50_kl", "sitra_25_kl", "field_50_kl", "field_25_kl"}
+        assert set(metrics["models"]) == planned | {"teacher"}
+        assert metrics["masks"] == f"the masks of {evaluation}"
+        with np.load(results / PER_SENTENCE) as saved:
+            assert {key.split("/")[0] for key in saved.files} == planned | {"teacher"}
+            for model in planned:
+                source = "second" if model.startswith("field") else "first"
+                assert np.array_equal(saved[f"{model}/top1"], outcomes[source, evaluation, model]), model
+    written = (root / "seed42" / "results" / "test" / PER_SENTENCE).read_bytes()
+    error = one_line_error(capsys, make_report.main, [*restore, str(first), str(second)])
+    assert "already has results" in error
+    assert (root / "seed42" / "results" / "test" / PER_SENTENCE).read_bytes() == written
+    other = part("other", ["field_50_kl", "field_25_kl"], masks="other masks")
+    fresh = ["--storage_directory", str(tmp_path / "fresh"), *restore[2:]]
+    assert "masks or teacher differ" in one_line_error(capsys, make_report.main, [*fresh, str(first), str(other)])
+    assert "field_50_kl: no validation results" in one_line_error(capsys, make_report.main, [*fresh, str(first)])
+    assert not (tmp_path / "fresh").exists()
+    unknown = [*fresh[:5], "43", *fresh[6:], str(first)]
+    assert "--restore_seed 43: not one of the study's seeds" in one_line_error(capsys, make_report.main, unknown)
+    alone = one_line_error(capsys, make_report.main, [*fresh[:6]])
+    assert "--restore_seed and --restore_from go together" in alone

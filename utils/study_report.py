@@ -11,6 +11,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from utils.checkpoint import kept_epoch
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, TEACHER
@@ -367,6 +369,62 @@ def copy_raw_results(plan: Plan) -> Path:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     return raw
+
+
+def restore_seed_results(plan: Plan, seed: int, parts: list[Path]) -> list[Path]:
+    """Seed ``seed``'s evaluations (validation, test) of the study's healed models, written into its root from
+    other parts' committed raw results (each part's data folder: ``raw/seed42/results/test/``), for a study whose
+    stages under that seed are those parts' with the same flags (e.g. a second seed beside the seed the parts ran):
+    each model is taken from the first part that evaluated it, with the teacher's row; every part used must have
+    the same masks and teacher figures. A model no part has, other masks, or results already in the root are an
+    error before anything is written. The files written, back."""
+    storage, names = plan.storage(seed), [model.healed(healing) for healing in plan.study.healing
+                                          for model in plan.models]  # fmt: skip
+    gathered = {}
+    for evaluation in (VALIDATION, TEST):
+        target = storage.results(evaluation)
+        if (target / "metrics.json").exists():
+            raise UserError(f"{target}: already has results (restoring into it would overwrite them)")
+        merged, sources = None, {}
+        for name in names:
+            found = [part for part in parts if name in _raw_metrics(part, seed, evaluation).get("models", {})]
+            if not found:
+                raise UserError(f"{name}: no {evaluation} results under seed {seed} in " + ", ".join(map(str, parts)))
+            metrics = _raw_metrics(found[0], seed, evaluation)
+            if merged is None:
+                merged = {**metrics, "models": {TEACHER: metrics["models"][TEACHER]}}
+            elif _same_masks(metrics) != _same_masks(merged):
+                raise UserError(f"{found[0]}: its {evaluation} masks or teacher differ from the other parts'")
+            merged["models"][name] = metrics["models"][name]
+            sources[name] = found[0] / "raw" / seed_folder(seed) / "results" / evaluation / PER_SENTENCE
+        arrays = {}
+        for name, source in sources.items():
+            with np.load(source) as saved:
+                arrays |= {key: saved[key] for key in saved.files if key.split("/")[0] in (TEACHER, name)}
+        gathered[target] = merged, arrays
+    written = []
+    for target, (merged, arrays) in gathered.items():
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write(target / PER_SENTENCE, lambda tmp, arrays=arrays: _save_arrays(tmp, arrays))
+        atomic_write(target / "metrics.json", lambda tmp, merged=merged: tmp.write_text(json.dumps(merged, indent=2)))
+        written += [target / "metrics.json", target / PER_SENTENCE]
+    return written
+
+
+def _save_arrays(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as file:  # to the path itself: numpy would add ".npz" to a name without it
+        np.savez_compressed(file, **arrays)
+
+
+def _same_masks(metrics: dict) -> tuple:
+    """What two evaluations on the same masks share: the masks' fingerprint, the sentence count, the teacher's top-1."""
+    return metrics["masks"], metrics["sentences"], metrics["models"][TEACHER]["top1"]
+
+
+def _raw_metrics(part: Path, seed: int, evaluation: str) -> dict:
+    """A part's committed ``metrics.json`` of one seed's evaluation, or {} where it has none."""
+    path = part / "raw" / seed_folder(seed) / "results" / evaluation / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 SEED_LINE_STYLES = ("-", "--", ":", "-.")  # one per seed, in the order of the seeds
