@@ -385,18 +385,20 @@ def restore_seed_results(plan: Plan, seed: int, parts: list[Path]) -> list[Path]
         target = storage.results(evaluation)
         if (target / "metrics.json").exists():
             raise UserError(f"{target}: already has results (restoring into it would overwrite them)")
+        folders = [Storage(part / "raw" / seed_folder(seed)).results(evaluation) for part in parts]
+        read = {folder: _metrics_or_none(folder) for folder in folders}  # each part's metrics read once
         merged, sources = None, {}
         for name in names:
-            found = [part for part in parts if name in _raw_metrics(part, seed, evaluation).get("models", {})]
+            found = [folder for folder in folders if name in (read[folder] or {}).get("models", {})]
             if not found:
                 raise UserError(f"{name}: no {evaluation} results under seed {seed} in " + ", ".join(map(str, parts)))
-            metrics = _raw_metrics(found[0], seed, evaluation)
+            metrics = read[found[0]]
             if merged is None:
                 merged = {**metrics, "models": {TEACHER: metrics["models"][TEACHER]}}
             elif _same_masks(metrics) != _same_masks(merged):
                 raise UserError(f"{found[0]}: its {evaluation} masks or teacher differ from the other parts'")
             merged["models"][name] = metrics["models"][name]
-            sources[name] = found[0] / "raw" / seed_folder(seed) / "results" / evaluation / PER_SENTENCE
+            sources[name] = found[0] / PER_SENTENCE
         arrays = {}
         for name, source in sources.items():
             with np.load(source) as saved:
@@ -421,10 +423,10 @@ def _same_masks(metrics: dict) -> tuple:
     return metrics["masks"], metrics["sentences"], metrics["models"][TEACHER]["top1"]
 
 
-def _raw_metrics(part: Path, seed: int, evaluation: str) -> dict:
-    """A part's committed ``metrics.json`` of one seed's evaluation, or {} where it has none."""
-    path = part / "raw" / seed_folder(seed) / "results" / evaluation / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _metrics_or_none(results: Path) -> dict | None:
+    """An evaluation's ``metrics.json`` (under its results folder), or None where there is none."""
+    path = results / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 SEED_LINE_STYLES = ("-", "--", ":", "-.")  # one per seed, in the order of the seeds
