@@ -783,7 +783,10 @@ def test_holm_adjusts_each_p_value_by_its_rank_and_widens_its_interval():
     corrected = holm([0.01, 0.04, 0.03, 0.005])
     assert [round(c["holm_p"], 4) for c in corrected] == [0.03, 0.06, 0.06, 0.02]
     assert [c["holm_survives"] for c in corrected] == [True, False, False, True]
-    assert [round(c["holm_confidence"], 4) for c in corrected] == [0.9833, 0.95, 0.975, 0.9875]
+    # the two that fail take the first failing step's level (1 - 0.05 / 2), so 0.04's interval holds 0 (at its
+    # own step's 95% it would not, though it fails)
+    assert [round(c["holm_confidence"], 4) for c in corrected] == [0.9833, 0.975, 0.975, 0.9875]
+    assert [round(c["holm_confidence"], 4) for c in holm([0.026, 0.026])] == [0.975, 0.975]  # ties: one level
 
 
 def test_holm_counts_a_test_reported_under_several_kinds_once_and_computes_its_interval_once():

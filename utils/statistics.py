@@ -129,12 +129,18 @@ def with_intervals(metrics: dict[str, dict], values: dict[str, dict], teacher: s
 
 def holm(p_values: list[float], alpha: float = 1 - CONFIDENCE) -> list[dict]:
     """Holm's step-down correction of ``p_values`` (one per comparison a report makes): for each, its adjusted
-    p-value, whether it survives at ``alpha`` overall, and the confidence level its interval takes at its step
-    (1 - alpha / (m - rank), rank 0 for the smallest p)."""
+    p-value, whether it survives at ``alpha`` overall, and the confidence level of its interval: a surviving
+    comparison's is its step's, 1 - alpha / (m - rank) (rank 0 for the smallest p); every other comparison's is
+    the first failing step's, 1 - alpha / (m - r) with r survivors, so its interval holds 0 (its p is at least
+    that step's). A later step's own level would be lower and could exclude 0 for a comparison that failed
+    (Holm-consistent intervals, Strassburger and Bretz 2008)."""
     order = sorted(range(len(p_values)), key=lambda index: p_values[index])
     corrected, running = [{} for _ in p_values], 0.0
     for rank, index in enumerate(order):
-        steps = len(p_values) - rank
-        running = max(running, min(1.0, steps * p_values[index]))
-        corrected[index] = {"holm_p": running, "holm_survives": running < alpha, "holm_confidence": 1 - alpha / steps}
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        corrected[index] = {"holm_p": running, "holm_survives": running < alpha}
+    failing_steps = len(p_values) - sum(correction["holm_survives"] for correction in corrected)
+    for rank, index in enumerate(order):
+        steps = len(p_values) - rank if corrected[index]["holm_survives"] else failing_steps
+        corrected[index]["holm_confidence"] = 1 - alpha / steps
     return corrected
