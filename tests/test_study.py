@@ -663,6 +663,11 @@ def test_a_study_over_two_seeds_reports_each_seed_and_both_with_the_seeds_resamp
     key = next(name for name in arrays if name.startswith("field_50") and name.endswith("/top1"))
     arrays[key] = np.where(np.arange(len(arrays[key])) % 5 == 0, 1.0, arrays[key])
     np.savez(npz, **arrays)
+    for seed, every in ((42, 2), (43, 3)):  # the tiny teacher predicts nothing: give it a top-1 to share
+        npz = root / f"seed{seed}" / "results" / "test" / PER_SENTENCE
+        arrays = dict(np.load(npz))
+        arrays[f"{TEACHER}/top1"] = (np.arange(len(arrays[f"{TEACHER}/top1"])) % every == 0).astype(np.float32)
+        np.savez(npz, **arrays)
     plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, seeds=[42, 43])), root, sys.executable)
     write_study_data(plan)
     with open(plan.data_files["comparisons"]) as file:
@@ -679,6 +684,20 @@ def test_a_study_over_two_seeds_reports_each_seed_and_both_with_the_seeds_resamp
     section = GENERATORS["study_seeds"](root / "data")
     assert "| seed 42 | seed 43 | seed spread | every seed (seeds and sentences resampled) |" in section
     assert section.count("| declared |") == 2  # the two budgets, each one row
+    # the headline's share of the teacher over both seeds resamples the seeds too, as the lead does
+    from utils.statistics import seed_and_sentence_difference
+    from utils.study import healed_name
+
+    with open(plan.data_files["comparisons"]) as file:
+        best = next(row for row in csv.DictReader(file) if row["kind"] == "best" and row["seed"] == "all")
+    per_seed = [np.load(root / f"seed{seed}" / "results" / "test" / PER_SENTENCE) for seed in (42, 43)]
+    model = healed_name(best["first"], best["healing"])
+    first, teacher = (np.stack([arrays[f"{name}/top1"] for arrays in per_seed]) for name in (model, TEACHER))
+    expected = seed_and_sentence_difference(first, teacher)
+    shares = [1 + expected[key] / teacher.mean() for key in ("difference", "low", "high")]
+    assert [float(best[f"first_share{end}"]) for end in ("", "_low", "_high")] == pytest.approx(shares, abs=1e-6)
+    headline = GENERATORS["study_headline"](root / "data")
+    assert "{:.1%} [{:.1%}, {:.1%}]".format(*shares) in headline
 
 
 def test_a_study_report_is_rebuilt_from_its_raw_results_alone(tiny_study_run, tmp_path):

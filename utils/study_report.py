@@ -35,6 +35,7 @@ COMPARISON_COLUMNS = (
     *(f"{metric}_{part}" for metric in ("top1", "agree_top1") for part in ("difference", "low", "high")),
     "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
     "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high", "holm_tests",
+    "first_share", "first_share_low", "first_share_high",
 )  # fmt: skip
 STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
@@ -162,6 +163,8 @@ def _compared(
         if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second, names[1], TEST):
             evaluated.append((seed, storage, second))
     rows, (storages, against) = seed_by_seed(base, names, evaluated)
+    if row.get("kind") == "best":  # the headline states sitra's best's share of the teacher
+        with_teacher_share(rows, names[0], evaluated)
     if rows:  # what the Holm step needs to compare it again at its level
         rows[-1] |= {"reported": True, "names": names, "storages": storages, "against": against}
     return rows
@@ -188,6 +191,19 @@ def seed_by_seed(
         differences = [row["top1_difference"] for row in rows[:-1]]
         rows[-1]["top1_seed_spread"] = max(differences) - min(differences)
     return rows, (runs[-1][1], runs[-1][2]) if runs else ([], [])
+
+
+def with_teacher_share(rows: list[dict], name: str, evaluated: list[tuple]) -> None:
+    """Give each of :func:`seed_by_seed`'s ``rows`` its first model ``name``'s share of the teacher's test top-1
+    (``first_share``, ``_low``, ``_high``), against the teacher on the same seeds and sentences, computed as its
+    lead is: over several seeds, seeds and sentences resampled (an average of each seed's interval would leave the
+    seeds' spread out)."""
+    against_teacher, _ = seed_by_seed({}, (name, TEACHER), [(seed, at, at) for seed, at, _ in evaluated])
+    for row, paired in zip(rows, against_teacher, strict=True):
+        as_models_csv = {f"top1_vs_teacher{end}": paired[f"top1_{key}"]
+                         for end, key in (("", "difference"), ("_low", "low"), ("_high", "high"))}  # fmt: skip
+        share = _share_of_teacher(as_models_csv, paired["top1_second_mean"])
+        row |= dict(zip(("first_share", "first_share_low", "first_share_high"), share, strict=True))
 
 
 IntervalAt = Callable[[dict, float], tuple[float, float]]  # a comparison row, a confidence -> its top-1 interval
@@ -732,13 +748,7 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
                 "first_healing": first[2]}  # fmt: skip
         evaluated = _raw_seeds(raws, names, ALL_SEEDS)
         rows, _ = seed_by_seed(base, names, evaluated)
-        # sitra's best against the teacher on the same seeds and sentences, its share computed as its lead is
-        against_teacher, _ = seed_by_seed({}, (names[0], TEACHER), [(seed, at, at) for seed, at, _ in evaluated])
-        for row, paired in zip(rows, against_teacher, strict=True):
-            as_models_csv = {f"top1_vs_teacher{end}": paired[f"top1_{key}"]
-                             for end, key in (("", "difference"), ("_low", "low"), ("_high", "high"))}  # fmt: skip
-            share = _share_of_teacher(as_models_csv, paired["top1_second_mean"])
-            row |= dict(zip(("first_share", "first_share_low", "first_share_high"), share, strict=True))
+        with_teacher_share(rows, names[0], evaluated)
         found += [(row, raws, names, row is rows[-1]) for row in rows]
     return found
 
@@ -862,10 +872,13 @@ def headline_markdown(
         row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
         if row.get("first_share") not in (None, ""):  # from the per-sentence results, over the row's seeds
             share, low, high = (float(row[f"first_share{end}"]) for end in ("", "_low", "_high"))
-        else:  # a study's own table: the share under each seed from models.csv, seed-averaged
+            shown = f"{share:.1%} [{low:.1%}, {high:.1%}]"
+        else:  # a table written before 2026-12-05: the share under each seed from models.csv
             tests = [m for m in _first_model(models, row) if m["evaluation"] == TEST]
             shares = [_share_of_teacher(m, teacher[m["seed"]]) for m in tests]
-            share, low, high = (sum(values) / len(values) for values in zip(*shares, strict=True))
+            share = sum(found[0] for found in shares) / len(shares)
+            # over several seeds, an average of each seed's interval would leave their spread out: none is shown
+            shown = "{:.1%} [{:.1%}, {:.1%}]".format(*shares[0]) if len(shares) == 1 else f"{share:.1%} (seed mean)"
         goal = goals.get(float(budget))
         if goal is None:
             verdict = "none set"
@@ -881,7 +894,7 @@ def headline_markdown(
         chosen += f"; {row['seeds']} of {seeds} seeds" if int(row["seeds"]) < seeds else ""
         second = _named(row, "second") if row.get("second_study") != row.get("first_study") else row["second"]
         lines.append(
-            f"| {float(budget):.0%} | {row['first']} ({chosen}) | {share:.1%} [{low:.1%}, {high:.1%}] | "
+            f"| {float(budget):.0%} | {row['first']} ({chosen}) | {shown} | "
             f"{_difference(row, 'top1')} vs {second} ({survives}) | {verdict} |"
         )
     return "\n".join(lines) + "\n"
