@@ -9,13 +9,14 @@ Example: python build_compound.py --teacher storage/teacher --name half_attentio
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from utils.args import CUT_FLAGS, TeacherArguments, flag, require
 from utils.compound import NEEDS_DATA, build_compound, read_recipe, recipe_reconstruction
 from utils.data import eval_loader, load_data
 from utils.errors import UserError
 from utils.experiment import cli_entry, log, parse_and_start
-from utils.model_io import is_simplified, save_and_export
+from utils.model_io import files_fingerprint, is_simplified, save_and_export
 from utils.pruning import calibration_loaders
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -41,19 +42,41 @@ class CompoundArguments:
             require(getattr(self, name) > 0, f"--{name} must be positive, got {getattr(self, name)}")
 
 
+def built_from(info, sources: dict, flags) -> dict:
+    """What a compound model is built from besides its recipe: the teacher's weights, each trained student's
+    checkpoint (``sources``: part -> layer -> path, as the model's meta keeps them) and the flags that choose its
+    pruning. A model saved from other weights of the same sources is stale (its students trained on); one saved
+    with other flags is another model."""
+    paths = sorted(path for part in sources.values() for path in part.values())
+    pruning = ("importance_sentences", "calibration_sentences")
+    return {
+        "teacher_fingerprint": info.fingerprint,
+        "sources": {path: files_fingerprint([Path(path)]) for path in paths},
+        "flags": {**{name: getattr(flags.compound, name) for name in pruning},
+                  **{name: getattr(flags.data, name) for name in ("seed", "seq_len", "max_sentences")}},
+    }  # fmt: skip
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
     flags, device = parse_and_start([TeacherArguments, CompoundArguments, *CUT_FLAGS], __doc__, argv)
     options = flags.compound
     recipe = read_recipe(options.recipe)  # before anything is loaded
     output = Storage(flags.storage.storage_directory).model(options.name)
-    if is_simplified(output):
-        saved = json.loads((output / "sitra.json").read_text()).get("meta", {}).get("recipe")
-        if saved != recipe:
-            raise UserError(f"--name {options.name}: {output} holds another model; choose another name")
-        log.info("%s already holds this recipe's model: nothing to do", output)
-        return {"output": str(output), "recipe": recipe}
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
+    if is_simplified(output):
+        saved = json.loads((output / "sitra.json").read_text()).get("meta", {})
+        if saved.get("recipe") != recipe:
+            raise UserError(f"--name {options.name}: {output} holds another model; choose another name")
+        now = built_from(info, saved.get("sources", {}), flags)
+        if saved.get("built_from", now) == now:  # a model saved before sitra recorded it is taken as it is
+            log.info("%s already holds this recipe's model: nothing to do", output)
+            return {"output": str(output), "recipe": recipe}
+        if saved["built_from"]["flags"] != now["flags"]:
+            raise UserError(f"--name {options.name}: {output} was built with {saved['built_from']['flags']}, not "
+                            f"{now['flags']}; choose another name")  # fmt: skip
+        log.info("%s was built from other weights of its teacher or students (trained on since): building it "
+                 "again", output)  # fmt: skip
     teacher = load_teacher(info, device)
     validation = calibration = held_out = None
     if any(part in recipe for part in NEEDS_DATA):
@@ -66,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, meta = build_compound(
         recipe, flags.storage.storage_directory, teacher, validation, calibration, device, held_out
     )
+    meta["built_from"] = built_from(info, meta["sources"], flags)
     save_and_export(model, teacher.tokenizer, output, meta, flags.export.export_hf)
     widths = [layer.ffn_in.out_features for layer in model.layers]
     heads = [layer.attention.heads for layer in model.layers]

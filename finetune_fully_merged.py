@@ -21,12 +21,13 @@ from utils.args import (
     flag,
     parse_args,
 )
-from utils.assembly import collect_merged_layers
+from utils.assembly import collect_merged_layers, merged_layer_paths
 from utils.data import load_data
 from utils.errors import UserError
 from utils.experiment import cli_entry, start
 from utils.finetune import finetune_and_save, layer_drop_model
 from utils.identity import variant
+from utils.model_io import files_fingerprint
 from utils.runs import already_finished, finetune_run, run_variant
 from utils.storage import Storage
 from utils.teacher import inspect_teacher, load_teacher
@@ -70,7 +71,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:  # named by its merged runs and its healing
         default_output = storage.merged_model(heads, d_k, options.source, variant(flags.groups))
     output = Path(options.output_model or default_output)
-    run = finetune_run(flags, info, default_output.name)
+    # the merged layers' checkpoints are part of the model: a finished run made from others (its merge students
+    # trained on since) is refused rather than taken for this one
+    merged_runs = run_variant(flags, options.source)
+    merged_paths = [] if layer_drop else merged_layer_paths(
+        storage.root, info.num_layers, heads, d_k, options.source, variant=merged_runs
+    )  # fmt: skip
+    merged = {"merged_fingerprint": files_fingerprint([path for _, path in merged_paths])} if merged_paths else {}
+    run = finetune_run(flags, info, default_output.name, **merged)
     if already_finished(run, flags, output):
         return run.read_metrics()
     teacher = load_teacher(info, device)
@@ -82,7 +90,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             teacher, flags.layer_drop.drop, count, data, training.batch_size, training.eval_sentences, device
         )
     else:
-        merged_runs = run_variant(flags, options.source)
         layers, sources, missing = collect_merged_layers(
             storage.root, teacher.model, teacher.name, heads, d_k, kind=options.source, variant=merged_runs
         )

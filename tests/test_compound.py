@@ -22,7 +22,9 @@ from utils.model_io import load_simplified
 from utils.teacher import load_teacher
 
 
-def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_flags, tiny_teacher_5_layers, tmp_path):
+def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(
+    run_flags, tiny_teacher_5_layers, tmp_path, capsys
+):
     flags = run_flags(teacher=tiny_teacher_5_layers) + ["--epochs", "1"]
     retrain_single_block.main(flags + ["--block", "0", "1", "--block_heads", "2", "--block_d_k", "8"])
     retrain_merge.main(flags + ["--block", "2", "--block_heads", "4", "--block_d_k", "8", "--merge_init", "first"])
@@ -34,6 +36,7 @@ def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_fl
     build = run_flags(teacher=tiny_teacher_5_layers, drop=("batch_size", "eval_sentences"))
     build += ["--name", "compound_a", "--recipe", json.dumps(recipe), "--importance_sentences", "32"]
     result = build_compound.main(build + ["--calibration_sentences", "32", "--export_hf", str(tmp_path / "hf")])
+    build += ["--calibration_sentences", "32"]
     assert result["layers"] == 4 and result["heads"] == [2, 2, 4, 4] and result["widths"] == [16, 16, 64, 16]
     storage = storage_of(flags)
     model, _, meta = load_simplified(storage.model("compound_a"))
@@ -44,6 +47,17 @@ def test_a_recipe_of_retrained_attention_pruned_neurons_and_a_merged_pair(run_fl
     merged = torch.load(storage.block_output("merge", 2, 4, 8, "-init_first"), weights_only=True)["model"]
     assert torch.equal(model.layers[2].ffn_in.weight, merged["ffn_in.weight"])
     assert build_compound.main(build)["output"] == str(storage.model("compound_a"))  # the same recipe: nothing to do
+    # other pruning flags under the same name are another model: refused, the saved one kept
+    error = one_line_error(capsys, build_compound.main, build + ["--calibration_sentences", "16"])
+    assert "was built with" in error and "choose another name" in error
+    # block 1's student trains on (a study's student_epochs raised): the model is built again from it
+    retrain_single_block.main(flags + ["--block", "1", "--block_heads", "2", "--block_d_k", "8", "--epochs", "2"])
+    trained_on = torch.load(storage.block_output("block", 1, 2, 8), weights_only=True)["model"]
+    assert not torch.equal(trained_on["query.weight"], trained["query.weight"])
+    assert "layers" in build_compound.main(build)  # built, not "nothing to do"
+    model, _, meta = load_simplified(storage.model("compound_a"))
+    assert torch.equal(model.layers[1].attention.query.weight, trained_on["query.weight"])
+    assert meta["built_from"]["flags"]["calibration_sentences"] == 32
     history = train_full_merged_model.main(flags + ["--model", str(storage.model("compound_a"))])
     assert [r["epoch"] for r in history] == [0, 1]
     healed = storage.model("compound_a_finetuned")

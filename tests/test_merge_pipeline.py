@@ -89,3 +89,8 @@ def test_merge_pipeline(flags, eval_flags, run_flags, tiny_teacher_5_layers, cap
     retrained = torch.load(storage.block_output("merge", 0, heads=2, d_k=8), weights_only=True)["model"]
     assert not torch.equal(merged.layers[0].ffn_in.weight, retrained["ffn_in.weight"])  # finetuning moved it
     assert meta["sources"]["0"].endswith("merge_0_8_2/best.pt")
+    # a merge student trained on since: the finished model is made of other layers now, so it is refused (loudly)
+    assert finetune_fully_merged.main(flags + ["--epochs", "1"])  # the same: nothing to do
+    retrain_merge.main(flags + ["--block", "0", "--epochs", "3", "--lr", "3e-3"])
+    message = one_line_error(capsys, finetune_fully_merged.main, flags + ["--epochs", "1"])
+    assert "does not match the flags: merged_fingerprint=" in message

@@ -120,6 +120,21 @@ def collect_feed_forwards(
     return feed_forwards, sources, missing
 
 
+def merged_layer_paths(
+    storage_directory: str | Path,
+    num_layers: int,
+    heads: int,
+    d_k: int,
+    kind: str = "merge",
+    below: int | None = None,
+    variant: str = "",
+) -> list[tuple[int, Path]]:
+    """Where :func:`collect_merged_layers` looks for each pair's merged layer: (first layer, checkpoint path)."""
+    storage = Storage(storage_directory)
+    last_start = num_layers - 1 if below is None else below
+    return [(block, storage.block_output(kind, block, heads, d_k, variant)) for block in range(0, last_start, 2)]
+
+
 def collect_merged_layers(
     storage_directory: str | Path,
     teacher: SimplifiedBert,
@@ -133,11 +148,8 @@ def collect_merged_layers(
     """Merged layers of every pair (0-1, 2-3, ...; an odd last layer stays the teacher's) from ``kind``
     runs (``merge`` = retrain_merge, ``conditioned`` = finetune_conditioned_fully_merged) of ``variant``;
     with ``below``, only the pairs starting before that layer."""
-    storage = Storage(storage_directory)
     layers, sources, missing = {}, {}, []
-    last_start = len(teacher.layers) - 1 if below is None else below
-    for block in range(0, last_start, 2):
-        path = storage.block_output(kind, block, heads, d_k, variant)
+    for block, path in merged_layer_paths(storage_directory, len(teacher.layers), heads, d_k, kind, below, variant):
         if not path.exists():
             missing.append(block)
             continue

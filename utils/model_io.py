@@ -63,8 +63,13 @@ def model_fingerprint(folder: str | Path) -> str | None:
     no weight file (loading it names the problem)."""
     if not (Path(folder) / WEIGHTS_FILE).is_file():
         return None
+    return files_fingerprint([Path(folder) / WEIGHTS_FILE, Path(folder) / SPEC_FILE])  # an exported one: no spec
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """sha256 of the files ``paths`` that exist, whole, in order (16 hex digits)."""
     digest = hashlib.sha256()
-    for path in (Path(folder) / WEIGHTS_FILE, Path(folder) / SPEC_FILE):  # an exported folder has no spec
+    for path in paths:
         if not path.is_file():
             continue
         with open(path, "rb") as handle:
