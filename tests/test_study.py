@@ -556,8 +556,11 @@ def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothin
     longer = tiny_study(
         workdir / "longer", tiny_teacher_dir, data={**yaml.safe_load(study.read_text())["data"], "heal_epochs": 2}
     )
+    saved_plans = sorted((workdir / ".snakemake" / "sitra").glob("*.json"))
+    assert len(saved_plans) == 1  # the run's
     dry = snakemake(workdir, longer, storage, tiny_data_dir, "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
+    assert sorted((workdir / ".snakemake" / "sitra").glob("*.json")) == saved_plans  # a dry run saves no plan
     counts = dict(re.findall(r"^(\w+) +(\d+)$", dry.stdout + dry.stderr, re.MULTILINE))
     assert counts["heal"] == "1" and "model" not in counts and "ffn_students" not in counts
     assert elapsed < 180, f"the tiny study took {elapsed:.0f} s"  # about 100 s on an idle 2-core CPU
