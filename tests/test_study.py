@@ -117,6 +117,17 @@ def test_a_bad_study_file_is_one_error_naming_the_key(tmp_path, tiny_teacher_dir
         Study.load(tiny_study(tmp_path, tiny_teacher_dir, **change))
 
 
+def test_a_named_shape_is_checked_against_a_local_teachers_config(tmp_path, tiny_teacher_dir):
+    """A part names its teacher's shape to plan without loading it; a local teacher of another shape is refused
+    (a round-three part pointed at bert-base would plan the offline teacher's widths)."""
+    study = tiny_study(tmp_path, "unused", teacher={"path": str(tiny_teacher_dir), "shape": "minilm"})
+    with pytest.raises(UserError, match=r"teacher.shape: minilm is 6 layers, hidden 384, 12 heads, feed-forward 1536, "
+                                        r"but .*config.json says 3 layers, hidden 32"):  # fmt: skip
+        Plan(Study.load(study), tmp_path / "root", "python")
+    absent = tiny_study(tmp_path, "unused", teacher={"path": str(tmp_path / "not_trained_yet"), "shape": "minilm"})
+    assert Plan(Study.load(absent), tmp_path / "root", "python").shape.hidden == 384  # planned before it exists
+
+
 def test_a_field_family_names_its_reconstruction_and_true_keeps_the_committed_recipes(tmp_path, tiny_teacher_dir):
     families = {
         "ls": {"method": "pruning", "attention_share": 0.5, "reconstruct": True},

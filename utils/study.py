@@ -25,6 +25,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from utils.errors import UserError
 from utils.files import atomic_write
@@ -55,6 +56,9 @@ class TeacherShape:
     @property
     def d_k(self) -> int:
         return self.hidden // self.heads
+
+    def __str__(self) -> str:
+        return f"{self.layers} layers, hidden {self.hidden}, {self.heads} heads, feed-forward {self.ffn}"
 
     @classmethod
     def of_config(cls, config) -> TeacherShape:
@@ -729,7 +733,12 @@ def teacher_shape(study: Study, root: Path) -> TeacherShape:
     relative path is read from the study's ``root`` (:func:`from_root`)."""
     named = study.teacher.get("shape")
     if named:
-        return TeacherShape(**SHAPES[named])
+        shape = TeacherShape(**SHAPES[named])
+        config = Path(from_root(root, study.teacher.get("path", ""))) / "config.json"
+        if study.teacher.get("path") and config.is_file():  # a local teacher's own shape (plain JSON: no torch)
+            found = TeacherShape.of_config(SimpleNamespace(**json.loads(config.read_text())))
+            _require(found == shape, f"{named} is {shape}, but {config} says {found}", "teacher.shape")
+        return shape
     from utils.teacher import inspect_teacher
 
     train = study.teacher.get("train")
