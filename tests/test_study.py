@@ -822,6 +822,25 @@ def test_holm_adjusts_each_p_value_by_its_rank_and_widens_its_interval():
     assert [round(c["holm_confidence"], 4) for c in holm([0.026, 0.026])] == [0.975, 0.975]  # ties: one level
 
 
+def test_a_computed_zero_is_a_value_in_the_tables_not_a_missing_cell():
+    """In-memory rows carry numbers: a difference of exactly 0 (a model against itself) and a Holm p of 0 (a
+    difference without spread) are shown, not taken for absent."""
+    from utils.study_report import comparisons_markdown
+
+    def row(first: str, difference: float, p: float) -> dict:
+        values = {
+            f"{metric}_{end}": difference for metric in ("top1", "agree_top1") for end in ("difference", "low", "high")
+        }
+        return {"kind": "declared", "budget": 0.5, "healing": "kl", "first": first, "second": "b", "seeds": 1,
+                **values, "holm_low": difference, "holm_high": difference, "holm_p": p, "holm_survives": p < 0.05,
+                "top1_seed_spread": 0.0}  # fmt: skip
+
+    table = comparisons_markdown([row("same", 0.0, 1.0), row("constant", 0.01, 0.0)]).splitlines()
+    assert table[0].startswith("2 comparisons")
+    assert table[4].count("+0.00 [+0.00, +0.00]") == 3 and "| 0.00 |" in table[4]  # difference, Holm, agreement
+    assert table[5].count("+1.00 [+1.00, +1.00]") == 3 and "**0**" in table[5]
+
+
 def test_holm_counts_a_test_reported_under_several_kinds_once_and_computes_its_interval_once():
     from utils.statistics import holm
     from utils.study_report import holm_by_test

@@ -593,9 +593,14 @@ def read_table(path: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+def _given(row: dict, key: str) -> bool:
+    """Whether a row (read from a CSV: strings; or computed: numbers) has ``key``; 0 and 0.0 are values."""
+    return row.get(key) not in (None, "")
+
+
 def _points(row: dict, metric: str) -> str:
     """``27.10 [26.20, 28.00]``: a share as percent with its 95% interval."""
-    if not row.get(metric):
+    if not _given(row, metric):
         return ""
     value, low, high = (100 * float(row[f"{metric}{part}"] or "nan") for part in ("", "_low", "_high"))
     return f"{value:.2f} [{low:.2f}, {high:.2f}]"
@@ -603,7 +608,7 @@ def _points(row: dict, metric: str) -> str:
 
 def _difference(row: dict, metric: str, interval: str = "") -> str:
     """A paired difference in points with its interval (``holm``: the interval at the row's Holm level)."""
-    if not row.get(f"{metric}_difference"):
+    if not _given(row, f"{metric}_difference"):
         return ""
     low, high = (f"holm_{end}" if interval else f"{metric}_{end}" for end in ("low", "high"))
     value, low, high = (100 * float(row[key]) for key in (f"{metric}_difference", low, high))
@@ -612,7 +617,7 @@ def _difference(row: dict, metric: str, interval: str = "") -> str:
 
 def _reported(rows: list[dict]) -> list[dict]:
     """The comparisons a report states: averaged over the seeds where there are several, else the one seed."""
-    return [row for row in rows if row.get("holm_p")]
+    return [row for row in rows if _given(row, "holm_p")]
 
 
 def _teacher_top1(models: list[dict]) -> dict[str, float]:
@@ -697,7 +702,7 @@ def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[s
     for row in read_table(part / "comparisons.csv"):
         second = part.parent / row["second_study"] if row.get("second_study") else part
         shown = dict(row, first_study=row["study"])  # among several parts, each row says whose it is
-        found.append((shown, (part / "raw", second / "raw"), healed_names(row), bool(row.get("holm_p"))))
+        found.append((shown, (part / "raw", second / "raw"), healed_names(row), _given(row, "holm_p")))
     return found
 
 
@@ -799,7 +804,7 @@ def comparisons_markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in reported:
-        spread = f"{100 * float(row['top1_seed_spread']):.2f}" if row.get("top1_seed_spread") else ""
+        spread = f"{100 * float(row['top1_seed_spread']):.2f}" if _given(row, "top1_seed_spread") else ""
         holm_p = _holm_cell(row)
         lines.append(
             f"| {row['kind']} | {float(row['budget']):.0%} | {row['healing']} | {_named(row, 'first')} | "
@@ -870,7 +875,7 @@ def headline_markdown(
             continue
         # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
         row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
-        if row.get("first_share") not in (None, ""):  # from the per-sentence results, over the row's seeds
+        if _given(row, "first_share"):  # from the per-sentence results, over the row's seeds
             share, low, high = (float(row[f"first_share{end}"]) for end in ("", "_low", "_high"))
             shown = f"{share:.1%} [{low:.1%}, {high:.1%}]"
         else:  # a table written before 2026-12-05: the share under each seed from models.csv
@@ -887,7 +892,7 @@ def headline_markdown(
         else:
             verdict = f"{goal:.0%}: " + ("met" if share >= goal else f"missed by {goal - share:.1%}")
         survives = "survives Holm" if row["holm_survives"] in ("True", True) else "not after Holm"
-        if row.get("holm_low"):  # the interval at its Holm level, which excludes 0 where the win survives
+        if _given(row, "holm_low"):  # the interval at its Holm level, which excludes 0 where the win survives
             at_level = (100 * float(row[f"holm_{end}"]) for end in ("low", "high"))
             survives += "; [{:+.2f}, {:+.2f}] at its level".format(*at_level)
         chosen = row["healing"] + (f"; {row['first_study']}" if row.get("first_study") else "")
