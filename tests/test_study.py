@@ -841,6 +841,22 @@ def test_a_computed_zero_is_a_value_in_the_tables_not_a_missing_cell():
     assert table[5].count("+1.00 [+1.00, +1.00]") == 3 and "**0**" in table[5]
 
 
+def test_two_parts_running_one_recipe_under_other_seeds_keep_their_own_seed_cells():
+    from utils.study_report import ALL_SEEDS, seeds_markdown
+
+    def row(study: str, seed: str, difference: float) -> dict:
+        values = {f"top1_{end}": difference for end in ("difference", "low", "high")}
+        pooled = {"holm_p": 0.5, "holm_survives": False, "top1_seed_spread": 0.01} if seed == ALL_SEEDS else {}
+        return {"kind": "declared", "budget": 0.5, "healing": "kl", "study": study, "first_study": study,
+                "first": "a", "second": "b", "seed": seed, **values, **pooled}  # fmt: skip
+
+    rows = [row("p1", "42", 0.01), row("p1", "43", 0.02), row("p1", ALL_SEEDS, 0.015),
+            row("p2", "44", 0.03), row("p2", "45", 0.04), row("p2", ALL_SEEDS, 0.035)]  # fmt: skip
+    first, second = seeds_markdown(rows).splitlines()[2:]
+    assert first.count("+1.00 [") == 1 and first.count("+2.00 [") == 1 and "+3.00 [" not in first
+    assert second.count("+3.00 [") == 1 and second.count("+4.00 [") == 1 and "+1.00 [" not in second
+
+
 def test_holm_counts_a_test_reported_under_several_kinds_once_and_computes_its_interval_once():
     from utils.statistics import holm
     from utils.study_report import holm_by_test

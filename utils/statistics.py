@@ -103,9 +103,9 @@ def seed_and_sentence_difference(
     seed, as they share their masks), so the interval holds the seeds' spread as well as the sentences'. The
     two-sided p-value is the resamples' share on the far side of 0 (doubled, counting the observed one), so an
     interval at level 1 - a excludes 0 where p < a. Keys as :func:`paired_difference`'s."""
-    differences = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
-    if differences.ndim != 2 or np.shape(first) != np.shape(second):
+    if np.ndim(first) != 2 or np.shape(first) != np.shape(second):  # before subtracting: [1, N] - [S, N] broadcasts
         raise ValueError(f"seed x sentence values need the same shape [S, N]: {np.shape(first)} vs {np.shape(second)}")
+    differences = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
     estimates = _seed_and_sentence_estimates(differences, resamples, seed)
     tail = (1 - confidence) / 2
     low, high = (float(value) for value in np.quantile(estimates, [tail, 1 - tail]))

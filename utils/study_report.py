@@ -822,11 +822,12 @@ def seeds_markdown(rows: list[dict]) -> str:
     pooled = [row for row in _reported(rows) if row["seed"] == ALL_SEEDS]
     if not pooled:
         return "No comparison over several seeds yet.\n"
-    identity = ("kind", "budget", "healing", "first", "second")
+    # a comparison: two parts may run one recipe under other seeds, so whose models they are is part of it
+    identity = ("kind", "budget", "healing", "study", "first", "second_study", "second")
     per_seed = {}  # comparison -> seed -> row
     for row in rows:
         if row["seed"] != ALL_SEEDS:
-            per_seed.setdefault(tuple(str(row[key]) for key in identity), {})[str(row["seed"])] = row
+            per_seed.setdefault(tuple(str(row.get(key) or "") for key in identity), {})[str(row["seed"])] = row
     seeds = sorted({seed for found in per_seed.values() for seed in found})
     lines = [
         "| kind | budget | healing | first | second | "
@@ -835,7 +836,7 @@ def seeds_markdown(rows: list[dict]) -> str:
         "|---" * (len(seeds) + 8) + "|",
     ]
     for row in pooled:
-        found = per_seed.get(tuple(str(row[key]) for key in identity), {})
+        found = per_seed.get(tuple(str(row.get(key) or "") for key in identity), {})
         cells = [_difference(found[seed], "top1") if seed in found else "" for seed in seeds]
         holm_p = _holm_cell(row)
         lines.append(
