@@ -171,7 +171,10 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
         ({"families": ["nobody"]}, r"families: \['nobody'\] are not families of tiny.yaml"),
         ({"families": [{"a": {}, "b": {}}]}, "families: expected a mapping name -> family, or a list of names of"),
         ({"families": ["field", {"field": {"method": "pruning"}}]}, "families: each name once"),
-        ({"families": [{"own": {"method": "nothing"}}]}, "families.own: method: one of"),
+        (
+            {"families": [{"own": {"method": "nothing"}}]},
+            "families.own: method: one of students \\(sitra: attention students",
+        ),
         ({"families": ["merged"], "budgets": [0.25]}, "families: merged is planned only at 50% in tiny.yaml"),
         ({"base": "missing.yaml"}, "base: .*missing.yaml is not another study file"),
         ({"base": part.name}, "base: .*part.yaml is not another study file"),

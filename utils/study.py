@@ -318,9 +318,8 @@ def _family_entry(item) -> tuple[str, dict | None] | None:
 
 def _check_family(name: str, family: dict, budgets: list[float], where: str) -> None:
     _require(name.replace("_", "").isalnum(), "a family name is letters, digits and _", where)
-    _require(
-        isinstance(family, dict) and family.get("method") in METHODS, f"method: one of {', '.join(METHODS)}", where
-    )
+    known = "; ".join(f"{method.name} ({method.summary})" for method in METHODS.values())
+    _require(isinstance(family, dict) and family.get("method") in METHODS, f"method: one of {known}", where)
     method = METHODS[family["method"]]
     unknown = set(family) - {"method", "budgets", *method.options}
     _require(not unknown, f"{family['method']} takes no {sorted(unknown)} (it takes {sorted(method.options)})", where)
@@ -672,9 +671,6 @@ class Plan:
         return self._add("heal", seed_folder(seed), healing, "train_full_merged_model.py", args, built)
 
     # what the workflow reads -------------------------------------------------------------------------------------
-    def stages_of(self, kind: str) -> list[Stage]:
-        return [stage for stage in self.stages.values() if stage.kind == kind]
-
     def stage(self, kind: str, seed: str, name: str) -> Stage:
         return self.report if kind == "report" else self.stages[kind, seed, name]
 
