@@ -806,11 +806,17 @@ def test_each_sides_best_is_chosen_on_validation_among_its_own_methods(tmp_path,
         "f": {"method": "pruning", "attention_share": 0.5},
     }
     plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, families=families, comparisons=[])), tmp_path, "p")
-    validation = {("a_50", "kl"): 0.30, ("b_50", "kl"): 0.31, ("f_50", "kl"): 0.9, ("a_50", "other"): 0.99}
+    validation = {("a_50", "kl"): {"42": 0.30}, ("b_50", "kl"): {"42": 0.31}, ("f_50", "kl"): {"42": 0.9},
+                  ("a_50", "other"): {"42": 0.99}}  # fmt: skip
     best, candidates = best_on_validation(plan.models, validation, 0.5, "sitra", "kl")
     assert (best.name, candidates) == ("b_50", 2)  # the field's 0.9 and another healing's 0.99 are not candidates
     assert best_on_validation(plan.models, validation, 0.5, "field", "kl")[0].name == "f_50"
     assert best_on_validation(plan.models, validation, 0.25, "sitra", "kl") == (None, 0)
+    # a_50 evaluated under a second, luckier seed too: chosen on the seed every model has, it stays behind b_50
+    validation["a_50", "kl"]["43"] = 0.40
+    assert best_on_validation(plan.models, validation, 0.5, "sitra", "kl")[0].name == "b_50"
+    validation["b_50", "kl"]["43"] = validation["f_50", "kl"]["43"] = validation["a_50", "other"]["43"] = 0.2
+    assert best_on_validation(plan.models, validation, 0.5, "sitra", "kl")[0].name == "a_50"  # both seeds now
 
 
 def test_holm_adjusts_each_p_value_by_its_rank_and_widens_its_interval():

@@ -241,13 +241,13 @@ def _against_baseline(plan: Plan) -> list[dict]:
     ]
 
 
-def _validation_top1(rows: list[dict]) -> dict[tuple[str, str], float]:
-    """(model, healing) -> its validation top-1 averaged over the seeds it was evaluated under."""
-    found: dict[tuple[str, str], list[float]] = {}
+def _validation_top1(rows: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
+    """(model, healing) -> seed -> its validation top-1."""
+    found: dict[tuple[str, str], dict[str, float]] = {}
     for row in rows:
         if row["evaluation"] == VALIDATION and row.get("healing"):
-            found.setdefault((row["model"], row["healing"]), []).append(row["top1"])
-    return {key: sum(values) / len(values) for key, values in found.items()}
+            found.setdefault((row["model"], row["healing"]), {})[str(row["seed"])] = float(row["top1"])
+    return found
 
 
 def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
@@ -289,12 +289,22 @@ def _top1_interval(
 
 
 def best_on_validation(
-    models: list[PlannedModel], validation: dict[tuple[str, str], float], budget: float, side: str, healing: str
+    models: list[PlannedModel],
+    validation: dict[tuple[str, str], dict[str, float]],
+    budget: float,
+    side: str,
+    healing: str,
 ) -> tuple[PlannedModel | None, int]:
     """Of ``side``'s models at ``budget`` healed by ``healing``, the one with the highest validation top-1
-    (``validation``: (model, healing) -> top-1 averaged over the seeds), and how many were candidates."""
+    (``validation``: (model, healing) -> seed -> top-1) averaged over the seeds every model evaluated at the budget
+    has, so a model evaluated under more seeds (a study run in parts) is neither favoured nor hurt by them; and how
+    many were candidates. None where no seed is common to them yet."""
+    at_budget = {m.name for m in models if m.budget == budget}
+    seeds = [set(top1) for (name, _), top1 in validation.items() if name in at_budget]
+    common = set.intersection(*seeds) if seeds else set()
     candidates = [m for m in models if m.budget == budget and METHODS[m.method].side == side]
-    scored = [(validation[m.name, healing], m) for m in candidates if (m.name, healing) in validation]
+    scored = [(sum(validation[m.name, healing][seed] for seed in common) / len(common), m)
+              for m in candidates if (m.name, healing) in validation and common]  # fmt: skip
     return (max(scored, key=lambda item: item[0])[1] if scored else None), len(scored)
 
 
