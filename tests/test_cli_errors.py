@@ -69,6 +69,13 @@ def test_missing_data_folder_and_empty_file(run_flags, capsys, tmp_path):
     flags[data_index] = str(tmp_path / "nowhere")
     message = run_expecting_error(capsys, flags)
     assert message.startswith(f"error: --data_dir {tmp_path / 'nowhere'}: no such folder")
+    from utils.args import DataArguments  # with the flags, before the teacher is loaded (train_teacher.py did after)
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match="missing wiki.valid.tokens"):
+        (tmp_path / "partial").mkdir()
+        (tmp_path / "partial" / "wiki.train.tokens").write_text(" The cat sat on the mat today .\n")
+        DataArguments(data_dir=str(tmp_path / "partial"))
     empty = tmp_path / "empty_data"
     empty.mkdir()
     for name in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"):

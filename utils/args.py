@@ -85,6 +85,9 @@ class DataArguments:
     def __post_init__(self):
         require_positive(self, "max_sentences")
         require(self.seq_len >= 3, f"--seq_len must be at least 3 ([CLS], one token, [SEP]), got {self.seq_len}")
+        from utils.data import wikitext_files  # (utils.data imports this module)
+
+        wikitext_files(self.data_dir)  # the files are there before a teacher is loaded
 
 
 @dataclass

@@ -35,6 +35,25 @@ SENTENCE_END = re.compile(r"(?<= [.!?]) +(?=\S)")  # WikiText puts spaces around
 WIKITEXT_ESCAPES = {" @-@ ": "-", " @,@ ": ",", " @.@ ": "."}
 
 
+def wikitext_files(data_dir: str | None) -> dict[str, Path] | None:
+    """Each split's WikiText-2 file (``wiki.*.tokens`` or ``.raw``) in ``data_dir``, else in ``$SITRA_DATA_DIR``;
+    None when neither is set (the Hub). A missing folder or file is one error, checked with the flags, before
+    anything is loaded (:class:`utils.args.DataArguments`)."""
+    data_dir = data_dir or os.environ.get("SITRA_DATA_DIR") or None
+    if data_dir is None:
+        return None
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise UserError(f"--data_dir {data_dir}: no such folder (expected one with wiki.{{train,valid,test}}.tokens)")
+    files = {}
+    for split, stem in SPLITS.items():
+        candidates = [folder / f"{stem}.{suffix}" for suffix in ("tokens", "raw")]
+        files[split] = next((path for path in candidates if path.is_file()), None)
+        if files[split] is None:
+            raise UserError(f"--data_dir {data_dir}: missing {stem}.tokens (or {stem}.raw)")
+    return files
+
+
 def load_wikitext(data_dir: str | None) -> DatasetDict:
     """The three WikiText-2 splits as line datasets (column ``text``).
 
@@ -42,7 +61,8 @@ def load_wikitext(data_dir: str | None) -> DatasetDict:
     ``$SITRA_DATA_DIR`` when set, else from the hub.
     """
     data_dir = data_dir or os.environ.get("SITRA_DATA_DIR") or None
-    if data_dir is None:
+    found_files = wikitext_files(data_dir)
+    if found_files is None:
         try:
             return load_dataset("wikitext", "wikitext-2-raw-v1")
         except Exception as error:  # the hub raises many types (ConnectionError, OSError, ...)
@@ -50,15 +70,8 @@ def load_wikitext(data_dir: str | None) -> DatasetDict:
                 f"cannot download WikiText-2 from the Hugging Face Hub ({type(error).__name__}); pass --data_dir "
                 "or set SITRA_DATA_DIR to a folder with wiki.{train,valid,test}.tokens"
             ) from None
-    folder = Path(data_dir)
-    if not folder.is_dir():
-        raise UserError(f"--data_dir {data_dir}: no such folder (expected one with wiki.{{train,valid,test}}.tokens)")
     files = {}
-    for split, stem in SPLITS.items():
-        candidates = [folder / f"{stem}.{suffix}" for suffix in ("tokens", "raw")]
-        found = next((path for path in candidates if path.is_file()), None)
-        if found is None:
-            raise UserError(f"--data_dir {data_dir}: missing {stem}.tokens (or {stem}.raw)")
+    for split, found in found_files.items():
         try:
             text = found.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
