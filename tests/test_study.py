@@ -779,6 +779,18 @@ def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path
     assert plan.models and {stage.kind for stage in plan.stages.values()} <= set(KINDS)
     assert all(set(stage.needs) <= set(plan.stages) for stage in plan.stages.values())  # no need left unplanned
     assert not [stage.key for stage in plan.stages.values() if "None" in stage.command]  # no flag given a null
+    # every stage's resources as the SLURM executor checks them when it submits (a dry run does not)
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    class Resources(dict):
+        __getattr__ = dict.get
+
+    for kind in {stage.kind for stage in plan.stages.values()} | {"report"}:
+        job = type("Job", (), {"resources": Resources(plan.resources(kind))})()
+        validate_slurm_extra(job)  # each raises the executor's WorkflowError on what it would refuse
+        set_gres_string(job)
     if "train" in plan.study.teacher:  # every stage that reads the teacher the study trains runs after it
         teacher_key = ("teacher", "shared", "teacher")
         for stage in plan.stages.values():
