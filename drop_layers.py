@@ -15,7 +15,7 @@ from utils.args import FINETUNE_FLAGS, ExportArguments, LayerDropArguments, Teac
 from utils.data import load_data
 from utils.errors import UserError
 from utils.experiment import cli_entry, start
-from utils.finetune import finetune_and_save, layer_drop_model
+from utils.finetune import finetune_and_save, layer_drop_identity, layer_drop_model
 from utils.identity import variant
 from utils.runs import already_finished, finetune_run
 from utils.storage import Storage
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
     default_output = Storage(flags.storage.storage_directory).layer_drop_model(rule, variant(flags.groups))
     output = Path(flags.drop_count.output_model or default_output)
-    run = finetune_run(flags, info, default_output.name)
+    run = finetune_run(flags, info, default_output.name, **layer_drop_identity(rule, flags.training))
     if already_finished(run, flags, output):
         return run.read_metrics()
     teacher = load_teacher(info, device)

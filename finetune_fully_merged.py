@@ -25,7 +25,7 @@ from utils.assembly import collect_merged_layers, merged_layer_paths
 from utils.data import load_data
 from utils.errors import UserError
 from utils.experiment import cli_entry, start
-from utils.finetune import finetune_and_save, layer_drop_model
+from utils.finetune import finetune_and_save, layer_drop_identity, layer_drop_model
 from utils.identity import variant
 from utils.model_io import files_fingerprint
 from utils.runs import already_finished, finetune_run, run_variant
@@ -66,19 +66,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     storage, options = Storage(flags.storage.storage_directory), flags.fully_merged
     heads, d_k = flags.student.block_heads, flags.student.block_d_k
     layer_drop = options.baseline == "layer_drop"
-    if layer_drop:  # named by its rule and its healing
-        default_output = storage.layer_drop_model(flags.layer_drop.drop, variant([flags.output_distillation]))
-    else:  # named by its merged runs and its healing
-        default_output = storage.merged_model(heads, d_k, options.source, variant(flags.groups))
-    output = Path(options.output_model or default_output)
-    # the merged layers' checkpoints are part of the model: a finished run made from others (its merge students
-    # trained on since) is refused rather than taken for this one
     merged_runs = run_variant(flags, options.source)
-    merged_paths = [] if layer_drop else merged_layer_paths(
-        storage.root, info.num_layers, heads, d_k, options.source, variant=merged_runs
-    )  # fmt: skip
-    merged = {"merged_fingerprint": files_fingerprint([path for _, path in merged_paths])} if merged_paths else {}
-    run = finetune_run(flags, info, default_output.name, **merged)
+    if layer_drop:  # named by its rule and its healing; a similarity rule's layers depend on the sentences measured
+        default_output = storage.layer_drop_model(flags.layer_drop.drop, variant([flags.output_distillation]))
+        made_of = layer_drop_identity(flags.layer_drop.drop, flags.training)
+    else:  # named by its merged runs and its healing; their checkpoints are part of the model, so a finished run
+        # made from others (its merge students trained on since) is refused rather than taken for this one
+        default_output = storage.merged_model(heads, d_k, options.source, variant(flags.groups))
+        merged_paths = merged_layer_paths(
+            storage.root, info.num_layers, heads, d_k, options.source, variant=merged_runs
+        )
+        made_of = {"merged_fingerprint": files_fingerprint([path for _, path in merged_paths])}
+    output = Path(options.output_model or default_output)
+    run = finetune_run(flags, info, default_output.name, **made_of)
     if already_finished(run, flags, output):
         return run.read_metrics()
     teacher = load_teacher(info, device)

@@ -12,7 +12,7 @@ import finetune_fully_merged
 import prune_heads
 import retrain_merge
 import retrain_single_block
-from conftest import storage_of, tiny_config
+from conftest import one_line_error, storage_of, tiny_config
 from models import DROP, MERGE_INIT, STUDENT_INIT, SimplifiedBert, layers_to_drop, merged_layer
 from models.methods import IMPORTANCE, SIMILARITY
 from utils.args import MergeArguments, StudentInitArguments, parse_args
@@ -118,6 +118,12 @@ def test_drop_rules_and_training_free_merging_from_the_scripts(run_flags, tiny_t
         assert meta["drop_rule"] == rule
     top = json.loads((storage.layer_drop_model("top") / "sitra.json").read_text())["meta"]
     assert top["dropped_teacher_layers"] == [3, 4]
+    # a similarity rule chooses its layers on --eval_sentences: another count is another run, not this one
+    layer_drop = flags + ["--baseline", "layer_drop", "--drop", "influence", "--epochs", "0"]
+    message = one_line_error(capsys, finetune_fully_merged.main, layer_drop + ["--eval_sentences", "8"])
+    assert "does not match the flags: similarity_sentences=" in message
+    finetune_fully_merged.main(flags + ["--baseline", "layer_drop", "--drop", "top", "--epochs", "0",
+                                        "--eval_sentences", "8"])  # fmt: skip  # top needs none: the same run
     # drop_layers.py: its own script, any count; for half the layers the same run and model as the above
     drop = run_flags(teacher=tiny_teacher_5_layers) + ["--epochs", "0"]
     history = drop_layers.main(drop + ["--drop", "top"])

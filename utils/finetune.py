@@ -25,6 +25,13 @@ from utils.training import fit, make_optimizer
 log = logging.getLogger(__name__)
 
 
+def layer_drop_identity(rule: str, training) -> dict:
+    """What a layer-drop run's identity holds beyond its flags: a rule that drops by the hidden states' similarities
+    chooses its layers on ``--eval_sentences`` validation sentences, a flag neutral elsewhere (how much is reported),
+    so those runs record it: a rerun on other sentences may drop other layers and is not taken for the same run."""
+    return {"similarity_sentences": training.eval_sentences} if SIMILARITY in DROP[rule].needs else {}
+
+
 def layer_drop_model(
     teacher: Teacher, rule: str, count: int, data: WikiTextSplits, batch_size: int, sentences: int | None, device
 ) -> tuple[SimplifiedBert, dict]:
