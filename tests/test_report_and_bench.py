@@ -15,6 +15,7 @@ from bench import model_cost, retrain_throughput, sweep_throughput
 from conftest import one_line_error, storage_of
 from models import assemble
 from utils.assembly import collect_attentions
+from utils.errors import UserError
 from utils.model_io import save_simplified
 from utils.report import (
     PALE,
@@ -102,10 +103,26 @@ def test_report_benchmarks(run_flags, tiny_teacher_dir, tmp_path):
     assert sweep["ffn_student"] == 32 and 0 < sweep["ffn_students_share_of_peak"] < 1  # half the tiny teacher's 64
 
 
-def write_results(root: Path, evaluation: str, masks: str, models: dict) -> None:
+def write_results(root: Path, evaluation: str, masks: str, models: dict, sentences: int = 100) -> None:
     folder = root / "results" / evaluation
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"sentences": 100, "masks": masks, "models": models}))
+    (folder / "metrics.json").write_text(json.dumps({"sentences": sentences, "masks": masks, "models": models}))
+
+
+def test_per_sentence_values_from_another_evaluation_than_their_metrics_are_refused(tmp_path):
+    """An evaluation writes per_sentence.npz (with its masks) before metrics.json: a run stopped between the two, or
+    files copied from elsewhere, leave values that must not be paired under the other file's masks."""
+    from utils.evaluation import MASKS_KEY
+    from utils.report import per_sentence_values
+
+    write_results(tmp_path, "test", "new masks", {"teacher": {"top1": 0.5}, "a": {"top1": 0.5}}, sentences=4)
+    arrays = tmp_path / "results" / "test" / "per_sentence.npz"
+    np.savez(arrays, **{"a/top1": np.array([1.0, 0, 1, 0]), MASKS_KEY: np.array("new masks")})
+    assert per_sentence_values(Storage(tmp_path), "a")["new masks"][0] == "test"
+    for stale in ({MASKS_KEY: np.array("old masks")}, {"a/top1": np.array([1.0, 0, 1])}):
+        np.savez(arrays, **{"a/top1": np.array([1.0, 0, 1, 0]), MASKS_KEY: np.array("new masks"), **stale})
+        with pytest.raises(UserError, match="not the per-sentence values of .*metrics.json"):
+            per_sentence_values(Storage(tmp_path), "a")
 
 
 def test_report_pools_the_seeds_of_a_model_evaluated_on_the_same_masks(tmp_path):
@@ -135,7 +152,7 @@ def test_best_against_field_chooses_on_the_selection_evaluation_and_compares_on_
     for evaluation, (masks, values) in splits.items():
         models = {name: {"top1": float(np.mean(v)), "method": methods[name], "drop_rule": "top", **half}
                   for name, v in values.items()}  # fmt: skip
-        write_results(tmp_path, evaluation, masks, {"teacher": {"top1": 0.9}, **models})
+        write_results(tmp_path, evaluation, masks, {"teacher": {"top1": 0.9}, **models}, len(values["a"]))
         arrays = {f"{name}/top1": np.array(v, dtype=float) for name, v in values.items()}
         np.savez(tmp_path / "results" / evaluation / "per_sentence.npz", **arrays)
     make_report.main(["--storage_directory", str(tmp_path), "--select_on", "valid"])
@@ -161,7 +178,7 @@ def test_best_against_field_compares_over_the_seeds(tmp_path, capsys):
     for root, values in per_seed.items():
         models = {name: {"top1": float(np.mean(v)), "method": methods[name], "drop_rule": "top", **half}
                   for name, v in values.items()}  # fmt: skip
-        write_results(root, "frontier", "m1", {"teacher": {"top1": 0.9}, **models})
+        write_results(root, "frontier", "m1", {"teacher": {"top1": 0.9}, **models}, 4)
         arrays = {f"{name}/top1": np.array(v, dtype=float) for name, v in values.items()}
         np.savez(root / "results" / "frontier" / "per_sentence.npz", **arrays)
 
@@ -197,7 +214,7 @@ def test_best_against_field_compares_over_the_seeds(tmp_path, capsys):
     # a larger evaluation of a and b under seed 42 (the whole split): a single-seed comparison takes it, the
     # seed-averaged one keeps the masks every seed has
     full = {"a": [1, 0] * 4, "b": [0, 0] * 4}
-    write_results(first, "full", "m2", {name: {"top1": float(np.mean(v)), **half} for name, v in full.items()})
+    write_results(first, "full", "m2", {name: {"top1": float(np.mean(v)), **half} for name, v in full.items()}, 8)
     np.savez(first / "results" / "full" / "per_sentence.npz", **{f"{n}/top1": np.array(v) for n, v in full.items()})
     assert compare_models(Storage(first), "a", "b")["sentences"] == 8
     assert compare_models(Storage(first), "a", "b", [Storage(second)])["sentences"] == 4

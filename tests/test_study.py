@@ -279,6 +279,11 @@ def check_tiny_study(storage: Path) -> None:
     assert all(sum(row["kept"] == "True" for row in curves if row["run"] == run) == 1 for run in last)
     assert not (storage / "data" / "students.png").exists()  # one epoch each: no curve to draw
     assert "the students' training" in page
+    from utils.evaluation import MASKS_KEY  # an evaluation's per-sentence values name the masks they were made on
+
+    results = storage / "seed42" / "results" / "test"
+    with np.load(results / PER_SENTENCE) as arrays:
+        assert str(arrays[MASKS_KEY]) == json.loads((results / "metrics.json").read_text())["masks"]
 
 
 def _part_comparison(study: str, budget: float, kind: str, p: float) -> dict:
@@ -346,7 +351,7 @@ def test_the_parts_of_a_study_are_holm_corrected_together(tmp_path):
         write(part, "models.csv", models, MODEL_COLUMNS)
         raw = part / "raw" / "seed42" / "results" / "test"  # as make_report.py --study copies an evaluation
         raw.mkdir(parents=True)
-        (raw / "metrics.json").write_text('{"masks": "the test masks"}')
+        (raw / "metrics.json").write_text('{"masks": "the test masks", "sentences": 400}')
         healed = dict(zip((f"sitra_{at}_kl", f"field_{at}_kl"), _discordant(better, worse), strict=True))
         outcomes |= {(name, model_name): values for model_name, values in healed.items()}
         healed["teacher"] = (np.arange(400) < 230).astype(float)  # 0.575, models.csv's teacher top-1
@@ -446,7 +451,7 @@ def test_the_best_of_all_over_parts_under_several_seeds_is_shown_seed_by_seed_an
         for seed, share in zip((42, 43), shares, strict=True):
             raw = folder / "raw" / f"seed{seed}" / "results" / "test"
             raw.mkdir(parents=True)
-            (raw / "metrics.json").write_text('{"masks": "the test masks"}')
+            (raw / "metrics.json").write_text('{"masks": "the test masks", "sentences": 2000}')
             outcomes[side, seed] = (rng.random(2000) < share).astype(float)
             values = {f"{side}_33_kl/top1": outcomes[side, seed], "teacher/top1": np.ones(2000)}
             if side == "sitra":
@@ -496,7 +501,7 @@ def test_a_part_under_more_seeds_is_chosen_on_the_seeds_every_part_has_and_teste
             models += [_part_model(part, "teacher", split, 0.4, 1.0, seed) for split in ("test", "validation")]
             raw = folder / "raw" / f"seed{seed}" / "results" / "test"
             raw.mkdir(parents=True)
-            (raw / "metrics.json").write_text('{"masks": "the test masks"}')
+            (raw / "metrics.json").write_text('{"masks": "the test masks", "sentences": 1000}')
             for side, top1 in sides.items():
                 models += [_part_model(part, f"{side}_33", "validation", top1, 0.33, seed),
                            _part_model(part, f"{side}_33", "test", 0.3, 0.33, seed)]  # fmt: skip

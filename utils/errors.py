@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class Diverged(UserError):
     """Training produced a non-finite loss, gradient or weight: the run stops, its last finite checkpoint kept."""
+
+
+class NotCompared(UserError):
+    """Two models were never evaluated on the same masks (under every seed asked for): no paired difference."""

@@ -17,8 +17,8 @@ from matplotlib.ticker import PercentFormatter
 from models import DROP, MERGE_INIT, STUDENT_INIT
 from utils.checkpoint import RunDirectory, kept_epoch
 from utils.compound import recipe_variant
-from utils.errors import UserError
-from utils.evaluation import PER_SENTENCE, markdown_table
+from utils.errors import NotCompared, UserError
+from utils.evaluation import MASKS_KEY, PER_SENTENCE, markdown_table
 from utils.files import atomic_write
 from utils.statistics import CONFIDENCE, paired_difference, seed_and_sentence_difference
 from utils.storage import Storage
@@ -42,8 +42,13 @@ def per_sentence_values(
             continue
         with np.load(arrays_file) as arrays:
             values = {key.split("/", 1)[1]: arrays[key] for key in arrays.files if key.split("/", 1)[0] == model}
+            saved_masks = str(arrays[MASKS_KEY]) if MASKS_KEY in arrays.files else None  # (absent before 2026-12-05)
         if values:
-            masks = json.loads(metrics_file.read_text()).get("masks")
+            metrics = json.loads(metrics_file.read_text())
+            masks, sentences = metrics.get("masks"), metrics.get("sentences")
+            if masks is None or saved_masks not in (None, masks) or any(len(v) != sentences for v in values.values()):
+                raise UserError(f"{arrays_file}: not the per-sentence values of {metrics_file} (their masks or "
+                                "sentence counts differ, or it names no masks): evaluate again")  # fmt: skip
             found.setdefault(masks, (metrics_file.parent.name, values))
     return found
 
@@ -76,7 +81,9 @@ def compare_models(
             if missing
             else "they were never evaluated on the same masks"
         )
-        raise UserError(f"--compare {first} {second}: {why} (run both through an evaluation with the same data flags)")
+        raise NotCompared(
+            f"--compare {first} {second}: {why} (run both through an evaluation with the same data flags)"
+        )
     # of several evaluations both models are in, the one with the most sentences (e.g. the whole test split)
     masks = max(shared, key=lambda fingerprint: len(found[0][0][fingerprint][1]["top1"]))
     values = [[per_seed[masks][1] for per_seed in seeds] for seeds in found]  # model -> seed -> metric -> [N]
@@ -615,7 +622,7 @@ def best_against_field(
                 continue
             try:
                 results.append(entry | compare_models(storage, first, second, seed_storages, reported_on))
-            except UserError:  # never evaluated on the same masks: no paired difference to give
+            except NotCompared:  # never evaluated on the same masks: no paired difference to give
                 results.append(entry)
     return results
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from utils.checkpoint import kept_epoch
 from utils.errors import UserError
-from utils.evaluation import PER_SENTENCE, TEACHER
+from utils.evaluation import MASKS_KEY, PER_SENTENCE, TEACHER
 from utils.files import atomic_write
 from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
@@ -428,7 +428,7 @@ def restore_seed_results(plan: Plan, seed: int, parts: list[Path]) -> list[Path]
         arrays = {}
         for name, source in sources.items():
             with np.load(source) as saved:
-                arrays |= {key: saved[key] for key in saved.files if key.split("/")[0] in (TEACHER, name)}
+                arrays |= {key: saved[key] for key in saved.files if key.split("/")[0] in (TEACHER, name, MASKS_KEY)}
         gathered[target] = merged, arrays
     written = []
     for target, (merged, arrays) in gathered.items():
