@@ -527,7 +527,7 @@ def test_a_part_under_more_seeds_is_chosen_on_the_seeds_every_part_has_and_teste
     alone.mkdir()
     unshared = [_part_model("part_43", "sitra_33", split, 0.3, 0.33, seed=43) for split in ("test", "validation")]
     _write_rows(alone, "models.csv", unshared, MODEL_COLUMNS)
-    with pytest.raises(UserError, match="budget 0.33: no seed that every part at it has"):
+    with pytest.raises(UserError, match="budget 0.33: no seed that every model at it was evaluated under"):
         best_across_parts([tmp_path / "part_one", alone])
     with pytest.raises(
         UserError, match=r"part_43: budget 0.33 under seeds \['43'\], .*part_one under \['42'\] together"
@@ -814,26 +814,35 @@ def upstream(plan: Plan, key: tuple) -> set:
     return found
 
 
-def test_each_sides_best_is_chosen_on_validation_among_its_own_methods(tmp_path, tiny_teacher_dir):
-    from utils.study_report import best_on_validation
+def test_each_sides_best_is_chosen_on_validation_over_its_models_and_healings_on_the_common_seeds():
+    from utils.study_report import best_by_side
 
-    families = {
-        "a": {"method": "students", "attention_share": 0.5},
-        "b": {"method": "students", "attention_share": 0.5, "attention": {"student_init": "heads"}},
-        "f": {"method": "pruning", "attention_share": 0.5},
-    }
-    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, families=families, comparisons=[])), tmp_path, "p")
-    validation = {("a_50", "kl"): {"42": 0.30}, ("b_50", "kl"): {"42": 0.31}, ("f_50", "kl"): {"42": 0.9},
-                  ("a_50", "other"): {"42": 0.99}}  # fmt: skip
-    best, candidates = best_on_validation(plan.models, validation, 0.5, "sitra", "kl")
-    assert (best.name, candidates) == ("b_50", 2)  # the field's 0.9 and another healing's 0.99 are not candidates
-    assert best_on_validation(plan.models, validation, 0.5, "field", "kl")[0].name == "f_50"
-    assert best_on_validation(plan.models, validation, 0.25, "sitra", "kl") == (None, 0)
+    def row(model: str, side: str, healing: str, seed: int, top1: float, evaluation: str = "validation") -> dict:
+        return {"study": "s", "model": model, "side": side, "healing": healing, "seed": seed, "budget": "0.5",
+                "evaluation": evaluation, "top1": top1}  # fmt: skip
+
+    rows = [row("a_50", "sitra", "kl", 42, 0.30), row("b_50", "sitra", "kl", 42, 0.31),
+            row("b_50", "sitra", "layerwise", 42, 0.32), row("f_50", "field", "kl", 42, 0.9),
+            row("g_50", "field", "layerwise", 42, 0.95), row("a_50", "sitra", "kl", 42, 0.99, "test")]  # fmt: skip
+    best = best_by_side(rows, 0.5)  # the test split's 0.99 is not looked at; each side over both healings
+    assert best == {"sitra": (("s", "b_50", "layerwise"), 3), "field": (("s", "g_50", "layerwise"), 2)}
+    assert best_by_side(rows, 0.25) == {}
     # a_50 evaluated under a second, luckier seed too: chosen on the seed every model has, it stays behind b_50
-    validation["a_50", "kl"]["43"] = 0.40
-    assert best_on_validation(plan.models, validation, 0.5, "sitra", "kl")[0].name == "b_50"
-    validation["b_50", "kl"]["43"] = validation["f_50", "kl"]["43"] = validation["a_50", "other"]["43"] = 0.2
-    assert best_on_validation(plan.models, validation, 0.5, "sitra", "kl")[0].name == "a_50"  # both seeds now
+    rows.append(row("a_50", "sitra", "kl", 43, 0.90))
+    assert best_by_side(rows, 0.5)["sitra"][0][1] == "b_50"
+    rows += [row(model, side, healing, 43, 0.2) for model, side, healing in
+             (("b_50", "sitra", "kl"), ("b_50", "sitra", "layerwise"), ("f_50", "field", "kl"),
+              ("g_50", "field", "layerwise"))]  # fmt: skip
+    assert best_by_side(rows, 0.5)["sitra"][0][1] == "a_50"  # over both seeds now: (0.30 + 0.90) / 2
+    with pytest.raises(UserError, match="budget 0.5: no seed that every model at it was evaluated under"):
+        best_by_side([row("a_50", "sitra", "kl", 42, 0.3), row("f_50", "field", "kl", 43, 0.3)], 0.5)
+    # a comparison row names its two healed models whichever way they were healed
+    from utils.study_report import healed_names, healings_of
+
+    assert healed_names({"first": "b_50", "second": "g_50", "healing": healings_of("layerwise", "kl")}) == (
+        "b_50_layerwise", "g_50_kl")  # fmt: skip
+    assert healed_names({"first": "a", "second": "a", "healing": "layerwise - kl"}) == ("a_layerwise", "a_kl")
+    assert healed_names({"first": "a", "second": "b", "healing": healings_of("kl", "kl")}) == ("a_kl", "b_kl")
 
 
 def test_holm_adjusts_each_p_value_by_its_rank_and_widens_its_interval():

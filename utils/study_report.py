@@ -44,6 +44,14 @@ STUDENT_COLUMNS = (
 STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", "mean_load", "cpu_seconds")
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
 BETWEEN_HEALINGS = " - "  # a comparison of two healings of one model: its healing column, "layerwise - kl"
+ACROSS_HEALINGS = " / "  # two bests chosen over healings, each healed its own way: "layerwise / kl"
+
+
+def healings_of(first: str, second: str) -> str:
+    """The healing column of a comparison of two models healed ``first`` and ``second``."""
+    return first if first == second else f"{first}{ACROSS_HEALINGS}{second}"
+
+
 ALL_SEEDS = "all"  # the seed of a comparison over every seed (its interval resamples seeds and sentences)
 TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
@@ -241,20 +249,11 @@ def _against_baseline(plan: Plan) -> list[dict]:
     ]
 
 
-def _validation_top1(rows: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
-    """(model, healing) -> seed -> its validation top-1."""
-    found: dict[tuple[str, str], dict[str, float]] = {}
-    for row in rows:
-        if row["evaluation"] == VALIDATION and row.get("healing"):
-            found.setdefault((row["model"], row["healing"]), {})[str(row["seed"])] = float(row["top1"])
-    return found
-
-
 def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
     """The study's comparisons on the test masks, at every budget where both models exist, for every healing:
     ``declared``, the study's pairs of families; ``healing``, each model under each later healing against the
-    first; ``best``, each side's best (sitra's methods against the field's) chosen by top-1 on the validation
-    split, averaged over the seeds, among ``candidates`` models. Then Holm's correction over the comparisons
+    first; ``best``, at each budget each side's best over its models and healings (sitra's methods against the
+    field's) chosen by top-1 on the validation split (:func:`best_by_side`), among ``candidates``. Then Holm's correction over the comparisons
     reported (seed-averaged where there are several seeds), with each one's interval at its Holm level."""
     by_family = {(model.family, model.budget): model for model in plan.models}
     healings = list(plan.study.healing)
@@ -265,7 +264,7 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
                 pair = by_family.get((first_family, budget)), by_family.get((second_family, budget))
                 if None not in pair:
                     compared += _compared(plan, *pair, (healing, healing), kind="declared", healing=healing)
-        compared += _best_against_field(plan, rows, healing)
+    compared += _best_against_field(plan, rows)
     compared += _against_baseline(plan)
     for other in healings[1:]:  # each later healing against the first, model by model
         for model in plan.models:
@@ -288,38 +287,50 @@ def _top1_interval(
     return top1["low"], top1["high"]
 
 
-def best_on_validation(
-    models: list[PlannedModel],
-    validation: dict[tuple[str, str], dict[str, float]],
-    budget: float,
-    side: str,
-    healing: str,
-) -> tuple[PlannedModel | None, int]:
-    """Of ``side``'s models at ``budget`` healed by ``healing``, the one with the highest validation top-1
-    (``validation``: (model, healing) -> seed -> top-1) averaged over the seeds every model evaluated at the budget
-    has, so a model evaluated under more seeds (a study run in parts) is neither favoured nor hurt by them; and how
-    many were candidates. None where no seed is common to them yet."""
-    at_budget = {m.name for m in models if m.budget == budget}
-    seeds = [set(top1) for (name, _), top1 in validation.items() if name in at_budget]
-    common = set.intersection(*seeds) if seeds else set()
-    candidates = [m for m in models if m.budget == budget and METHODS[m.method].side == side]
-    scored = [(sum(validation[m.name, healing][seed] for seed in common) / len(common), m)
-              for m in candidates if (m.name, healing) in validation and common]  # fmt: skip
-    return (max(scored, key=lambda item: item[0])[1] if scored else None), len(scored)
+def best_by_side(rows: list[dict], budget: float) -> dict[str, tuple[tuple[str, str, str], int]]:
+    """Each side's best healed model at ``budget`` among ``rows`` (models.csv's: of one study, or of several parts
+    of one), over every model and healing: the highest validation top-1 averaged over the seeds every candidate at
+    the budget has, so a model evaluated under more seeds is neither favoured nor hurt by them; of equal ones (the
+    same stages run again under more seeds) the one with the most seeds, then the first. side -> ((study, model,
+    healing), how many distinct candidates); a side without a candidate is absent."""
+    validation: dict[tuple, dict[str, float]] = {}  # (side, study, model, healing) -> seed -> validation top-1
+    for row in rows:
+        if row["evaluation"] == VALIDATION and row.get("healing") and float(row["budget"]) == budget:
+            key = row["side"], row["study"], row["model"], row["healing"]
+            validation.setdefault(key, {})[str(row["seed"])] = float(row["top1"])
+    if not validation:
+        return {}
+    common = set.intersection(*(set(top1) for top1 in validation.values()))
+    if not common:
+        raise UserError(f"budget {budget:g}: no seed that every model at it was evaluated under (the best is chosen "
+                        "on them)")  # fmt: skip
+    best = {}
+    for side in ("sitra", "field"):
+        scored = [(sum(top1[seed] for seed in common) / len(common), len(top1), key)
+                  for key, top1 in validation.items() if key[0] == side]  # fmt: skip
+        if scored:
+            chosen = max(scored, key=lambda item: item[:2])[2]  # ties: the first's
+            best[side] = chosen[1:], len({(score, key[2], key[3]) for score, _, key in scored})
+    return best
 
 
-def _best_against_field(plan: Plan, rows: list[dict], healing: str) -> list[dict]:
-    """Each budget's best sitra model against its best field model (healed by ``healing``), chosen on validation,
-    compared on the test split."""
-    validation = _validation_top1(rows)
+def _best_against_field(plan: Plan, rows: list[dict]) -> list[dict]:
+    """Each budget's best sitra model against its best field model, each chosen on validation over every model
+    and healing (:func:`best_by_side`), compared on the test split."""
+    by_name = {model.name: model for model in plan.models}
     compared = []
     for budget in plan.study.budgets:
-        (first, first_count), (second, second_count) = (
-            best_on_validation(plan.models, validation, budget, side, healing) for side in ("sitra", "field")
+        best = best_by_side(rows, budget)
+        if len(best) < 2:
+            continue
+        ((_, first, first_healing), first_count), ((_, second, second_healing), second_count) = (
+            best["sitra"],
+            best["field"],
         )
-        if first is not None and second is not None:
-            compared += _compared(plan, first, second, (healing, healing), kind="best", healing=healing,
-                                  candidates=f"{first_count} vs {second_count}")  # fmt: skip
+        healing = healings_of(first_healing, second_healing)
+        compared += _compared(plan, by_name[first], by_name[second], (first_healing, second_healing), kind="best",
+                              healing=healing, first_healing=first_healing,
+                              candidates=f"{first_count} vs {second_count}")  # fmt: skip
     return compared
 
 
@@ -676,9 +687,11 @@ def models_markdown(rows: list[dict]) -> str:
 
 
 def healed_names(row: dict) -> tuple[str, str]:
-    """The two healed models a comparison row compares: each healed by the row's ``healing``, or, in a comparison
-    of healings (``later - first``, as :func:`comparison_rows` names it), the first model by each."""
-    first, _, second = row["healing"].partition(BETWEEN_HEALINGS)
+    """The two healed models a comparison row compares: each healed by the row's ``healing``; in a comparison of
+    healings (``later - first``, as :func:`comparison_rows` names it) the first model by each; of two bests chosen
+    over healings (``first / second``, :func:`healings_of`) each by its own."""
+    healing = row["healing"]
+    first, _, second = healing.partition(BETWEEN_HEALINGS if BETWEEN_HEALINGS in healing else ACROSS_HEALINGS)
     return healed_name(row["first"], first), healed_name(row["second"], second or first)
 
 
@@ -727,28 +740,15 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
     under more seeds is not favoured by them; among candidates equal there (the same stages run again under more
     seeds), the one with the most seeds is tested, then the first part's. ``candidates`` counts distinct models
     (a model run again in another part is one)."""
-    validation: dict[tuple, dict[str, float]] = {}  # (budget, side, study, model, healing) -> seed -> val. top-1
-    folder = {}
+    rows, folder = [], {}
     for part in parts:
         for row in read_table(part / "models.csv"):
             folder[row["study"]] = part
-            if row["evaluation"] == VALIDATION and row["healing"]:
-                key = float(row["budget"]), row["side"], row["study"], row["model"], row["healing"]
-                validation.setdefault(key, {})[str(row["seed"])] = float(row["top1"])
+            rows.append(row)
     found = []
-    for budget in sorted({key[0] for key in validation}, reverse=True):
-        at_budget = {key: top1 for key, top1 in validation.items() if key[0] == budget}
-        common = set.intersection(*(set(top1) for top1 in at_budget.values()))
-        if not common:
-            raise UserError(f"budget {budget:g}: no seed that every part at it has (the best is chosen on them)")
-        best = {}
-        for side in ("sitra", "field"):
-            scored = [(sum(top1[seed] for seed in common) / len(common), len(top1), key)
-                      for key, top1 in at_budget.items() if key[1] == side]  # fmt: skip
-            if scored:
-                chosen = max(scored, key=lambda item: item[:2])[2]  # ties: the first part's
-                distinct = {(score, key[3], key[4]) for score, _, key in scored}
-                best[side] = chosen[2:], len(distinct)
+    budgets = {float(row["budget"]) for row in rows if row["evaluation"] == VALIDATION and row["healing"]}
+    for budget in sorted(budgets, reverse=True):
+        best = best_by_side(rows, budget)
         if len(best) < 2:
             continue
         (first, first_count), (second, second_count) = best["sitra"], best["field"]
@@ -759,12 +759,12 @@ def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], 
         base = {"kind": "best of all", "budget": budget, "study": first[0], "first_study": first[0],
                 "first": first[1], "second_study": second[0], "second": second[1],
                 "candidates": f"{first_count} vs {second_count}",
-                "healing": first[2] if first[2] == second[2] else f"{first[2]} / {second[2]}",
+                "healing": healings_of(first[2], second[2]),
                 "first_healing": first[2]}  # fmt: skip
         evaluated = _raw_seeds(raws, names, ALL_SEEDS)
-        rows, _ = seed_by_seed(base, names, evaluated)
-        with_teacher_share(rows, names[0], evaluated)
-        found += [(row, raws, names, row is rows[-1]) for row in rows]
+        compared, _ = seed_by_seed(base, names, evaluated)
+        with_teacher_share(compared, names[0], evaluated)
+        found += [(row, raws, names, row is compared[-1]) for row in compared]
     return found
 
 
