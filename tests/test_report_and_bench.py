@@ -220,7 +220,7 @@ def test_best_against_field_compares_over_the_seeds(tmp_path, capsys):
     assert compare_models(Storage(first), "a", "b", [Storage(second)])["sentences"] == 4
 
 
-def test_several_models_are_evaluated_in_one_pass_on_the_same_masks(run_flags, tiny_teacher_dir, tmp_path):
+def test_several_models_are_evaluated_in_one_pass_on_the_same_masks(run_flags, tiny_teacher_dir, tmp_path, capsys):
     teacher = load_teacher(tiny_teacher_dir)
     storage = storage_of(run_flags())
     for name in ("copy_a", "copy_b"):
@@ -235,6 +235,14 @@ def test_several_models_are_evaluated_in_one_pass_on_the_same_masks(run_flags, t
         == written["models"]["copy_b"]["top1"]
         == written["models"]["teacher"]["top1"]
     )
+    # a folder named as the evaluation's own teacher row, or two of one name, would replace another's figures
+    save_simplified(assemble(teacher.model), teacher.tokenizer, storage.root / "elsewhere" / "copy_a")
+    for clash, named in (
+        ([str(storage.model("teacher"))], "teacher"),
+        ([str(storage.root / "elsewhere" / "copy_a")], "copy_a"),
+    ):
+        error = one_line_error(capsys, eval_retrained_12.main, flags + ["--models", *models, *clash])
+        assert f"--models: {named} named twice, or as the evaluation's own teacher/reference" in error
 
 
 def test_models_fall_in_the_tightest_budget_they_fit():

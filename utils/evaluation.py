@@ -20,7 +20,7 @@ from utils.data import MaskedSentences, eval_loader, load_data
 from utils.errors import UserError
 from utils.files import atomic_write
 from utils.metrics import evaluate_mlm
-from utils.model_io import load_models
+from utils.model_io import load_models, model_names
 from utils.statistics import with_intervals
 from utils.teacher import Teacher, load_teacher
 
@@ -148,6 +148,7 @@ def evaluate_against_teacher(
 def evaluate_saved_models(flags: Flags, folders: list[Path], device: torch.device, output_dir: Path) -> dict:
     """:func:`evaluate_against_teacher` of the saved models in ``folders`` (each named by its folder) on the masked
     sentences of ``--split``, with the script's ``--teacher``, data and evaluation flags."""
+    model_names(folders)  # before the teacher is loaded
     teacher = load_teacher(flags.teacher.teacher, device)
     models, metas = load_models(folders, device)
     data = load_data(flags.data, teacher.tokenizer)

@@ -109,9 +109,23 @@ def load_simplified(
     return model.to(device).eval(), _tokenizer(folder), spec.get("meta", {})
 
 
+RESERVED_NAMES = ("teacher", "reference")  # what an evaluation names its own rows (utils.evaluation)
+
+
+def model_names(folders: list[Path]) -> list[str]:
+    """Each saved model's name, its folder's: two folders of one name, or one named as an evaluation names its
+    own rows, would replace another model's figures, so they are refused (before anything is loaded)."""
+    names = [Path(folder).name for folder in folders]
+    clashes = sorted({name for name in names if names.count(name) > 1 or name in RESERVED_NAMES})
+    if clashes:
+        raise UserError(f"--models: {', '.join(clashes)} named twice, or as the evaluation's own "
+                        f"{'/'.join(RESERVED_NAMES)} (a model is named by its folder): rename the folder")  # fmt: skip
+    return names
+
+
 def load_models(folders: list[Path], device: torch.device | str = "cpu") -> tuple[dict, dict]:
-    """(name -> model, name -> meta) of several saved models, each named by its folder."""
-    loaded = {Path(folder).name: load_simplified(folder, device) for folder in folders}
+    """(name -> model, name -> meta) of several saved models, each named by its folder (:func:`model_names`)."""
+    loaded = {name: load_simplified(folder, device) for name, folder in zip(model_names(folders), folders, strict=True)}
     return {name: m[0] for name, m in loaded.items()}, {name: m[2] for name, m in loaded.items()}
 
 

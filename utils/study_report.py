@@ -253,8 +253,9 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
     """The study's comparisons on the test masks, at every budget where both models exist, for every healing:
     ``declared``, the study's pairs of families; ``healing``, each model under each later healing against the
     first; ``best``, at each budget each side's best over its models and healings (sitra's methods against the
-    field's) chosen by top-1 on the validation split (:func:`best_by_side`), among ``candidates``. Then Holm's correction over the comparisons
-    reported (seed-averaged where there are several seeds), with each one's interval at its Holm level."""
+    field's) chosen by top-1 on the validation split (:func:`best_by_side`), among ``candidates``. Then Holm's
+    correction over the comparisons reported (seed-averaged where there are several seeds), with each one's
+    interval at its Holm level."""
     by_family = {(model.family, model.budget): model for model in plan.models}
     healings = list(plan.study.healing)
     compared = []
