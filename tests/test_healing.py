@@ -117,3 +117,30 @@ def test_a_model_rebuilt_in_place_is_not_taken_for_the_one_healed_before(run_fla
     save_simplified(assemble(teacher.model, dropped={2}), teacher.tokenizer, model)  # rebuilt: same size, same path
     error = one_line_error(capsys, train_full_merged_model.main, heal + ["--model", str(model)])
     assert "does not match the flags" in error and "model_fingerprint=" in error
+
+
+def test_a_model_that_diverges_in_lockstep_stops_alone_and_the_others_finish(run_flags, tiny_teacher_dir, tmp_path,
+                                                                                capsys):  # fmt: skip
+    """Of two models healed together, one whose activations overflow (its last feed-forward scaled by 1e30): its
+    step is not applied, it is checkpointed where it stopped (finite), the other heals to the end and is saved,
+    and the run ends with one error line naming the diverged one."""
+    teacher = load_teacher(tiny_teacher_dir)
+    models = [tmp_path / "models" / name for name in ("sane", "overflowing")]
+    for folder in models:
+        save_simplified(assemble(teacher.model), teacher.tokenizer, folder)
+    overflowing = load_simplified(models[1])[0]  # a copy of its own, not the teacher's modules
+    with torch.no_grad():
+        overflowing.layers[-1].ffn_out.weight.mul_(1e30)
+    save_simplified(overflowing, teacher.tokenizer, models[1])
+    outputs = [tmp_path / "healed" / folder.name for folder in models]
+    heal = run_flags(storage=tmp_path / "s") + ["--train_layers", "--epochs", "2", "--lr", "1e-3"]
+    heal += ["--model", *map(str, models), "--output_model", *map(str, outputs)]
+    message = one_line_error(capsys, train_full_merged_model.main, heal)
+    assert "overflowing" in message and "diverged: non-finite loss at epoch 1, step 1" in message
+    assert "sane" not in message.split("diverged")[0] and "(the other 1 of 2 in lockstep went on)" in message
+    assert outputs[0].exists() and not outputs[1].exists()
+    runs = sorted((tmp_path / "s").rglob("latest.pt"))
+    by_run = {path.parent.name: torch.load(path, weights_only=True) for path in runs}
+    sane, diverged = (next(state for name, state in by_run.items() if key in name) for key in ("sane", "overflowing"))
+    assert sane["epoch"] == 2
+    assert all(tensor.isfinite().all() for tensor in diverged["model"].values() if tensor.is_floating_point())

@@ -14,13 +14,14 @@ from models.methods import SIMILARITY
 from utils.args import Flags
 from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader
+from utils.errors import Diverged
 from utils.lockstep import fit_together
 from utils.metrics import hidden_state_similarity
 from utils.model_io import load_simplified, save_and_export
 from utils.objectives import HEALING, TEACHER_OUTPUTS
 from utils.run_state import Member
 from utils.teacher import Teacher
-from utils.training import fit, make_optimizer
+from utils.training import finished_training, fit, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,16 @@ def heal_and_save(
         log.info("%d models healed in lockstep: one teacher forward per batch feeds all of them", len(members))
     split = one_teacher_forward(teacher.model, [member.objective for member in members]) if len(members) > 1 else None
     valid = eval_loader(data.validation, flags.training.batch_size, flags.training.eval_sentences)
-    histories = fit_together(members, data.train, valid, flags.training, device, flags.data.seed, split)
-    for healing, (student, meta), history in zip(healings, students, histories, strict=True):
-        _save_healed(student, teacher, data, healing.flags, healing.run, healing.output, meta, history)
+    diverged = None
+    try:
+        histories = fit_together(members, data.train, valid, flags.training, device, flags.data.seed, split)
+    except Diverged as error:  # one or more left the lockstep: the others' healing is saved before it is said
+        diverged, histories = error, [member.run.read_metrics() for member in members]
+    for healing, (student, meta), history, member in zip(healings, students, histories, members, strict=True):
+        if diverged is None or finished_training(member, flags.training):
+            _save_healed(student, teacher, data, healing.flags, healing.run, healing.output, meta, history)
+    if diverged is not None:
+        raise diverged
 
 
 def finetune_and_save(

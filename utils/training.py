@@ -128,7 +128,8 @@ def train_members(
     for member in members:
         member.scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
-    active = [index for index, member in enumerate(members) if not _done(member, training)]
+    active = [index for index, member in enumerate(members) if not finished_training(member, training)]
+    diverged: dict[int, Diverged] = {}  # index -> why: it left the lockstep, the others go on
     while active:
         group = [members[index] for index in active]
         position = group[0].position
@@ -141,15 +142,26 @@ def train_members(
             torch.manual_seed(epoch_seed(seed, current))  # else the checkpoint restored the RNG mid-epoch
             for member in group:  # with others, each draws dropout from the stream it would have alone
                 member.rng = rng_state() if len(members) > 1 else None
-        stopped = _train_epoch(group, train_set, batches, training, device, world, select(split, active, members))
-        finished = position.batches_done == len(batches)
-        for member in group:
+        left = {}  # position in group -> why it diverged this epoch
+        stopped = _train_epoch(group, train_set, batches, training, device, world, select(split, active, members), left)
+        for at, error in left.items():  # checkpointed where it stopped: a rerun with a smaller --lr resumes there
+            set_rng_state(group[at].rng)
+            group[at].run.save(checkpoint_state(group[at], epoch_progress=group[at].summary))
+            diverged[active[at]] = error
+        going_on = [member for at, member in enumerate(group) if at not in left]
+        finished = bool(going_on) and going_on[0].position.batches_done == len(batches)
+        for member in going_on:
             if member.rng is not None:
                 set_rng_state(member.rng)  # what its checkpoint records
             _end_epoch(member, current, finished, stopped, valid_loader, training)
         if stopped:
             raise SystemExit(EXIT_REQUEUE)
-        active = [index for index in active if not _done(members[index], training)]
+        active = [
+            index for index in active if index not in diverged and not finished_training(members[index], training)
+        ]
+    if diverged:  # after the others' epochs: one line for all of them
+        went_on = f" (the other {len(members) - len(diverged)} of {len(members)} in lockstep went on)"
+        raise Diverged(" | ".join(str(error) for error in diverged.values()) + went_on)
 
 
 def select(
@@ -166,9 +178,11 @@ def select(
     return selected
 
 
-def _train_epoch(members, train_set, batches, training, device, world, split) -> bool:
+def _train_epoch(members, train_set, batches, training, device, world, split, diverged: dict) -> bool:
     """Optimizer steps of every member over ``batches[position.batches_done:]``, advancing each member's
-    position and summary; stops early at ``max_steps`` or on a preemption signal (returns True then)."""
+    position and summary; stops early at ``max_steps`` or on a preemption signal (returns True then). Of several
+    members, one whose step diverges (:class:`Diverged`, nothing of the step applied) stops there and goes into
+    ``diverged`` (its index -> why) while the others go on; a member trained alone raises it."""
     position = members[0].position
     for member in members:
         member.objective.trainable.train()
@@ -188,16 +202,28 @@ def _train_epoch(members, train_set, batches, training, device, world, split) ->
         batch = to_device(batch, device)
         with autocast(device, training.precision):  # as a student's own teacher forward would run
             member_batches = split(batch) if split is not None else [batch] * len(members)
-        for member, member_batch in zip(members, member_batches, strict=True):
+        for at, (member, member_batch) in enumerate(zip(members, member_batches, strict=True)):
+            if at in diverged:
+                continue
             if member.rng is not None:
                 set_rng_state(member.rng)
-            value = _step(member, member_batch, training, device, world)
+            try:
+                value = _step(member, member_batch, training, device, world)
+            except Diverged as error:
+                if len(members) == 1:
+                    raise
+                diverged[at] = error
+                log.error("%s; the other models in lockstep go on", error)
+                continue
             if member.rng is not None:
                 member.rng = rng_state()
+        going_on = [member for at, member in enumerate(members) if at not in diverged]
+        if not going_on:
+            break
         running = value if running is None else 0.95 * running + 0.05 * value
-        bar.set_postfix(loss=f"{running:.4g}", step=position.step)
+        bar.set_postfix(loss=f"{running:.4g}", step=going_on[0].position.step)
         stopped = world.any(PREEMPTION.received is not None, device)
-        if stopped or (training.max_steps is not None and position.step >= training.max_steps):
+        if stopped or (training.max_steps is not None and going_on[0].position.step >= training.max_steps):
             break
     bar.close()
     for member in members:
@@ -287,7 +313,8 @@ def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, vali
     member.summary = EpochSummary()
 
 
-def _done(member: Member, training: TrainingArguments) -> bool:
+def finished_training(member: Member, training: TrainingArguments) -> bool:
+    """Whether ``member`` has trained all it will: its epochs or steps, or its stopping rule ended it."""
     position = member.position
     if position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps):
         return True
