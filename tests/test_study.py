@@ -784,6 +784,8 @@ def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path
     assert plan.models and {stage.kind for stage in plan.stages.values()} <= set(KINDS)
     assert all(set(stage.needs) <= set(plan.stages) for stage in plan.stages.values())  # no need left unplanned
     assert not [stage.key for stage in plan.stages.values() if "None" in stage.command]  # no flag given a null
+    built = [stage for stage in plan.stages.values() if stage.kind == "model" and "--epochs" in stage.command]
+    assert not [stage.key for stage in built if "--max_sentences" in stage.command]  # a merged model is only built
     # every stage's resources as the SLURM executor checks them when it submits (a dry run does not)
     pytest.importorskip("snakemake_executor_plugin_slurm")
     from snakemake_executor_plugin_slurm.utils import set_gres_string

@@ -656,8 +656,9 @@ class Plan:
             return self._add("model", tag, model.name, "build_compound.py", args, needs)
         flags = model.merged["flags"]
         args = [*self._common(seed, training=True), "--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k]
-        args += [*_flag_args(flags), "--source", model.merged["source"], "--epochs", 0]
-        args += [*self._at_most("heal_sentences"), "--output_model", output]
+        # built, not trained (--epochs 0): no data scale, which would enter its run's identity and refuse the build
+        # once the study's heal_sentences changed
+        args += [*_flag_args(flags), "--source", model.merged["source"], "--epochs", 0, "--output_model", output]
         return self._add("model", tag, model.name, "finetune_fully_merged.py", args, needs)
 
     def _heal_stage(self, seed: int, built: list, healing: str, flags: dict) -> tuple[str, str, str]:
