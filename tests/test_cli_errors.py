@@ -63,7 +63,7 @@ def test_bad_values_are_refused_before_anything_is_loaded_or_written(run_flags, 
     assert not storage_of(run_flags()).root.exists()
 
 
-def test_missing_data_folder_and_empty_file(run_flags, capsys, tmp_path):
+def test_missing_data_folder_and_empty_file(run_flags, capsys, tmp_path, monkeypatch):
     flags = run_flags() + BLOCK
     data_index = flags.index("--data_dir") + 1
     flags[data_index] = str(tmp_path / "nowhere")
@@ -76,6 +76,9 @@ def test_missing_data_folder_and_empty_file(run_flags, capsys, tmp_path):
         (tmp_path / "partial").mkdir()
         (tmp_path / "partial" / "wiki.train.tokens").write_text(" The cat sat on the mat today .\n")
         DataArguments(data_dir=str(tmp_path / "partial"))
+    monkeypatch.setenv("SITRA_DATA_DIR", str(tmp_path / "gone"))  # named as what gave it
+    with pytest.raises(UserError, match=f"^SITRA_DATA_DIR {tmp_path / 'gone'}: no such folder"):
+        DataArguments(data_dir=None)
     empty = tmp_path / "empty_data"
     empty.mkdir()
     for name in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"):

@@ -137,7 +137,7 @@ def test_a_model_that_diverges_in_lockstep_stops_alone_and_the_others_finish(run
     heal += ["--model", *map(str, models), "--output_model", *map(str, outputs)]
     message = one_line_error(capsys, train_full_merged_model.main, heal)
     assert "overflowing" in message and "diverged: non-finite loss at epoch 1, step 1" in message
-    assert "sane" not in message.split("diverged")[0] and "(the other 1 of 2 in lockstep went on)" in message
+    assert "sane" not in message.split("diverged")[0] and "(1 of 2 in lockstep finished)" in message
     assert outputs[0].exists() and not outputs[1].exists()
     runs = sorted((tmp_path / "s").rglob("latest.pt"))
     by_run = {path.parent.name: torch.load(path, weights_only=True) for path in runs}

@@ -90,7 +90,9 @@ def test_merge_pipeline(flags, eval_flags, run_flags, tiny_teacher_5_layers, cap
     assert not torch.equal(merged.layers[0].ffn_in.weight, retrained["ffn_in.weight"])  # finetuning moved it
     assert meta["sources"]["0"].endswith("merge_0_8_2/best.pt")
     # a merge student trained on since: the finished model is made of other layers now, so it is refused (loudly)
-    assert finetune_fully_merged.main(flags + ["--epochs", "1"])  # the same: nothing to do
+    capsys.readouterr()
+    finetune_fully_merged.main(flags + ["--epochs", "1"])  # the same: nothing to do
+    assert "is finished" in capsys.readouterr().err
     retrain_merge.main(flags + ["--block", "0", "--epochs", "3", "--lr", "3e-3"])
     message = one_line_error(capsys, finetune_fully_merged.main, flags + ["--epochs", "1"])
     assert "does not match the flags: merged_fingerprint=" in message

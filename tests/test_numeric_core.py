@@ -164,8 +164,8 @@ def test_the_seed_and_sentence_bootstrap_resamples_both_levels():
     assert wider["low"] < apart["low"] and wider["high"] > apart["high"]
     with pytest.raises(ValueError, match=r"\[S, N\]"):
         seed_and_sentence_difference(hits, other)
-    with pytest.raises(ValueError, match=r"\[S, N\]: \(1, 2000\) vs \(3, 2000\)"):  # not broadcast first
-        seed_and_sentence_difference(hits[None], shifted)
+    with pytest.raises(ValueError, match=r"\[S, N\]: \(2, 2000\) vs \(3, 2000\)"):  # checked before subtracting
+        seed_and_sentence_difference(np.stack([hits] * 2), shifted)
 
 
 def test_the_seed_and_sentence_bootstrap_draws_the_resamples_of_a_difference_once():

@@ -786,6 +786,12 @@ def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path
     assert not [stage.key for stage in plan.stages.values() if "None" in stage.command]  # no flag given a null
     built = [stage for stage in plan.stages.values() if stage.kind == "model" and "--epochs" in stage.command]
     assert not [stage.key for stage in built if "--max_sentences" in stage.command]  # a merged model is only built
+    assert all("--no_resume" in stage.command for stage in built)  # anew when its stage runs again
+    if "train" in plan.study.teacher:  # every stage that reads the teacher the study trains runs after it
+        teacher_key = ("teacher", "shared", "teacher")
+        for stage in plan.stages.values():
+            if plan.teacher in stage.command and stage.key != teacher_key:
+                assert teacher_key in upstream(plan, stage.key), stage.key
     # every stage's resources as the SLURM executor checks them when it submits (a dry run does not)
     pytest.importorskip("snakemake_executor_plugin_slurm")
     from snakemake_executor_plugin_slurm.utils import set_gres_string
@@ -798,11 +804,6 @@ def test_every_study_file_plans_stages_the_workflow_has_rules_for(name, tmp_path
         job = type("Job", (), {"resources": Resources(plan.resources(kind))})()
         validate_slurm_extra(job)  # each raises the executor's WorkflowError on what it would refuse
         set_gres_string(job)
-    if "train" in plan.study.teacher:  # every stage that reads the teacher the study trains runs after it
-        teacher_key = ("teacher", "shared", "teacher")
-        for stage in plan.stages.values():
-            if plan.teacher in stage.command and stage.key != teacher_key:
-                assert teacher_key in upstream(plan, stage.key), stage.key
 
 
 def upstream(plan: Plan, key: tuple) -> set:

@@ -39,18 +39,19 @@ def wikitext_files(data_dir: str | None) -> dict[str, Path] | None:
     """Each split's WikiText-2 file (``wiki.*.tokens`` or ``.raw``) in ``data_dir``, else in ``$SITRA_DATA_DIR``;
     None when neither is set (the Hub). A missing folder or file is one error, checked with the flags, before
     anything is loaded (:class:`utils.args.DataArguments`)."""
+    named = "--data_dir" if data_dir else "SITRA_DATA_DIR"  # the flag, else the environment variable
     data_dir = data_dir or os.environ.get("SITRA_DATA_DIR") or None
     if data_dir is None:
         return None
     folder = Path(data_dir)
     if not folder.is_dir():
-        raise UserError(f"--data_dir {data_dir}: no such folder (expected one with wiki.{{train,valid,test}}.tokens)")
+        raise UserError(f"{named} {data_dir}: no such folder (expected one with wiki.{{train,valid,test}}.tokens)")
     files = {}
     for split, stem in SPLITS.items():
         candidates = [folder / f"{stem}.{suffix}" for suffix in ("tokens", "raw")]
         files[split] = next((path for path in candidates if path.is_file()), None)
         if files[split] is None:
-            raise UserError(f"--data_dir {data_dir}: missing {stem}.tokens (or {stem}.raw)")
+            raise UserError(f"{named} {data_dir}: missing {stem}.tokens (or {stem}.raw)")
     return files
 
 

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 from utils.args import TrainingArguments
 from utils.distributed import init_distributed
+from utils.errors import Diverged
 from utils.preemption import PREEMPTION
 from utils.run_state import Member
-from utils.training import select, start_members, train_members
+from utils.training import finished_training, select, start_members, train_members
 
 
 def fit_together(
@@ -32,9 +33,17 @@ def fit_together(
         for index, member in enumerate(members):
             position = member.position
             groups.setdefault((position.epoch, position.batches_done, position.step), []).append(index)
+        diverged = []  # a group's divergence does not keep the later groups from training
         for indices in groups.values():
             group = [members[index] for index in indices]
-            train_members(
-                group, train_set, valid_loader, training, device, seed, world, select(split, indices, members)
-            )
+            try:
+                train_members(group, train_set, valid_loader, training, device, seed, world,
+                              select(split, indices, members), lockstep=len(members) > 1)  # fmt: skip
+            except Diverged as error:
+                if len(members) == 1:
+                    raise
+                diverged.append(str(error))
+        if diverged:  # after every group: one line for all of them
+            finished = sum(finished_training(member, training) for member in members)
+            raise Diverged(" | ".join(diverged) + f" ({finished} of {len(members)} in lockstep finished)")
     return [member.run.read_metrics() for member in members]

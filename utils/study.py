@@ -657,8 +657,10 @@ class Plan:
         flags = model.merged["flags"]
         args = [*self._common(seed, training=True), "--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k]
         # built, not trained (--epochs 0): no data scale, which would enter its run's identity and refuse the build
-        # once the study's heal_sentences changed
-        args += [*_flag_args(flags), "--source", model.merged["source"], "--epochs", 0, "--output_model", output]
+        # once the study's heal_sentences changed; built anew whenever the stage runs (its merge students trained
+        # on: a finished build of the old ones would be refused), the old run moved aside
+        args += [*_flag_args(flags), "--source", model.merged["source"], "--epochs", 0, "--no_resume"]
+        args += ["--output_model", output]
         return self._add("model", tag, model.name, "finetune_fully_merged.py", args, needs)
 
     def _heal_stage(self, seed: int, built: list, healing: str, flags: dict) -> tuple[str, str, str]:

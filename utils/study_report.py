@@ -35,7 +35,7 @@ COMPARISON_COLUMNS = (
     *(f"{metric}_{part}" for metric in ("top1", "agree_top1") for part in ("difference", "low", "high")),
     "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
     "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high", "holm_tests",
-    "first_share", "first_share_low", "first_share_high",
+    "first_share", "first_share_low", "first_share_high", "first_healing",
 )  # fmt: skip
 STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
@@ -885,7 +885,7 @@ def headline_markdown(
             goal = goals.get(budget)
             lines.append(f"| {budget:.0%} | not measured yet | | | {f'{goal:.0%}: not yet' if goal else 'none set'} |")
             continue
-        # of each healing's best, the one with the higher validation top-1 is sitra's best at this budget
+        # one best per budget; in a table written before 2026-12-05 one per healing: the higher on validation
         row = max((row for row in best if float(row["budget"]) == budget), key=lambda row: _validation(models, row))
         if _given(row, "first_share"):  # from the per-sentence results, over the row's seeds
             share, low, high = (float(row[f"first_share{end}"]) for end in ("", "_low", "_high"))

@@ -121,10 +121,13 @@ def train_members(
     seed: int,
     world: Distributed,
     split: Callable[[dict], list[dict]] | None = None,
+    lockstep: bool = False,
 ) -> None:
     """The epochs of members standing at the same position (one member, or several in lockstep, each with
     its own dropout stream; ``split(batch)`` gives one batch per member, default the same batch for all). A member
-    whose validation loss stopped falling (``--stop_patience``) leaves the lockstep; the others go on."""
+    whose validation loss stopped falling (``--stop_patience``) leaves the lockstep; the others go on; so does one
+    that diverges (``lockstep``: one of several, even where it trains alone here), raised after the others."""
+    lockstep = lockstep or len(members) > 1
     for member in members:
         member.scaler = torch.amp.GradScaler(device.type, enabled=training.precision == "fp16")
     lengths = train_set.lengths() if training.group_by_length else None  # for batches of similar length
@@ -143,7 +146,16 @@ def train_members(
             for member in group:  # with others, each draws dropout from the stream it would have alone
                 member.rng = rng_state() if len(members) > 1 else None
         left = {}  # position in group -> why it diverged this epoch
-        stopped = _train_epoch(group, train_set, batches, training, device, world, select(split, active, members), left)
+        stopped = _train_epoch(
+            group,
+            train_set,
+            batches,
+            training,
+            device,
+            world,
+            select(split, active, members),
+            left if lockstep else None,
+        )
         for at, error in left.items():  # checkpointed where it stopped: a rerun with a smaller --lr resumes there
             set_rng_state(group[at].rng)
             group[at].run.save(checkpoint_state(group[at], epoch_progress=group[at].summary))
@@ -160,8 +172,7 @@ def train_members(
             index for index in active if index not in diverged and not finished_training(members[index], training)
         ]
     if diverged:  # after the others' epochs: one line for all of them
-        went_on = f" (the other {len(members) - len(diverged)} of {len(members)} in lockstep went on)"
-        raise Diverged(" | ".join(str(error) for error in diverged.values()) + went_on)
+        raise Diverged(" | ".join(str(error) for error in diverged.values()))
 
 
 def select(
@@ -178,11 +189,11 @@ def select(
     return selected
 
 
-def _train_epoch(members, train_set, batches, training, device, world, split, diverged: dict) -> bool:
+def _train_epoch(members, train_set, batches, training, device, world, split, diverged: dict | None) -> bool:
     """Optimizer steps of every member over ``batches[position.batches_done:]``, advancing each member's
-    position and summary; stops early at ``max_steps`` or on a preemption signal (returns True then). Of several
-    members, one whose step diverges (:class:`Diverged`, nothing of the step applied) stops there and goes into
-    ``diverged`` (its index -> why) while the others go on; a member trained alone raises it."""
+    position and summary; stops early at ``max_steps`` or on a preemption signal (returns True then). A member
+    whose step diverges (:class:`Diverged`, nothing of the step applied) stops there and goes into ``diverged``
+    (its index -> why) while the others go on; without ``diverged`` (a run of its own) it is raised."""
     position = members[0].position
     for member in members:
         member.objective.trainable.train()
@@ -203,21 +214,21 @@ def _train_epoch(members, train_set, batches, training, device, world, split, di
         with autocast(device, training.precision):  # as a student's own teacher forward would run
             member_batches = split(batch) if split is not None else [batch] * len(members)
         for at, (member, member_batch) in enumerate(zip(members, member_batches, strict=True)):
-            if at in diverged:
+            if diverged is not None and at in diverged:
                 continue
             if member.rng is not None:
                 set_rng_state(member.rng)
             try:
                 value = _step(member, member_batch, training, device, world)
             except Diverged as error:
-                if len(members) == 1:
+                if diverged is None:
                     raise
                 diverged[at] = error
                 log.error("%s; the other models in lockstep go on", error)
                 continue
             if member.rng is not None:
                 member.rng = rng_state()
-        going_on = [member for at, member in enumerate(members) if at not in diverged]
+        going_on = [member for at, member in enumerate(members) if at not in (diverged or {})]
         if not going_on:
             break
         running = value if running is None else 0.95 * running + 0.05 * value
