@@ -208,6 +208,7 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
         "round3_67_heal_all_seeds",
         "round3_50_heal_all_seeds",
         "round3_25_heal_all_seeds",
+        "round3_50_chain",
     ],
 )
 def test_a_part_of_round_three_plans_round_threes_stages_at_its_budget(part, tmp_path):
@@ -215,7 +216,7 @@ def test_a_part_of_round_three_plans_round_threes_stages_at_its_budget(part, tmp
     part may reuse another's finished stages); its models are round three's at its budget."""
     whole = Plan(Study.load(REPO / "studies" / "round3.yaml"), tmp_path / "round3", "python")
     piece = Plan(Study.load(REPO / "studies" / f"{part}.yaml"), tmp_path / part, "python")
-    made = {"store", "attention_students", "ffn_students", "model"}
+    made = {"store", "attention_students", "ffn_students", "merge_students", "chain", "model"}
     commands = {stage.command for stage in whole.stages.values() if stage.kind in made}
     for stage in piece.stages.values():
         if stage.kind in made:
