@@ -142,7 +142,8 @@ def test_a_field_family_names_its_reconstruction_and_true_keeps_the_committed_re
 
 
 def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teacher_dir):
-    """``base``: the base's keys, the part's replacing them; families, comparisons and goals cut to the part."""
+    """``base``: the base's keys, the part's replacing them (``data``'s one by one); families, comparisons and goals
+    cut to the part."""
     families = {
         "sitra": {"method": "students", "attention_share": 0.5},
         "field": {"method": "pruning", "attention_share": 0.5},
@@ -158,9 +159,11 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
     assert study.comparisons == [["sitra", "field"]] and study.goals == {0.25: 0.8}
     assert study.data == Study.load(base).data and study.healing == Study.load(base).healing
     part.write_text(yaml.safe_dump({"base": base.name, "families": ["field"], "data": {"seq_len": 12}}))
-    study = Study.load(part)  # the families picked; a key given replaces the base's whole (data: defaults but seq_len)
+    study = Study.load(part)  # the families picked; data merged key by key: the base's stopping rule is kept
     assert list(study.families) == ["field"] and study.comparisons == [] and study.budgets == [0.5, 0.25]
-    assert study.data["seq_len"] == 12 and study.data["train_sentences"] is None
+    assert study.data == {**Study.load(base).data, "seq_len": 12} and study.data["student_stop_min_delta"] == 0.99
+    part.write_text(yaml.safe_dump({"base": base.name, "data": {"student_stop_patience": None}}))
+    assert Study.load(part).data["student_stop_patience"] is None  # a key given as null replaces the base's
     part.write_text(yaml.safe_dump({"base": base.name, "families": {"own": {"method": "pruning"}}}))
     assert Study.load(part).comparisons == []  # the base's comparisons name none of its own families
     own = {"method": "pruning", "attention_share": 0.25}

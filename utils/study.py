@@ -259,12 +259,12 @@ def _read_study_file(path: Path) -> dict:
 
 def _derived(path: Path, raw: dict) -> dict:
     """A study file with ``base: other.yaml`` (read from this file's folder; a whole study, checked as one): the
-    base's keys, each key this file gives replacing the base's whole (``name`` and ``description`` are never
-    inherited). A part of a study names its own ``budgets`` and ``seeds`` and may pick the base's families by
-    name beside families of its own (``families: [a, b, {c: {method: ...}}]``: one definition of each family);
-    what it inherits is cut to its budgets: a family's own ``budgets`` to the part's (an inherited family left with
-    none is not planned; a picked one is refused), the comparisons to the families left, the goals to the part's
-    budgets."""
+    base's keys, each key this file gives replacing the base's whole but ``data``, merged key by key (``name`` and
+    ``description`` are never inherited). A part of a study names its own ``budgets`` and ``seeds`` and may pick
+    the base's families by name beside families of its own (``families: [a, b, {c: {method: ...}}]``: one
+    definition of each family); what it inherits is cut to its budgets: a family's own ``budgets`` to the part's
+    (an inherited family left with none is not planned; a picked one is refused), the comparisons to the families
+    left, the goals to the part's budgets."""
     where = str(path)
     base_path = path.parent / str(raw["base"])
     another = base_path.is_file() and base_path.resolve() != path.resolve()
@@ -274,6 +274,8 @@ def _derived(path: Path, raw: dict) -> dict:
     Study.load(base_path)  # the base is a study of its own: its errors name it
     derived = {key: value for key, value in base.items() if key not in ("name", "description")} | raw
     del derived["base"]
+    if isinstance(raw.get("data"), dict):  # each data key the part gives replaces the base's; the rest inherited
+        derived["data"] = {**(base.get("data") or {}), **raw["data"]}
     budgets = derived["budgets"]
     _require(isinstance(budgets, list), "budgets: expected a list of shares of the teacher's FLOPs", where)
     if not isinstance(raw.get("families"), dict):  # the base's families, all or those picked, and new ones
