@@ -128,6 +128,23 @@ def test_a_named_shape_is_checked_against_a_local_teachers_config(tmp_path, tiny
     assert Plan(Study.load(absent), tmp_path / "root", "python").shape.hidden == 384  # planned before it exists
 
 
+def test_a_baseline_root_that_is_not_there_is_said_not_skipped_in_silence(tmp_path, tiny_teacher_dir, caplog):
+    """A study compared with another's root on a machine without it: the report goes on without those rows, and says
+    which root it did not find (before, the rows were left out without a word)."""
+    from utils.study_report import _against_baseline
+
+    study = tiny_study(tmp_path, tiny_teacher_dir, baseline="../elsewhere")
+    plan = Plan(Study.load(study), tmp_path / "root", "python")
+    with caplog.at_level("WARNING", logger="utils.study_report"):
+        assert _against_baseline(plan) == []
+    assert f"baseline {tmp_path / 'elsewhere'}: no such study root" in caplog.text
+    (tmp_path / "elsewhere").mkdir()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="utils.study_report"):
+        assert _against_baseline(plan) == []  # there, but nothing evaluated in it yet: nothing to say
+    assert "no such study root" not in caplog.text
+
+
 def test_a_field_family_names_its_reconstruction_and_true_keeps_the_committed_recipes(tmp_path, tiny_teacher_dir):
     families = {
         "ls": {"method": "pruning", "attention_share": 0.5, "reconstruct": True},

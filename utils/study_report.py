@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 from collections.abc import Callable
@@ -45,6 +46,8 @@ STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", 
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
 BETWEEN_HEALINGS = " - "  # a comparison of two healings of one model: its healing column, "layerwise - kl"
 ACROSS_HEALINGS = " / "  # two bests chosen over healings, each healed its own way: "layerwise / kl"
+
+logger = logging.getLogger(__name__)
 
 
 def healings_of(first: str, second: str) -> str:
@@ -239,8 +242,9 @@ def _against_baseline(plan: Plan) -> list[dict]:
     """Each healed model against the model of the same name and healing in the study's baseline (another study's
     root: the same teacher, seeds and data, so the same test masks), where the baseline evaluated it; e.g.
     students trained one epoch against round three's, to measure what the longer training buys."""
-    if not plan.baselines:
-        return []
+    for root in plan.baselines:
+        if not root.is_dir():  # e.g. a machine without that study's root: say so, the report goes on without it
+            logger.warning("baseline %s: no such study root; its model-by-model comparisons are left out", root)
     return [
         row
         for healing in plan.study.healing
