@@ -46,6 +46,8 @@ STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", 
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
 BETWEEN_HEALINGS = " - "  # a comparison of two healings of one model: its healing column, "layerwise - kl"
 ACROSS_HEALINGS = " / "  # two bests chosen over healings, each healed its own way: "layerwise / kl"
+ALL_SEEDS = "all"  # the seed of a comparison over every seed (its interval resamples seeds and sentences)
+TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,6 @@ logger = logging.getLogger(__name__)
 def healings_of(first: str, second: str) -> str:
     """The healing column of a comparison of two models healed ``first`` and ``second``."""
     return first if first == second else f"{first}{ACROSS_HEALINGS}{second}"
-
-
-ALL_SEEDS = "all"  # the seed of a comparison over every seed (its interval resamples seeds and sentences)
-TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
 
 def model_rows(plan: Plan) -> list[dict]:
