@@ -331,6 +331,22 @@ def test_the_generated_tables_of_the_docs_are_what_their_committed_data_gives():
     assert sections >= 1
 
 
+def test_a_sections_data_folders_may_be_listed_one_a_line_in_a_file(tmp_path, monkeypatch):
+    from utils import docs_tables
+
+    monkeypatch.setitem(docs_tables.GENERATORS, "names", lambda *folders: " ".join(f.name for f in folders) + "\n")
+    (tmp_path / "docs" / "data").mkdir(parents=True)
+    listed = "# the whole study first\ndocs/data/whole\n\ndocs/data/part_50  # a budget\n"
+    (tmp_path / "docs" / "data" / "parts.txt").write_text(listed)
+    section = "<!-- generated: names from {} -->\nstale\n<!-- end generated -->"
+    expected = section.format("docs/data/parts.txt").replace("stale", "whole part_50")
+    assert docs_tables.regenerate(section.format("docs/data/parts.txt"), tmp_path) == expected
+    by_commas = docs_tables.regenerate(section.format("docs/data/whole,docs/data/part_50"), tmp_path)
+    assert by_commas.endswith("whole part_50\n<!-- end generated -->")
+    with pytest.raises(UserError, match="docs/data/absent.txt: expected the list of a study's data folders"):
+        docs_tables.regenerate(section.format("docs/data/absent.txt"), tmp_path)
+
+
 def test_a_study_not_evaluated_yet_has_a_headline_row_per_planned_budget(tmp_path):
     from utils.docs_tables import headline_of_study
 

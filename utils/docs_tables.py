@@ -4,7 +4,9 @@ A generated section sits between ``<!-- generated: NAME from FOLDER -->`` and ``
 :func:`regenerate` rewrites its body from the files in ``FOLDER`` (relative to the repository) by the generator
 ``NAME`` in :data:`GENERATORS`, so a page never shows a figure its data does not hold (``make_report.py --docs``
 writes them; a test checks that the committed pages are what their data gives). A generator of a study run in
-parts reads several folders, named separated by commas: the whole study's first, then its parts'."""
+parts reads several folders, named separated by commas, or listed one per line in a ``.txt`` file under docs/data/
+(``# `` starts a comment): the whole study's first, then its parts'. The file is the one list of the parts that
+every page's sections read, so a new part is one line there."""
 
 from __future__ import annotations
 
@@ -283,6 +285,16 @@ GENERATORS: dict[str, Callable[..., str]] = {
 }
 
 
+def _folders_named(repo: Path, source: str) -> list[str]:
+    """The data folders a section's ``from`` names: separated by commas, or listed in a ``.txt`` file, one a line."""
+    if not source.endswith(".txt"):
+        return source.split(",")
+    if not (repo / source).is_file():
+        raise UserError(f"{source}: expected the list of a study's data folders, one a line (no such file)")
+    lines = (line.split("#", 1)[0].strip() for line in (repo / source).read_text().splitlines())
+    return [line for line in lines if line]
+
+
 def regenerate(text: str, repo: Path) -> str:
     """``text`` with every generated section's body made anew from its data folder."""
 
@@ -290,8 +302,7 @@ def regenerate(text: str, repo: Path) -> str:
         opening, name, source, _, closing = match.groups()
         if name not in GENERATORS:
             raise UserError(f"generated section '{name}': no such generator (expected one of {', '.join(GENERATORS)})")
-        # a generator of several data folders names them separated by commas
-        folders = source.split(",")
+        folders = _folders_named(repo, source)
         try:
             inspect.signature(GENERATORS[name]).bind(*folders)
         except TypeError:
