@@ -4,9 +4,9 @@ A generated section sits between ``<!-- generated: NAME from FOLDER -->`` and ``
 :func:`regenerate` rewrites its body from the files in ``FOLDER`` (relative to the repository) by the generator
 ``NAME`` in :data:`GENERATORS`, so a page never shows a figure its data does not hold (``make_report.py --docs``
 writes them; a test checks that the committed pages are what their data gives). A generator of a study run in
-parts reads several folders, named separated by commas, or listed one per line in a ``.txt`` file under docs/data/
-(``# `` starts a comment): the whole study's first, then its parts'. The file is the one list of the parts that
-every page's sections read, so a new part is one line there."""
+parts reads several folders, named separated by commas, or listed one a line in a ``.txt`` file (``#`` starts a
+comment; docs/data/round3_parts.txt): the whole study's first, then its parts'. The file is the one list of the
+parts that every page's sections read, so a new part is one line there."""
 
 from __future__ import annotations
 
