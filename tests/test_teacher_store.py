@@ -1,7 +1,10 @@
 """The shared activation store and multi-student runs: one teacher pass for many students, same weights."""
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +114,77 @@ def test_two_processes_asking_for_one_store_build_it_once(run_flags):
     assert all(process.returncode == 0 for process in processes), logs
     assert sum(text.count("building the teacher cache") for text in logs) == 1
     assert build_teacher_store.main(flags)  # and it is reused
+
+
+STORE_RUN = ["--block", "1", "--block_heads", "2", "--block_d_k", "8", "--teacher_store", *NO_DROPOUT]
+
+
+def built_store(run_flags) -> tuple[list[str], Path]:
+    flags = run_flags(drop=["batch_size", "eval_sentences"])
+    return flags, Path(build_teacher_store.main(flags))
+
+
+def error_line(capsys, call) -> str:
+    """The one ``error:`` line a script ends with (cli_entry: exit 2)."""
+    with pytest.raises(SystemExit):
+        call()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def test_a_truncated_store_file_is_one_error_naming_it_and_the_rebuild(run_flags, capsys):
+    flags, folder = built_store(run_flags)
+    header = json.loads((folder / "key.json").read_text())["files"]
+    assert header["hidden_1.f16"]["shape"] == [int(np.load(folder / "offsets.npy")[-1]), 32]
+    assert header["hidden_1.f16"]["dtype"] == "float16" and len(header["hidden_1.f16"]["sha256"]) == 64
+    size = (folder / "hidden_1.f16").stat().st_size
+    assert header["hidden_1.f16"]["bytes"] == size and "offsets.npy" in header
+    os.truncate(folder / "hidden_1.f16", size // 2)
+    line = error_line(capsys, lambda: retrain_single_block.main(run_flags() + STORE_RUN))
+    assert f"{folder / 'hidden_1.f16'}: {size // 2} bytes, the header records {size}" in line
+    assert "damaged" in line and f"rm -r {folder}" in line and "build_teacher_store.py" in line
+    assert str(folder) in error_line(capsys, lambda: build_teacher_store.main(flags))  # the builder refuses it too
+
+
+def test_nans_in_a_store_file_are_a_damaged_store_not_a_divergence(run_flags, capsys):
+    _, folder = built_store(run_flags)
+    offsets = np.load(folder / "offsets.npy")
+    target = np.memmap(folder / "attention_1.f16", dtype=np.float16, mode="r+", shape=(int(offsets[-1]), 32))
+    target[offsets[7] : offsets[8]] = np.nan  # the size stays: only training can meet it
+    target.flush()
+    del target
+    line = error_line(capsys, lambda: retrain_single_block.main(run_flags() + STORE_RUN))
+    assert f"{folder / 'attention_1.f16'}: non-finite values in sentences 7 (rows {offsets[7]}.." in line
+    assert "damaged" in line and "--lr is not at fault" in line and "rerun with a smaller --lr" not in line
+
+
+def test_verify_catches_a_flipped_byte_that_keeps_the_size(run_flags, capsys):
+    flags, folder = built_store(run_flags)
+    assert build_teacher_store.main(flags + ["--verify"]) == str(folder)
+    with open(folder / "hidden_2.f16", "r+b") as handle:
+        handle.seek(1001)
+        byte = handle.read(1)
+        handle.seek(1001)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    assert build_teacher_store.main(flags) == str(folder)  # opening checks sizes only: it does not hash the store
+    line = error_line(capsys, lambda: build_teacher_store.main(flags + ["--verify"]))
+    assert f"{folder / 'hidden_2.f16'}: its content differs from the SHA-256 recorded" in line and "rm -r" in line
+
+
+def test_a_store_built_before_checksums_opens_with_a_warning_and_is_still_size_checked(run_flags, capsys):
+    flags, folder = built_store(run_flags)
+    header = json.loads((folder / "key.json").read_text())
+    del header["files"]  # as stores were written before they recorded their files
+    (folder / "key.json").write_text(json.dumps(header, indent=2))
+    capsys.readouterr()
+    retrain_single_block.main(run_flags() + STORE_RUN)
+    err = capsys.readouterr().err
+    assert "building the teacher cache" not in err  # reused, not rebuilt
+    warnings = [line for line in err.splitlines() if "built before stores recorded checksums" in line]
+    assert len(warnings) == 1 and "cannot be verified" in warnings[0]
+    assert "cannot be verified" in error_line(capsys, lambda: build_teacher_store.main(flags + ["--verify"]))
+    size = (folder / "attention_2.f16").stat().st_size
+    os.truncate(folder / "attention_2.f16", size - 2)
+    line = error_line(capsys, lambda: build_teacher_store.main(flags))
+    assert f"{folder / 'attention_2.f16'}: {size - 2} bytes, the header records {size}" in line and "rm -r" in line

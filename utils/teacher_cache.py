@@ -10,6 +10,14 @@ The activations depend on which token is masked, so with the cache every trainin
 mask, the one of training epoch 1 (the "masking seed"); the order of sentences still changes every
 epoch. The cache is keyed by teacher, data (a hash of the token ids), block, seq_len and masking seed,
 and rebuilt when any of them differs.
+
+The folder checks itself. ``key.json`` (the header, written last) records under ``files`` every file's shape,
+dtype, byte size and SHA-256, hashed while it is written and verified by reading it back before the folder
+is swapped in. Opening it (:func:`check_files`: a ``stat`` per file, no reading) refuses a missing or resized
+file in one line naming it and the rebuild; :func:`verify_store` (``build_teacher_store.py --verify``) re-hashes
+everything on demand. A training step whose loss or gradient is not finite first re-reads its batch's stored
+rows (:func:`check_stored_batch`): non-finite values there are a damaged store, not a divergence. Folders
+built before checksums were recorded still open, size-checked, with a one-line warning.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import hashlib
 import json
 import logging
 import shutil
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +51,10 @@ log = logging.getLogger(__name__)
 
 CACHE_EPOCH = 1  # the training masks every cached sentence keeps
 KEY_FILE = "key.json"
+FILES = "files"  # the header's record of every file: shape, dtype, bytes, sha256
+OFFSETS = "offsets.npy"
+SENTENCE = "sentence"  # an item's index, kept by collate to re-check a batch
+HASH_CHUNK = 1 << 24
 
 
 def data_fingerprint(sentences: MaskedSentences) -> str:
@@ -55,10 +69,13 @@ class CachedSignals(torch.utils.data.Dataset):
     dataset of (input, target) that :class:`utils.signals.TeacherSignal` reads."""
 
     def __init__(self, folder: Path, hidden: int, input_name: str = "input", target_name: str = "target"):
-        self.offsets = np.load(folder / "offsets.npy")
+        self.folder = folder
+        self.offsets = check_files(folder, [input_name, target_name], hidden)
         tokens = int(self.offsets[-1])
-        self.inputs = np.memmap(folder / f"{input_name}.f16", dtype=np.float16, mode="r", shape=(tokens, hidden))
-        self.targets = np.memmap(folder / f"{target_name}.f16", dtype=np.float16, mode="r", shape=(tokens, hidden))
+        self.paths = [folder / f"{name}.f16" for name in (input_name, target_name)]
+        self.inputs, self.targets = (
+            np.memmap(path, dtype=np.float16, mode="r", shape=(tokens, hidden)) for path in self.paths
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """The cached masks are those of epoch 1, whatever the epoch."""
@@ -74,10 +91,45 @@ class CachedSignals(torch.utils.data.Dataset):
         return {
             STORED_INPUT: torch.from_numpy(np.array(self.inputs[start:stop])),
             STORED_TARGET: torch.from_numpy(np.array(self.targets[start:stop])),
+            SENTENCE: index,
         }
 
     def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        _LAST_BATCH[:] = [weakref.ref(self), [item[SENTENCE] for item in items]]  # for check_stored_batch
         return collate_cached(items)
+
+    def check_finite(self, sentences: list[int]) -> None:
+        """A damaged-store error naming the file and sentences when any of ``sentences`` holds a non-finite
+        value (re-read from the store: 2 x [tokens, H] per sentence)."""
+        for path, array in zip(self.paths, (self.inputs, self.targets), strict=True):
+            bad = sorted(i for i in set(sentences) if _non_finite(array[self.offsets[i] : self.offsets[i + 1]]).any())
+            if bad:
+                rows = ", ".join(f"{self.offsets[i]}..{self.offsets[i + 1] - 1}" for i in bad[:5])
+                sentences_named = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                raise damaged(
+                    self.folder,
+                    path.name,
+                    f"non-finite values in sentences {sentences_named} (rows {rows}); the teacher's activations "
+                    "were finite when stored, so this is not a divergence and --lr is not at fault",
+                )
+
+
+_LAST_BATCH: list = []  # [weakref to the CachedSignals, its sentences]: the last batch a store gave training
+
+
+def check_stored_batch() -> None:
+    """Called before a non-finite loss or gradient is reported as divergence (:mod:`utils.training`): when the
+    step's batch was read from a store or cache (the loader runs in the main process, so the last batch read is
+    the step's), its rows are re-read and a non-finite value stops the run as a damaged store. Costs nothing
+    until a step goes non-finite."""
+    if _LAST_BATCH and (dataset := _LAST_BATCH[0]()) is not None:
+        dataset.check_finite(_LAST_BATCH[1])
+
+
+def _non_finite(values: np.ndarray) -> np.ndarray:
+    """Per element of an fp16 array: inf or NaN (all exponent bits set), by integer ops (fp16 math in numpy is
+    slow)."""
+    return (values.view(np.uint16) & 0x7C00) == 0x7C00
 
 
 def collate_cached(items: list[dict]) -> dict[str, torch.Tensor]:
@@ -129,10 +181,135 @@ def build_once(
 
 
 def _saved_key(folder: Path) -> dict | None:
+    """The key ``folder`` was built for (its header without the file records)."""
+    header = _header(folder)
+    return None if header is None else {name: value for name, value in header.items() if name != FILES}
+
+
+def _header(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / KEY_FILE).read_text())
+        header = json.loads((folder / KEY_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    return header if isinstance(header, dict) else None
+
+
+def damaged(folder: Path, name: str, problem: str) -> UserError:
+    """The one error line of a damaged store or cache: the file, what is wrong, how to rebuild it."""
+    if folder.name.startswith("store_"):
+        what, rerun = "teacher store", "rerun build_teacher_store.py (or the --teacher_store run) with the same flags"
+    else:
+        what, rerun = "teacher cache", "rerun with the same flags (--cache_teacher)"
+    return UserError(
+        f"{folder / name}: {problem}: the {what} {folder} is damaged; remove it (rm -r {folder}) and {rerun} to "
+        "rebuild it"
+    )
+
+
+_WARNED_UNVERIFIABLE: set[Path] = set()
+
+
+def check_files(folder: Path, names: list[str], hidden: int) -> np.ndarray:
+    """Cheap, on every opening (a ``stat`` per file, no array read): ``offsets.npy`` and each array ``names``
+    (``{name}.f16``) exist with the size the header records, and each shape is [tokens of offsets.npy, ``hidden``]
+    fp16. Returns the offsets. A folder whose header predates the file records (no checksums) is checked against
+    the sizes its offsets imply and opens with a one-line warning that it cannot be verified."""
+    files = (_header(folder) or {}).get(FILES)
+    if files is not None:
+        _check_size(folder, OFFSETS, files.get(OFFSETS))
+    try:
+        offsets = np.load(folder / OFFSETS)
+    except (OSError, ValueError, EOFError) as error:
+        raise damaged(folder, OFFSETS, f"unreadable ({str(error).splitlines()[0]})") from None
+    if offsets.ndim != 1 or len(offsets) < 1:
+        raise damaged(folder, OFFSETS, f"shape {list(offsets.shape)}, expected [sentences + 1]")
+    expected = {"shape": [int(offsets[-1]), hidden], "dtype": "float16"}
+    if files is None:
+        if folder not in _WARNED_UNVERIFIABLE:
+            _WARNED_UNVERIFIABLE.add(folder)
+            log.warning(
+                "%s was built before stores recorded checksums: its file sizes are checked, its contents cannot be "
+                "verified (rm -r it and rerun to rebuild it with checksums)",
+                folder,
+            )
+        files = {f"{name}.f16": {**expected, "bytes": _nbytes(expected)} for name in names}
+    elif files[OFFSETS]["shape"] != list(offsets.shape):
+        raise damaged(folder, OFFSETS, f"shape {list(offsets.shape)}, the header records {files[OFFSETS]['shape']}")
+    for name in names:
+        entry = files.get(f"{name}.f16")
+        if entry is None:
+            raise damaged(folder, f"{name}.f16", "not in the header")
+        if {key: entry[key] for key in expected} != expected or entry["bytes"] != _nbytes(entry):
+            raise damaged(
+                folder,
+                f"{name}.f16",
+                f"the header records {entry['shape']} {entry['dtype']} in {entry['bytes']} bytes, "
+                f"not {expected['shape']} float16",
+            )
+        _check_size(folder, f"{name}.f16", entry)
+    return offsets
+
+
+def _nbytes(entry: dict) -> int:
+    return int(np.prod(entry["shape"], dtype=np.int64)) * np.dtype(entry["dtype"]).itemsize
+
+
+def _check_size(folder: Path, name: str, entry: dict | None) -> None:
+    if entry is None:
+        raise damaged(folder, name, "not in the header")
+    try:
+        size = (folder / name).stat().st_size
+    except FileNotFoundError:
+        raise damaged(folder, name, "missing") from None
+    if size != entry["bytes"]:
+        raise damaged(folder, name, f"{size} bytes, the header records {entry['bytes']}")
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 16 MiB chunks (streaming: any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_mismatch(folder: Path, files: dict) -> tuple[str, str] | None:
+    """The first file of ``files`` whose size or SHA-256 differs from its record: (name, what differs)."""
+    for name, entry in files.items():
+        size = (folder / name).stat().st_size if (folder / name).exists() else None
+        if size != entry["bytes"]:
+            return name, "missing" if size is None else f"{size} bytes, the header records {entry['bytes']}"
+        if file_digest(folder / name) != entry["sha256"]:
+            return name, "its content differs from the SHA-256 recorded when it was built"
+    return None
+
+
+def verify_store(folder: Path) -> dict:
+    """Full verification on demand (``build_teacher_store.py --verify``): re-read every file of ``folder`` and
+    compare it with the header's SHA-256 (a sequential read of the whole store). Returns files, bytes and seconds;
+    raises the damaged-store error naming the first file that differs."""
+    folder = Path(folder)
+    header = _header(folder)
+    if header is None:
+        raise UserError(f"{folder}: no {KEY_FILE}: not a built teacher store or cache")
+    files = header.get(FILES)
+    if files is None:
+        raise UserError(
+            f"{folder} was built before stores recorded checksums, so it cannot be verified; to verify it, remove it "
+            f"(rm -r {folder}) and rerun to rebuild it with checksums"
+        )
+    started = time.perf_counter()
+    mismatch = _first_mismatch(folder, files)
+    if mismatch is not None:
+        raise damaged(folder, *mismatch)
+    summary = {
+        "files": len(files),
+        "bytes": sum(entry["bytes"] for entry in files.values()),
+        "seconds": time.perf_counter() - started,
+    }
+    log.info("%s: verified %d files, %.2f GB, in %.1f s (SHA-256)", folder, *summary.values())
+    return summary
 
 
 @torch.no_grad()
@@ -160,20 +337,47 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
         maps = {
             name: np.memmap(tmp / f"{name}.f16", dtype=np.float16, mode="w+", shape=(tokens, hidden)) for name in arrays
         }
+        digests = {name: hashlib.sha256() for name in arrays}  # each file is written front to back: hashed as written
         train_set.set_epoch(CACHE_EPOCH)
         loader = make_loader(train_set, sequential_batches(len(train_set), batch_size))  # corpus order, epoch-1 masks
         index = 0
         for batch in tqdm(loader, desc=f"teacher pass ({folder.name})"):
             values = compute(to_device(batch, device))
-            for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
-                start, stop = offsets[index], offsets[index + 1]
-                for name, array in maps.items():
-                    array[start:stop] = values[name][row, :length].float().cpu().numpy()
-                index += 1
+            rows = batch["attention_mask"].sum(1).tolist()
+            start, stop = offsets[index], offsets[index + len(rows)]
+            for name, array in maps.items():
+                packed = torch.cat([values[name][row, :length] for row, length in enumerate(rows)])
+                packed = packed.float().cpu().numpy().astype(np.float16)
+                if _non_finite(packed).any():
+                    raise UserError(
+                        f"the teacher's {name} is not finite in fp16 (overflow?) in sentences {index}..."
+                        f"{index + len(rows) - 1}: the store cannot hold it"
+                    )
+                array[start:stop] = packed
+                digests[name].update(packed.data)
+            index += len(rows)
         for array in maps.values():
             array.flush()
-        np.save(tmp / "offsets.npy", offsets)
-        (tmp / KEY_FILE).write_text(json.dumps(key, indent=2))  # written last: a folder without it is rebuilt
+        np.save(tmp / OFFSETS, offsets)
+        shape = {"shape": [tokens, hidden], "dtype": "float16", "bytes": tokens * hidden * 2}
+        files = {f"{name}.f16": {**shape, "sha256": digests[name].hexdigest()} for name in arrays}
+        files[OFFSETS] = {
+            "shape": list(offsets.shape),
+            "dtype": str(offsets.dtype),
+            "bytes": (tmp / OFFSETS).stat().st_size,
+            "sha256": file_digest(tmp / OFFSETS),
+        }
+        started = time.perf_counter()
+        mismatch = _first_mismatch(tmp, files)  # read back once: the disk holds what the teacher computed
+        if mismatch is not None:
+            raise UserError(
+                f"{folder}: {mismatch[0]} reads back wrong after writing ({mismatch[1]}); disk full or failing?"
+            )
+        log.info(
+            "verified %s after writing: %.2f GB in %.1f s (SHA-256)", folder, size / 1e9, time.perf_counter() - started
+        )
+        header = {**key, FILES: files}  # written last: a folder without it is rebuilt
+        (tmp / KEY_FILE).write_text(json.dumps(header, indent=2))
 
     atomic_write_dir(folder, write)
 
@@ -241,6 +445,7 @@ def open_store(flags: Flags, teacher: Teacher, train_set: MaskedSentences, devic
             STORE_BATCH,
         )
     init_distributed(device).barrier()
+    check_files(folder, store_arrays(num_layers, layers), teacher.model.config.hidden_size)
     return folder
 
 

@@ -275,6 +275,9 @@ def _stop_if_diverged(member: Member, loss: torch.Tensor) -> None:
     )
     if finite_loss and finite_gradient:
         return
+    from utils.teacher_cache import check_stored_batch  # non-finite stored teacher values: a damaged store, not --lr
+
+    check_stored_batch()
     what = "loss" if not finite_loss else "gradient norm"
     position = member.position
     learning_rates = sorted({group["lr"] for group in member.optimizer.param_groups})
