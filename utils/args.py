@@ -233,7 +233,12 @@ class TrainingArguments:
     group_by_length: bool = flag(
         True, "Batch sentences of similar length together (less padding); --no_group_by_length: plain shuffling."
     )
-    precision: Literal[PRECISIONS] = flag("auto", "Autocast precision; auto = bf16 on GPU, fp32 on CPU.")
+    precision: Literal[PRECISIONS] = flag(
+        "auto",
+        "Autocast precision (weights and optimizer state stay fp32); auto: bf16 on a GPU and on a CPU that multiplies "
+        "bf16 natively (AVX512-BF16, AMX), fp32 on other CPUs, resolved and logged at the start and recorded in the "
+        "run's identity as bf16 or fp32.",
+    )
 
     def __post_init__(self):
         require_finite(self, "lr", "adam_weight_decay", "adam_beta1", "adam_beta2")

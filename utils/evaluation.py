@@ -48,6 +48,16 @@ TABLE_COLUMNS = [
     ("latency_ms_b64", "ms (b=64)", "{:.1f}"),
 ]
 SCALE = {"parameters": 1e-6, "flops_per_token": 1e-6}
+# Every evaluation runs every model (the teacher and the reference too) in fp32, without autocast, whatever precision
+# the models trained in: so the figures of models trained on a GPU, a bf16 CPU or an fp32 one compare. metrics.json
+# records it; a report refuses to compare evaluations of different precisions (utils.report).
+EVAL_PRECISION = "fp32"
+
+
+def evaluation_precision(report: dict) -> str:
+    """The precision an evaluation's ``metrics.json`` ran in; one written before it was recorded ran in fp32 (no
+    evaluation ever autocast)."""
+    return report.get("precision", "fp32")
 
 
 def load_reference(name: str | None, device: torch.device) -> SimplifiedBert | None:
@@ -77,12 +87,13 @@ def evaluate_models(
     reference: SimplifiedBert | None = None,
     described: dict[str, dict] | None = None,
 ) -> dict:
-    """Evaluate ``models`` (one named ``teacher``) on the same masked test sentences and write
-    ``metrics.json`` (every figure with its 95% bootstrap interval, and each model's paired top-1
-    difference from the teacher), ``metrics.md``, ``predictions.tsv`` and ``per_sentence.npz`` (the
+    """Evaluate ``models`` (one named ``teacher``) in fp32 (:data:`EVAL_PRECISION`) on the same masked test
+    sentences and write ``metrics.json`` (its precision, every figure with its 95% bootstrap interval, and each
+    model's paired top-1 difference from the teacher), ``metrics.md``, ``predictions.tsv`` and ``per_sentence.npz`` (the
     per-sentence outcomes, for paired comparisons across evaluations: ``make_report.py --compare``)."""
     count = sentence_count(test, evaluation.percentage_data)
     loader = eval_loader(test, evaluation.eval_batch_size, count)
+    log.info("evaluation precision: %s (every model, the teacher included; no autocast)", EVAL_PRECISION)
     metrics, details = evaluate_mlm(models, loader, device, teacher=TEACHER, reference=reference, keep_predictions=True)
     with_intervals(metrics, details.values, TEACHER)
     for name, description in (described or {}).items():
@@ -101,6 +112,7 @@ def evaluate_models(
         "seq_len": data.seq_len,
         "seed": data.seed,
         "device": str(device),
+        "precision": EVAL_PRECISION,
         "reference": evaluation.reference if reference is not None else None,
         "models": metrics,
     }

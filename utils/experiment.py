@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from utils.args import Flags, parse_args
-from utils.device import pick_device
+from utils.device import pick_device, resolve_precision
 from utils.distributed import init_distributed
 from utils.errors import UserError
 from utils.files import release_run_locks
@@ -22,7 +22,8 @@ log = logging.getLogger("sitra")
 
 
 def start(flags: Flags, seed: int = 0) -> torch.device:
-    """Configure logging, seed torch, pick the device (``--device``, else the GPU when there is one)."""
+    """Configure logging, seed torch, pick the device (``--device``, else the GPU when there is one) and make
+    ``--precision auto`` concrete for it (:func:`~utils.device.resolve_precision`, logged)."""
     world = init_distributed()
     level = logging.INFO if world.is_main else logging.WARNING  # under torchrun, rank 0 speaks for all
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
@@ -30,6 +31,10 @@ def start(flags: Flags, seed: int = 0) -> torch.device:
     datasets.disable_progress_bars()
     torch.manual_seed(seed)
     device = pick_device(flags.runtime.device, world.local_rank)
+    training = getattr(flags, "training", None)
+    if training is not None:  # once per run: its identity, checkpoints and autocast all see the concrete precision
+        training.precision, why = resolve_precision(device, training.precision)
+        log.info("precision: %s (%s)", training.precision, why)
     log.info("device %s; flags: %s", device, flags.command_line())
     return device
 

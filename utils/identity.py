@@ -9,7 +9,9 @@ Some identity flags choose a *variant* of an experiment that a researcher sweeps
 directory (an init, a criterion, a healing temperature): :data:`NAMED` gives each a short piece that a
 non-default value adds to the run's folder name, so ``block_5_32_6`` (today's defaults) and
 ``block_5_32_6-init_svd`` or ``block_5_32_6-ce_logits`` are separate runs. The other identity flags (data
-scale, batch size, seed, precision) keep the folder name and a mismatch is a one-line refusal.
+scale, batch size, seed, precision) keep the folder name and a mismatch is a one-line refusal. The precision is
+recorded as the run resolved it at its start (bf16 or fp32, never ``auto``: utils.device.resolve_precision), so an
+fp32 run is not resumed by an ``auto`` that means bf16 on another machine.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from models import DROP, MERGE_INIT, STUDENT_INIT
 from utils.checkpoint import RunDirectory, kept_epoch
 from utils.compound import recipe_variant
 from utils.errors import NotCompared, UserError
-from utils.evaluation import MASKS_KEY, PER_SENTENCE, markdown_table
+from utils.evaluation import MASKS_KEY, PER_SENTENCE, evaluation_precision, markdown_table
 from utils.files import atomic_write
 from utils.statistics import CONFIDENCE, paired_difference, seed_and_sentence_difference
 from utils.storage import Storage
@@ -32,9 +32,9 @@ def _figure(rows: int = 1, columns: int = 1, figsize=(7, 4.5)):
 
 def per_sentence_values(
     storage: Storage, model: str, evaluation: str | None = None
-) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
-    """masks fingerprint -> (evaluation, metric -> per-sentence values) of every evaluation of ``model`` (only the
-    one named ``evaluation``, when given)."""
+) -> dict[str, tuple[str, dict[str, np.ndarray], str]]:
+    """masks fingerprint -> (evaluation, metric -> per-sentence values, the evaluation's precision) of every
+    evaluation of ``model`` (only the one named ``evaluation``, when given)."""
     found = {}
     for metrics_file in storage.all_results:
         arrays_file = metrics_file.parent / PER_SENTENCE
@@ -49,7 +49,7 @@ def per_sentence_values(
             if masks is None or saved_masks not in (None, masks) or any(len(v) != sentences for v in values.values()):
                 raise UserError(f"{arrays_file}: not the per-sentence values of {metrics_file} (their masks or "
                                 "sentence counts differ, or it names no masks): evaluate again")  # fmt: skip
-            found.setdefault(masks, (metrics_file.parent.name, values))
+            found.setdefault(masks, (metrics_file.parent.name, values, evaluation_precision(metrics)))
     return found
 
 
@@ -86,6 +86,12 @@ def compare_models(
         )
     # of several evaluations both models are in, the one with the most sentences (e.g. the whole test split)
     masks = max(shared, key=lambda fingerprint: len(found[0][0][fingerprint][1]["top1"]))
+    places = (storages, against or storages)  # evaluation (by its storage and name) -> its precision
+    require_same_precision(
+        {f"{at.root}/{per_seed[masks][0]}": per_seed[masks][2]
+         for seeds, roots in zip(found, places, strict=True) for per_seed, at in zip(seeds, roots, strict=True)},
+        f"--compare {first} {second}",
+    )  # fmt: skip
     values = [[per_seed[masks][1] for per_seed in seeds] for seeds in found]  # model -> seed -> metric -> [N]
     result = {
         "first": first,
@@ -105,6 +111,14 @@ def compare_models(
     return result
 
 
+def require_same_precision(precisions: dict[str, str], what: str) -> None:
+    """One error naming them when the evaluations (name -> precision) did not all run in the same precision: their
+    figures and paired differences would mix the models with the arithmetic."""
+    if len(set(precisions.values())) > 1:
+        named = ", ".join(f"{name}: {precision}" for name, precision in precisions.items())
+        raise UserError(f"{what}: evaluations of different precisions ({named}); evaluate them all in one precision")
+
+
 def collect_results(storage: Storage) -> list[dict]:
     rows = []
     for path in storage.all_results:
@@ -116,6 +130,7 @@ def collect_results(storage: Storage) -> list[dict]:
                     "model": model,
                     "sentences": report.get("sentences"),
                     "masks": report.get("masks"),
+                    "precision": evaluation_precision(report),
                     **values,
                 }
             )
@@ -736,6 +751,10 @@ def write_report(
     parameter plot show the ``frontier_evaluations`` (default: all); each side's best is chosen on ``select_on``
     (:func:`best_against_field`). Returns the rows and the plots."""
     rows = collect_results(storage)
+    seed_rows = [collect_results(Storage(folder)) for folder in seed_runs]
+    every = [(storage.root, rows), *zip(map(Path, seed_runs), seed_rows, strict=True)]
+    precisions = {f"{root}/{row['evaluation']}": row["precision"] for root, found in every for row in found}
+    require_same_precision(precisions, f"--storage_directory {storage.root}")  # the tables compare them all
     grid = block_grid(storage)
     if not rows and not grid:
         raise UserError(f"--storage_directory {storage.root}: no evaluation results and no block runs to report")
@@ -749,7 +768,7 @@ def write_report(
         table = markdown_table({row["model"]: row for row in rows if row["evaluation"] == evaluation})
         sections.append(f"### {evaluation}\n\n{table}")
     if seed_runs:
-        pooled = pool_seeds([rows] + [collect_results(Storage(folder)) for folder in seed_runs])
+        pooled = pool_seeds([rows] + seed_rows)
         write_csv(output / "seeds.csv", pooled)
         description = "mean ± standard deviation across seeds [min, max]; each seed evaluated on the same masks"
         table = f"## Across seeds\n\n{description}\n\n{seeds_table(pooled)}\n"

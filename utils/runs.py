@@ -21,6 +21,7 @@ from utils.args import (
     parse_args,
 )
 from utils.checkpoint import RunDirectory
+from utils.device import auto_as_recorded, device_type, resolve_precision
 from utils.distributed import init_distributed
 from utils.errors import UserError
 from utils.identity import CONTINUABLE, NAMED, run_identity, variant
@@ -65,11 +66,17 @@ def variant_of_flags(kind: str, values: dict) -> str:
 
 
 def open_run(flags: Flags, folder: Path, **explicit) -> RunDirectory:
-    """The run at ``folder``: its identity is every identity flag (``explicit`` values replace or add), every
-    flag is recorded with its checkpoints, and the continuable ones are checked when a finished run is rerun."""
+    """The run at ``folder``: its identity is every identity flag (``explicit`` values replace or add; the precision
+    concrete, never ``auto``), every flag is recorded with its checkpoints, and the continuable ones are checked when
+    a finished run is rerun."""
     continuable = {key: value for key, value in flags.as_dict().items() if key in CONTINUABLE}
     identity = run_identity(flags.groups, **explicit)
-    return RunDirectory(folder, identity, flags.training.save_checkpoint_every, flags.as_dict(), continuable)
+    kind = device_type(getattr(getattr(flags, "runtime", None), "device", None))
+    if identity.get("precision") == "auto":  # utils.experiment.start resolves it; flags that skipped it, here
+        identity["precision"], _ = resolve_precision(kind, "auto")
+    return RunDirectory(
+        folder, identity, flags.training.save_checkpoint_every, flags.as_dict(), continuable, auto_as_recorded(kind)
+    )
 
 
 def already_finished(run: RunDirectory, flags: Flags, output: Path | None = None) -> bool:
