@@ -57,9 +57,12 @@ def built_from(info, sources: dict, flags) -> dict:
     }  # fmt: skip
 
 
+GROUPS = [TeacherArguments, CompoundArguments, *CUT_FLAGS]
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags, device = parse_and_start([TeacherArguments, CompoundArguments, *CUT_FLAGS], __doc__, argv)
+    flags, device = parse_and_start(GROUPS, __doc__, argv)
     options = flags.compound
     recipe = read_recipe(options.recipe)  # before anything is loaded
     output = Storage(flags.storage.storage_directory).model(options.name)

@@ -56,11 +56,12 @@ GROUPS = [
     *FINETUNE_FLAGS,
     ExportArguments,
 ]
+DEFAULTS = {"lr": 1e-4, "epochs": 1}
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
-    flags = parse_args(GROUPS, __doc__, argv, lr=1e-4, epochs=1)
+    flags = parse_args(GROUPS, __doc__, argv, **DEFAULTS)
     device = start(flags, flags.data.seed)
     info = inspect_teacher(flags.teacher.teacher, flags.data.seq_len)
     storage, options = Storage(flags.storage.storage_directory), flags.fully_merged

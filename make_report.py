@@ -107,9 +107,12 @@ class ReportArguments:
 REPOSITORY = Path(__file__).resolve().parent
 
 
+GROUPS = [StorageArguments, ReportArguments]
+
+
 @cli_entry
 def main(argv=None) -> dict:
-    flags = parse_args([StorageArguments, ReportArguments], __doc__, argv)
+    flags = parse_args(GROUPS, __doc__, argv)
     start(flags)
     storage, options = Storage(flags.storage.storage_directory), flags.report
     if options.docs:

@@ -63,6 +63,7 @@ class FinetuneArguments:
 GROUPS = [
     TeacherArguments, HealedModelsArguments, StudentArguments, FinetuneArguments, *FINETUNE_FLAGS, ExportArguments
 ]  # fmt: skip
+DEFAULTS = {"lr": 1e-4, "epochs": 1}
 
 
 def _trainable(student, flags) -> dict:
@@ -75,7 +76,7 @@ def _trainable(student, flags) -> dict:
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict] | list[list[dict]]:
     """The healed model's metric records; with several ``--model``, each one's, in their order."""
-    flags, device = parse_and_start(GROUPS, __doc__, argv, lr=1e-4, epochs=1)
+    flags, device = parse_and_start(GROUPS, __doc__, argv, **DEFAULTS)
     storage, options = Storage(flags.storage.storage_directory), flags.finetune
     default = storage.retrained_model(flags.student.block_heads, flags.student.block_d_k)
     model_dirs = [Path(model) for model in flags.model.model or [default]]

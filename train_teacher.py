@@ -91,11 +91,12 @@ def train_until(fit_to, run, training, options) -> None:
 
 
 GROUPS = [TeacherTrainingArguments, *RUN_FLAGS]
+DEFAULTS = {"lr": 1e-4, "batch_size": 32, "epochs": 1, "max_steps": 500, "save_checkpoint_every": 1}
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    flags = parse_args(GROUPS, __doc__, argv, lr=1e-4, batch_size=32, epochs=1, max_steps=500, save_checkpoint_every=1)
+    flags = parse_args(GROUPS, __doc__, argv, **DEFAULTS)
     device = start(flags, flags.data.seed)
     options, training = flags.teacher_training, flags.training
     if training.stop_patience is not None:

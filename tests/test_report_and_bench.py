@@ -374,3 +374,12 @@ def test_speed_goals_are_judged_on_every_run(tmp_path):
     assert "| m | 2.00× | 1.75–1.85× |" in text
     assert "fused fp32 1.75–1.85× (m): met in one run" in text
     assert "the lowest ratio: fused fp32 0.80 (missed)" in text
+
+
+def test_the_matmul_peak_bench_measures_each_precision_asked_for(tmp_path):
+    from bench.matmul_peak import main as matmul_peak
+
+    result = matmul_peak(["--shape", "64", "32", "48", "--repeats", "2", "--warmup", "0", "--output", str(tmp_path)])
+    assert set(result["gflops"]) == {"fp32", "bf16"} and result["gflops"]["fp32"] > 0
+    saved = json.loads((tmp_path / "matmul_peak.json").read_text())
+    assert saved["shape"] == [64, 32, 48] and "| fp32 |" in (tmp_path / "matmul_peak.md").read_text()

@@ -99,16 +99,16 @@ def test_a_family_asked_for_a_budget_it_cannot_reach_is_refused(tmp_path, tiny_t
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"budgets": [50]}, "budgets: expected a list of shares"),
+        ({"budgets": [50]}, "budgets.0: 50: expected a value <= 1"),
         ({"families": {"x": {"method": "pruning", "width": 3}}}, r"families.x: pruning takes no \['width'\]"),
         ({"comparisons": [["sitra", "nobody"]]}, "comparisons: .* is not a pair of family names"),
-        ({"data": {"epochs": 3}}, "data: keys are"),
+        ({"data": {"epochs": 3}}, "data.epochs: unknown key 'epochs' \\(expected one of batch_size"),
         ({"teacher": {"shape": "bert-base"}}, "teacher: expected exactly one of 'path'"),
-        ({"baseline": ["../round3", 3]}, "baseline: expected the root of another study, or a list of them"),
-        ({"baseline": ""}, "baseline: expected the root of another study, or a list of them"),
+        ({"baseline": ["../round3", 3]}, "baseline.1: 3: expected string"),
+        ({"baseline": ""}, "baseline: '': expected a non-empty string"),
         (
             {"families": {"x": {"method": "pruning", "reconstruct": "ridge"}}},
-            r"families.x: reconstruct 'ridge': expected true, false or one of least_squares, validated",
+            r"families.x.reconstruct: 'ridge': expected boolean or one of least_squares, validated",
         ),
     ],
 )
@@ -193,7 +193,7 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
         ({"families": ["field", {"field": {"method": "pruning"}}]}, "families: each name once"),
         (
             {"families": [{"own": {"method": "nothing"}}]},
-            "families.own: method: one of students \\(sitra: attention students",
+            "families.own.method: 'nothing': expected one of students, pruning",
         ),
         ({"families": ["merged"], "budgets": [0.25]}, "families: merged is planned only at 50% in tiny.yaml"),
         ({"base": "missing.yaml"}, "base: .*missing.yaml is not another study file"),
@@ -205,8 +205,8 @@ def test_a_part_of_a_study_inherits_its_base_cut_to_the_part(tmp_path, tiny_teac
     part.write_text(yaml.safe_dump({"base": base.name}))
     typo = base.read_text() + "comparsions: []\n"
     for broken_base, message in (
-        ("budgets: [0.5\n", "tiny.yaml: not a readable YAML study file"),
-        (typo, r"tiny.yaml: unknown keys \['comparsions'\]"),
+        ("budgets: [0.5\n", "tiny.yaml:2: not YAML"),
+        (typo, r"tiny.yaml:\d+: comparsions: unknown key 'comparsions'"),
     ):
         base.write_text(broken_base)
         with pytest.raises(UserError, match=message):
@@ -793,7 +793,7 @@ def test_a_studys_precision_reaches_every_training_stage_and_none_leaves_each_sc
     assert {key for key, has in given.items() if has} == {key for key in given if key[0] in training}
     plain = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir)), tmp_path, sys.executable)
     assert not [stage.key for stage in plain.stages.values() if "--precision" in stage.command]
-    with pytest.raises(UserError, match="data.precision: one of auto, fp32, bf16, fp16"):
+    with pytest.raises(UserError, match="data.precision: 'fp64': expected one of None, auto, fp32, bf16, fp16"):
         Study.load(tiny_study(tmp_path, tiny_teacher_dir, data={**data, "precision": "fp64"}))
 
 

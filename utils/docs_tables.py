@@ -30,7 +30,7 @@ from utils.study_report import (
 )
 
 SECTION = re.compile(r"(<!-- generated: (\w+) from (\S+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
-DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/round3_models.md")
+DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/round3_models.md", "docs/OPERATIONS.md")
 
 # the speed goals of issue 35: FLOP reduction -> batch-1 speed-up (ONNX Runtime, against the teacher in the same form)
 SPEED_GOALS = {2.0: 1.8, 3.0: 2.5, 4.0: 3.0}
@@ -271,7 +271,18 @@ def seeds_of_parts(study: Path, *parts: Path) -> str:
     return seeds_markdown(_parts(study, parts)[2])
 
 
+def study_keys(schema: Path) -> str:
+    """Every key of a study file, from the study schema (``workflow/schemas/study.schema.yaml``)."""
+    from utils import study_file
+    from utils.study import schema_enums
+
+    if schema.resolve() != study_file.SCHEMA:
+        raise UserError(f"study_keys: reads {study_file.SCHEMA.name}, not {schema}")
+    return study_file.key_reference(schema_enums())
+
+
 GENERATORS: dict[str, Callable[..., str]] = {
+    "study_keys": study_keys,
     "speed": speed_markdown,
     "speed_verdict": speed_verdict,
     "study_headline": headline_of_study,

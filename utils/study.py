@@ -21,6 +21,7 @@ Under the study's root (the workflow's ``storage``)::
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ SHAPES = {
 }
 BUDGET_SLACK = 0.02  # a planned model within 2 points of its budget counts at it (widths are rounded)
 SHARED = "shared"  # the "seed" of stages every seed shares (the teacher, the report)
+WIKITEXT2_TRAIN_SENTENCES = 75_720  # the training split's sentences (utils.data), for a bill before any data is read
+STORE_BYTES = 2  # a teacher store's values are fp16 (utils.teacher_cache)
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,11 @@ DATA_DEFAULTS = {
     "mask_seed": 42,
     "seq_len": 40,
     "batch_size": None,  # None: each script's default
-    # every training stage's autocast (--precision); None: each script's auto, bf16 on a GPU and fp32 on the CPU.
-    # fp32 makes a GPU run the same experiment as a CPU one (the evaluations and the store are fp32 either way)
+    # every training stage's autocast (--precision); None: each script's auto, bf16 on a GPU and on a CPU that
+    # multiplies bf16 natively, fp32 on other CPUs (each run records which). fp32 makes every machine's run the same
+    # experiment (the evaluations and the store are fp32 either way)
     "precision": None,
 }
-TOP_KEYS = {"name", "description", "teacher", "data", "seeds", "budgets", "families", "healing", "comparisons",
-            "resources", "goals", "baseline", "base"}  # fmt: skip
 
 
 def from_root(root: Path, path: str) -> str:
@@ -184,77 +186,59 @@ class Study:
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
+        """The study file at ``path``, checked against the schema (types, ranges, unknown and repeated keys) and
+        then what a schema cannot say (a family's options against its method's, comparisons and goals against the
+        families and budgets); each refusal one line naming the file, its line where known, the key and value."""
+        from utils import study_file
+
         path = Path(path)
-        raw = _read_study_file(path)
-        where = str(path)
+        raw, lines = study_file.read(path)
         if "base" in raw:
             raw = _derived(path, raw)
-        for key in ("teacher", "budgets", "families"):
-            _require(key in raw, f"needs '{key}'", where)
+        study_file.check(raw, lines, path, schema_enums())
         data = {**DATA_DEFAULTS, **(raw.get("data") or {})}
-        _require(set(data) == set(DATA_DEFAULTS), f"data: keys are {', '.join(DATA_DEFAULTS)}", where)
-        from utils.device import PRECISIONS  # here, not at the top: a cluster job imports this module, torch-free
-
-        precision = data["precision"]
-        _require(precision in (None, *PRECISIONS), f"data.precision: one of {', '.join(PRECISIONS)}", where)
-        budgets = raw["budgets"]
-        _require(
-            isinstance(budgets, list) and budgets and all(isinstance(b, float) and 0 < b <= 1 for b in budgets),
-            "budgets: expected a list of shares of the teacher's FLOPs, each in (0, 1]",
-            where,
-        )
-        seeds = raw.get("seeds", [42])
-        _require(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds), "seeds: ints", where)
-        families = raw["families"]
-        _require(isinstance(families, dict) and families, "families: expected a mapping name -> family", where)
+        budgets, seeds, families = raw["budgets"], raw.get("seeds", [42]), raw["families"]
         for name, family in families.items():
-            _check_family(name, family, budgets, f"{where}: families.{name}")
+            at = study_file.where(path, lines, ["families", name])
+            _check_family(name, family, budgets, f"{at}: families.{name}")
         comparisons = raw.get("comparisons") or []
-        for pair in comparisons:
-            _require(
-                isinstance(pair, list) and len(pair) == 2 and set(pair) <= set(families),
-                f"comparisons: {pair!r} is not a pair of family names",
-                where,
-            )
+        for index, pair in enumerate(comparisons):
+            at = study_file.where(path, lines, ["comparisons", index])
+            _require(set(pair) <= set(families), f"comparisons: {pair!r} is not a pair of family names", at)
+            _require(pair[0] != pair[1], f"comparisons: {pair!r} compares a family with itself", at)
         teacher = raw["teacher"]
         _require(
-            isinstance(teacher, dict) and len({"path", "train"} & set(teacher)) == 1,
+            len({"path", "train"} & set(teacher)) == 1,
             "teacher: expected exactly one of 'path' (a folder or hub id) and 'train' (train_teacher.py's flags)",
-            where,
+            study_file.where(path, lines, ["teacher"]),
         )
-        _require(teacher.get("shape") in (None, *SHAPES), f"teacher.shape: one of {', '.join(SHAPES)}", where)
         healing = raw.get("healing") or {"kl": {}}
-        _require(
-            isinstance(healing, dict) and all(isinstance(flags, dict) for flags in healing.values()),
-            "healing: expected a mapping name -> the healing script's flags (e.g. kl: {train_layers: true})",
-            where,
-        )
-        goals = raw.get("goals") or {}
-        _require(set(goals) <= set(budgets), "goals: a share of the teacher's top-1 per budget of the study", where)
+        goals = {float(budget): goal for budget, goal in (raw.get("goals") or {}).items()}
+        _require(set(goals) <= set(budgets), "goals: a share of the teacher's top-1 per budget of the study",
+                 study_file.where(path, lines, ["goals"]))  # fmt: skip
         baselines = raw.get("baseline")  # absent, one root, or a list of them
         baselines = [] if baselines is None else [baselines] if isinstance(baselines, str) else baselines
-        _require(
-            isinstance(baselines, list) and all(isinstance(root, str) and root for root in baselines),
-            "baseline: expected the root of another study, or a list of them (e.g. ../round3, read from this study's "
-            "root)",
-            where,
-        )
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
                    raw.get("resources") or {}, goals, baselines)  # fmt: skip
 
 
-def _read_study_file(path: Path) -> dict:
-    """A study file's keys, read as YAML; refused unless they are a mapping of known keys."""
-    import yaml  # a dependency of the workflow only
+def schema_enums() -> dict[tuple, list]:
+    """The registries the study schema's enums come from (``utils.study_file.schema``)."""
+    from models.methods import DROP, SIMILARITY
+    from utils.device import PRECISIONS
+    from utils.pruning import RECONSTRUCTION
 
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"{path}: not a readable YAML study file ({type(error).__name__})") from None
-    _require(isinstance(raw, dict), "expected a mapping of study keys", str(path))
-    unknown = set(raw) - TOP_KEYS
-    _require(not unknown, f"unknown keys {sorted(unknown)} (expected {', '.join(sorted(TOP_KEYS))})", str(path))
-    return raw
+    family = ("$defs", "family", "properties")
+    # a drop rule that measures similarities on data cannot be planned ahead: the plan must know the kept layers
+    rules = [name for name in DROP.names() if SIMILARITY not in DROP[name].needs]
+    return {
+        ("properties", "teacher", "properties", "shape"): list(SHAPES),
+        ("properties", "data", "properties", "precision"): [None, *PRECISIONS],
+        ("properties", "resources", "propertyNames"): ["default", *KINDS, "report"],
+        (*family, "method"): list(METHODS),
+        (*family, "rule"): rules,
+        (*family, "reconstruct", "oneOf", 1): RECONSTRUCTION.names(),
+    }
 
 
 def _derived(path: Path, raw: dict) -> dict:
@@ -269,7 +253,9 @@ def _derived(path: Path, raw: dict) -> dict:
     base_path = path.parent / str(raw["base"])
     another = base_path.is_file() and base_path.resolve() != path.resolve()
     _require(another, f"base: {base_path} is not another study file", where)
-    base = _read_study_file(base_path)
+    from utils import study_file
+
+    base, _ = study_file.read(base_path)
     _require("base" not in base, f"base: {base_path.name} has a base of its own (one level only)", where)
     Study.load(base_path)  # the base is a study of its own: its errors name it
     derived = {key: value for key, value in base.items() if key not in ("name", "description")} | raw
@@ -326,8 +312,11 @@ def _check_family(name: str, family: dict, budgets: list[float], where: str) -> 
     unknown = set(family) - {"method", "budgets", *method.options}
     _require(not unknown, f"{family['method']} takes no {sorted(unknown)} (it takes {sorted(method.options)})", where)
     _require(set(family.get("budgets", budgets)) <= set(budgets), "budgets: each must be one of the study's", where)
-    if "reconstruct" in family:
-        _reconstruct(family, where)
+    for option in ("attention_share", "depth"):  # a mapping of shares gives one at each budget, or a default
+        shares = family.get(option)
+        if isinstance(shares, dict) and "default" not in shares:
+            missing = [budget for budget in family.get("budgets", budgets) if budget not in shares]
+            _require(not missing, f"{option}: no share for budget {missing[:1]} (give it, or a default)", where)
 
 
 def _reconstruct(options: dict, where: str) -> bool | str:
@@ -485,6 +474,9 @@ def plan_models(study: Study, shape: TeacherShape) -> tuple[list[PlannedModel], 
             why = f"{family} at {budget:.0%}: its model lands at {model.flops_share:.1%} of the teacher's FLOPs"
             _require("budgets" not in options, why, f"{study.path}: families.{family}")
             skipped.append(why)
+    names = [model.name for model in models]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    _require(not twice, f"two models named {twice} (budgets that round to one percent)", f"{study.path}: budgets")
     return models, skipped
 
 
@@ -512,6 +504,7 @@ class Plan:
 
     def __init__(self, study: Study, root: str | Path, python: str, data_dir: str | None = None, shape=None):
         self.study, self.root, self.python = study, Path(root).resolve(), python
+        _check_writable(self.root)
         self.repo = Path(__file__).resolve().parents[1]
         self.shape = shape or teacher_shape(study, self.root)
         self.models, self.skipped = plan_models(study, self.shape)
@@ -524,6 +517,8 @@ class Plan:
         report = ("--storage_directory", self.root, "--study", study.path.resolve())
         self.report = Stage("report", SHARED, "report", (str(self.repo / "make_report.py"), *map(str, report)),
                             tuple(evaluations))  # fmt: skip
+        for stage in (*self.stages.values(), self.report):
+            check_command(stage, study.path)
 
     # where things are ------------------------------------------------------------------------------------------
     def storage(self, seed: int) -> Storage:
@@ -614,6 +609,8 @@ class Plan:
         # every model needs the teacher it is cut from, a pruned or dropped one nothing else (no students, no store)
         built = [self._model_stage(seed, model, [*teacher, *self._student_stages(seed, model, store)])
                  for model in self.models]  # fmt: skip
+        if not self.models:  # every family is left out at every budget (describe says where): nothing to heal
+            return
         healed = [self._heal_stage(seed, built, healing, flags) for healing, flags in self.study.healing.items()]
         models = [self.storage(seed).model(model.healed(healing)) for healing in self.study.healing
                   for model in self.models]  # fmt: skip
@@ -722,7 +719,55 @@ class Plan:
         for model in self.models:
             size = ", ".join(f"{key} {value}" for key, value in model.shape.items())
             lines.append(f"{model.name:<28} {model.method:<18} {model.budget:>6.0%} {model.flops_share:>6.1%}  {size}")
-        return "\n".join(lines + [f"not planned: {line}" for line in self.skipped])
+        lines += [f"not planned: {line}" for line in self.skipped]
+        lines += [f"warning: baseline {root} is not there: the report will leave its comparisons out"
+                  for root in self.baselines if not root.is_dir()]  # fmt: skip
+        return "\n".join(lines + self.bill())
+
+    def bill(self) -> list[str]:
+        """What the study will ask for: each store's disk (the teacher's shape and the data) and the GPU hours the
+        stages request (each stage's ``runtime`` x ``gpu`` from the study's resources: an upper bound)."""
+        data, shape = self.study.data, self.shape
+        sentences = data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES
+        arrays = 2 * shape.layers + 1  # the hidden state entering each layer and the last output, each attention
+        store_bytes = sentences * data["seq_len"] * shape.hidden * STORE_BYTES * arrays
+        stores = [key for key in self.stages if key[0] == "store"]
+        hours = {}
+        for kind, _, _ in (*self.stages, self.report.key):
+            resources = self.resources(kind)
+            hours[kind] = hours.get(kind, 0) + resources.get("runtime", 0) * resources.get("gpu", 0) / 60
+        by_kind = ", ".join(f"{kind} {value:g}" for kind, value in hours.items() if value)
+        return [
+            f"disk: each store at most {store_bytes / 1e9:.1f} GB ({sentences:,} sentences x {data['seq_len']} "
+            f"tokens x hidden {shape.hidden} x {arrays} arrays in fp16), {len(stores)} stores: at most "
+            f"{len(stores) * store_bytes / 1e9:.1f} GB under {self.root}",
+            f"GPU hours requested (runtime x gpu of each stage, an upper bound): {sum(hours.values()):g}"
+            + (f" ({by_kind})" if by_kind else ""),
+        ]
+
+
+def _check_writable(root: Path) -> None:
+    """The study's root, or the nearest folder above it that exists, is a folder this process may write in."""
+    existing = next(folder for folder in (root, *root.parents) if folder.exists())
+    why = "is a file" if not existing.is_dir() else "is not writable" if not os.access(existing, os.W_OK) else ""
+    _require(not why, f"{existing} {why}: expected a folder to hold the study's root {root}", "storage")
+
+
+def check_command(stage: Stage, study: Path) -> None:
+    """Parse ``stage``'s flags with its script's own parser now, not hours later when the stage runs: a typo in a
+    healing's flags or a value a flag does not take (``merge_init: firts``) is refused at plan time. Post-parse
+    checks run too (each group's ``__post_init__``); what needs files or data is left to the script."""
+    import importlib
+
+    from utils.args import parse_args
+
+    script = Path(stage.command[0])
+    module = importlib.import_module(script.stem)  # the repository's root is on sys.path (the Snakefile's, tests')
+    try:
+        parse_args(module.GROUPS, "", list(stage.command[1:]), **getattr(module, "DEFAULTS", {}))
+    except UserError as error:
+        raise UserError(f"{study}: the {stage.kind} stage {stage.seed}/{stage.name} would be refused by "
+                        f"{script.name}: {error}") from None  # fmt: skip
 
 
 KINDS = ("teacher", "store", "attention_students", "ffn_students", "merge_students", "chain", "model", "heal",
