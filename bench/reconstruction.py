@@ -4,7 +4,7 @@ the same kept heads and neurons (ranked on the seed's masked validation sentence
 them), checked against the teacher on other validation sentences. What the field's baseline looks like before
 healing, and why one reconstruction breaks where another does not (each layer's refitted bias and largest weight).
 
-python bench/reconstruction.py --teacher /work/round3/teacher --block_heads 6 --ffn_width 384 --seeds 42 43 44 \
+python bench/reconstruction.py --teacher storage/round3/teacher --block_heads 6 --ffn_width 384 --seeds 42 43 44 \
     --output docs/data/round3_seeds_validated/before_healing.csv
 """
 

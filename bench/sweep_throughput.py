@@ -45,12 +45,12 @@ from utils.data import WikiTextSplits, eval_loader, load_data
 from utils.experiment import cli_entry, log, start
 from utils.files import reserve_unique_dir
 from utils.lockstep import fit_together
-from utils.objectives import AttentionDistillation, FeedForwardDistillation
+from utils.objectives import AttentionDistillation, FeedForwardDistillation, Objective
 from utils.run_state import Member
 from utils.students import one_teacher_forward
 from utils.teacher import Teacher, TeacherInfo, inspect_teacher, load_teacher, resolve_teacher
 from utils.teacher_cache import open_store, teacher_training_set
-from utils.training import Objective, fit, make_optimizer
+from utils.training import fit, make_optimizer
 
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 

@@ -19,7 +19,7 @@ from models.cost import width_for_budget
 from utils.errors import UserError
 from utils.evaluation import PER_SENTENCE, TEACHER
 from utils.study import SHAPES, Plan, Study, TeacherShape
-from utils.study_report import COMPARISON_COLUMNS, study_markdown, write_study_data, write_table
+from utils.study_report import COMPARISON_COLUMNS, TRAINING_KINDS, study_markdown, write_study_data, write_table
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
 
@@ -589,6 +589,15 @@ def test_a_tiny_study_runs_end_to_end_through_the_engine_and_a_rerun_does_nothin
         "heal",
         "evaluate",
     }
+    # every stage that trains counted its FLOPs, read against the machine's peak the workflow measured
+    trained = {row["kind"] for row in timed if row["train_flops"]}
+    assert trained == {"store", "attention_students", "ffn_students", "heal"}
+    assert all(0 < float(row["share_of_fp32_peak"]) < 1 for row in timed if row["train_flops"])
+    with open(storage / "data" / "models.csv") as file:
+        cost = {(row["model"], row["evaluation"]): float(row["train_flops"]) for row in csv.DictReader(file)
+                if row["healing"]}  # fmt: skip
+    # sitra's model carries its store's and students' FLOPs besides its healing; the field's its healing alone
+    assert cost["sitra_50", "test"] > cost["field_50", "test"] > 0
     again = snakemake(workdir, study, storage, tiny_data_dir, "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
     # a changed study re-plans only what changed: a longer healing re-heals and re-evaluates, builds nothing
@@ -748,8 +757,10 @@ def test_a_study_report_is_rebuilt_from_its_raw_results_alone(tiny_study_run, tm
     copied into a fresh root without models, students or stamps, give the same tables."""
     storage, raw = tiny_study_run[2], tiny_study_run[2] / "data" / "raw"
     files = sorted(str(path.relative_to(raw)) for path in raw.rglob("*") if path.is_file())
-    assert files == [f"seed42/results/{split}/{name}" for split in ("test", "validation")
-                     for name in ("metrics.json", PER_SENTENCE)]  # fmt: skip
+    plan = Plan(Study.load(tiny_study_run[1]), storage, sys.executable)
+    counted = [f"flops/{seed}/{kind}/{name}.json" for kind, seed, name in sorted(plan.stages) if kind in TRAINING_KINDS]
+    assert files == [*counted, *(f"seed42/results/{split}/{name}" for split in ("test", "validation")
+                                 for name in ("metrics.json", PER_SENTENCE))]  # fmt: skip
     shutil.copytree(raw, tmp_path / "fresh")
     write_study_data(Plan(Study.load(tiny_study_run[1]), tmp_path / "fresh", sys.executable))
     for table in ("models.csv", "comparisons.csv"):

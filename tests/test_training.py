@@ -270,3 +270,41 @@ def test_the_teacher_refuses_stop_patience_before_loading(tmp_path, capsys):
         train_teacher.main(["--init", "missing", "--storage_directory", str(tmp_path), "--stop_patience", "1"])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: --stop_patience: the teacher stops by")
+
+
+class _LinearObjective:
+    """A linear map of 8 features to 4 on every token: 2 x 8 x 4 FLOPs a token forward, as many for its weights'
+    gradient (its input needs none), so 128 FLOPs a (padded) token, known."""
+
+    def __init__(self):
+        self.trainable = self.network = torch.nn.Linear(8, 4)
+
+    def loss(self, batch, network):
+        return network(batch["x"]).pow(2).sum(), batch["x"].shape[0]
+
+    def evaluate(self, loader):
+        return {}
+
+
+class _Tokens(_Numbers):
+    def collate(self, indices):
+        x = torch.ones(len(indices), 5, 8)  # 5 tokens a sentence, one padded (its compute counts: it is done)
+        return {"x": x, "attention_mask": torch.tensor([[1, 1, 1, 1, 0]] * len(indices))}
+
+
+def test_a_run_counts_its_training_flops_and_adds_them_to_its_stage(tmp_path, monkeypatch):
+    import json
+
+    from utils.args import TrainingArguments
+    from utils.checkpoint import RunDirectory
+    from utils.training import fit
+
+    stage = tmp_path / "flops" / "seed42" / "heal" / "kl.json"
+    monkeypatch.setenv("SITRA_FLOPS_FILE", str(stage))
+    training = TrainingArguments(batch_size=4, epochs=2, group_by_length=False, precision="fp32")
+    run = RunDirectory(tmp_path / "linear", {"name": "linear"}, save_every=1)
+    records = fit(_LinearObjective(), _Tokens(12), None, training, run, torch.device("cpu"), seed=0)
+    per_epoch = 128 * 12 * 5  # FLOPs a token x sentences x padded length
+    assert [record["train_flops"] for record in records[1:]] == [per_epoch, per_epoch]
+    saved = json.loads(stage.read_text())
+    assert saved["linear"]["train_flops"] == 2 * per_epoch and saved["linear"]["train_seconds"] > 0

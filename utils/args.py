@@ -16,6 +16,7 @@ from typing import Literal, Optional
 from transformers import HfArgumentParser
 
 from models.methods import DROP, FFN_INIT, MERGE_INIT, STUDENT_INIT, Family
+from utils.data import wikitext_files
 from utils.device import PRECISIONS
 from utils.errors import UserError
 from utils.objectives import HEALING
@@ -85,8 +86,6 @@ class DataArguments:
     def __post_init__(self):
         require_positive(self, "max_sentences")
         require(self.seq_len >= 3, f"--seq_len must be at least 3 ([CLS], one token, [SEP]), got {self.seq_len}")
-        from utils.data import wikitext_files  # (utils.data imports this module)
-
         wikitext_files(self.data_dir)  # the files are there before a teacher is loaded
 
 

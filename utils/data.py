@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,8 +22,10 @@ from datasets import DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 from models import IGNORE_INDEX
-from utils.args import DataArguments
 from utils.errors import UserError
+
+if TYPE_CHECKING:  # utils.args checks --data_dir with wikitext_files: it imports this module, not this one it
+    from utils.args import DataArguments
 
 log = logging.getLogger(__name__)
 

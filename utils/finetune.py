@@ -19,9 +19,9 @@ from utils.lockstep import fit_together
 from utils.metrics import hidden_state_similarity
 from utils.model_io import load_simplified, save_and_export
 from utils.objectives import HEALING, TEACHER_OUTPUTS
-from utils.run_state import Member
+from utils.run_state import Member, finished_training
 from utils.teacher import Teacher
-from utils.training import finished_training, fit, make_optimizer
+from utils.training import fit, make_optimizer
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from utils.args import TrainingArguments
 from utils.distributed import init_distributed
 from utils.errors import Diverged
 from utils.preemption import PREEMPTION
-from utils.run_state import Member
-from utils.training import finished_training, select, start_members, train_members
+from utils.run_state import Member, finished_training
+from utils.training import select, start_members, train_members
 
 
 def fit_together(

@@ -1,6 +1,6 @@
 """Training objectives: what is trained, against which teacher signal, and how it is evaluated.
 
-Each objective follows :class:`utils.training.Objective`: ``loss(batch, network)`` returns ``(sum, count)``
+Each objective follows :class:`Objective`: ``loss(batch, network)`` returns ``(sum, count)``
 of per-item losses (the loss is their mean), running ``network`` (``self.network``, or its
 DistributedDataParallel wrapper under torchrun). The teacher is frozen and run under ``torch.no_grad``;
 only ``trainable`` gets gradients.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,26 @@ CPU = torch.device("cpu")
 # a batch key: the teacher's forward on the batch, computed once for several models healed in lockstep
 # ({traced: the forward's output}; :func:`utils.finetune.one_teacher_forward`)
 TEACHER_OUTPUTS = "teacher_outputs"
+
+
+class Objective(Protocol):
+    """What a script trains.
+
+    ``trainable`` holds every parameter the optimizer updates (and only it is checkpointed);
+    ``network`` is the module whose forward the loss runs; ``loss(batch, network)`` runs ``network``
+    (``self.network``, or its DistributedDataParallel wrapper under torchrun) on a batch on the device
+    and returns ``(sum, count)``: the loss is ``sum / count``, kept apart so that processes with
+    different token counts average exactly like one process; ``evaluate`` maps the validation loader
+    to named metrics.
+    """
+
+    trainable: nn.Module
+    network: nn.Module
+    validation_loss: str  # the name of the evaluation's loss (lower is better) --stop_patience watches; optional
+
+    def loss(self, batch: dict[str, torch.Tensor], network: nn.Module) -> tuple[torch.Tensor, int]: ...
+
+    def evaluate(self, loader) -> dict[str, float]: ...
 
 
 def sum_count(values: torch.Tensor) -> LossParts:

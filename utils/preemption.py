@@ -59,3 +59,11 @@ class Preemption:
 
 
 PREEMPTION = Preemption()  # one per process
+
+
+def exit_if_signalled(step: int | None) -> None:
+    """A signal that came before training started: exit for requeueing (after the first checkpoint, at ``step``)."""
+    if PREEMPTION.received is not None:
+        where = "before the first checkpoint" if step is None else f"at step {step}, checkpoint written"
+        log.warning("stopped by a signal %s; exiting (exit %d)", where, EXIT_REQUEUE)
+        raise SystemExit(EXIT_REQUEUE)

@@ -13,6 +13,7 @@ from torch import nn
 from models import FeedForward, MultiHeadAttention, TransformerLayer
 from utils.checkpoint import RunDirectory, rng_state, set_rng_state
 from utils.distributed import Distributed
+from utils.errors import Diverged
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class EpochSummary:
     batches: int = 0
     sentences: int = 0
     seconds: float = 0.0
+    flops: float = 0.0  # training FLOPs: forward and backward, teacher forwards included (utils.flops)
     stopped: bool = False  # a preemption signal arrived
 
     def record(self, epoch: int, position: Position, finished: bool) -> dict:
@@ -44,6 +46,7 @@ class EpochSummary:
             "step": position.step,
             "train_loss": self.loss_total / max(self.batches, 1),
             "train_seconds": self.seconds,
+            "train_flops": self.flops,
             "sentences_per_second": self.sentences / max(self.seconds, 1e-9),
         }
         if not finished:
@@ -56,6 +59,7 @@ class EpochSummary:
             "batches": self.batches,
             "sentences": self.sentences,
             "seconds": self.seconds,
+            "flops": self.flops,
         }
 
 
@@ -65,7 +69,7 @@ class Member:
     (its DDP wrapper under torchrun), position, the epoch's measurements and, when it shares the loop with others
     (:mod:`utils.lockstep`), its own random stream (dropout)."""
 
-    objective: object  # utils.training.Objective
+    objective: object  # utils.objectives.Objective
     run: RunDirectory
     optimizer: torch.optim.Optimizer
     network: nn.Module | None = None
@@ -179,3 +183,41 @@ def _resume_state(run: RunDirectory, no_resume: bool, world: Distributed) -> dic
         state = run.resume_state(False)
     world.barrier()
     return state
+
+
+def finished_training(member: Member, training) -> bool:
+    """Whether ``member`` has trained all it will: its epochs or steps, or its stopping rule ended it."""
+    position = member.position
+    if position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps):
+        return True
+    return position.batches_done == 0 and stopped_early(member, training)
+
+
+def stopped_early(member: Member, training) -> bool:
+    """Whether the stopping rule (--stop_patience, --stop_min_delta) ends ``member`` where it stands."""
+    return plateaued(member.losses, training.stop_patience, training.stop_min_delta)
+
+
+def stop_if_diverged(member: Member, loss: torch.Tensor) -> None:
+    """Before the step is applied: a non-finite loss, or a non-finite gradient norm, stops the run with one
+    error line, so nothing of the bad step reaches the weights or a checkpoint (the last checkpoint stays the
+    latest; a rerun with a smaller --lr resumes from it). With fp16 loss scaling a non-finite gradient is the
+    scaler's to skip, on purpose, and is not divergence."""
+    parameters = [p for group in member.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    finite_loss = bool(torch.isfinite(loss.detach()).all())
+    finite_gradient = member.scaler.is_enabled() or bool(
+        torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in parameters])).all()
+    )
+    if finite_loss and finite_gradient:
+        return
+    from utils.teacher_cache import check_stored_batch  # non-finite stored teacher values: a damaged store, not --lr
+
+    check_stored_batch()
+    what = "loss" if not finite_loss else "gradient norm"
+    position = member.position
+    learning_rates = sorted({group["lr"] for group in member.optimizer.param_groups})
+    raise Diverged(
+        f"{member.run.path.name} diverged: non-finite {what} at epoch {position.epoch + 1}, step {position.step + 1} "
+        f"(lr {', '.join(f'{lr:g}' for lr in learning_rates)}); nothing of this step was saved, "
+        f"{member.run.latest} is the last finite checkpoint: rerun with a smaller --lr to resume from it"
+    )

@@ -16,12 +16,13 @@ from utils.args import FeedForwardArguments, Flags, StudentArguments
 from utils.checkpoint import RunDirectory
 from utils.data import WikiTextSplits, eval_loader, load_data
 from utils.lockstep import fit_together
+from utils.objectives import Objective
 from utils.run_state import Member
 from utils.runs import already_finished
 from utils.signals import STORED_INPUT, STORED_TARGET
 from utils.teacher import Teacher, TeacherInfo, load_teacher
 from utils.teacher_cache import signal_arrays, teacher_pass
-from utils.training import Objective, fit, make_optimizer
+from utils.training import fit, make_optimizer
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from utils.study import METHODS, Plan, PlannedModel, healed_name, seed_folder
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
 MODEL_COLUMNS = (
     "study", "seed", "evaluation", "model", "family", "method", "side", "budget", "healing", "flops_share",
-    "sentences", "parameters", "parameter_ratio", "flops_per_token", "shape", "recipe",
+    "train_flops", "sentences", "parameters", "parameter_ratio", "flops_per_token", "shape", "recipe",
     *(f"{metric}{part}" for metric in METRICS for part in ("", "_low", "_high")),
     "latency_ms_b1", "latency_ms_b64", "masks",
 )  # fmt: skip
@@ -42,7 +42,21 @@ STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
     "teacher_top1", "train_seconds", "stopped_early", "kept",
 )  # fmt: skip
-STAGE_TIME_COLUMNS = ("study", "seed", "kind", "name", "seconds", "max_rss_mb", "mean_load", "cpu_seconds")
+STAGE_TIME_COLUMNS = (
+    "study",
+    "seed",
+    "kind",
+    "name",
+    "seconds",
+    "max_rss_mb",
+    "mean_load",
+    "cpu_seconds",
+    "train_flops",
+    "train_seconds",
+    "achieved_gflops",
+    "share_of_fp32_peak",
+    "share_of_bf16_peak",
+)
 STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's validation loss (utils/objectives.py)
 BETWEEN_HEALINGS = " - "  # a comparison of two healings of one model: its healing column, "layerwise - kl"
 ACROSS_HEALINGS = " / "  # two bests chosen over healings, each healed its own way: "layerwise / kl"
@@ -76,8 +90,45 @@ def model_rows(plan: Plan) -> list[dict]:
             else:
                 continue  # another experiment's model in the same storage
             row["flops_share"] = result.get("flop_ratio")
+            if result["model"] != "teacher" and healing:
+                row["train_flops"] = training_flops(plan, seed, model, healing)
             rows.append(row | {key: result[key] for key in MODEL_COLUMNS if key in result and key not in row})
     return rows
+
+
+TRAINING_KINDS = ("store", "attention_students", "ffn_students", "merge_students", "chain", "heal")  # count FLOPs
+
+
+def _stage_flops(plan: Plan, key: tuple[str, str, str]) -> dict[str, dict] | None:
+    """What the runs of a stage counted (utils.flops: run folder -> train_flops, train_seconds); None if missing."""
+    kind, seed, name = key
+    path = plan.root / "flops" / seed / kind / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def training_flops(plan: Plan, seed: int, model: PlannedModel, healing: str) -> float | None:
+    """A healed model's training FLOPs from the teacher (the teacher's own training left out: every model shares
+    it): every stage its build needs (the store, its students, the chain), each in full, as it would cost the model
+    alone, and its own run of the ``healing`` heal stage. None when a stage that trains has no count (it ran
+    before sitra counted FLOPs). A pruned model's calibration passes are not training and count nothing."""
+    tag = seed_folder(seed)
+    needed, todo = set(), [("model", tag, model.name)]
+    while todo:
+        key = todo.pop()
+        if key not in needed and key in plan.stages:
+            needed.add(key)
+            todo.extend(plan.stages[key].needs)
+    total = 0.0
+    for key in sorted(needed):
+        if key[0] in TRAINING_KINDS:
+            counted = _stage_flops(plan, key)
+            if counted is None:
+                return None
+            total += sum(run["train_flops"] for run in counted.values())
+    healed = _stage_flops(plan, ("heal", tag, healing)) or {}
+    own = f"finetune_{model.name}"  # its run's folder, and the healing's variant after a "-"
+    run = [value for name, value in healed.items() if name == own or name.startswith(f"{own}-")]
+    return total + run[0]["train_flops"] if run else None
 
 
 def student_rows(plan: Plan) -> list[dict]:
@@ -112,13 +163,23 @@ def stage_time_rows(plan: Plan) -> list[dict]:
     """Each finished stage's wall seconds, peak memory, mean load and CPU seconds, as the engine benchmarked it
     (``{root}/benchmarks/{seed}/{kind}/{name}.tsv``)."""
     rows = []
+    peak_file = plan.root / "data" / "matmul_peak.json"  # the workflow's peak stage, on a machine like the stages'
+    peak = json.loads(peak_file.read_text())["gflops"] if peak_file.exists() else {}
     for path in sorted((plan.root / "benchmarks").glob("*/*/*.tsv")):
+        seed, kind = path.parent.parent.name, path.parent.name
+        flops_file = plan.root / "flops" / seed / kind / f"{path.stem}.json"  # what its runs counted (utils.flops)
+        runs = json.loads(flops_file.read_text()).values() if flops_file.exists() else []
+        flops, seconds = sum(run["train_flops"] for run in runs), sum(run["train_seconds"] for run in runs)
+        achieved = flops / seconds / 1e9 if seconds else None
         with open(path, newline="") as file:
             for record in csv.DictReader(file, delimiter="\t"):
                 rows.append({
-                    "study": plan.study.name, "seed": path.parent.parent.name, "kind": path.parent.name,
-                    "name": path.stem, "seconds": record["s"], "max_rss_mb": record.get("max_rss"),
-                    "mean_load": record.get("mean_load"), "cpu_seconds": record.get("cpu_time"),
+                    "study": plan.study.name, "seed": seed, "kind": kind, "name": path.stem, "seconds": record["s"],
+                    "max_rss_mb": record.get("max_rss"), "mean_load": record.get("mean_load"),
+                    "cpu_seconds": record.get("cpu_time"), "train_flops": flops or None,
+                    "train_seconds": seconds or None, "achieved_gflops": achieved,
+                    **{f"share_of_{name}_peak": achieved / peak[name] if achieved and isinstance(peak.get(name), float)
+                       else None for name in ("fp32", "bf16")},
                 })  # fmt: skip
     return rows
 
@@ -393,21 +454,24 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
 RAW_FILES = ("metrics.json", PER_SENTENCE)  # an evaluation's figures and per-sentence outcomes (utils.evaluation)
 
 
+SEEDS = "seed*"  # the seed folders under a root (utils.study.seed_folder)
+
+
 def copy_raw_results(plan: Plan) -> Path:
     """Every seed's study evaluations (validation, test) as the evaluations wrote them, under ``data/raw/`` in the
     root's own layout (``seed42/results/test/per_sentence.npz``): committed beside the tables, they are the raw
     results, and copied into a root (``cp -r data/raw/. ROOT``) they give :func:`write_study_data` all it reads of
-    the seeds' evaluations, on a machine where the models and the rest of the root are gone."""
+    the seeds' evaluations and the FLOPs each stage counted (``flops/seed42/heal/kl.json``), on a machine where the
+    models and the rest of the root are gone."""
     raw = plan.root / "data" / "raw"
-    for seed in plan.study.seeds:
-        storage = plan.storage(seed)
-        for evaluation in (VALIDATION, TEST):
-            for name in RAW_FILES:
-                source = storage.results(evaluation) / name
-                if source.is_file():
-                    target = raw / source.relative_to(plan.root)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+    sources = [plan.storage(seed).results(evaluation) / name for seed in plan.study.seeds
+               for evaluation in (VALIDATION, TEST) for name in RAW_FILES]  # fmt: skip
+    sources += sorted(plan.root.glob(f"flops/{SEEDS}/*/*.json"))
+    for source in sources:
+        if source.is_file():
+            target = raw / source.relative_to(plan.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     return raw
 
 

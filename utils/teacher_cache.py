@@ -43,6 +43,7 @@ from utils.device import to_device
 from utils.distributed import Distributed, init_distributed
 from utils.errors import UserError
 from utils.files import atomic_write_dir
+from utils.flops import FlopRate, add_to_stage
 from utils.signals import STORED_INPUT, STORED_TARGET, Signal, TeacherSignal
 from utils.storage import Storage
 from utils.teacher import Teacher
@@ -340,9 +341,11 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
         digests = {name: hashlib.sha256() for name in arrays}  # each file is written front to back: hashed as written
         train_set.set_epoch(CACHE_EPOCH)
         loader = make_loader(train_set, sequential_batches(len(train_set), batch_size))  # corpus order, epoch-1 masks
-        index = 0
+        index, rate, flops, started = 0, FlopRate(), 0.0, time.perf_counter()  # the teacher's forward FLOPs
         for batch in tqdm(loader, desc=f"teacher pass ({folder.name})"):
-            values = compute(to_device(batch, device))
+            with rate.measure(batch, index == 0):
+                values = compute(to_device(batch, device))
+            flops += rate.charge(batch)
             rows = batch["attention_mask"].sum(1).tolist()
             start, stop = offsets[index], offsets[index + len(rows)]
             for name, array in maps.items():
@@ -358,6 +361,7 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
             index += len(rows)
         for array in maps.values():
             array.flush()
+        add_to_stage(folder.name, flops, time.perf_counter() - started)
         np.save(tmp / OFFSETS, offsets)
         shape = {"shape": [tokens, hidden], "dtype": "float16", "bytes": tokens * hidden * 2}
         files = {f"{name}.f16": {**shape, "sha256": digests[name].hexdigest()} for name in arrays}

@@ -1,4 +1,5 @@
-"""The one training loop every script uses: epochs of an :class:`Objective`, evaluation, checkpoints, resume.
+"""The one training loop every script uses: epochs of an :class:`~utils.objectives.Objective`, evaluation,
+checkpoints, resume.
 
 Read top to bottom: :func:`fit` starts (or resumes) a run and trains it; :func:`train_members` runs the epochs,
 :func:`_train_epoch` the batches, :func:`_step` one optimizer step, :func:`_end_epoch` the evaluation and
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,50 +24,28 @@ from utils.data import epoch_batches, make_loader
 from utils.device import autocast, to_device
 from utils.distributed import Distributed, init_distributed
 from utils.errors import Diverged, UserError
-from utils.preemption import EXIT_REQUEUE, PREEMPTION
+from utils.flops import FlopRate, add_to_stage
+from utils.objectives import Objective
+from utils.preemption import EXIT_REQUEUE, PREEMPTION, exit_if_signalled
 from utils.run_state import (
     EpochSummary,
     Member,
-    Position,
     checkpoint_state,
+    finished_training,
     format_record,
-    plateaued,
     save,
     start_or_resume,
+    stop_if_diverged,
+    stopped_early,
 )
 
 log = logging.getLogger(__name__)
-
-
-class Objective(Protocol):
-    """What a script trains.
-
-    ``trainable`` holds every parameter the optimizer updates (and only it is checkpointed);
-    ``network`` is the module whose forward the loss runs; ``loss(batch, network)`` runs ``network``
-    (``self.network``, or its DistributedDataParallel wrapper under torchrun) on a batch on the device
-    and returns ``(sum, count)``: the loss is ``sum / count``, kept apart so that processes with
-    different token counts average exactly like one process; ``evaluate`` maps the validation loader
-    to named metrics.
-    """
-
-    trainable: nn.Module
-    network: nn.Module
-    validation_loss: str  # the name of the evaluation's loss (lower is better) --stop_patience watches; optional
-
-    def loss(self, batch: dict[str, torch.Tensor], network: nn.Module) -> tuple[torch.Tensor, int]: ...
-
-    def evaluate(self, loader) -> dict[str, float]: ...
 
 
 def make_optimizer(module: nn.Module, training: TrainingArguments) -> torch.optim.Optimizer:
     parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
     betas = (training.adam_beta1, training.adam_beta2)
     return torch.optim.AdamW(parameters, lr=training.lr, betas=betas, weight_decay=training.adam_weight_decay)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the dropout randomness of one epoch, so a resumed epoch replays exactly."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def fit(
@@ -99,7 +77,7 @@ def fit(
 
 def start_members(members: list[Member], valid_loader, training: TrainingArguments, device, world: Distributed) -> None:
     """Start or resume every member's run, and wrap its network for DistributedDataParallel under torchrun."""
-    _exit_if_signalled(None)
+    exit_if_signalled(None)
     if training.stop_patience is not None and any(member.loss_metric is None for member in members):
         raise UserError(f"--stop_patience: {type(members[0].objective).__name__} reports no validation loss to stop on")
     for member in members:
@@ -109,7 +87,7 @@ def start_members(members: list[Member], valid_loader, training: TrainingArgumen
         if world.enabled:  # the wrapper only runs the loss; evaluation and checkpoints use the module itself
             device_ids = [device.index] if device.type == "cuda" else None
             member.network = nn.parallel.DistributedDataParallel(member.network, device_ids=device_ids)
-    _exit_if_signalled(members[0].position)
+    exit_if_signalled(members[0].position.step)
 
 
 def train_members(
@@ -135,31 +113,13 @@ def train_members(
     diverged: dict[int, Diverged] = {}  # index -> why: it left the lockstep, the others go on
     while active:
         group = [members[index] for index in active]
-        position = group[0].position
-        current = position.epoch + 1
-        train_set.set_epoch(current)
-        batches = epoch_batches(
-            len(train_set), training.batch_size, seed, current, True, world.rank, world.world_size, lengths=lengths
-        )
-        if position.batches_done == 0:
-            torch.manual_seed(epoch_seed(seed, current))  # else the checkpoint restored the RNG mid-epoch
-            for member in group:  # with others, each draws dropout from the stream it would have alone
-                member.rng = rng_state() if len(members) > 1 else None
+        current, batches = _begin_epoch(group, train_set, training, seed, world, lengths, alone=len(members) == 1)
         left = {}  # position in group -> why it diverged this epoch
+        member_split = select(split, active, members)
         stopped = _train_epoch(
-            group,
-            train_set,
-            batches,
-            training,
-            device,
-            world,
-            select(split, active, members),
-            left if lockstep else None,
+            group, train_set, batches, training, device, world, member_split, left if lockstep else None
         )
-        for at, error in left.items():  # checkpointed where it stopped: a rerun with a smaller --lr resumes there
-            set_rng_state(group[at].rng)
-            group[at].run.save(checkpoint_state(group[at], epoch_progress=group[at].summary))
-            diverged[active[at]] = error
+        diverged.update({active[at]: error for at, error in _leave(group, left).items()})
         going_on = [member for at, member in enumerate(group) if at not in left]
         finished = bool(going_on) and going_on[0].position.batches_done == len(batches)
         for member in going_on:
@@ -173,6 +133,31 @@ def train_members(
         ]
     if diverged:  # after the others' epochs: one line for all of them
         raise Diverged(" | ".join(str(error) for error in diverged.values()))
+
+
+def _begin_epoch(group: list[Member], train_set, training, seed: int, world, lengths, alone: bool) -> tuple:
+    """The epoch ``group`` trains next and its batches; at its start, the dropout stream of that epoch (each member's
+    own, when it trains with others); mid-epoch, the checkpoint restored the RNG."""
+    position = group[0].position
+    current = position.epoch + 1
+    train_set.set_epoch(current)
+    batches = epoch_batches(
+        len(train_set), training.batch_size, seed, current, True, world.rank, world.world_size, lengths=lengths
+    )
+    if position.batches_done == 0:
+        torch.manual_seed(int(np.random.SeedSequence([seed, current]).generate_state(1)[0]))  # replays on resume
+        for member in group:  # with others, each draws dropout from the stream it would have alone
+            member.rng = None if alone else rng_state()
+    return current, batches
+
+
+def _leave(group: list[Member], left: dict[int, Diverged]) -> dict[int, Diverged]:
+    """The members of ``group`` that diverged this epoch (position -> why), each checkpointed where it stopped, so a
+    rerun with a smaller --lr resumes there."""
+    for at in left:
+        set_rng_state(group[at].rng)
+        group[at].run.save(checkpoint_state(group[at], epoch_progress=group[at].summary))
+    return left
 
 
 def select(
@@ -208,26 +193,14 @@ def _train_epoch(members, train_set, batches, training, device, world, split, di
         dynamic_ncols=True,
         disable=not world.is_main,
     )
-    stopped = False
-    for batch in bar:
+    stopped, shared, rates = False, FlopRate(), [FlopRate() for _ in members]  # FLOPs per token, on the first batch
+    for index, batch in enumerate(bar):
         batch = to_device(batch, device)
-        with autocast(device, training.precision):  # as a student's own teacher forward would run
+        with shared.measure(batch, index == 0), autocast(device, training.precision):  # as a student's own would run
             member_batches = split(batch) if split is not None else [batch] * len(members)
-        for at, (member, member_batch) in enumerate(zip(members, member_batches, strict=True)):
-            if diverged is not None and at in diverged:
-                continue
-            if member.rng is not None:
-                set_rng_state(member.rng)
-            try:
-                value = _step(member, member_batch, training, device, world)
-            except Diverged as error:
-                if diverged is None:
-                    raise
-                diverged[at] = error
-                log.error("%s; the other models in lockstep go on", error)
-                continue
-            if member.rng is not None:
-                member.rng = rng_state()
+        value = _step_each(members, member_batches, training, device, world, diverged, (batch, index == 0, rates))
+        for member in members:  # the teacher forward they share, charged to each as it would cost it alone
+            member.summary.flops += shared.charge(batch)
         going_on = [member for at, member in enumerate(members) if at not in (diverged or {})]
         if not going_on:
             break
@@ -243,6 +216,31 @@ def _train_epoch(members, train_set, batches, training, device, world, split, di
     return stopped
 
 
+def _step_each(members, member_batches, training, device, world, diverged: dict | None, counting) -> float | None:
+    """One step of each member still going on, on its batch (each in its own dropout stream), its FLOPs counted
+    (``counting``: the loader's batch, whether to measure now, each member's rate); a member that diverges joins
+    ``diverged`` (without it, a run of its own: raised). Returns the last step's loss."""
+    value, (batch, measure, rates) = None, counting
+    for at, (member, member_batch) in enumerate(zip(members, member_batches, strict=True)):
+        if diverged is not None and at in diverged:
+            continue
+        if member.rng is not None:
+            set_rng_state(member.rng)
+        try:
+            with rates[at].measure(batch, measure):
+                value = _step(member, member_batch, training, device, world)
+            member.summary.flops += rates[at].charge(batch)
+        except Diverged as error:
+            if diverged is None:
+                raise
+            diverged[at] = error
+            log.error("%s; the other models in lockstep go on", error)
+            continue
+        if member.rng is not None:
+            member.rng = rng_state()
+    return value
+
+
 def _step(member: Member, batch: dict, training, device, world) -> float:
     """One optimizer step of ``member`` on ``batch`` (on the device); returns the batch's mean loss."""
     with autocast(device, training.precision):
@@ -252,7 +250,7 @@ def _step(member: Member, batch: dict, training, device, world) -> float:
     loss = loss_sum * (world.world_size / global_count)
     member.optimizer.zero_grad(set_to_none=True)
     member.scaler.scale(loss).backward()
-    _stop_if_diverged(member, loss)
+    stop_if_diverged(member, loss)
     member.scaler.step(member.optimizer)
     member.scaler.update()
     position, summary = member.position, member.summary
@@ -261,31 +259,6 @@ def _step(member: Member, batch: dict, training, device, world) -> float:
     value = (world.sum(loss_sum.float()) / global_count).item()
     summary.loss_total, summary.batches = summary.loss_total + value, summary.batches + 1
     return value
-
-
-def _stop_if_diverged(member: Member, loss: torch.Tensor) -> None:
-    """Before the step is applied: a non-finite loss, or a non-finite gradient norm, stops the run with one
-    error line, so nothing of the bad step reaches the weights or a checkpoint (the last checkpoint stays the
-    latest; a rerun with a smaller --lr resumes from it). With fp16 loss scaling a non-finite gradient is the
-    scaler's to skip, on purpose, and is not divergence."""
-    parameters = [p for group in member.optimizer.param_groups for p in group["params"] if p.grad is not None]
-    finite_loss = bool(torch.isfinite(loss.detach()).all())
-    finite_gradient = member.scaler.is_enabled() or bool(
-        torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in parameters])).all()
-    )
-    if finite_loss and finite_gradient:
-        return
-    from utils.teacher_cache import check_stored_batch  # non-finite stored teacher values: a damaged store, not --lr
-
-    check_stored_batch()
-    what = "loss" if not finite_loss else "gradient norm"
-    position = member.position
-    learning_rates = sorted({group["lr"] for group in member.optimizer.param_groups})
-    raise Diverged(
-        f"{member.run.path.name} diverged: non-finite {what} at epoch {position.epoch + 1}, step {position.step + 1} "
-        f"(lr {', '.join(f'{lr:g}' for lr in learning_rates)}); nothing of this step was saved, "
-        f"{member.run.latest} is the last finite checkpoint: rerun with a smaller --lr to resume from it"
-    )
 
 
 def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, valid_loader, training) -> None:
@@ -311,37 +284,13 @@ def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, vali
         position.epoch, position.batches_done = current, 0
         if member.loss_metric:
             member.losses.append(record[member.loss_metric])
-        if _stopped_early(member, training):
+        if stopped_early(member, training):
             record["stopped_early"] = True
-            log.info(
-                "%s: %s fell by less than %g of its best for %d epoch(s): stopped at epoch %d of at most %d",
-                member.run.path.name,
-                member.loss_metric,
-                training.stop_min_delta,
-                training.stop_patience,
-                current,
-                training.epochs,
-            )
+            rule = (member.loss_metric, training.stop_min_delta, training.stop_patience, current, training.epochs)
+            message = "%s: %s fell by less than %g of its best for %d epoch(s): stopped at epoch %d of at most %d"
+            log.info(message, member.run.path.name, *rule)
     save(member, checkpoint_state(member, record=record))
     member.run.log_metrics(record)
+    if member.run.writer:
+        add_to_stage(member.run.path.name, summary.flops, summary.seconds)
     member.summary = EpochSummary()
-
-
-def finished_training(member: Member, training: TrainingArguments) -> bool:
-    """Whether ``member`` has trained all it will: its epochs or steps, or its stopping rule ended it."""
-    position = member.position
-    if position.epoch >= training.epochs or (training.max_steps is not None and position.step >= training.max_steps):
-        return True
-    return position.batches_done == 0 and _stopped_early(member, training)
-
-
-def _stopped_early(member: Member, training: TrainingArguments) -> bool:
-    return plateaued(member.losses, training.stop_patience, training.stop_min_delta)
-
-
-def _exit_if_signalled(position: Position | None) -> None:
-    """A signal that came before training started: exit for requeueing (after the first checkpoint, if any)."""
-    if PREEMPTION.received is not None:
-        where = "before the first checkpoint" if position is None else f"at step {position.step}, checkpoint written"
-        log.warning("stopped by a signal %s; exiting (exit %d)", where, EXIT_REQUEUE)
-        raise SystemExit(EXIT_REQUEUE)

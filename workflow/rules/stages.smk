@@ -22,8 +22,6 @@ for kind in KINDS:
             stage_inputs(kind),
         output:
             touch(f"{PLAN.root}/stages/{{seed}}/{kind}/{{name}}.done"),
-        params:
-            command=stage_command(kind),
         threads: resources.pop("threads", 1)
         resources:
             **resources,
@@ -31,5 +29,8 @@ for kind in KINDS:
             f"{PLAN.root}/logs/{{seed}}/{kind}/{{name}}.log",
         benchmark:
             f"{PLAN.root}/benchmarks/{{seed}}/{kind}/{{name}}.tsv"
+        params:
+            command=stage_command(kind),
+            flops=f"{PLAN.root}/flops/{{seed}}/{kind}/{{name}}.json",
         shell:
-            "OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1"
+            "SITRA_FLOPS_FILE={params.flops} OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1"
