@@ -2,6 +2,7 @@
 through Snakemake, here and on a real one-node SLURM with accounting."""
 
 import csv
+import hashlib
 import json
 import re
 import shutil
@@ -759,12 +760,26 @@ def test_a_study_report_is_rebuilt_from_its_raw_results_alone(tiny_study_run, tm
     files = sorted(str(path.relative_to(raw)) for path in raw.rglob("*") if path.is_file())
     plan = Plan(Study.load(tiny_study_run[1]), storage, sys.executable)
     counted = [f"flops/{seed}/{kind}/{name}.json" for kind, seed, name in sorted(plan.stages) if kind in TRAINING_KINDS]
-    assert files == [*counted, *(f"seed42/results/{split}/{name}" for split in ("test", "validation")
-                                 for name in ("metrics.json", PER_SENTENCE))]  # fmt: skip
+    evaluated = [f"seed42/results/{split}/{name}" for split in ("test", "validation")
+                 for name in ("metrics.json", PER_SENTENCE)]  # fmt: skip
+    assert files == [*counted, "openings/seed42/test.log", *evaluated]
     shutil.copytree(raw, tmp_path / "fresh")
     write_study_data(Plan(Study.load(tiny_study_run[1]), tmp_path / "fresh", sys.executable))
     for table in ("models.csv", "comparisons.csv"):
         assert (tmp_path / "fresh" / "data" / table).read_text() == (storage / "data" / table).read_text()
+
+
+def test_test_results_opened_under_another_study_file_are_refused(tiny_study_run, tmp_path):
+    """The workflow recorded when the test split was opened and under which study file; the report refuses the
+    test results once the study file has changed (a comparison added after reading them), not before."""
+    storage, study = tiny_study_run[2], tiny_study_run[1]
+    opened = (storage / "openings" / "seed42" / "test.log").read_text().split()
+    assert len(opened) == 2 and opened[1] == hashlib.sha256(study.read_bytes()).hexdigest()
+    shutil.copytree(storage / "data" / "raw", tmp_path / "root")
+    changed = tmp_path / "tiny.yaml"
+    changed.write_text(study.read_text().replace("comparisons:", "goals: {0.5: 0.9}\ncomparisons:"))
+    with pytest.raises(UserError, match=r"tiny.yaml: changed since seed42's test split was opened under it"):
+        write_study_data(Plan(Study.load(changed), tmp_path / "root", sys.executable))
 
 
 def test_a_relative_teacher_path_is_read_from_the_studys_root(tmp_path, tiny_teacher_dir):
@@ -791,6 +806,16 @@ def test_every_seed_trains_with_its_own_seed_and_is_evaluated_on_the_same_masks(
     other = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, seeds=[43], data=data)), tmp_path, sys.executable)
     assert "--seed 7 " in other.shell_command("evaluate", "seed43", "test") + " "
     assert "--seed 43 " in other.shell_command("heal", "seed43", "kl") + " "
+
+
+def test_the_test_split_is_opened_once_every_model_of_every_seed_has_its_validation_evaluation(
+    tmp_path, tiny_teacher_dir
+):
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, seeds=[42, 43])), tmp_path, sys.executable)
+    validations = {("evaluate", f"seed{seed}", "validation") for seed in (42, 43)}
+    for seed in (42, 43):
+        assert validations <= set(plan.stage("evaluate", f"seed{seed}", "test").needs)
+        assert not validations & set(plan.stage("evaluate", f"seed{seed}", "validation").needs)
 
 
 def test_a_studys_precision_reaches_every_training_stage_and_none_leaves_each_scripts_auto(tmp_path, tiny_teacher_dir):

@@ -24,7 +24,7 @@ import json
 import os
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,6 +43,8 @@ SHAPES = {
 }
 BUDGET_SLACK = 0.02  # a planned model within 2 points of its budget counts at it (widths are rounded)
 SHARED = "shared"  # the "seed" of stages every seed shares (the teacher, the report)
+VALIDATION, TEST = "validation", "test"  # each seed's evaluations: the split each side's best is chosen on, the one
+# it is reported on, opened once every model of every seed has its validation evaluation
 WIKITEXT2_TRAIN_SENTENCES = 75_720  # the training split's sentences (utils.data), for a bill before any data is read
 STORE_BYTES = 2  # a teacher store's values are fp16 (utils.teacher_cache)
 
@@ -514,6 +516,10 @@ class Plan:
         for seed in study.seeds:
             self._seed_stages(seed, teacher)
         evaluations = [key for key in self.stages if key[0] == "evaluate"]
+        validated = tuple(key for key in evaluations if key[2] == VALIDATION)
+        for key in evaluations:  # the test split is opened once every planned model is evaluated on validation
+            if key[2] == TEST:
+                self.stages[key] = replace(self.stages[key], needs=(*self.stages[key].needs, *validated))
         report = ("--storage_directory", self.root, "--study", study.path.resolve())
         self.report = Stage("report", SHARED, "report", (str(self.repo / "make_report.py"), *map(str, report)),
                             tuple(evaluations))  # fmt: skip
@@ -614,7 +620,7 @@ class Plan:
         healed = [self._heal_stage(seed, built, healing, flags) for healing, flags in self.study.healing.items()]
         models = [self.storage(seed).model(model.healed(healing)) for healing in self.study.healing
                   for model in self.models]  # fmt: skip
-        for split, share in (("validation", data["validation_share"]), ("test", data["test_share"])):
+        for split, share in ((VALIDATION, data["validation_share"]), (TEST, data["test_share"])):
             # every healed model on the same masks: the validation split to choose on, the test split to report
             args = [*self._common(seed, seed_flag=data["mask_seed"]), "--split", split, "--percentage_data", share]
             args += ["--reference", "none"]

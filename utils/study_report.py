@@ -5,6 +5,7 @@ that a page reporting the study (its report, docs/RESULTS.md) is generated from 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from utils.files import atomic_write
 from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
 from utils.storage import BlockRun, Storage, parse_ffn_run
-from utils.study import METHODS, Plan, PlannedModel, healed_name, seed_folder
+from utils.study import METHODS, TEST, VALIDATION, Plan, PlannedModel, healed_name, seed_folder
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
 MODEL_COLUMNS = (
@@ -61,7 +62,6 @@ STUDENT_LOSSES = ("block_mse", "ffn_mse", "merge_mse")  # each student kind's va
 BETWEEN_HEALINGS = " - "  # a comparison of two healings of one model: its healing column, "layerwise - kl"
 ACROSS_HEALINGS = " / "  # two bests chosen over healings, each healed its own way: "layerwise / kl"
 ALL_SEEDS = "all"  # the seed of a comparison over every seed (its interval resamples seeds and sentences)
-TEST, VALIDATION = "test", "validation"  # the study's evaluations (utils.study.Plan)
 
 logger = logging.getLogger(__name__)
 
@@ -437,6 +437,7 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
         write_table(plan.root / "data" / "stage_times.csv", stage_times, STAGE_TIME_COLUMNS)
         written["stage_times"] = plan.root / "data" / "stage_times.csv"
     if models:
+        check_preregistered(plan)
         written["raw"] = copy_raw_results(plan)
         write_table(files["models"], models, MODEL_COLUMNS)
         write_table(files["comparisons"], comparison_rows(plan, models), COMPARISON_COLUMNS)
@@ -457,6 +458,34 @@ RAW_FILES = ("metrics.json", PER_SENTENCE)  # an evaluation's figures and per-se
 SEEDS = "seed*"  # the seed folders under a root (utils.study.seed_folder)
 
 
+OPENINGS = "openings"  # {root}/openings/{seed}/test.log: when each seed's test split was opened, and the study's hash
+
+
+def study_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_preregistered(plan: Plan) -> None:
+    """Refuse test results opened under another version of the study file: the workflow appends the study file's
+    SHA-256 to ``openings/{seed}/test.log`` each time it opens a seed's test split, and a study whose file changed
+    since (a comparison, a goal or a model added after the test split was read) is not the study that was run.
+    Results with no such log (made before the workflow kept one, or copied from elsewhere) are said, not refused."""
+    logs = sorted(plan.root.glob(f"{OPENINGS}/{SEEDS}/{TEST}.log"))
+    if not logs:
+        logger.warning("%s: no record of when the test split was opened (openings/): not checked", plan.root)
+        return
+    now = study_hash(plan.study.path)
+    for log in logs:
+        for line in log.read_text().splitlines():
+            opened, recorded = line.split()
+            if recorded != now:
+                raise UserError(
+                    f"{plan.study.path}: changed since {log.parent.name}'s test split was opened under it ({opened}; "
+                    f"{log}): its test results are not this study's; restore the study file, or run the change as "
+                    "a new study with fresh seeds"
+                )
+
+
 def copy_raw_results(plan: Plan) -> Path:
     """Every seed's study evaluations (validation, test) as the evaluations wrote them, under ``data/raw/`` in the
     root's own layout (``seed42/results/test/per_sentence.npz``): committed beside the tables, they are the raw
@@ -466,7 +495,7 @@ def copy_raw_results(plan: Plan) -> Path:
     raw = plan.root / "data" / "raw"
     sources = [plan.storage(seed).results(evaluation) / name for seed in plan.study.seeds
                for evaluation in (VALIDATION, TEST) for name in RAW_FILES]  # fmt: skip
-    sources += sorted(plan.root.glob(f"flops/{SEEDS}/*/*.json"))
+    sources += sorted(plan.root.glob(f"flops/{SEEDS}/*/*.json")) + sorted(plan.root.glob(f"{OPENINGS}/{SEEDS}/*.log"))
     for source in sources:
         if source.is_file():
             target = raw / source.relative_to(plan.root)

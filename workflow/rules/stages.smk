@@ -1,7 +1,9 @@
 # One rule per stage kind (utils.study.KINDS): the study's stages of that kind, each a call of one top-level script.
 # The target of a stage is a stamp the engine touches when the script has finished: the scripts' checkpoints
 # and models are never the engine's outputs, so it never deletes a half-trained run before resuming it.
-from utils.study import KINDS
+import shlex
+
+from utils.study import KINDS, TEST
 
 
 def stage_inputs(kind):
@@ -10,6 +12,21 @@ def stage_inputs(kind):
 
 def stage_command(kind):
     return lambda wildcards: PLAN.shell_command(kind, wildcards.seed, wildcards.name)
+
+
+def recorded_opening(kind):
+    """After a seed's test evaluation: when its test split was opened, and under which study file (its SHA-256);
+    the report refuses test results whose study file changed since (utils.study_report.check_preregistered)."""
+    study = shlex.quote(str(Path(config["study"]).resolve()))
+
+    def record(wildcards):
+        if (kind, wildcards.name) != ("evaluate", TEST):
+            return "true"
+        log = shlex.quote(f"{PLAN.root}/openings/{wildcards.seed}/{TEST}.log")
+        return (f"mkdir -p $(dirname {log}) && printf '%s %s\\n' $(date -u +%Y-%m-%dT%H:%M:%SZ) "
+                f"$(sha256sum {study} | cut -d' ' -f1) >> {log}")
+
+    return record
 
 
 for kind in KINDS:
@@ -32,5 +49,6 @@ for kind in KINDS:
         params:
             command=stage_command(kind),
             flops=f"{PLAN.root}/flops/{{seed}}/{kind}/{{name}}.json",
+            opened=recorded_opening(kind),
         shell:
-            "SITRA_FLOPS_FILE={params.flops} OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1"
+            "SITRA_FLOPS_FILE={params.flops} OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1 && {params.opened}"
