@@ -1110,3 +1110,20 @@ def test_a_seed_restored_from_parts_takes_each_model_from_the_first_part_that_ha
     assert "--restore_seed 43: not one of the study's seeds" in one_line_error(capsys, make_report.main, unknown)
     alone = one_line_error(capsys, make_report.main, [*fresh[:6]])
     assert "--restore_seed and --restore_from go together" in alone
+
+
+def test_the_compute_plot_puts_each_healed_model_at_its_training_flops(tmp_path):
+    from utils.study_report import plot_study_compute
+
+    def row(model, side, budget, flops, top1, seed=42):
+        return {"evaluation": "validation", "model": model, "side": side, "budget": budget, "healing": "kl",
+                "train_flops": flops, "top1": top1, "seed": seed}  # fmt: skip
+
+    teacher = {"evaluation": "validation", "model": "teacher", "top1": "0.35", "seed": 42, "healing": ""}
+    models = [teacher, row("sitra_50", "sitra", "0.5", "4e15", "0.34"), row("field_50", "field", "0.5", "1e15", "0.33"),
+              row("sitra_25", "sitra", "0.25", "3e15", "0.32"),
+              row("field_25", "field", "0.25", "1e15", "0.30")]  # fmt: skip
+    path = plot_study_compute(models, tmp_path / "compute.png")
+    assert path is not None and path.stat().st_size > 10_000
+    uncounted = [{**model, "train_flops": ""} for model in models]  # runs made before FLOPs were counted
+    assert plot_study_compute(uncounted, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

@@ -445,6 +445,9 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
         frontier = plot_study_frontier(read_table(files["models"]), files["models"].parent / "frontier.png")
         if frontier is not None:
             written["frontier"] = frontier
+        compute = plot_study_compute(read_table(files["models"]), files["models"].parent / "compute.png")
+        if compute is not None:
+            written["compute"] = compute
     page = plan.root / "report" / "study.md"
     text = study_markdown(files["models"].parent)
     page.parent.mkdir(parents=True, exist_ok=True)
@@ -637,6 +640,55 @@ def student_curves_figure(rows: list[dict], sentences: int | None = None):
 
 
 HEALING_MARKERS = ("o", "^", "s", "D", "v")  # one marker per healing, in the study's order
+
+
+def plot_study_compute(models: list[dict], path: Path) -> Path | None:
+    """:func:`study_compute_figure` saved at ``path`` (None, and nothing written, without a counted model)."""
+    return _saved(study_compute_figure(models), path)
+
+
+def study_compute_figure(models: list[dict]):
+    """Each healed model's validation top-1 (a share of the teacher's; the split choices are made on) against its
+    training FLOPs from the teacher (log scale): a panel per budget, sitra's models filled blue, the field's open
+    red, a marker per healing, each point the mean over the seeds counted. Where sitra's points sit right of the
+    field's at equal height, its lead is bought with compute."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter, PercentFormatter
+
+    rows = [row for row in models if row["evaluation"] == VALIDATION]
+    teacher = {row["seed"]: float(row["top1"]) for row in rows if row["model"] == "teacher"}
+    points: dict[tuple, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row["healing"] and row.get("train_flops") and teacher.get(row["seed"]):
+            key = (float(row["budget"]), row["side"], row["healing"], row["model"])
+            points.setdefault(key, []).append((float(row["train_flops"]), float(row["top1"]) / teacher[row["seed"]]))
+    if not points:
+        return None
+    budgets = sorted({key[0] for key in points}, reverse=True)
+    healings = sorted({key[2] for key in points})
+    figure = Figure(figsize=(3.6 * len(budgets) + 1, 4.2), layout="constrained")
+    axes_row = np.atleast_1d(figure.subplots(1, len(budgets), sharey=True))
+    for axes, budget in zip(axes_row, budgets, strict=True):
+        for (at, side, healing, _model), values in sorted(points.items()):
+            if at != budget:
+                continue
+            flops, share = np.mean(values, axis=0)
+            marker = HEALING_MARKERS[healings.index(healing) % len(HEALING_MARKERS)]
+            axes.plot(flops, share, marker, color="C0" if side == "sitra" else "C3", markersize=7,
+                      fillstyle="full" if side == "sitra" else "none", label=f"{side}, healed {healing}")  # fmt: skip
+        axes.set_xscale("log")
+        axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5 P: readable within a decade
+        axes.xaxis.set_major_formatter(EngFormatter(places=0))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.margins(x=0.2, y=0.15)  # no point on a frame
+        axes.set_title(f"{budget:.0%} of the FLOPs")
+        axes.set_xlabel("training FLOPs from the teacher (T, P: 10¹², 10¹⁵)")
+        axes.grid(alpha=0.3)
+    axes_row[0].set_ylabel("validation top-1, share of the teacher's")
+    axes_row[0].yaxis.set_major_formatter(PercentFormatter(1.0))
+    labelled = dict(zip(*reversed(axes_row[0].get_legend_handles_labels()), strict=True))
+    axes_row[0].legend(labelled.values(), labelled.keys(), fontsize=8, loc="lower right")
+    return figure
 
 
 def plot_study_frontier(models: list[dict], path: Path) -> Path | None:
