@@ -178,8 +178,9 @@ def test_the_slurm_profile_asks_for_a_signal_and_passes_the_executors_checks():
         __getattr__ = dict.get
 
     default = profile["default-resources"]
-    signal = re.fullmatch(r"'--signal=(B:)?USR1@(\d+)'", default["slurm_extra"])
-    assert signal and int(signal.group(2)) >= 300  # seconds before the limit
+    signal = re.fullmatch(r"'--signal=TERM@(\d+)'", default["slurm_extra"])  # to the step: the script gets it
+    assert signal and int(signal.group(1)) >= 300  # seconds before the limit
+    assert "trap '' TERM USR1;" in (REPO / "workflow" / "rules" / "stages.smk").read_text()  # the shell waits
     for own in [{}, *profile["set-resources"].values()]:
         resources = {**default, **own, "slurm_extra": default["slurm_extra"].strip("'")}
         job = type("Job", (), {"resources": Resources(resources)})()

@@ -297,6 +297,7 @@ def test_a_run_counts_its_training_flops_and_adds_them_to_its_stage(tmp_path, mo
 
     from utils.args import TrainingArguments
     from utils.checkpoint import RunDirectory
+    from utils.flops import run_flops
     from utils.training import fit
 
     stage = tmp_path / "flops" / "seed42" / "heal" / "kl.json"
@@ -307,4 +308,4 @@ def test_a_run_counts_its_training_flops_and_adds_them_to_its_stage(tmp_path, mo
     per_epoch = 128 * 12 * 5  # FLOPs a token x sentences x padded length
     assert [record["train_flops"] for record in records[1:]] == [per_epoch, per_epoch]
     saved = json.loads(stage.read_text())
-    assert saved["linear"]["train_flops"] == 2 * per_epoch and saved["linear"]["train_seconds"] > 0
+    assert set(saved["linear"]) == {"1", "2"} and run_flops(saved["linear"]) == 2 * per_epoch

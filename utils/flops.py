@@ -62,16 +62,31 @@ class FlopRate:
         return (self.per_token or 0.0) * padded_tokens(batch)
 
 
-def add_to_stage(run: str, flops: float, seconds: float) -> None:
-    """Add a finished epoch's FLOPs and seconds to the stage's file (``$SITRA_FLOPS_FILE``; the workflow sets it),
-    keyed by run folder: a resumed epoch adds only what it trained since its checkpoint."""
+def add_to_stage(run: str, epoch: int, flops: float, shared: float) -> None:
+    """Record an epoch's FLOPs in the stage's file (``$SITRA_FLOPS_FILE``; the workflow sets it), keyed by run folder
+    and epoch: an epoch trained again (a run retrained after its folder was removed) replaces its entry, a continued
+    run adds its new epochs. ``shared``: the part that was a teacher forward shared in lockstep, charged to every
+    run that shared it (its cost alone), computed once (:func:`stage_flops`)."""
     path = os.environ.get(FLOPS_FILE)
     if not path:
         return
     path = Path(path)  # one stage is one process (under torchrun, its rank 0 alone writes)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = json.loads(path.read_text()) if path.exists() else {}
-    entry = table.setdefault(run, {"train_flops": 0.0, "train_seconds": 0.0})
-    entry["train_flops"] += flops
-    entry["train_seconds"] += seconds
+    table.setdefault(run, {})[str(epoch)] = {"train_flops": flops, "shared_flops": shared}
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(table, indent=1, sort_keys=True)))
+
+
+def run_flops(epochs: dict[str, dict]) -> float:
+    """A run's training FLOPs, as it would cost alone, from its entry in a stage's file (epoch -> its FLOPs)."""
+    return sum(epoch["train_flops"] for epoch in epochs.values())
+
+
+def stage_flops(table: dict[str, dict]) -> float:
+    """What a stage computed: each run's own FLOPs, and the teacher forwards its runs shared once (per epoch, the
+    most any run was charged: the shared forward ran while any of them trained)."""
+    epochs = {epoch for runs in table.values() for epoch in runs}
+    shared = sum(max(runs.get(epoch, {}).get("shared_flops", 0.0) for runs in table.values()) for epoch in epochs)
+    entries = [entry for runs in table.values() for entry in runs.values()]
+    own = sum(entry["train_flops"] - entry.get("shared_flops", 0.0) for entry in entries)
+    return own + shared

@@ -370,6 +370,52 @@ class LayerwiseDistillation(OutputDistillation):
         return total + count * layers, count  # mean: the KL per masked token plus the layer-wise loss
 
 
+class Lagrangian(nn.Module):
+    """CoFi's multipliers λ1, λ2 of the size constraint (an optimizer group that ascends them: ``maximize``) and the
+    steps trained so far (a buffer: the target's schedule resumes where it was)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lambdas = nn.Parameter(torch.zeros(2))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+
+class LearnedMaskDistillation(LayerwiseDistillation):
+    """CoFi (Xia et al. 2022): :class:`LayerwiseDistillation` of a model whose heads and neurons are gated by learned
+    masks (:class:`models.learned_masks.LearnedMasks`, installed on ``student``), plus the Lagrangian
+    λ1 (s - t) + λ2 (s - t)² of the masks' expected share s of the teacher's encoder FLOPs against the target t,
+    lowered linearly from 1 to ``target`` over the first ``warmup_steps`` steps. Trains the model, the masks and
+    (ascending) the multipliers: ``trainable`` holds all three."""
+
+    def __init__(self, teacher, student, masks, target: float, seq_len: int, warmup_steps: int, *args, **kwargs):
+        super().__init__(teacher, student, student, *args, **kwargs)
+        from models.cost import model_cost
+
+        self.masks, self.target, self.seq_len, self.warmup_steps = masks, target, seq_len, max(warmup_steps, 1)
+        self.full = float(model_cost(teacher, seq_len)["flops_per_token"])
+        self.lagrangian = Lagrangian().to(device=kwargs.get("device", CPU))
+        self.trainable = nn.ModuleDict({"model": student, "masks": masks, "lagrangian": self.lagrangian})
+
+    def target_now(self) -> float:
+        done = min(1.0, float(self.lagrangian.steps) / self.warmup_steps)
+        return 1.0 - done * (1.0 - self.target)
+
+    def expected_share(self) -> torch.Tensor:
+        return self.masks.expected_flops(self.seq_len) / self.full
+
+    def loss(self, batch: dict, network: nn.Module) -> LossParts:
+        total, count = super().loss(batch, network)
+        gap = self.expected_share() - self.target_now()
+        lambdas = self.lagrangian.lambdas
+        self.lagrangian.steps += 1
+        return total + count * (lambdas[0] * gap + lambdas[1] * gap**2), count
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        shares = {"expected_flops_share": float(self.expected_share()), "target_flops_share": self.target_now()}
+        return {**super().evaluate(loader), **shares}
+
+
 # The healing objectives (--healing): how a simplified model is trained end to end against its teacher.
 HEALING = Family("healing", produces="the objective that heals a model end to end", label="healing")
 HEALING.register("output", "KL(teacher || student) at the masked token (the original repository's)")(OutputDistillation)

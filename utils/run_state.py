@@ -38,7 +38,13 @@ class EpochSummary:
     sentences: int = 0
     seconds: float = 0.0
     flops: float = 0.0  # training FLOPs: forward and backward, teacher forwards included (utils.flops)
+    shared_flops: float = 0.0  # of them, the teacher forward it shared with others in lockstep (charged to each)
     stopped: bool = False  # a preemption signal arrived
+
+    def charge(self, flops: float, shared: bool = False) -> None:
+        """Add ``flops`` trained; ``shared``: a teacher forward shared in lockstep (see utils.flops.stage_flops)."""
+        self.flops += flops
+        self.shared_flops += flops if shared else 0.0
 
     def record(self, epoch: int, position: Position, finished: bool) -> dict:
         record = {
@@ -60,6 +66,7 @@ class EpochSummary:
             "sentences": self.sentences,
             "seconds": self.seconds,
             "flops": self.flops,
+            "shared_flops": self.shared_flops,
         }
 
 

@@ -147,6 +147,13 @@ def finetune_run(flags: Flags, teacher: TeacherInfo, model_name: str, **model_id
     return open_run(flags, folder, **_teacher_identity(teacher), **model_identity)
 
 
+def learned_masks_run(flags: Flags, teacher: TeacherInfo, model_name: str) -> RunDirectory:
+    """prune_cofi.py: the masks (and weights) learned for the model ``model_name`` (``masks_{model_name}``; its
+    healing, a finetune run, comes after)."""
+    folder = Storage(flags.storage.storage_directory).run(f"masks_{model_name}")
+    return open_run(flags, folder, **_teacher_identity(teacher))
+
+
 def teacher_run(flags: Flags, init: TeacherInfo) -> RunDirectory:
     """train_teacher.py: MLM training of the teacher started from ``init``."""
     folder = Storage(flags.storage.storage_directory).run("teacher")

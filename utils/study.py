@@ -117,6 +117,7 @@ class PlannedModel:
     shape: dict
     recipe: dict | None = None
     merged: dict | None = None
+    learned: dict | None = None  # a model whose units are learned (CoFi): prune_cofi.py's flags
 
     def healed(self, healing: str) -> str:
         """The name of this model healed by the study's healing ``healing``."""
@@ -461,6 +462,15 @@ def plan_chain(shape: TeacherShape, seq_len: int, family: str, options: dict, bu
     return _merged_pairs(shape, seq_len, family, options, budget, "conditioned")
 
 
+@register("cofi", "field", ("epochs", "mask_lr", "lagrangian_warmup"),
+          "the field: CoFi's learned structured pruning, hard-concrete masks over the heads and neurons learned with "
+          "layer-wise distillation under a Lagrangian holding the budget (prune_cofi.py's epochs, mask_lr, "
+          "lagrangian_warmup)")  # fmt: skip
+def plan_cofi(shape: TeacherShape, seq_len: int, family: str, options: dict, budget: float) -> PlannedModel:
+    flags = {name: value for name, value in options.items() if name != "method" and name != "budgets"}
+    return _model(family, "cofi", budget, budget, {"learned": "heads and neurons"}, learned=flags)
+
+
 def plan_models(study: Study, shape: TeacherShape) -> tuple[list[PlannedModel], list[str]]:
     """Every family's model at every budget it reaches (within :data:`BUDGET_SLACK`), and a line for each
     budget a family does not reach. A family that names its ``budgets`` must reach each: else a UserError."""
@@ -659,6 +669,10 @@ class Plan:
         if model.recipe is not None:
             args = [*self._common(seed), "--name", model.name, "--recipe", json.dumps(model.recipe, sort_keys=True)]
             return self._add("model", tag, model.name, "build_compound.py", args, needs)
+        if model.learned is not None:  # CoFi: its masks learned by distillation on the students' sentences
+            args = [*self._common(seed, training=True), *self._at_most("train_sentences"), "--budget", model.budget]
+            args += [*_flag_args(model.learned), "--eval_sentences", self.study.data["check_sentences"]]
+            return self._add("model", tag, model.name, "prune_cofi.py", [*args, "--output_model", output], needs)
         flags = model.merged["flags"]
         args = [*self._common(seed, training=True), "--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k]
         # built, not trained (--epochs 0): no data scale, which would enter its run's identity and refuse the build

@@ -26,12 +26,15 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
     seen = {}
-    for key_node, _ in node.value:
+    for key_node, _ in node.value:  # the keys written here (a merge key's keys may be overridden: YAML's <<)
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
             line = key_node.start_mark.line + 1
             raise UserError(f"{line}: key '{key}' written twice (first on line {seen[key]}; YAML would keep the last)")
         seen[key] = key_node.start_mark.line + 1
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=True)
 
 
@@ -131,7 +134,8 @@ def _message(error) -> str:
         kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         return f"{found!r}: expected {' or '.join(kinds)}"
     if rule == "pattern" or rule == "propertyNames":
-        return f"{found!r}: not a valid name here (letters, digits and _)"
+        pattern = error.validator_value if rule == "pattern" else error.schema["propertyNames"].get("pattern", "")
+        return f"{found!r}: not a valid name here (expected {pattern})"
     return error.message
 
 

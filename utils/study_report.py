@@ -19,6 +19,7 @@ from utils.checkpoint import kept_epoch
 from utils.errors import UserError
 from utils.evaluation import MASKS_KEY, PER_SENTENCE, TEACHER
 from utils.files import atomic_write
+from utils.flops import run_flops, stage_flops
 from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
 from utils.storage import BlockRun, Storage, parse_ffn_run
@@ -53,7 +54,6 @@ STAGE_TIME_COLUMNS = (
     "mean_load",
     "cpu_seconds",
     "train_flops",
-    "train_seconds",
     "achieved_gflops",
     "share_of_fp32_peak",
     "share_of_bf16_peak",
@@ -84,9 +84,10 @@ def model_rows(plan: Plan) -> list[dict]:
                 row |= {"model": "teacher", "family": "teacher", "method": "teacher", "side": "teacher", "budget": 1.0}
             elif result["model"] in planned:
                 model, healing = planned[result["model"]]
+                made_of = model.recipe or model.merged or model.learned
                 row |= {"model": model.name, "family": model.family, "method": model.method, "budget": model.budget,
                         "side": METHODS[model.method].side, "healing": healing, "shape": json.dumps(model.shape),
-                        "recipe": json.dumps(model.recipe or model.merged, sort_keys=True)}  # fmt: skip
+                        "recipe": json.dumps(made_of, sort_keys=True)}  # fmt: skip
             else:
                 continue  # another experiment's model in the same storage
             row["flops_share"] = result.get("flop_ratio")
@@ -96,11 +97,11 @@ def model_rows(plan: Plan) -> list[dict]:
     return rows
 
 
-TRAINING_KINDS = ("store", "attention_students", "ffn_students", "merge_students", "chain", "heal")  # count FLOPs
+TRAINING_KINDS = ("store", "attention_students", "ffn_students", "merge_students", "chain", "model", "heal")
 
 
 def _stage_flops(plan: Plan, key: tuple[str, str, str]) -> dict[str, dict] | None:
-    """What the runs of a stage counted (utils.flops: run folder -> train_flops, train_seconds); None if missing."""
+    """What the runs of a stage counted (utils.flops: run folder -> epoch -> its FLOPs); None if missing."""
     kind, seed, name = key
     path = plan.root / "flops" / seed / kind / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -122,13 +123,15 @@ def training_flops(plan: Plan, seed: int, model: PlannedModel, healing: str) -> 
     for key in sorted(needed):
         if key[0] in TRAINING_KINDS:
             counted = _stage_flops(plan, key)
+            if counted is None and key[0] == "model":  # a model built without training (CoFi's trains)
+                continue
             if counted is None:
                 return None
-            total += sum(run["train_flops"] for run in counted.values())
+            total += sum(run_flops(run) for run in counted.values())
     healed = _stage_flops(plan, ("heal", tag, healing)) or {}
     own = f"finetune_{model.name}"  # its run's folder, and the healing's variant after a "-"
-    run = [value for name, value in healed.items() if name == own or name.startswith(f"{own}-")]
-    return total + run[0]["train_flops"] if run else None
+    runs = [run for name, run in healed.items() if name == own or name.startswith(f"{own}-")]
+    return total + run_flops(runs[0]) if len(runs) == 1 else None  # none, or several healings of it: not known
 
 
 def student_rows(plan: Plan) -> list[dict]:
@@ -167,17 +170,15 @@ def stage_time_rows(plan: Plan) -> list[dict]:
     peak = json.loads(peak_file.read_text())["gflops"] if peak_file.exists() else {}
     for path in sorted((plan.root / "benchmarks").glob("*/*/*.tsv")):
         seed, kind = path.parent.parent.name, path.parent.name
-        flops_file = plan.root / "flops" / seed / kind / f"{path.stem}.json"  # what its runs counted (utils.flops)
-        runs = json.loads(flops_file.read_text()).values() if flops_file.exists() else []
-        flops, seconds = sum(run["train_flops"] for run in runs), sum(run["train_seconds"] for run in runs)
-        achieved = flops / seconds / 1e9 if seconds else None
+        counted = _stage_flops(plan, (kind, seed, path.stem))  # what its runs counted (utils.flops)
+        flops = stage_flops(counted) if counted else None
         with open(path, newline="") as file:
             for record in csv.DictReader(file, delimiter="\t"):
+                achieved = flops / float(record["s"]) / 1e9 if flops and float(record["s"]) else None  # over its wall
                 rows.append({
                     "study": plan.study.name, "seed": seed, "kind": kind, "name": path.stem, "seconds": record["s"],
                     "max_rss_mb": record.get("max_rss"), "mean_load": record.get("mean_load"),
-                    "cpu_seconds": record.get("cpu_time"), "train_flops": flops or None,
-                    "train_seconds": seconds or None, "achieved_gflops": achieved,
+                    "cpu_seconds": record.get("cpu_time"), "train_flops": flops, "achieved_gflops": achieved,
                     **{f"share_of_{name}_peak": achieved / peak[name] if achieved and isinstance(peak.get(name), float)
                        else None for name in ("fp32", "bf16")},
                 })  # fmt: skip
@@ -480,7 +481,10 @@ def check_preregistered(plan: Plan) -> None:
     now = study_hash(plan.study.path)
     for log in logs:
         for line in log.read_text().splitlines():
-            opened, recorded = line.split()
+            fields = line.split()
+            if len(fields) != 2 or len(fields[1]) != 64:  # the workflow writes "time sha256"
+                raise UserError(f"{log}: '{line}' is not a record of an opening (time, then the study's SHA-256)")
+            opened, recorded = fields
             if recorded != now:
                 raise UserError(
                     f"{plan.study.path}: changed since {log.parent.name}'s test split was opened under it ({opened}; "
@@ -546,6 +550,11 @@ def restore_seed_results(plan: Plan, seed: int, parts: list[Path]) -> list[Path]
         atomic_write(target / PER_SENTENCE, lambda tmp, arrays=arrays: _save_arrays(tmp, arrays))
         atomic_write(target / "metrics.json", lambda tmp, merged=merged: tmp.write_text(json.dumps(merged, indent=2)))
         written += [target / "metrics.json", target / PER_SENTENCE]
+    for evaluation in (VALIDATION, TEST):  # its evaluations are done: the workflow opens no other seed's test split
+        stamp = plan.stamp(("evaluate", seed_folder(seed), evaluation))  # on them (they wait for every validation)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+        written.append(stamp)
     return written
 
 

@@ -341,7 +341,7 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
         digests = {name: hashlib.sha256() for name in arrays}  # each file is written front to back: hashed as written
         train_set.set_epoch(CACHE_EPOCH)
         loader = make_loader(train_set, sequential_batches(len(train_set), batch_size))  # corpus order, epoch-1 masks
-        index, rate, flops, started = 0, FlopRate(), 0.0, time.perf_counter()  # the teacher's forward FLOPs
+        index, rate, flops = 0, FlopRate(), 0.0  # and the FLOPs of the teacher's forward
         for batch in tqdm(loader, desc=f"teacher pass ({folder.name})"):
             with rate.measure(batch, index == 0):
                 values = compute(to_device(batch, device))
@@ -361,7 +361,7 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
             index += len(rows)
         for array in maps.values():
             array.flush()
-        add_to_stage(folder.name, flops, time.perf_counter() - started)
+        add_to_stage(folder.name, CACHE_EPOCH, flops, 0.0)  # its one pass: the teacher forward over the sentences
         np.save(tmp / OFFSETS, offsets)
         shape = {"shape": [tokens, hidden], "dtype": "float16", "bytes": tokens * hidden * 2}
         files = {f"{name}.f16": {**shape, "sha256": digests[name].hexdigest()} for name in arrays}

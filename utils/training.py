@@ -199,9 +199,9 @@ def _train_epoch(members, train_set, batches, training, device, world, split, di
         with shared.measure(batch, index == 0), autocast(device, training.precision):  # as a student's own would run
             member_batches = split(batch) if split is not None else [batch] * len(members)
         value = _step_each(members, member_batches, training, device, world, diverged, (batch, index == 0, rates))
-        for member in members:  # the teacher forward they share, charged to each as it would cost it alone
-            member.summary.flops += shared.charge(batch)
         going_on = [member for at, member in enumerate(members) if at not in (diverged or {})]
+        for member in going_on:  # the teacher forward they share, charged to each as if alone; every process's
+            member.summary.charge(shared.charge(batch) * world.world_size, shared=True)
         if not going_on:
             break
         running = value if running is None else 0.95 * running + 0.05 * value
@@ -229,7 +229,7 @@ def _step_each(members, member_batches, training, device, world, diverged: dict 
         try:
             with rates[at].measure(batch, measure):
                 value = _step(member, member_batch, training, device, world)
-            member.summary.flops += rates[at].charge(batch)
+            member.summary.charge(rates[at].charge(batch) * world.world_size)
         except Diverged as error:
             if diverged is None:
                 raise
@@ -292,5 +292,5 @@ def _end_epoch(member: Member, current: int, finished: bool, stopped: bool, vali
     save(member, checkpoint_state(member, record=record))
     member.run.log_metrics(record)
     if member.run.writer:
-        add_to_stage(member.run.path.name, summary.flops, summary.seconds)
+        add_to_stage(member.run.path.name, current, summary.flops, summary.shared_flops)
     member.summary = EpochSummary()

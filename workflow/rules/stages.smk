@@ -51,4 +51,6 @@ for kind in KINDS:
             flops=f"{PLAN.root}/flops/{{seed}}/{kind}/{{name}}.json",
             opened=recorded_opening(kind),
         shell:
-            "SITRA_FLOPS_FILE={params.flops} OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1 && {params.opened}"
+            # the shell ignores SLURM's early SIGTERM (the profile's --signal) and waits while the script checkpoints
+            "trap '' TERM USR1; SITRA_FLOPS_FILE={params.flops} OMP_NUM_THREADS={threads} {params.command} > {log} 2>&1"
+            " && {params.opened}"
