@@ -88,12 +88,13 @@ def test_a_run_records_the_precision_auto_resolved_to(native_bf16, run_flags, ca
 def test_a_checkpoint_that_recorded_auto_resumes_only_in_what_auto_meant_then():
     """Before auto was resolved per run, a CPU run recorded "auto" and trained in fp32 (a GPU run: bf16)."""
     old = {"identity": {"precision": "auto", "block": 1}, "flags": {"precision": "auto"}}
-    check_identity(old, {"precision": "fp32", "block": 1}, "latest.pt")  # auto_was: fp32, a CPU's
+    check_identity(old, {"precision": "fp32", "block": 1}, "latest.pt")  # no GPU in its RNG state: a CPU, fp32
     with pytest.raises(UserError, match="precision='auto, i.e. fp32' \\(flags say 'bf16'\\)"):
         check_identity(old, {"precision": "bf16", "block": 1}, "latest.pt")
-    check_identity(old, {"precision": "bf16"}, "latest.pt", auto_was="bf16")
+    on_a_gpu = {**old, "rng": {"torch": None, "cuda": [None]}}  # its checkpoint says where it ran, wherever it resumes
+    check_identity(on_a_gpu, {"precision": "bf16"}, "latest.pt")
     with pytest.raises(UserError, match="precision='auto, i.e. bf16' \\(flags say 'fp32'\\)"):
-        check_identity(old, {"precision": "fp32"}, "latest.pt", auto_was="bf16")
+        check_identity(on_a_gpu, {"precision": "fp32"}, "latest.pt")
 
 
 def test_evaluations_record_their_precision_and_a_report_compares_only_one(run_flags, tiny_teacher_dir, capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from utils.device import auto_as_recorded
 from utils.errors import Diverged, UserError
 from utils.files import RunLock, atomic_write, ensure_writable, move_aside, remove_stale_temporaries
 from utils.storage import BEST, LATEST, run_output
@@ -80,18 +81,20 @@ def kept_epoch(folder: Path) -> int | None:
     return load_checkpoint(output)["epoch"] if output.exists() else None
 
 
-def check_identity(state: dict, expected: dict, path: Path | str, auto_was: str = "fp32") -> None:
+def check_identity(state: dict, expected: dict, path: Path | str) -> None:
     """Refuse a checkpoint made with other identity flags (:mod:`utils.identity`), naming each difference.
 
     A key its identity does not record (written before sitra recorded that flag) is read from the flags the
     checkpoint also records; only a key recorded in neither is not held against it. A precision recorded as
-    ``auto`` (before a run resolved it once, at its start) is what auto meant then on this device, ``auto_was``
-    (:func:`utils.device.auto_as_recorded`: fp32 on a CPU, bf16 on a GPU), so such a run resumes only in the
-    precision it trained in (a CPU run of then is refused where auto is bf16 now; ``--precision fp32`` resumes it).
+    ``auto`` (before a run resolved it once, at its start) is what auto meant then where the checkpoint was made
+    (:func:`utils.device.auto_as_recorded`: bf16 where its RNG state holds a GPU's, fp32 on a CPU), so such a run
+    resumes only in the precision it trained in, wherever it resumes (a CPU run of then is refused where auto is
+    bf16 now; ``--precision fp32`` resumes it).
     """
     saved = {**state.get("flags", {}), **state.get("identity", {})}
     if saved.get("precision") == "auto":  # named as such when it differs: "precision='auto, i.e. fp32' (... 'bf16')"
-        saved["precision"] = auto_was if expected.get("precision") == auto_was else f"auto, i.e. {auto_was}"
+        was = auto_as_recorded(state)
+        saved["precision"] = was if expected.get("precision") == was else f"auto, i.e. {was}"
     for name, fingerprint in (("teacher", "teacher_fingerprint"), ("init", "init_fingerprint"),
                               ("model", "model_fingerprint")):  # fmt: skip
         if saved.get(fingerprint) and saved.get(fingerprint) == expected.get(fingerprint):
@@ -144,14 +147,12 @@ class RunDirectory:
         save_every: int,
         flags: dict | None = None,
         continuable: dict | None = None,
-        auto_was: str = "fp32",
     ):
         self.path = Path(path)
         self.identity = identity  # must match to resume
         self.save_every = save_every
         self.flags = flags or {}  # recorded for the reader (and for identities of older checkpoints)
         self.continuable = continuable or {}  # may change when the run goes on; a finished run must match them
-        self.auto_was = auto_was  # what a checkpoint's recorded precision "auto" trained in (check_identity)
         self.writer = True  # False on every process but rank 0 under torchrun
         self.lock: RunLock | None = None  # held from prepare() until the process ends
 
@@ -174,7 +175,7 @@ class RunDirectory:
         if not self.latest.exists():
             return None
         state = load_checkpoint(self.latest)
-        check_identity(state, self.identity, self.latest, self.auto_was)
+        check_identity(state, self.identity, self.latest)
         return state
 
     def prepare(
@@ -194,7 +195,7 @@ class RunDirectory:
             return False
         if not no_resume and self.latest.exists():
             state = load_checkpoint(self.latest)
-            check_identity(state, self.identity, self.latest, self.auto_was)
+            check_identity(state, self.identity, self.latest)
             ended = state["epoch"] >= epochs or (stopped_early is not None and stopped_early(state))
             done = state["batches_done"] == 0 and ended
             if done or (max_steps is not None and state["step"] >= max_steps):

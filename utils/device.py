@@ -53,11 +53,12 @@ def resolve_precision(device: torch.device | str, requested: str) -> tuple[str, 
     return "fp32", "auto: this CPU does not multiply bf16 natively" if kind == "cpu" else f"auto: fp32 on {kind}"
 
 
-def auto_as_recorded(kind: str) -> str:
+def auto_as_recorded(checkpoint: dict) -> str:
     """What a run that recorded ``--precision auto`` in its identity (before auto was resolved once per run) trained
-    in on a ``kind`` device: bf16 on a GPU, fp32 on every CPU (CPUs with native bf16 got fp32 then too). How such a
-    checkpoint is read (:func:`utils.checkpoint.check_identity`): it resumes only in the precision it trained in."""
-    return "bf16" if kind == "cuda" else "fp32"
+    in: bf16 on a GPU, fp32 on every CPU (CPUs with native bf16 got fp32 then too), told by the checkpoint itself (its
+    RNG state holds the GPU's where one was there). How such a checkpoint is read
+    (:func:`utils.checkpoint.check_identity`): it resumes only in the precision it trained in."""
+    return "bf16" if "cuda" in (checkpoint.get("rng") or {}) else "fp32"
 
 
 def autocast(device: torch.device, precision: str):

@@ -21,7 +21,7 @@ from utils.args import (
     parse_args,
 )
 from utils.checkpoint import RunDirectory
-from utils.device import auto_as_recorded, device_type, resolve_precision
+from utils.device import device_type, resolve_precision
 from utils.distributed import init_distributed
 from utils.errors import UserError
 from utils.identity import CONTINUABLE, NAMED, run_identity, variant
@@ -74,9 +74,7 @@ def open_run(flags: Flags, folder: Path, **explicit) -> RunDirectory:
     kind = device_type(getattr(getattr(flags, "runtime", None), "device", None))
     if identity.get("precision") == "auto":  # utils.experiment.start resolves it; flags that skipped it, here
         identity["precision"], _ = resolve_precision(kind, "auto")
-    return RunDirectory(
-        folder, identity, flags.training.save_checkpoint_every, flags.as_dict(), continuable, auto_as_recorded(kind)
-    )
+    return RunDirectory(folder, identity, flags.training.save_checkpoint_every, flags.as_dict(), continuable)
 
 
 def already_finished(run: RunDirectory, flags: Flags, output: Path | None = None) -> bool:
