@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     flags, device = parse_and_start(GROUPS, __doc__, argv, **DEFAULTS)
     cofi, seq_len = flags.cofi, flags.data.seq_len
     info = inspect_teacher(flags.teacher.teacher, seq_len)
-    name = cofi.output_model.rstrip("/").split("/")[-1]
-    run = learned_masks_run(flags, info, name)
+    run = learned_masks_run(flags, info, Path(cofi.output_model).name)
     if already_finished(run, flags, Path(cofi.output_model)):
         return {"output": cofi.output_model}
     teacher = load_teacher(info, device)
@@ -87,9 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         objective, data.train, valid, flags.training, run, device, flags.data.seed, optimizer_of(objective, flags)
     )
     remove()
-    full = float(model_cost(teacher.model, seq_len)["flops_per_token"])
-    pruned = masks.prune(student, cofi.budget * full, seq_len).eval()
-    share = model_cost(pruned, seq_len)["flops_per_token"] / full
+    pruned = masks.prune(student, cofi.budget * objective.full, seq_len).eval()
+    share = model_cost(pruned, seq_len)["flops_per_token"] / objective.full
     kept = [(layer.attention.heads, layer.ffn_in.out_features) for layer in pruned.layers]
     meta = {"teacher": teacher.name, "method": "cofi", "budget": cofi.budget, "flops_share": share,
             "kept_heads_and_neurons": kept, "masks_run": str(run.path), "final_validation": history[-1]}  # fmt: skip

@@ -43,10 +43,10 @@ SHAPES = {
 }
 BUDGET_SLACK = 0.02  # a planned model within 2 points of its budget counts at it (widths are rounded)
 SHARED = "shared"  # the "seed" of stages every seed shares (the teacher, the report)
+FLOPS, OPENINGS = "flops", "openings"  # folders of a study's root beside its seeds: counted FLOPs, test openings
 VALIDATION, TEST = "validation", "test"  # each seed's evaluations: the split each side's best is chosen on, the one
 # it is reported on, opened once every model of every seed has its validation evaluation
 WIKITEXT2_TRAIN_SENTENCES = 75_720  # the training split's sentences (utils.data), for a bill before any data is read
-STORE_BYTES = 2  # a teacher store's values are fp16 (utils.teacher_cache)
 
 
 @dataclass(frozen=True)
@@ -556,6 +556,15 @@ class Plan:
         kind, seed, name = key
         return self.root / "stages" / seed / kind / f"{name}.done"
 
+    def flops_file(self, key: tuple[str, str, str]) -> Path:
+        """Where the runs of a stage record the FLOPs they trained (utils.flops, ``$SITRA_FLOPS_FILE``)."""
+        kind, seed, name = key
+        return self.root / FLOPS / seed / kind / f"{name}.json"
+
+    def openings(self, seed: str) -> Path:
+        """When the workflow opened ``seed``'s test split, and under which study file (utils.study_report)."""
+        return self.root / OPENINGS / seed / f"{TEST}.log"
+
     @property
     def data_files(self) -> dict[str, Path]:
         """The study's tidy tables (make_report.py --study writes them)."""
@@ -747,10 +756,12 @@ class Plan:
     def bill(self) -> list[str]:
         """What the study will ask for: each store's disk (the teacher's shape and the data) and the GPU hours the
         stages request (each stage's ``runtime`` x ``gpu`` from the study's resources: an upper bound)."""
+        from utils.teacher_cache import store_arrays, store_bytes
+
         data, shape = self.study.data, self.shape
         sentences = data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES
-        arrays = 2 * shape.layers + 1  # the hidden state entering each layer and the last output, each attention
-        store_bytes = sentences * data["seq_len"] * shape.hidden * STORE_BYTES * arrays
+        arrays = len(store_arrays(shape.layers, list(range(shape.layers))))  # a store of every layer
+        size = store_bytes(sentences * data["seq_len"], shape.hidden, arrays)
         stores = [key for key in self.stages if key[0] == "store"]
         hours = {}
         for kind, _, _ in (*self.stages, self.report.key):
@@ -758,9 +769,9 @@ class Plan:
             hours[kind] = hours.get(kind, 0) + resources.get("runtime", 0) * resources.get("gpu", 0) / 60
         by_kind = ", ".join(f"{kind} {value:g}" for kind, value in hours.items() if value)
         return [
-            f"disk: each store at most {store_bytes / 1e9:.1f} GB ({sentences:,} sentences x {data['seq_len']} "
+            f"disk: each store at most {size / 1e9:.1f} GB ({sentences:,} sentences x {data['seq_len']} "
             f"tokens x hidden {shape.hidden} x {arrays} arrays in fp16), {len(stores)} stores: at most "
-            f"{len(stores) * store_bytes / 1e9:.1f} GB under {self.root}",
+            f"{len(stores) * size / 1e9:.1f} GB under {self.root}",
             f"GPU hours requested (runtime x gpu of each stage, an upper bound): {sum(hours.values()):g}"
             + (f" ({by_kind})" if by_kind else ""),
         ]

@@ -17,6 +17,7 @@ import yaml
 
 from utils.errors import UserError
 
+BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}  # JSON Schema's
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "study.schema.yaml"
 
 
@@ -127,9 +128,8 @@ def _message(error) -> str:
         reasons = [_message(sub) for sub in error.context if not sub.relative_path] or [error.message]
         alternatives = " or ".join(dict.fromkeys(reason.split(": ", 1)[-1] for reason in reasons))
         return f"{found!r}: " + alternatives.replace(" or expected ", " or ")
-    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-    if rule in bounds:
-        return f"{found!r}: expected a value {bounds[rule]} {error.validator_value}"
+    if rule in BOUNDS:
+        return f"{found!r}: expected a value {BOUNDS[rule]} {error.validator_value}"
     if rule == "type":
         kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         return f"{found!r}: expected {' or '.join(kinds)}"
@@ -181,14 +181,13 @@ def key_reference(enums: dict[str, list]) -> str:
         kind = node.get("type", "mapping" if "properties" in node else "")
         if isinstance(kind, list):
             kind = " / ".join(kind)
-        low = node.get("minimum", node.get("exclusiveMinimum"))
-        high = node.get("maximum", node.get("exclusiveMaximum"))
-        if low is not None or high is not None:
-            opening = "[" if "minimum" in node else "("
-            closing = "]" if "maximum" in node else ")"
-            low = "" if low is None else low
-            high = "" if high is None else high
-            kind += f" in {opening}{low}, {high}{closing}" if high != "" else f" >= {low}" if opening == "[" else ""
+        low = next((bound for bound in ("minimum", "exclusiveMinimum") if bound in node), None)
+        high = next((bound for bound in ("maximum", "exclusiveMaximum") if bound in node), None)
+        if low and high:  # an interval, closed or open at each end
+            opening, closing = "[" if low == "minimum" else "(", "]" if high == "maximum" else ")"
+            kind += f" in {opening}{node[low]}, {node[high]}{closing}"
+        elif low or high:
+            kind += f" {BOUNDS[low or high]} {node[low or high]}"
         if kind == "array":
             kind = f"list of {takes(node.get('items', {}))}" + (", each once" if node.get("uniqueItems") else "")
         return kind.replace("null", "`null`")

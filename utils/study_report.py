@@ -102,8 +102,7 @@ TRAINING_KINDS = ("store", "attention_students", "ffn_students", "merge_students
 
 def _stage_flops(plan: Plan, key: tuple[str, str, str]) -> dict[str, dict] | None:
     """What the runs of a stage counted (utils.flops: run folder -> epoch -> its FLOPs); None if missing."""
-    kind, seed, name = key
-    path = plan.root / "flops" / seed / kind / f"{name}.json"
+    path = plan.flops_file(key)
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -459,12 +458,6 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
 RAW_FILES = ("metrics.json", PER_SENTENCE)  # an evaluation's figures and per-sentence outcomes (utils.evaluation)
 
 
-SEEDS = "seed*"  # the seed folders under a root (utils.study.seed_folder)
-
-
-OPENINGS = "openings"  # {root}/openings/{seed}/test.log: when each seed's test split was opened, and the study's hash
-
-
 def study_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -474,7 +467,7 @@ def check_preregistered(plan: Plan) -> None:
     SHA-256 to ``openings/{seed}/test.log`` each time it opens a seed's test split, and a study whose file changed
     since (a comparison, a goal or a model added after the test split was read) is not the study that was run.
     Results with no such log (made before the workflow kept one, or copied from elsewhere) are said, not refused."""
-    logs = sorted(plan.root.glob(f"{OPENINGS}/{SEEDS}/{TEST}.log"))
+    logs = sorted(path for path in (plan.openings(seed_folder(seed)) for seed in plan.study.seeds) if path.exists())
     if not logs:
         logger.warning("%s: no record of when the test split was opened (openings/): not checked", plan.root)
         return
@@ -502,7 +495,8 @@ def copy_raw_results(plan: Plan) -> Path:
     raw = plan.root / "data" / "raw"
     sources = [plan.storage(seed).results(evaluation) / name for seed in plan.study.seeds
                for evaluation in (VALIDATION, TEST) for name in RAW_FILES]  # fmt: skip
-    sources += sorted(plan.root.glob(f"flops/{SEEDS}/*/*.json")) + sorted(plan.root.glob(f"{OPENINGS}/{SEEDS}/*.log"))
+    sources += [plan.flops_file(key) for key in sorted(plan.stages)] + [plan.openings(seed_folder(seed))
+                                                                        for seed in plan.study.seeds]  # fmt: skip
     for source in sources:
         if source.is_file():
             target = raw / source.relative_to(plan.root)

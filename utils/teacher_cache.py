@@ -255,6 +255,11 @@ def _nbytes(entry: dict) -> int:
     return int(np.prod(entry["shape"], dtype=np.int64)) * np.dtype(entry["dtype"]).itemsize
 
 
+def store_bytes(tokens: int, hidden: int, arrays: int) -> int:
+    """The disk a store or cache of ``arrays`` fp16 arrays [tokens, hidden] takes (a study's bill, its build)."""
+    return arrays * _nbytes({"shape": [tokens, hidden], "dtype": "float16"})
+
+
 def _check_size(folder: Path, name: str, entry: dict | None) -> None:
     if entry is None:
         raise damaged(folder, name, "not in the header")
@@ -320,7 +325,7 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
     lengths = np.array(train_set.lengths())
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     tokens = int(offsets[-1])
-    size = len(arrays) * tokens * hidden * 2
+    size = store_bytes(tokens, hidden, len(arrays))
     free = shutil.disk_usage(folder.parent).free
     log.info(
         "building the teacher cache %s: %d sentences, %d tokens, %d arrays, %.2f GB (fp16)",
@@ -363,7 +368,8 @@ def _build(folder, key, train_set, arrays, hidden, device, compute, batch_size) 
             array.flush()
         add_to_stage(folder.name, CACHE_EPOCH, flops, 0.0)  # its one pass: the teacher forward over the sentences
         np.save(tmp / OFFSETS, offsets)
-        shape = {"shape": [tokens, hidden], "dtype": "float16", "bytes": tokens * hidden * 2}
+        shape = {"shape": [tokens, hidden], "dtype": "float16"}
+        shape["bytes"] = _nbytes(shape)
         files = {f"{name}.f16": {**shape, "sha256": digests[name].hexdigest()} for name in arrays}
         files[OFFSETS] = {
             "shape": list(offsets.shape),

@@ -119,7 +119,8 @@ def train_members(
         stopped = _train_epoch(
             group, train_set, batches, training, device, world, member_split, left if lockstep else None
         )
-        diverged.update({active[at]: error for at, error in _leave(group, left).items()})
+        _leave(group, left)
+        diverged.update({active[at]: error for at, error in left.items()})
         going_on = [member for at, member in enumerate(group) if at not in left]
         finished = bool(going_on) and going_on[0].position.batches_done == len(batches)
         for member in going_on:
@@ -151,13 +152,12 @@ def _begin_epoch(group: list[Member], train_set, training, seed: int, world, len
     return current, batches
 
 
-def _leave(group: list[Member], left: dict[int, Diverged]) -> dict[int, Diverged]:
-    """The members of ``group`` that diverged this epoch (position -> why), each checkpointed where it stopped, so a
-    rerun with a smaller --lr resumes there."""
+def _leave(group: list[Member], left: dict[int, Diverged]) -> None:
+    """Checkpoint the members of ``group`` that diverged this epoch (``left``: position -> why) where they stopped,
+    so a rerun with a smaller --lr resumes there."""
     for at in left:
         set_rng_state(group[at].rng)
         group[at].run.save(checkpoint_state(group[at], epoch_progress=group[at].summary))
-    return left
 
 
 def select(

@@ -14,6 +14,10 @@ def stage_command(kind):
     return lambda wildcards: PLAN.shell_command(kind, wildcards.seed, wildcards.name)
 
 
+def stage_flops_file(kind):
+    return lambda wildcards: PLAN.flops_file((kind, wildcards.seed, wildcards.name))
+
+
 def recorded_opening(kind):
     """After a seed's test evaluation: when its test split was opened, and under which study file (its SHA-256);
     the report refuses test results whose study file changed since (utils.study_report.check_preregistered)."""
@@ -22,7 +26,7 @@ def recorded_opening(kind):
     def record(wildcards):
         if (kind, wildcards.name) != ("evaluate", TEST):
             return "true"
-        log = shlex.quote(f"{PLAN.root}/openings/{wildcards.seed}/{TEST}.log")
+        log = shlex.quote(str(PLAN.openings(wildcards.seed)))
         return (f"mkdir -p $(dirname {log}) && printf '%s %s\\n' $(date -u +%Y-%m-%dT%H:%M:%SZ) "
                 f"$(sha256sum {study} | cut -d' ' -f1) >> {log}")
 
@@ -48,7 +52,7 @@ for kind in KINDS:
             f"{PLAN.root}/benchmarks/{{seed}}/{kind}/{{name}}.tsv"
         params:
             command=stage_command(kind),
-            flops=f"{PLAN.root}/flops/{{seed}}/{kind}/{{name}}.json",
+            flops=stage_flops_file(kind),
             opened=recorded_opening(kind),
         shell:
             # the shell ignores SLURM's early SIGTERM (the profile's --signal) and waits while the script checkpoints
