@@ -830,6 +830,10 @@ def test_a_studys_precision_reaches_every_training_stage_and_none_leaves_each_sc
     assert {key for key, has in given.items() if has} == {key for key in given if key[0] in training}
     plain = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir)), tmp_path, sys.executable)
     assert not [stage.key for stage in plain.stages.values() if "--precision" in stage.command]
+    # a teacher the study trains is trained in its precision too (round three's fp32 teacher is not retrained in bf16)
+    trained = {"train": {"init": "minilm", "max_steps": 3}, "shape": "minilm"}
+    plan = Plan(Study.load(tiny_study(tmp_path, tiny_teacher_dir, data=data, teacher=trained)), tmp_path, "python")
+    assert "--precision fp32" in plan.shell_command("teacher", "shared", "teacher")
     with pytest.raises(UserError, match="data.precision: 'fp64': expected one of None, auto, fp32, bf16, fp16"):
         Study.load(tiny_study(tmp_path, tiny_teacher_dir, data={**data, "precision": "fp64"}))
 

@@ -598,6 +598,8 @@ class Plan:
         if train is None:
             return []
         args = _flag_args(train) + ["--output_dir", Storage(self.root).teacher, "--storage_directory", self.root]
+        precision = self.study.data["precision"]  # the teacher is trained in the study's precision too, unless its
+        args += ["--precision", precision] if precision and "precision" not in train else []  # train says its own
         args += ["--seq_len", self.study.data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
         return [self._add("teacher", SHARED, "teacher", "train_teacher.py", args)]
 
