@@ -46,6 +46,7 @@ SHARED = "shared"  # the "seed" of stages every seed shares (the teacher, the re
 FLOPS, OPENINGS = "flops", "openings"  # folders of a study's root beside its seeds: counted FLOPs, test openings
 VALIDATION, TEST = "validation", "test"  # each seed's evaluations: the split each side's best is chosen on, the one
 # it is reported on, opened once every model of every seed has its validation evaluation
+VARIANT_MARK = "@"  # between a model's name and its variant's
 WIKITEXT2_TRAIN_SENTENCES = 75_720  # the training split's sentences (utils.data), for a bill before any data is read
 
 
@@ -119,19 +120,30 @@ class PlannedModel:
     merged: dict | None = None
     learned: dict | None = None  # a model whose units are learned (CoFi): prune_cofi.py's flags
 
+    variant: str = ""  # the study's variant it belongs to ("": the study's own recipe), the end of its name
+
     def healed(self, healing: str) -> str:
         """The name of this model healed by the study's healing ``healing``."""
         return healed_name(self.name, healing)
 
 
 def healed_name(model: str, healing: str) -> str:
-    """The name of the study's model ``model`` healed by its healing ``healing`` (what the heal stage saves)."""
-    return f"{model}_{healing}"
+    """The name of the study's model ``model`` healed by its healing ``healing`` (what the heal stage saves): the
+    healing before the variant, ``sitra_heads_33_layerwise@heal_all``."""
+    built, at, variant = model.partition(VARIANT_MARK)
+    return f"{built}_{healing}{at}{variant}"
 
 
-def seed_folder(seed: int | str) -> str:
-    """The folder of a seed's runs under a study's root (and under its committed ``raw/``)."""
-    return f"seed{seed}"
+def variant_name(name: str, variant: str) -> str:
+    """A model's name in ``variant``: ``sitra_heads_33@heal_all`` (the study's own recipe: no mark), so that one
+    (seed, name) names one model across every variant of a study and every study's data."""
+    return f"{name}{VARIANT_MARK}{variant}" if variant else name
+
+
+def seed_folder(seed: int | str, variant: str = "") -> str:
+    """The folder of a seed's runs under a study's root (and under its committed ``raw/``): ``seed42``, and a
+    variant's ``heal_all/seed42``."""
+    return f"{variant}/seed{seed}" if variant else f"seed{seed}"
 
 
 # -- the study file ---------------------------------------------------------------------------------------------
@@ -169,6 +181,25 @@ def _require(condition: bool, message: str, where: str) -> None:
         raise UserError(f"{where}: {message}")
 
 
+# data keys that only the healing and the evaluations read: a variant that changes no other data key (and no
+# family's options) builds its models from the study's own store and students, in the study's seed folders
+HEALING_DATA = ("heal_sentences", "heal_epochs", "validation_share", "test_share", "latency_repeats", "mask_seed")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One recipe of a study: its own (``name`` "") or a named variant's, the study's keys with the variant's
+    changes (``data`` key by key; ``healing``, ``families``, ``budgets``, ``seeds`` replaced)."""
+
+    name: str
+    data: dict
+    seeds: list[int]
+    budgets: list[float]
+    families: dict[str, dict]
+    healing: dict
+    builds_apart: bool = False  # its store, students and models apart from the study's (it changes what they read)
+
+
 @dataclass
 class Study:
     """A study file, checked (each error names the file and the key)."""
@@ -186,6 +217,7 @@ class Study:
     goals: dict = field(default_factory=dict)  # budget -> the share of the teacher's test top-1 to keep
     # other studies' roots (from_root), e.g. one part per budget: their models of the same names, compared with these
     baselines: list[str] = field(default_factory=list)
+    variants: dict[str, Variant] = field(default_factory=dict)  # "" (the study's own recipe) first, then each named
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -221,8 +253,33 @@ class Study:
                  study_file.where(path, lines, ["goals"]))  # fmt: skip
         baselines = raw.get("baseline")  # absent, one root, or a list of them
         baselines = [] if baselines is None else [baselines] if isinstance(baselines, str) else baselines
+        variants = {"": Variant("", data, seeds, budgets, families, healing)}
+        for name, changes in (raw.get("variants") or {}).items():
+            variants[name] = _variant(name, changes or {}, variants[""], study_file.where(path, lines, ["variants", name]))
+        for index, pair in enumerate(comparisons):
+            at = study_file.where(path, lines, ["comparisons", index])
+            for entry in pair:
+                family, _, variant = entry.partition(VARIANT_MARK)
+                _require(variant in variants, f"comparisons: {entry!r} names no variant of the study", at)
+                _require(family in variants[variant].families, f"comparisons: {entry!r}: no family {family} in "
+                         f"{'variant ' + variant if variant else 'the study'}", at)  # fmt: skip
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
-                   raw.get("resources") or {}, goals, baselines)  # fmt: skip
+                   raw.get("resources") or {}, goals, baselines, variants)  # fmt: skip
+
+
+def _variant(name: str, changes: dict, own: Variant, where: str) -> Variant:
+    """The variant ``name`` of a study whose own recipe is ``own``: what ``changes`` gives replacing its key (data
+    key by key); the families it names must be the study's and its budgets the study's."""
+    families = changes.get("families", list(own.families))
+    unknown = [family for family in families if family not in own.families]
+    _require(not unknown, f"variants.{name}.families: {unknown} are not families of the study", where)
+    budgets = changes.get("budgets", own.budgets)
+    _require(set(budgets) <= set(own.budgets), f"variants.{name}.budgets: each must be one of the study's", where)
+    data = {**own.data, **(changes.get("data") or {})}
+    apart = any(data[key] != own.data[key] for key in data if key not in HEALING_DATA)
+    return Variant(name, data, changes.get("seeds", own.seeds), budgets,
+                   {family: own.families[family] for family in families}, changes.get("healing") or own.healing,
+                   apart)  # fmt: skip
 
 
 def schema_enums() -> dict[tuple, list]:
@@ -261,7 +318,7 @@ def _derived(path: Path, raw: dict) -> dict:
     base, _ = study_file.read(base_path)
     _require("base" not in base, f"base: {base_path.name} has a base of its own (one level only)", where)
     Study.load(base_path)  # the base is a study of its own: its errors name it
-    derived = {key: value for key, value in base.items() if key not in ("name", "description")} | raw
+    derived = {key: value for key, value in base.items() if key not in ("name", "description", "variants")} | raw
     del derived["base"]
     if isinstance(raw.get("data"), dict):  # each data key the part gives replaces the base's; the rest inherited
         derived["data"] = {**(base.get("data") or {}), **raw["data"]}
@@ -472,20 +529,24 @@ def plan_cofi(shape: TeacherShape, seq_len: int, family: str, options: dict, bud
 
 
 def plan_models(study: Study, shape: TeacherShape) -> tuple[list[PlannedModel], list[str]]:
-    """Every family's model at every budget it reaches (within :data:`BUDGET_SLACK`), and a line for each
-    budget a family does not reach. A family that names its ``budgets`` must reach each: else a UserError."""
+    """Every family's model at every budget it reaches (within :data:`BUDGET_SLACK`) in every variant of the study
+    (named ``{family}_{budget}@{variant}``), and a line for each budget a family does not reach. A family that
+    names its ``budgets`` must reach each: else a UserError."""
     models, skipped = [], []
-    seq_len = study.data["seq_len"]
-    for family, options in study.families.items():
-        method = METHODS[options["method"]]
-        for budget in options.get("budgets", study.budgets):
-            model = method.plan(shape, seq_len, family, options, budget)
-            if abs(model.flops_share - budget) <= BUDGET_SLACK:
-                models.append(model)
-                continue
-            why = f"{family} at {budget:.0%}: its model lands at {model.flops_share:.1%} of the teacher's FLOPs"
-            _require("budgets" not in options, why, f"{study.path}: families.{family}")
-            skipped.append(why)
+    for variant in study.variants.values() or [Variant("", study.data, study.seeds, study.budgets, study.families,
+                                                       study.healing)]:  # fmt: skip
+        for family, options in variant.families.items():
+            method = METHODS[options["method"]]
+            for budget in [budget for budget in options.get("budgets", variant.budgets) if budget in variant.budgets]:
+                model = method.plan(shape, variant.data["seq_len"], family, options, budget)
+                model = replace(model, name=variant_name(model.name, variant.name), variant=variant.name)
+                if abs(model.flops_share - budget) <= BUDGET_SLACK:
+                    models.append(model)
+                    continue
+                why = f"{family} at {budget:.0%}: its model lands at {model.flops_share:.1%} of the teacher's FLOPs"
+                _require("budgets" not in options, why, f"{study.path}: families.{family}")
+                if why not in skipped:
+                    skipped.append(why)
     names = [model.name for model in models]
     twice = sorted({name for name in names if names.count(name) > 1})
     _require(not twice, f"two models named {twice} (budgets that round to one percent)", f"{study.path}: budgets")
@@ -523,8 +584,9 @@ class Plan:
         self.data_dir, self.resource_table = data_dir, study.resources
         self.stages: dict[tuple[str, str, str], Stage] = {}
         teacher = self._teacher_stage()
-        for seed in study.seeds:
-            self._seed_stages(seed, teacher)
+        for variant in study.variants.values():
+            for seed in variant.seeds:
+                self._seed_stages(seed, teacher, variant)
         evaluations = [key for key in self.stages if key[0] == "evaluate"]
         validated = tuple(key for key in evaluations if key[2] == VALIDATION)
         for key in evaluations:  # the test split is opened once every planned model is evaluated on validation
@@ -537,8 +599,26 @@ class Plan:
             check_command(stage, study.path)
 
     # where things are ------------------------------------------------------------------------------------------
-    def storage(self, seed: int) -> Storage:
-        return Storage(self.root / seed_folder(seed))
+    def storage(self, seed: int, variant: str = "") -> Storage:
+        """Where ``variant``'s models of ``seed`` are healed and evaluated (the study's own: ``{root}/seed42``)."""
+        return Storage(self.root / seed_folder(seed, variant))
+
+    def runs(self) -> list[tuple[str, int]]:
+        """Every (variant, seed) the study runs, its own recipe's first."""
+        return [(name, seed) for name, variant in self.study.variants.items() for seed in variant.seeds]
+
+    def variant_models(self, variant: str) -> list[PlannedModel]:
+        return [model for model in self.models if model.variant == variant]
+
+    def _built_in(self, seed: int, variant: Variant) -> str:
+        """The seed folder of ``variant``'s store, students and models: the study's own, unless it changes what they
+        read (``builds_apart``): then its own, beside its healings."""
+        return seed_folder(seed, variant.name if variant.builds_apart else "")
+
+    def built_name(self, model: PlannedModel) -> str:
+        """The name ``model`` is built under (before healing): the study's own model's, where its variant shares the
+        study's builds (one build, healed by each variant), else its own."""
+        return model.name if self.study.variants[model.variant].builds_apart else model.name.split(VARIANT_MARK)[0]
 
     @property
     def teacher(self) -> str:
@@ -578,14 +658,17 @@ class Plan:
 
     # building -----------------------------------------------------------------------------------------------
     def _add(self, kind: str, seed: str, name: str, script: str, args, needs=()) -> tuple[str, str, str]:
+        """A stage, once: variants that share the study's builds plan its store, students and models again, alike."""
         stage = Stage(kind, seed, name, (str(self.repo / script), *map(str, args)), tuple(needs))
-        self.stages.setdefault(stage.key, stage)
+        planned = self.stages.setdefault(stage.key, stage)
+        if planned.command != stage.command:  # two stages under one name would run one in place of the other
+            raise UserError(f"{self.study.path}: two {kind} stages named {seed}/{name} with other flags")
         return stage.key
 
-    def _common(self, seed: int, training: bool = False, seed_flag: int | None = None) -> list[str]:
-        """The flags every stage of ``seed`` shares; ``seed_flag``: another ``--seed`` (the evaluations' masks)."""
-        data = self.study.data
-        args = ["--teacher", self.teacher, "--storage_directory", self.storage(seed).root]
+    def _common(self, seed: int, folder: str, data: dict, training: bool = False, seed_flag=None) -> list[str]:
+        """The flags every stage of ``seed`` in the seed folder ``folder`` shares; ``seed_flag``: another ``--seed``
+        (the evaluations' masks)."""
+        args = ["--teacher", self.teacher, "--storage_directory", self.root / folder]
         args += ["--seed", seed if seed_flag is None else seed_flag]
         args += ["--seq_len", data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
         if training:
@@ -603,105 +686,110 @@ class Plan:
         args += ["--seq_len", self.study.data["seq_len"]] + (["--data_dir", self.data_dir] if self.data_dir else [])
         return [self._add("teacher", SHARED, "teacher", "train_teacher.py", args)]
 
-    def _at_most(self, sentences: str) -> list:
+    @staticmethod
+    def _at_most(data: dict, sentences: str) -> list:
         """``--max_sentences`` from the data key ``sentences`` (train_sentences: the store and every student trained
         from it; heal_sentences: each healing); none when the study gives none: every training sentence."""
-        cap = self.study.data[sentences]
+        cap = data[sentences]
         return ["--max_sentences", cap] if cap else []
 
-    def _students(self, seed: int, args, from_store: bool = True) -> list:
+    def _students(self, seed: int, variant: Variant, args, from_store: bool = True) -> list:
         """The flags of a script that trains students of every layer: from the seed's teacher store, or (the
         conditioned chain) computing each pair's input through the merged pairs before it, every pair in order."""
-        data = self.study.data
+        data = variant.data
         store, every_layer, chain = (["--teacher_store"], ["--block", "all"], []) if from_store else ([], [], ["--all"])
         return [
-            *self._common(seed, training=True), *self._at_most("train_sentences"), *store, "--eval_sentences",
-            data["check_sentences"], *every_layer, "--epochs", data["student_epochs"], *self._student_stop, *args,
-            *chain,
+            *self._common(seed, self._built_in(seed, variant), data, training=True),
+            *self._at_most(data, "train_sentences"), *store, "--eval_sentences", data["check_sentences"],
+            *every_layer, "--epochs", data["student_epochs"], *self._student_stop(data), *args, *chain,
         ]  # fmt: skip
 
-    @property
-    def _student_stop(self) -> list:
+    @staticmethod
+    def _student_stop(data: dict) -> list:
         """The students' stopping rule: none (every epoch of student_epochs), or ``--stop_patience``."""
-        data = self.study.data
         if not data["student_stop_patience"]:
             return []
         delta = data["student_stop_min_delta"]
         return ["--stop_patience", data["student_stop_patience"], *(["--stop_min_delta", delta] if delta else [])]
 
-    def _seed_stages(self, seed: int, teacher: list) -> None:
-        tag, data = seed_folder(seed), self.study.data
-        store_args = self._common(seed) + self._at_most("train_sentences")
-        store = self._add("store", tag, "store", "build_teacher_store.py", store_args, teacher)
+    def _seed_stages(self, seed: int, teacher: list, variant: Variant) -> None:
+        data, models = variant.data, self.variant_models(variant.name)
+        built_in, tag = self._built_in(seed, variant), seed_folder(seed, variant.name)
+        store_args = self._common(seed, built_in, data) + self._at_most(data, "train_sentences")
+        store = self._add("store", built_in, "store", "build_teacher_store.py", store_args, teacher)
         # every model needs the teacher it is cut from, a pruned or dropped one nothing else (no students, no store)
-        built = [self._model_stage(seed, model, [*teacher, *self._student_stages(seed, model, store)])
-                 for model in self.models]  # fmt: skip
-        if not self.models:  # every family is left out at every budget (describe says where): nothing to heal
+        built = [self._model_stage(seed, variant, model, [*teacher, *self._student_stages(seed, variant, model, store)])
+                 for model in models]  # fmt: skip
+        if not models:  # every family is left out at every budget (describe says where): nothing to heal
             return
-        healed = [self._heal_stage(seed, built, healing, flags) for healing, flags in self.study.healing.items()]
-        models = [self.storage(seed).model(model.healed(healing)) for healing in self.study.healing
-                  for model in self.models]  # fmt: skip
+        healed = [self._heal_stage(seed, variant, built, healing, flags) for healing, flags in variant.healing.items()]
+        outputs = [self.storage(seed, variant.name).model(model.healed(healing)) for healing in variant.healing
+                   for model in models]  # fmt: skip
         for split, share in ((VALIDATION, data["validation_share"]), (TEST, data["test_share"])):
             # every healed model on the same masks: the validation split to choose on, the test split to report
-            args = [*self._common(seed, seed_flag=data["mask_seed"]), "--split", split, "--percentage_data", share]
-            args += ["--reference", "none"]
-            args += ["--latency_repeats", data["latency_repeats"], "--evaluation", split, "--models", *models]
+            args = [*self._common(seed, tag, data, seed_flag=data["mask_seed"]), "--split", split]
+            args += ["--percentage_data", share, "--reference", "none", "--latency_repeats", data["latency_repeats"]]
+            args += ["--evaluation", split, "--models", *outputs]
             self._add("evaluate", tag, split, "eval_retrained_12.py", args, healed)
 
-    def _student_stages(self, seed: int, model: PlannedModel, store) -> list:
-        tag, recipe = seed_folder(seed), model.recipe or {}
+    def _student_stages(self, seed: int, variant: Variant, model: PlannedModel, store) -> list:
+        tag, recipe = self._built_in(seed, variant), model.recipe or {}
         stages = []
         if "attention" in recipe:
             part = recipe["attention"]
             name = f"{part['heads']}x{part['d_k']}{variant_of_flags('block', part['flags'])}"
             shape = ["--block_heads", part["heads"], "--block_d_k", part["d_k"], *_flag_args(part["flags"])]
-            args = self._students(seed, shape)
+            args = self._students(seed, variant, shape)
             stages.append(self._add("attention_students", tag, name, "retrain_single_block.py", args, [store]))
         if "feed_forward" in recipe:
             part = recipe["feed_forward"]
             name = f"{part['width']}{variant_of_flags('ffn', part['flags'])}"
             shape = ["--part", "ffn", "--ffn_width", part["width"], *_flag_args(part["flags"])]
-            args = self._students(seed, shape)
+            args = self._students(seed, variant, shape)
             stages.append(self._add("ffn_students", tag, name, "retrain_single_block.py", args, [store]))
         if model.merged:
             flags = model.merged["flags"]
             name = f"{self.shape.heads}x{self.shape.d_k}{variant_of_flags('merge', flags)}"
             shape = ["--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k, *_flag_args(flags)]
-            merge = self._add("merge_students", tag, name, "retrain_merge.py", self._students(seed, shape),
+            merge = self._add("merge_students", tag, name, "retrain_merge.py", self._students(seed, variant, shape),
                               [store])  # fmt: skip
             stages.append(merge)
             if model.merged["source"] == "conditioned":
-                chain = self._students(seed, shape, from_store=False)
+                chain = self._students(seed, variant, shape, from_store=False)
                 stages.append(self._add("chain", tag, name, "finetune_conditioned_fully_merged.py", chain, [merge]))
         return stages
 
-    def _model_stage(self, seed: int, model: PlannedModel, needs: list) -> tuple[str, str, str]:
-        tag, output = seed_folder(seed), self.storage(seed).model(model.name)
+    def _model_stage(self, seed: int, variant: Variant, model: PlannedModel, needs: list) -> tuple[str, str, str]:
+        tag, name, data = self._built_in(seed, variant), self.built_name(model), variant.data
+        output = (self.root / tag / "models" / name).as_posix()
         if model.recipe is not None:
-            args = [*self._common(seed), "--name", model.name, "--recipe", json.dumps(model.recipe, sort_keys=True)]
-            return self._add("model", tag, model.name, "build_compound.py", args, needs)
+            args = [*self._common(seed, tag, data), "--name", name, "--recipe", json.dumps(model.recipe, sort_keys=True)]
+            return self._add("model", tag, name, "build_compound.py", args, needs)
         if model.learned is not None:  # CoFi: its masks learned by distillation on the students' sentences
-            args = [*self._common(seed, training=True), *self._at_most("train_sentences"), "--budget", model.budget]
-            args += [*_flag_args(model.learned), "--eval_sentences", self.study.data["check_sentences"]]
-            return self._add("model", tag, model.name, "prune_cofi.py", [*args, "--output_model", output], needs)
+            args = [*self._common(seed, tag, data, training=True), *self._at_most(data, "train_sentences")]
+            args += ["--budget", model.budget, *_flag_args(model.learned), "--eval_sentences", data["check_sentences"]]
+            return self._add("model", tag, name, "prune_cofi.py", [*args, "--output_model", output], needs)
         flags = model.merged["flags"]
-        args = [*self._common(seed, training=True), "--block_heads", self.shape.heads, "--block_d_k", self.shape.d_k]
+        args = [*self._common(seed, tag, data, training=True), "--block_heads", self.shape.heads]
+        args += ["--block_d_k", self.shape.d_k]
         # built, not trained (--epochs 0): no data scale, which would enter its run's identity and refuse the build
         # once the study's heal_sentences changed; built anew whenever the stage runs (its merge students trained
         # on: a finished build of the old ones would be refused), the old run moved aside
         args += [*_flag_args(flags), "--source", model.merged["source"], "--epochs", 0, "--no_resume"]
         args += ["--output_model", output]
-        return self._add("model", tag, model.name, "finetune_fully_merged.py", args, needs)
+        return self._add("model", tag, name, "finetune_fully_merged.py", args, needs)
 
-    def _heal_stage(self, seed: int, built: list, healing: str, flags: dict) -> tuple[str, str, str]:
-        """Every model of the seed healed by ``healing``, in lockstep: one teacher forward per batch for all of
-        them (train_full_merged_model.py with several --model), each ending as it would healed alone."""
-        storage, data = self.storage(seed), self.study.data
-        args = [*self._common(seed, training=True), "--model", *(storage.model(m.name) for m in self.models)]
-        args += [*self._at_most("heal_sentences"), "--epochs", data["heal_epochs"]]
+    def _heal_stage(self, seed: int, variant: Variant, built: list, healing: str, flags: dict) -> tuple:
+        """Every model of the variant and seed healed by ``healing``, in lockstep: one teacher forward per batch for
+        all of them (train_full_merged_model.py with several --model), each ending as it would healed alone."""
+        tag, data, models = seed_folder(seed, variant.name), variant.data, self.variant_models(variant.name)
+        built_in = self.root / self._built_in(seed, variant) / "models"
+        args = [*self._common(seed, tag, data, training=True), "--model"]
+        args += [(built_in / self.built_name(model)).as_posix() for model in models]
+        args += [*self._at_most(data, "heal_sentences"), "--epochs", data["heal_epochs"]]
         args += ["--eval_sentences", data["check_sentences"], *_flag_args(flags)]
-        args += ["--output_model", *(storage.model(model.healed(healing)) for model in self.models)]
-        return self._add("heal", seed_folder(seed), healing, "train_full_merged_model.py", args, built)
+        args += ["--output_model", *(self.storage(seed, variant.name).model(model.healed(healing)) for model in models)]
+        return self._add("heal", tag, healing, "train_full_merged_model.py", args, built)
 
     # what the workflow reads -------------------------------------------------------------------------------------
     def stage(self, kind: str, seed: str, name: str) -> Stage:
@@ -760,11 +848,16 @@ class Plan:
         stages request (each stage's ``runtime`` x ``gpu`` from the study's resources: an upper bound)."""
         from utils.teacher_cache import store_arrays, store_bytes
 
-        data, shape = self.study.data, self.shape
-        sentences = data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES
+        shape = self.shape
         arrays = len(store_arrays(shape.layers, list(range(shape.layers))))  # a store of every layer
+        stores = {}  # seed folder -> the data of the store built there
+        for variant in self.study.variants.values():
+            stores |= {self._built_in(seed, variant): variant.data for seed in variant.seeds}
+        data = max(stores.values(), key=lambda data: (data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"])
+        sentences = data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES
         size = store_bytes(sentences * data["seq_len"], shape.hidden, arrays)
-        stores = [key for key in self.stages if key[0] == "store"]
+        total = sum(store_bytes((data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"], shape.hidden,
+                                arrays) for data in stores.values())  # fmt: skip
         hours = {}
         for kind, _, _ in (*self.stages, self.report.key):
             resources = self.resources(kind)
@@ -773,7 +866,7 @@ class Plan:
         return [
             f"disk: each store at most {size / 1e9:.1f} GB ({sentences:,} sentences x {data['seq_len']} "
             f"tokens x hidden {shape.hidden} x {arrays} arrays in fp16), {len(stores)} stores: at most "
-            f"{len(stores) * size / 1e9:.1f} GB under {self.root}",
+            f"{total / 1e9:.1f} GB under {self.root}",
             f"GPU hours requested (runtime x gpu of each stage, an upper bound): {sum(hours.values()):g}"
             + (f" ({by_kind})" if by_kind else ""),
         ]

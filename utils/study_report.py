@@ -23,11 +23,21 @@ from utils.flops import run_flops, stage_flops
 from utils.report import collect_results, compare_models, per_sentence_values
 from utils.statistics import holm
 from utils.storage import BlockRun, Storage, parse_ffn_run
-from utils.study import METHODS, TEST, VALIDATION, Plan, PlannedModel, healed_name, seed_folder
+from utils.study import (
+    METHODS,
+    TEST,
+    VALIDATION,
+    VARIANT_MARK,
+    Plan,
+    PlannedModel,
+    healed_name,
+    seed_folder,
+    variant_name,
+)
 
 METRICS = ("top1", "top5", "top10", "agree_top1", "kl_from_teacher", "top1_vs_teacher")
 MODEL_COLUMNS = (
-    "study", "seed", "evaluation", "model", "family", "method", "side", "budget", "healing", "flops_share",
+    "study", "seed", "evaluation", "model", "family", "method", "side", "budget", "healing", "variant", "flops_share",
     "train_flops", "sentences", "parameters", "parameter_ratio", "flops_per_token", "shape", "recipe",
     *(f"{metric}{part}" for metric in METRICS for part in ("", "_low", "_high")),
     "latency_ms_b1", "latency_ms_b64", "masks",
@@ -42,7 +52,7 @@ COMPARISON_COLUMNS = (
 )  # fmt: skip
 STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
-    "teacher_top1", "train_seconds", "stopped_early", "kept",
+    "teacher_top1", "train_seconds", "stopped_early", "kept", "variant",
 )  # fmt: skip
 STAGE_TIME_COLUMNS = (
     "study",
@@ -72,22 +82,26 @@ def healings_of(first: str, second: str) -> str:
 
 
 def model_rows(plan: Plan) -> list[dict]:
-    """Every evaluated model of the plan (each healing, and unhealed where evaluated) and the teacher, under every
-    seed and evaluation."""
-    planned = {model.name: (model, "") for model in plan.models}
-    planned |= {model.healed(healing): (model, healing) for model in plan.models for healing in plan.study.healing}
-    rows = []
-    for seed in plan.study.seeds:
-        for result in collect_results(plan.storage(seed)):
+    """Every evaluated model of the plan (each healing, and unhealed where evaluated) and the teacher (once per seed
+    and evaluation: every variant evaluates it on the same masks), under every variant, seed and evaluation."""
+    rows, teacher_rows = [], set()
+    for variant, seed in plan.runs():
+        models, healings = plan.variant_models(variant), plan.study.variants[variant].healing
+        planned = {model.name: (model, "") for model in models}
+        planned |= {model.healed(healing): (model, healing) for model in models for healing in healings}
+        for result in collect_results(plan.storage(seed, variant)):
             row = {"study": plan.study.name, "seed": seed, "evaluation": result["evaluation"]}
             if result["model"] == "teacher":
+                if (seed, result["evaluation"]) in teacher_rows:
+                    continue
+                teacher_rows.add((seed, result["evaluation"]))
                 row |= {"model": "teacher", "family": "teacher", "method": "teacher", "side": "teacher", "budget": 1.0}
             elif result["model"] in planned:
                 model, healing = planned[result["model"]]
                 made_of = model.recipe or model.merged or model.learned
                 row |= {"model": model.name, "family": model.family, "method": model.method, "budget": model.budget,
                         "side": METHODS[model.method].side, "healing": healing, "shape": json.dumps(model.shape),
-                        "recipe": json.dumps(made_of, sort_keys=True)}  # fmt: skip
+                        "recipe": json.dumps(made_of, sort_keys=True), "variant": variant}  # fmt: skip
             else:
                 continue  # another experiment's model in the same storage
             row["flops_share"] = result.get("flop_ratio")
@@ -111,8 +125,8 @@ def training_flops(plan: Plan, seed: int, model: PlannedModel, healing: str) -> 
     it): every stage its build needs (the store, its students, the chain), each in full, as it would cost the model
     alone, and its own run of the ``healing`` heal stage. None when a stage that trains has no count (it ran
     before sitra counted FLOPs). A pruned model's calibration passes are not training and count nothing."""
-    tag = seed_folder(seed)
-    needed, todo = set(), [("model", tag, model.name)]
+    tag = seed_folder(seed, model.variant if plan.study.variants[model.variant].builds_apart else "")
+    needed, todo = set(), [("model", tag, plan.built_name(model))]
     while todo:
         key = todo.pop()
         if key not in needed and key in plan.stages:
@@ -127,8 +141,8 @@ def training_flops(plan: Plan, seed: int, model: PlannedModel, healing: str) -> 
             if counted is None:
                 return None
             total += sum(run_flops(run) for run in counted.values())
-    healed = _stage_flops(plan, ("heal", tag, healing)) or {}
-    own = f"finetune_{model.name}"  # its run's folder, and the healing's variant after a "-"
+    healed = _stage_flops(plan, ("heal", seed_folder(seed, model.variant), healing)) or {}
+    own = f"finetune_{plan.built_name(model)}"  # its run's folder, and the healing's variant after a "-"
     runs = [run for name, run in healed.items() if name == own or name.startswith(f"{own}-")]
     return total + run_flops(runs[0]) if len(runs) == 1 else None  # none, or several healings of it: not known
 
@@ -139,8 +153,11 @@ def student_rows(plan: Plan) -> list[dict]:
     ``attention 6x32-init_heads``, ``feed-forward 768-init_neurons``, ``merge 12x32-init_first``. ``kept``: the
     epoch is the one the run gives the stages after it (:func:`utils.storage.run_output`)."""
     rows = []
-    for seed in plan.study.seeds:
-        runs = plan.storage(seed).runs
+    built_in = {}  # the seed folders students are trained in: the study's own, and each variant's that builds apart
+    for variant, seed in plan.runs():
+        built_in.setdefault((seed, variant if plan.study.variants[variant].builds_apart else ""), None)
+    for seed, variant in built_in:
+        runs = plan.storage(seed, variant).runs
         for folder in sorted(runs.glob("*/metrics.jsonl")) if runs.is_dir() else []:
             student, block = _student_of(folder.parent.name)
             if student is None:
@@ -157,6 +174,7 @@ def student_rows(plan: Plan) -> list[dict]:
                     "replaced_top1": record.get("replaced_top1", record.get("merged_top1")),
                     "teacher_top1": record.get("teacher_top1"), "train_seconds": record.get("train_seconds", 0),
                     "stopped_early": bool(record.get("stopped_early")), "kept": record["epoch"] == kept,
+                    "variant": variant,
                 })  # fmt: skip
     return rows
 
@@ -167,8 +185,8 @@ def stage_time_rows(plan: Plan) -> list[dict]:
     rows = []
     peak_file = plan.root / "data" / "matmul_peak.json"  # the workflow's peak stage, on a machine like the stages'
     peak = json.loads(peak_file.read_text())["gflops"] if peak_file.exists() else {}
-    for path in sorted((plan.root / "benchmarks").glob("*/*/*.tsv")):
-        seed, kind = path.parent.parent.name, path.parent.name
+    for path in sorted((plan.root / "benchmarks").rglob("*.tsv")):  # {seed}/{kind}/, a variant's under its name
+        seed, kind = path.parent.parent.relative_to(plan.root / "benchmarks").as_posix(), path.parent.name
         counted = _stage_flops(plan, (kind, seed, path.stem))  # what its runs counted (utils.flops)
         flops = stage_flops(counted) if counted else None
         with open(path, newline="") as file:
@@ -213,7 +231,9 @@ def _compared(
     names = first.healed(healings[0]), second.healed(healings[1])
     base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
             "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
-    seed_storages = [plan.storage(seed) for seed in plan.study.seeds]
+    variants = plan.study.variants
+    seeds = [seed for seed in variants[first.variant].seeds if seed in variants[second.variant].seeds]
+    seed_storages = [plan.storage(seed, first.variant) for seed in seeds]
     if baseline:  # the first baseline that evaluated the second model under some seed
         second_root = next(
             (
@@ -228,10 +248,10 @@ def _compared(
         base["second_study"] = second_root.name
     # per seed, where the first model is and where the second is (the baseline's storage of that seed, or the same)
     evaluated = []
-    for seed, storage in zip(plan.study.seeds, seed_storages, strict=True):
-        second = Storage(second_root / storage.root.name) if baseline else storage
-        if per_sentence_values(storage, names[0], TEST) and per_sentence_values(second, names[1], TEST):
-            evaluated.append((seed, storage, second))
+    for seed, storage in zip(seeds, seed_storages, strict=True):
+        other = Storage(second_root / storage.root.name) if baseline else plan.storage(seed, second.variant)
+        if per_sentence_values(storage, names[0], TEST) and per_sentence_values(other, names[1], TEST):
+            evaluated.append((seed, storage, other))
     rows, (storages, against) = seed_by_seed(base, names, evaluated)
     if row.get("kind") == "best":  # the headline states sitra's best's share of the teacher
         with_teacher_share(rows, names[0], evaluated)
@@ -306,8 +326,8 @@ def _against_baseline(plan: Plan) -> list[dict]:
             logger.warning("baseline %s: no such study root; its model-by-model comparisons are left out", root)
     return [
         row
-        for healing in plan.study.healing
         for model in plan.models
+        for healing in plan.study.variants[model.variant].healing
         for row in _compared(plan, model, model, (healing, healing), baseline=True, kind="baseline", healing=healing)
     ]
 
@@ -319,19 +339,22 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
     field's) chosen by top-1 on the validation split (:func:`best_by_side`), among ``candidates``. Then Holm's
     correction over the comparisons reported (seed-averaged where there are several seeds), with each one's
     interval at its Holm level."""
-    by_family = {(model.family, model.budget): model for model in plan.models}
-    healings = list(plan.study.healing)
+    by_family = {(variant_name(model.family, model.variant), model.budget): model for model in plan.models}
+    variants = plan.study.variants
     compared = []
-    for healing in healings:
-        for first_family, second_family in plan.study.comparisons:
+    for first_family, second_family in plan.study.comparisons:  # "family", or "family@variant"
+        first_healings = variants[first_family.partition(VARIANT_MARK)[2]].healing
+        second_healings = variants[second_family.partition(VARIANT_MARK)[2]].healing
+        for healing in [healing for healing in first_healings if healing in second_healings]:
             for budget in plan.study.budgets:
                 pair = by_family.get((first_family, budget)), by_family.get((second_family, budget))
                 if None not in pair:
                     compared += _compared(plan, *pair, (healing, healing), kind="declared", healing=healing)
     compared += _best_against_field(plan, rows)
     compared += _against_baseline(plan)
-    for other in healings[1:]:  # each later healing against the first, model by model
-        for model in plan.models:
+    for model in plan.models:  # each later healing of a variant against its first, model by model
+        healings = list(variants[model.variant].healing)
+        for other in healings[1:]:
             compared += _compared(plan, model, model, (other, healings[0]), kind="healing",
                                   healing=f"{other}{BETWEEN_HEALINGS}{healings[0]}")  # fmt: skip
     reported = [row for row in compared if row.get("reported")]
@@ -383,7 +406,7 @@ def _best_against_field(plan: Plan, rows: list[dict]) -> list[dict]:
     and healing (:func:`best_by_side`), compared on the test split."""
     by_name = {model.name: model for model in plan.models}
     compared = []
-    for budget in plan.study.budgets:
+    for budget in plan.study.budgets:  # a variant's budgets are the study's
         best = best_by_side(rows, budget)
         if len(best) < 2:
             continue
@@ -419,7 +442,10 @@ def write_study_data(plan: Plan) -> dict[str, Path]:
         raise UserError(f"--study {plan.study.path}: no student or evaluation under {plan.root} yet (run the workflow)")
     study = plan.study
     about = {"study": study.name, "file": str(study.path), "seeds": study.seeds, "budgets": study.budgets,
-             "goals": study.goals, "data": study.data, "healing": study.healing}  # fmt: skip
+             "goals": study.goals, "data": study.data, "healing": study.healing,
+             "variants": {name: {"data": variant.data, "seeds": variant.seeds, "budgets": variant.budgets,
+                                 "families": list(variant.families), "healing": variant.healing}
+                          for name, variant in study.variants.items() if name}}  # fmt: skip
     files["about"].parent.mkdir(parents=True, exist_ok=True)
     atomic_write(files["about"], lambda tmp: tmp.write_text(json.dumps(about, indent=1) + "\n"))
     written["about"] = files["about"]
@@ -467,7 +493,8 @@ def check_preregistered(plan: Plan) -> None:
     SHA-256 to ``openings/{seed}/test.log`` each time it opens a seed's test split, and a study whose file changed
     since (a comparison, a goal or a model added after the test split was read) is not the study that was run.
     Results with no such log (made before the workflow kept one, or copied from elsewhere) are said, not refused."""
-    logs = sorted(path for path in (plan.openings(seed_folder(seed)) for seed in plan.study.seeds) if path.exists())
+    logs = sorted(path for path in (plan.openings(seed_folder(seed, variant)) for variant, seed in plan.runs())
+                  if path.exists())  # fmt: skip
     if not logs:
         logger.warning("%s: no record of when the test split was opened (openings/): not checked", plan.root)
         return
@@ -493,10 +520,10 @@ def copy_raw_results(plan: Plan) -> Path:
     the seeds' evaluations and the FLOPs each stage counted (``flops/seed42/heal/kl.json``), on a machine where the
     models and the rest of the root are gone."""
     raw = plan.root / "data" / "raw"
-    sources = [plan.storage(seed).results(evaluation) / name for seed in plan.study.seeds
+    sources = [plan.storage(seed, variant).results(evaluation) / name for variant, seed in plan.runs()
                for evaluation in (VALIDATION, TEST) for name in RAW_FILES]  # fmt: skip
-    sources += [plan.flops_file(key) for key in sorted(plan.stages)] + [plan.openings(seed_folder(seed))
-                                                                        for seed in plan.study.seeds]  # fmt: skip
+    sources += [plan.flops_file(key) for key in sorted(plan.stages)]
+    sources += [plan.openings(seed_folder(seed, variant)) for variant, seed in plan.runs()]
     for source in sources:
         if source.is_file():
             target = raw / source.relative_to(plan.root)
