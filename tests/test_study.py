@@ -1134,3 +1134,88 @@ def test_the_compute_plot_puts_each_healed_model_at_its_training_flops(tmp_path)
     assert path is not None and path.stat().st_size > 10_000
     uncounted = [{**model, "train_flops": ""} for model in models]  # runs made before FLOPs were counted
     assert plot_study_compute(uncounted, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_a_variant_is_healed_apart_from_the_builds_it_shares_and_builds_apart_what_it_changes(
+    tmp_path, tiny_teacher_dir, tiny_data_dir
+):
+    """``longer`` heals the study's own sitra models longer: no store, student or model of its own, its heal reading
+    the study's models in seed42/ and writing its own, named @longer, under longer/seed42/; ``bf16`` trains in bf16:
+    its store, students and models apart, under bf16/seed43/. One (seed folder, name) is one stage, and every healed
+    model's name is distinct across the variants."""
+    data = {"train_sentences": 96, "heal_sentences": 64, "seq_len": 20}
+    variants = {"longer": {"data": {"heal_epochs": 2}, "families": ["sitra"]},
+                "bf16": {"data": {"precision": "bf16"}, "budgets": [0.5], "seeds": [43]}}  # fmt: skip
+    study = tiny_study(tmp_path, tiny_teacher_dir, data=data, variants=variants,
+                       comparisons=[["sitra", "field"], ["sitra@longer", "sitra"]])  # fmt: skip
+    (tmp_path / "plain").mkdir()
+    plain = Plan(Study.load(tiny_study(tmp_path / "plain", tiny_teacher_dir, data=data)), tmp_path, "python")
+    plan = Plan(Study.load(study), tmp_path, "python")
+    assert sorted(model.name for model in plan.models) == sorted([*(model.name for model in plain.models),
+                                                                  "sitra_50@longer", "sitra_25@longer",
+                                                                  "sitra_50@bf16", "field_50@bf16"])  # fmt: skip
+    added = set(plan.stages) - set(plain.stages)
+    assert sorted(key for key in added if key[1] == "seed42") == []  # longer builds nothing: it heals the study's
+    assert {key[0] for key in added if key[1] == "longer/seed42"} == {"heal", "evaluate"}
+    assert {key[0] for key in added if key[1] == "bf16/seed43"} >= {"store", "attention_students", "model", "heal"}
+    heal = plan.stage("heal", "longer/seed42", "kl").command
+    given = heal[heal.index("--model") + 1 : heal.index("--max_sentences")]
+    assert given == tuple(str(tmp_path / "seed42" / "models" / name) for name in ("sitra_50", "sitra_25"))
+    assert heal[heal.index("--output_model") + 1 :] == tuple(
+        str(tmp_path / "longer" / "seed42" / "models" / name) for name in ("sitra_50_kl@longer", "sitra_25_kl@longer")
+    )
+    assert heal[heal.index("--epochs") + 1] == "2" and "--storage_directory" in heal
+    assert heal[heal.index("--storage_directory") + 1] == str(tmp_path / "longer" / "seed42")
+    trained = [stage for stage in plan.stages.values() if stage.seed == "bf16/seed43"
+               and stage.kind in ("attention_students", "ffn_students", "heal")]  # fmt: skip
+    assert len(trained) == 3 and all("--precision bf16" in " ".join(stage.command) for stage in trained)
+    assert not [s for s in plan.stages.values() if s.seed.startswith("seed") and "bf16" in " ".join(s.command)]
+    healed = [(stage.seed.split("/")[-1], name) for stage in plan.stages.values() if stage.kind == "heal"
+              for name in stage.command[stage.command.index("--output_model") + 1 :]]  # fmt: skip
+    assert len({(seed, Path(name).name) for seed, name in healed}) == len(healed) == 4 + 2 + 2
+    # the workflow's rules take a variant's seed folder as their seed: its stages are targets like the study's own
+    dry = snakemake(tmp_path, study, tmp_path / "root", tiny_data_dir, "-n", str(tmp_path / "root" / "stages"
+                    / "longer" / "seed42" / "evaluate" / "validation.done"))  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+) +(\d+)$", dry.stdout + dry.stderr, re.MULTILINE))
+    assert counts["heal"] == "1" and counts["evaluate"] == "1" and counts["model"] == "2", counts
+
+
+def test_a_variants_models_are_reported_under_their_names_and_compared_with_the_studys(
+    tiny_study_run, tiny_teacher_dir, tmp_path
+):
+    """The tiny study's evaluations, copied as the ``longer`` variant's too (its models renamed @longer, sitra_50 one
+    sentence in four better): models.csv has each variant's models once, the teacher once per seed and split, and
+    the declared comparison of sitra@longer with sitra is the difference of the two."""
+    variants = {"longer": {"data": {"heal_epochs": 2}, "families": ["sitra"]}}
+    study = tiny_study(tmp_path, tiny_teacher_dir, variants=variants,
+                       comparisons=[["sitra", "field"], ["sitra@longer", "sitra"]])  # fmt: skip
+    root = tmp_path / "root"
+    shutil.copytree(tiny_study_run[2] / "seed42" / "results", root / "seed42" / "results")
+    for split in ("validation", "test"):
+        folder = root / "longer" / "seed42" / "results" / split
+        folder.mkdir(parents=True)
+        metrics = json.loads((root / "seed42" / "results" / split / "metrics.json").read_text())
+        metrics["models"] = {name.replace("_kl", "_kl@longer"): values for name, values in metrics["models"].items()
+                             if not name.startswith("field")}  # fmt: skip
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        with np.load(root / "seed42" / "results" / split / PER_SENTENCE) as loaded:
+            arrays = {key.replace("_kl/", "_kl@longer/"): value for key, value in loaded.items()
+                      if not key.startswith("field")}  # fmt: skip
+        better = arrays["sitra_50_kl@longer/top1"]
+        arrays["sitra_50_kl@longer/top1"] = np.where(np.arange(len(better)) % 4 == 0, 1.0, better)
+        np.savez(folder / PER_SENTENCE, **arrays)
+    plan = Plan(Study.load(study), root, sys.executable)
+    write_study_data(plan)
+    with open(plan.data_files["models"]) as file:
+        models = list(csv.DictReader(file))
+    named = {(row["model"], row["evaluation"]): row for row in models}
+    assert len(named) == len(models) == 2 * 7  # teacher, 4 of the study's, 2 of longer's, on each split
+    assert named["sitra_50@longer", "test"]["variant"] == "longer" and named["sitra_50", "test"]["variant"] == ""
+    with open(plan.data_files["comparisons"]) as file:
+        longer = [row for row in csv.DictReader(file) if row["first"] == "sitra_50@longer"]
+    with np.load(root / "seed42" / "results" / "test" / PER_SENTENCE) as loaded:
+        own = loaded["sitra_50_kl/top1"]
+    gain = np.where(np.arange(len(own)) % 4 == 0, 1.0, own).mean() - own.mean()
+    assert [row["second"] for row in longer] == ["sitra_50"] and gain > 0
+    assert float(longer[0]["top1_difference"]) == pytest.approx(gain)

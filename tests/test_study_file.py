@@ -30,9 +30,9 @@ MALFORMED = {
     "a budget of 50": ("budgets: [0.5, 0.25]", "budgets: [50, 0.25]", r"budgets.0: 50: expected a value <= 1"),
     "a budget of 0": ("budgets: [0.5, 0.25]", "budgets: [0, 0.25]", r"budgets.0: 0: expected a value > 0"),
     "a comparison of a family with itself": ("  - [chain, drop_top]", "  - [chain, chain]",
-                                             r":36: comparisons: \['chain', 'chain'\] compares a family with itself"),
+                                             r":45: comparisons: \['chain', 'chain'\] compares a family with itself"),
     "a comparison with an unknown family": ("  - [chain, drop_top]", "  - [chain, drop]",
-                                            r"comparisons: \['chain', 'drop'\] is not a pair of family names"),
+                                            r"comparisons: \['chain', 'drop'\]: no family drop in the study"),
     "a comparison of three": ("  - [chain, drop_top]", "  - [chain, drop_top, field_ls]", r"comparisons.1: .*"),
     "a comparison written twice": ("  - [chain, drop_top]", "  - [chain, drop_top]\n  - [chain, drop_top]",
                                    r"comparisons: .* each item once"),
@@ -48,9 +48,9 @@ MALFORMED = {
                                      "teacher: {train: {init: minilm, max_step: 3}, shape: minilm}",
                                      r"the teacher stage .* train_teacher.py: .*--max_step"),
     "a goal of 1.5": ("goals: {0.5: 0.97, 0.25: 0.92}", "goals: {0.5: 1.5, 0.25: 0.92}",
-                      r":37: goals.0.5: 1.5: expected a value <= 1"),
+                      r":47: goals.0.5: 1.5: expected a value <= 1"),
     "a goal at a budget the study lacks": ("goals: {0.5: 0.97, 0.25: 0.92}", "goals: {0.33: 0.95}",
-                                           r":37: goals: a share of the teacher's top-1 per budget of the study"),
+                                           r":47: goals: a share of the teacher's top-1 per budget of the study"),
     "heal_epochs -1": ("  heal_sentences: 1000", "  heal_sentences: 1000\n  heal_epochs: -1",
                        r":8: data.heal_epochs: -1: expected a value >= 1"),
     "test_share 2": ("  test_share: 1.0", "  test_share: 2", r":9: data.test_share: 2: expected a value <= 1"),
@@ -87,6 +87,20 @@ MALFORMED = {
     "a shape it does not know": ("shape: bert-large}", "shape: bert-huge}", r"teacher.shape: 'bert-huge'"),
     "not YAML": ("seeds: [1, 2]", "seeds: [1, 2", r":\d+: not YAML"),
     "a list, not a mapping": ("name: large", "- name: large", r"not YAML|expected a mapping"),
+    "a variant of a family the study lacks": ("families: [sitra_heads, field_ls]", "families: [sitra_heads, field]",
+                                              r":\d+: variants.heal_all.families: \['field'\] are not families"),
+    "a variant budget the study lacks": ("budgets: [0.25]\n", "budgets: [0.33]\n",
+                                         r"variants.bf16.budgets: each must be one of the study's"),
+    "a variant's unknown key": ("    seeds: [1]\n", "    seed: [1]\n", r"variants.bf16.seed: unknown key 'seed'"),
+    "a variant's data typo": ("data: {precision: bf16}", "data: {precison: bf16}",
+                              r"variants.bf16.data.precison: unknown key"),
+    "a variant name with a capital": ("  bf16:", "  BF16:", r"variants: 'BF16': not a valid name here"),
+    "a comparison of a variant the study lacks": ("[sitra_heads@heal_all, field_ls@heal_all]",
+                                                  "[sitra_heads@heal_al, field_ls@heal_all]",
+                                                  r"comparisons: 'sitra_heads@heal_al' names no variant"),
+    "a comparison of a family a variant lacks": ("[sitra_heads@heal_all, field_ls@heal_all]",
+                                                 "[sitra_heads@heal_all, drop_top@heal_all]",
+                                                 r"drop_top@heal_all'\]: no family drop_top in variant heal_all"),
     "a missing families": ("families:\n", "familys:\n", r"unknown key 'familys'|needs 'families'"),
 }
 # fmt: on
@@ -102,7 +116,8 @@ def malformed(tmp_path: Path, old: str, new: str) -> Path:
 
 def test_the_good_study_plans(tmp_path):
     plan = Plan(Study.load(GOOD), tmp_path / "root", sys.executable)
-    assert len(plan.models) == 7 and "disk: each store at most" in plan.describe()
+    # 7 of the study's own recipe, 4 healed longer, 3 in bf16 at 25%
+    assert len(plan.models) == 14 and "disk: each store at most" in plan.describe()
 
 
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
@@ -129,7 +144,7 @@ def test_two_budgets_that_name_one_model_are_refused(tmp_path):
     path = malformed(tmp_path, "budgets: [0.5, 0.25]", "budgets: [0.5, 0.25, 0.251]")
     text = path.read_text().replace("goals: {0.5: 0.97, 0.25: 0.92}", "goals: {}")
     path.write_text(text)
-    twice = r"budgets: two models named \['drop_top_25', 'field_ls_25', 'sitra_heads_25'\]"
+    twice = r"budgets: two models named \['drop_top_25', 'field_ls_25', 'field_ls_25@heal_all', 'sitra_heads_25', "
     with pytest.raises(UserError, match=twice):
         Plan(Study.load(path), tmp_path / "root", sys.executable)
 

@@ -237,10 +237,6 @@ class Study:
             at = study_file.where(path, lines, ["families", name])
             _check_family(name, family, budgets, f"{at}: families.{name}")
         comparisons = raw.get("comparisons") or []
-        for index, pair in enumerate(comparisons):
-            at = study_file.where(path, lines, ["comparisons", index])
-            _require(set(pair) <= set(families), f"comparisons: {pair!r} is not a pair of family names", at)
-            _require(pair[0] != pair[1], f"comparisons: {pair!r} compares a family with itself", at)
         teacher = raw["teacher"]
         _require(
             len({"path", "train"} & set(teacher)) == 1,
@@ -255,13 +251,16 @@ class Study:
         baselines = [] if baselines is None else [baselines] if isinstance(baselines, str) else baselines
         variants = {"": Variant("", data, seeds, budgets, families, healing)}
         for name, changes in (raw.get("variants") or {}).items():
-            variants[name] = _variant(name, changes or {}, variants[""], study_file.where(path, lines, ["variants", name]))
+            variants[name] = _variant(
+                name, changes or {}, variants[""], study_file.where(path, lines, ["variants", name])
+            )
         for index, pair in enumerate(comparisons):
             at = study_file.where(path, lines, ["comparisons", index])
+            _require(pair[0] != pair[1], f"comparisons: {pair!r} compares a family with itself", at)
             for entry in pair:
                 family, _, variant = entry.partition(VARIANT_MARK)
                 _require(variant in variants, f"comparisons: {entry!r} names no variant of the study", at)
-                _require(family in variants[variant].families, f"comparisons: {entry!r}: no family {family} in "
+                _require(family in variants[variant].families, f"comparisons: {pair!r}: no family {family} in "
                          f"{'variant ' + variant if variant else 'the study'}", at)  # fmt: skip
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
                    raw.get("resources") or {}, goals, baselines, variants)  # fmt: skip
@@ -763,7 +762,13 @@ class Plan:
         tag, name, data = self._built_in(seed, variant), self.built_name(model), variant.data
         output = (self.root / tag / "models" / name).as_posix()
         if model.recipe is not None:
-            args = [*self._common(seed, tag, data), "--name", name, "--recipe", json.dumps(model.recipe, sort_keys=True)]
+            args = [
+                *self._common(seed, tag, data),
+                "--name",
+                name,
+                "--recipe",
+                json.dumps(model.recipe, sort_keys=True),
+            ]
             return self._add("model", tag, name, "build_compound.py", args, needs)
         if model.learned is not None:  # CoFi: its masks learned by distillation on the students' sentences
             args = [*self._common(seed, tag, data, training=True), *self._at_most(data, "train_sentences")]
@@ -853,7 +858,9 @@ class Plan:
         stores = {}  # seed folder -> the data of the store built there
         for variant in self.study.variants.values():
             stores |= {self._built_in(seed, variant): variant.data for seed in variant.seeds}
-        data = max(stores.values(), key=lambda data: (data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"])
+        data = max(
+            stores.values(), key=lambda data: (data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"]
+        )
         sentences = data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES
         size = store_bytes(sentences * data["seq_len"], shape.hidden, arrays)
         total = sum(store_bytes((data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"], shape.hidden,
