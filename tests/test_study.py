@@ -52,7 +52,7 @@ def tiny_study(folder: Path, teacher_dir: str, **changes) -> Path:
             "field": {"method": "pruning", "attention_share": {"default": 0.5, 0.25: 0.25}, "reconstruct": True},
         },  # fmt: skip
         "healing": {"kl": {"train_layers": True}},
-        "comparisons": [["sitra", "field"]],
+        "comparisons": [["sitra", "field"], "best"],
         **changes,
     }
     path = folder / "tiny.yaml"
@@ -678,7 +678,8 @@ def test_a_study_compares_each_model_with_the_one_of_its_name_in_its_baselines(
     assert float(against["sitra_50"]["top1_difference"]) == pytest.approx(top1["sitra_50_kl"] - 1)
     assert float(against["field_50"]["top1_difference"]) == pytest.approx(top1["field_50_kl"] - 1)
     assert max(top1.values()) < 1  # so that neither difference is the 0 of a model against itself
-    assert float(against["sitra_25"]["top1_difference"]) == 0 and against["sitra_25"]["holm_survives"] == "False"
+    assert float(against["sitra_25"]["top1_difference"]) == 0
+    assert all(row["exploratory"] == "True" and not row["holm_p"] for row in against.values())  # not declared
     page = (tmp_path / "ablation" / "report" / "study.md").read_text()
     assert "| sitra_50 | sitra_50 (first) |" in page and "| field_50 | field_50 (second) |" in page
     # a part without a best of each side (e.g. one family against its baseline) says so instead of an empty table
@@ -1219,3 +1220,26 @@ def test_a_variants_models_are_reported_under_their_names_and_compared_with_the_
     gain = np.where(np.arange(len(own)) % 4 == 0, 1.0, own).mean() - own.mean()
     assert [row["second"] for row in longer] == ["sitra_50"] and gain > 0
     assert float(longer[0]["top1_difference"]) == pytest.approx(gain)
+
+
+def test_only_the_declared_comparisons_are_the_holm_family_and_the_rest_say_they_are_exploratory(
+    tiny_study_run, tiny_teacher_dir, tmp_path
+):
+    """The tiny study's evaluations under a study file that declares its pair but not ``best``: each side's best is
+    still compared (so a reader sees it), its p uncorrected and marked exploratory, and the Holm family is the two
+    declared tests alone; its pages print each declared comparison with one adjusted p."""
+    shutil.copytree(tiny_study_run[2] / "seed42" / "results", tmp_path / "root" / "seed42" / "results")
+    study = tiny_study(tmp_path, tiny_teacher_dir, comparisons=[["sitra", "field"]])
+    assert not Study.load(study).compares_best and Study.load(tiny_study_run[1]).compares_best
+    plan = Plan(Study.load(study), tmp_path / "root", sys.executable)
+    write_study_data(plan)
+    with open(plan.data_files["comparisons"]) as file:
+        rows = list(csv.DictReader(file))
+    declared = [row for row in rows if row["kind"] == "declared"]
+    best = [row for row in rows if row["kind"] == "best"]
+    assert len(declared) == len(best) == 2
+    assert all(row["holm_tests"] == "2" and row["holm_p"] and not row["exploratory"] for row in declared)
+    assert all(row["exploratory"] == "True" and not row["holm_p"] and row["top1_p_value"] for row in best)
+    page = (tmp_path / "root" / "report" / "study.md").read_text()
+    assert "2 comparisons, Holm-corrected together" in page and "2 exploratory (not declared" in page
+    assert page.count("exploratory: ") >= 2  # the headline's best rows and the comparisons table's say so

@@ -101,6 +101,8 @@ MALFORMED = {
     "a comparison of a family a variant lacks": ("[sitra_heads@heal_all, field_ls@heal_all]",
                                                  "[sitra_heads@heal_all, drop_top@heal_all]",
                                                  r"drop_top@heal_all'\]: no family drop_top in variant heal_all"),
+    "a comparison neither a pair nor best": ("  - [chain, drop_top]\n", "  - [chain, drop_top]\n  - bst\n",
+                                             r"comparisons.2: 'bst'"),
     "a missing families": ("families:\n", "familys:\n", r"unknown key 'familys'|needs 'families'"),
 }
 # fmt: on

@@ -47,6 +47,7 @@ FLOPS, OPENINGS = "flops", "openings"  # folders of a study's root beside its se
 VALIDATION, TEST = "validation", "test"  # each seed's evaluations: the split each side's best is chosen on, the one
 # it is reported on, opened once every model of every seed has its validation evaluation
 VARIANT_MARK = "@"  # between a model's name and its variant's
+BEST = "best"  # a study's comparison of each budget's best sitra model with its best field model
 WIKITEXT2_TRAIN_SENTENCES = 75_720  # the training split's sentences (utils.data), for a bill before any data is read
 
 
@@ -212,12 +213,13 @@ class Study:
     budgets: list[float]
     families: dict[str, dict]
     healing: dict
-    comparisons: list[list[str]]
+    comparisons: list[list[str]]  # pairs of families (family or family@variant): the Holm family, with best
     resources: dict = field(default_factory=dict)
     goals: dict = field(default_factory=dict)  # budget -> the share of the teacher's test top-1 to keep
     # other studies' roots (from_root), e.g. one part per budget: their models of the same names, compared with these
     baselines: list[str] = field(default_factory=list)
     variants: dict[str, Variant] = field(default_factory=dict)  # "" (the study's own recipe) first, then each named
+    compares_best: bool = False  # comparisons has "best": each budget's best of each side, in the Holm family
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -254,6 +256,8 @@ class Study:
             variants[name] = _variant(
                 name, changes or {}, variants[""], study_file.where(path, lines, ["variants", name])
             )
+        compares_best = BEST in comparisons
+        comparisons = [pair for pair in comparisons if pair != BEST]
         for index, pair in enumerate(comparisons):
             at = study_file.where(path, lines, ["comparisons", index])
             _require(pair[0] != pair[1], f"comparisons: {pair!r} compares a family with itself", at)
@@ -263,7 +267,7 @@ class Study:
                 _require(family in variants[variant].families, f"comparisons: {pair!r}: no family {family} in "
                          f"{'variant ' + variant if variant else 'the study'}", at)  # fmt: skip
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
-                   raw.get("resources") or {}, goals, baselines, variants)  # fmt: skip
+                   raw.get("resources") or {}, goals, baselines, variants, compares_best)  # fmt: skip
 
 
 def _variant(name: str, changes: dict, own: Variant, where: str) -> Variant:
@@ -346,7 +350,7 @@ def _derived(path: Path, raw: dict) -> dict:
         derived["families"] = families
     if "comparisons" not in raw:  # the base's, between the families this study has
         kept = set(derived["families"])
-        derived["comparisons"] = [pair for pair in base.get("comparisons") or [] if set(pair) <= kept]
+        derived["comparisons"] = [pair for pair in base.get("comparisons") or [] if pair == BEST or set(pair) <= kept]
     if "goals" not in raw:
         derived["goals"] = {budget: goal for budget, goal in (base.get("goals") or {}).items() if budget in budgets}
     return derived

@@ -48,7 +48,7 @@ COMPARISON_COLUMNS = (
     *(f"{metric}_{part}" for metric in ("top1", "agree_top1") for part in ("difference", "low", "high")),
     "top1_excludes_zero", "agree_top1_excludes_zero", "top1_p_value", "top1_seed_spread",
     "holm_p", "holm_survives", "holm_confidence", "holm_low", "holm_high", "holm_tests",
-    "first_share", "first_share_low", "first_share_high", "first_healing",
+    "first_share", "first_share_low", "first_share_high", "first_healing", "exploratory",
 )  # fmt: skip
 STUDENT_COLUMNS = (
     "study", "seed", "student", "block", "run", "epoch", "step", "loss_metric", "validation_loss", "replaced_top1",
@@ -357,11 +357,15 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
         for other in healings[1:]:
             compared += _compared(plan, model, model, (other, healings[0]), kind="healing",
                                   healing=f"{other}{BETWEEN_HEALINGS}{healings[0]}")  # fmt: skip
-    reported = [row for row in compared if row.get("reported")]
-    tests = [(row["names"], *(tuple(s.root for s in row[key]) for key in ("storages", "against"))) for row in reported]
-    holm_by_test(
-        reported, tests, lambda row, level: _top1_interval(row["names"], row["storages"], row["against"], level)
-    )
+    # the Holm family: the comparisons the study file declares (its pairs, and each side's best where it says best);
+    # any other a report states is exploratory, its p uncorrected
+    declared = {"declared", "best"} if plan.study.compares_best else {"declared"}
+    family = [row for row in compared if row.get("reported") and row["kind"] in declared]
+    for row in compared:
+        if row.get("reported") and row["kind"] not in declared:
+            row["exploratory"] = True
+    tests = [(row["names"], *(tuple(s.root for s in row[key]) for key in ("storages", "against"))) for row in family]
+    holm_by_test(family, tests, lambda row, level: _top1_interval(row["names"], row["storages"], row["against"], level))
     return compared
 
 
@@ -807,16 +811,18 @@ def _points(row: dict, metric: str) -> str:
 
 def _difference(row: dict, metric: str, interval: str = "") -> str:
     """A paired difference in points with its interval (``holm``: the interval at the row's Holm level)."""
-    if not _given(row, f"{metric}_difference"):
-        return ""
+    if not _given(row, f"{metric}_difference") or (interval and not _given(row, "holm_low")):
+        return ""  # (an exploratory comparison has no Holm level)
     low, high = (f"holm_{end}" if interval else f"{metric}_{end}" for end in ("low", "high"))
     value, low, high = (100 * float(row[key]) for key in (f"{metric}_difference", low, high))
     return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def _reported(rows: list[dict]) -> list[dict]:
-    """The comparisons a report states: averaged over the seeds where there are several, else the one seed."""
-    return [row for row in rows if _given(row, "holm_p")]
+    """The comparisons a report states: averaged over the seeds where there are several, else the one seed; those
+    the study declared (Holm-corrected), then the exploratory ones."""
+    declared = [row for row in rows if _given(row, "holm_p")]
+    return declared + [row for row in rows if _truthy(row.get("exploratory")) and not _given(row, "holm_p")]
 
 
 def _teacher_top1(models: list[dict]) -> dict[str, float]:
@@ -972,7 +978,9 @@ def pooled_comparisons(parts: list[Path]) -> list[dict]:
 
 
 def _holm_cell(row: dict) -> str:
-    """A comparison's Holm-adjusted p, bold where it survives."""
+    """A comparison's Holm-adjusted p, bold where it survives; an exploratory one's p, uncorrected, said so."""
+    if not _given(row, "holm_p"):
+        return f"exploratory: p {float(row['top1_p_value']):.3g}, uncorrected"
     holm_p = f"{float(row['holm_p']):.3g}"
     return f"**{holm_p}**" if row["holm_survives"] in ("True", True) else holm_p
 
@@ -981,11 +989,18 @@ def comparisons_markdown(rows: list[dict]) -> str:
     """The reported comparisons (first - second, top-1 points on the test split): the 95% interval, the spread of
     the seeds' differences, Holm's adjusted p over every comparison in the table and the interval at its level."""
     reported = _reported(rows)
-    tests = reported[0].get("holm_tests") if reported else None  # absent from data written before 2026-12-03
+    family = [row for row in reported if _given(row, "holm_p")]
+    tests = family[0].get("holm_tests") if family else None  # absent from data written before 2026-12-03
     counted = f" ({tests} distinct tests: a pair on the same results, reported under several kinds, counts once)"
+    explored = len(reported) - len(family)
     lines = [
-        f"{len(reported)} comparisons{counted if tests and int(tests) < len(reported) else ''}, Holm-corrected "
-        "together; **bold**: survives (adjusted p < 0.05).",
+        f"{len(family)} comparisons{counted if tests and int(tests) < len(family) else ''}, Holm-corrected "
+        "together; **bold**: survives (adjusted p < 0.05)."
+        + (
+            f" {explored} exploratory (not declared in the study file): p uncorrected, no Holm level."
+            if explored
+            else ""
+        ),
         "",
         "| kind | budget | healing | first | second | candidates | seeds | top-1 difference, 95% | seed spread | "
         "Holm p | at its Holm level | agreement difference |",
@@ -1080,7 +1095,10 @@ def headline_markdown(
             verdict = ""
         else:
             verdict = f"{goal:.0%}: " + ("met" if share >= goal else f"missed by {goal - share:.1%}")
-        survives = "survives Holm" if row["holm_survives"] in ("True", True) else "not after Holm"
+        if not _given(row, "holm_p"):
+            survives = f"exploratory: not a declared comparison, p {float(row['top1_p_value']):.3g} uncorrected"
+        else:
+            survives = "survives Holm" if row["holm_survives"] in ("True", True) else "not after Holm"
         if _given(row, "holm_low"):  # the interval at its Holm level, which excludes 0 where the win survives
             at_level = (100 * float(row[f"holm_{end}"]) for end in ("low", "high"))
             survives += "; [{:+.2f}, {:+.2f}] at its level".format(*at_level)
