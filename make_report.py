@@ -15,8 +15,6 @@
   written as data, ``data/models.csv`` and ``data/comparisons.csv`` (utils/study_report.py), with
   ``report/study.md``, their tables; ``--tables DIR`` prints the tables of such a data folder (e.g. one committed
   under docs/data/) as markdown;
-- with ``--study FILE --restore_seed N --restore_from PART...``: seed N's evaluations of the study's models written
-  into its root from those parts' committed raw results, where its stages under that seed are theirs;
 - with ``--seed_runs``: ``seeds.md`` / ``seeds.csv``, every model trained under several seeds as mean ± spread,
   and ``best_against_field_seeds.json``, the same comparison over the seeds (intervals resampling seeds too).
 Written to ``{storage}/report/``.
@@ -34,7 +32,7 @@ from utils.experiment import cli_entry, log, start
 from utils.report import compare_pairs, write_report
 from utils.storage import Storage
 from utils.study import Plan, Study
-from utils.study_report import restore_seed_results, study_markdown, write_study_data
+from utils.study_report import study_markdown, write_study_data
 
 
 @dataclass
@@ -72,15 +70,6 @@ class ReportArguments:
         "A study file (studies/*.yaml) whose root is --storage_directory: write its results as tidy tables "
         "(data/models.csv, data/comparisons.csv) and report/study.md.",
     )
-    restore_seed: Optional[int] = flag(
-        None,
-        "With --study and --restore_from: write this seed's validation and test results of the study's healed models "
-        "into its root from other parts' committed raw results (e.g. a study's seed 42 whose stages are those parts' "
-        "with the same flags), each model from the first part that has it; nothing in the root is overwritten.",
-    )
-    restore_from: Optional[list[str]] = flag(
-        None, "The parts' data folders (docs/data/PART, holding raw/seedN/results/) --restore_seed reads, in order."
-    )
     tables: Optional[str] = flag(None, "A study's data folder (models.csv, comparisons.csv): print its tables.")
     docs: bool = flag(
         False,
@@ -97,11 +86,6 @@ class ReportArguments:
         )
         for folder in self.seed_runs or []:
             require(Path(folder).is_dir(), f"--seed_runs {folder}: not a directory")
-        restoring = self.restore_seed is not None
-        require(restoring == bool(self.restore_from), "--restore_seed and --restore_from go together")
-        require(not restoring or self.study is not None, "--restore_seed: needs --study (the study whose root it is)")
-        for folder in self.restore_from or []:
-            require((Path(folder) / "raw").is_dir(), f"--restore_from {folder}: expected a data folder with raw/")
 
 
 REPOSITORY = Path(__file__).resolve().parent
@@ -124,12 +108,6 @@ def main(argv=None) -> dict:
         return {"tables": options.tables}
     if options.study:
         plan = Plan(Study.load(options.study), storage.root, python="")
-        if options.restore_seed is not None:
-            seed = options.restore_seed
-            require(seed in plan.study.seeds, f"--restore_seed {seed}: not one of the study's seeds {plan.study.seeds}")
-            written = restore_seed_results(plan, seed, [Path(folder) for folder in options.restore_from])
-            log.info("seed %d's results restored: %s", seed, ", ".join(map(str, written)))
-            return {"restored": [str(path) for path in written]}
         files = write_study_data(plan)
         log.info("study %s: %s", plan.study.name, ", ".join(str(path) for path in files.values()))
         return {name: str(path) for name, path in files.items()}

@@ -3,15 +3,11 @@
 A generated section sits between ``<!-- generated: NAME from FOLDER -->`` and ``<!-- end generated -->``;
 :func:`regenerate` rewrites its body from the files in ``FOLDER`` (relative to the repository) by the generator
 ``NAME`` in :data:`GENERATORS`, so a page never shows a figure its data does not hold (``make_report.py --docs``
-writes them; a test checks that the committed pages are what their data gives). A generator of a study run in
-parts reads several folders, named separated by commas, or listed one a line in a ``.txt`` file (``#`` starts a
-comment; docs/data/round3_parts.txt): the whole study's first, then its parts'. The file is the one list of the
-parts that every page's sections read, so a new part is one line there."""
+writes them; a test checks that the committed pages are what their data gives). A study is one data folder
+(``docs/data/round3``: every variant and seed of its one study file)."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 import re
 from collections.abc import Callable
@@ -22,7 +18,6 @@ from utils.study_report import (
     comparisons_markdown,
     headline_markdown,
     models_markdown,
-    pooled_comparisons,
     read_table,
     seeds_markdown,
     students_markdown,
@@ -191,86 +186,6 @@ def seeds_of_study(folder: Path) -> str:
     return seeds_markdown(read_table(folder / "comparisons.csv"))
 
 
-def _parts(study: Path, parts: tuple[Path, ...]) -> tuple[dict, list[dict], list[dict]]:
-    """A study run in parts (each a study file of its own, its data folder committed: a budget each, or another
-    recipe at a budget, or the same under more seeds): what the whole study plans (its ``study.json``), every
-    part's models, and the parts' comparisons with each budget's best across them, Holm-corrected together. Parts
-    must share the teacher and masks, and the parts at a budget a seed at least (each budget's best is chosen on
-    the seeds they all have, :func:`~utils.study_report.best_across_parts`)."""
-    if not (study / "study.json").is_file():
-        raise UserError(f"{study / 'study.json'}: expected the whole study's plan (make_report.py --study writes it)")
-    for part in parts:
-        if not part.is_dir():
-            raise UserError(f"{part}: expected the data folder of a part of the study")
-    evaluated = [part for part in parts if (part / "models.csv").is_file()]  # a part not evaluated yet: its rows say so
-    models, teacher_of, study_of, seeds_of = [], {}, {}, {}
-    for part in evaluated:
-        rows = read_table(part / "models.csv")
-        for name in {row["study"] for row in rows}:
-            if study_of.setdefault(name, part) != part:
-                raise UserError(f"{part}: study {name} is also {study_of[name]}'s (a part once)")
-        seeds: dict[str, set] = {}
-        for row in rows:
-            models.append(row)
-            if row["model"] == "teacher":  # the same teacher, masks and seeds in every part, or no shared table
-                key = row["evaluation"], row["seed"]
-                if teacher_of.setdefault(key, (row["top1"], part))[0] != row["top1"]:
-                    raise UserError(f"{part}: its teacher's {key[0]} top-1 under seed {key[1]} is not "
-                                    f"{teacher_of[key][1]}'s: not parts of one study")  # fmt: skip
-            else:
-                seeds.setdefault(row["budget"], set()).add(row["seed"])
-        for budget, found in seeds.items():
-            shared, before = seeds_of.setdefault(budget, (found, []))  # the seeds every part so far has, the parts
-            if not shared & found:
-                raise UserError(f"{part}: budget {budget} under seeds {sorted(found)}, "
-                                f"{', '.join(map(str, before))} under {sorted(shared)} together "
-                                f"(parts at a budget share a seed)")  # fmt: skip
-            seeds_of[budget] = shared & found, [*before, part]
-    return study_about(study), models, _pooled(tuple(evaluated))
-
-
-_POOLED: dict | None = None  # during one pass over the documents (_pooling_once): parts -> their pooled comparisons
-
-
-@contextlib.contextmanager
-def _pooling_once():
-    """Pool each study's parts once for all the sections of a pass that show them (every row is computed again from
-    the parts' raw results, over several seeds by a bootstrap of about a second); outside a pass every call reads
-    the files anew."""
-    global _POOLED
-    _POOLED = {}
-    try:
-        yield
-    finally:
-        _POOLED = None
-
-
-def _pooled(parts: tuple[Path, ...]) -> list[dict]:
-    if _POOLED is None:
-        return pooled_comparisons(list(parts))
-    if parts not in _POOLED:
-        _POOLED[parts] = pooled_comparisons(list(parts))
-    return _POOLED[parts]
-
-
-def headline_of_parts(study: Path, *parts: Path) -> str:
-    """The first table of a study run in parts (``study``: its data folder, ``parts``: theirs): each budget's best
-    against the field's, Holm-marked over every comparison the parts report, and a row for each budget not run."""
-    about, models, comparisons = _parts(study, parts)
-    return headline_markdown(models, comparisons, about["goals"], about["budgets"], about["seeds"], "best of all")
-
-
-def comparisons_of_parts(study: Path, *parts: Path) -> str:
-    """Every comparison the parts of a study report, Holm-corrected together."""
-    return comparisons_markdown(_parts(study, parts)[2])
-
-
-def seeds_of_parts(study: Path, *parts: Path) -> str:
-    """The comparisons over several seeds the parts of a study report (each budget's best of all among them),
-    seed by seed and over every seed, Holm-corrected with every comparison the parts report."""
-    return seeds_markdown(_parts(study, parts)[2])
-
-
 def study_keys(schema: Path) -> str:
     """Every key of a study file, from the study schema (``workflow/schemas/study.schema.yaml``)."""
     from utils import study_file
@@ -290,20 +205,7 @@ GENERATORS: dict[str, Callable[..., str]] = {
     "study_models": models_of_study,
     "study_comparisons": comparisons_of_study,
     "study_seeds": seeds_of_study,
-    "parts_headline": headline_of_parts,
-    "parts_comparisons": comparisons_of_parts,
-    "parts_seeds": seeds_of_parts,
 }
-
-
-def _folders_named(repo: Path, source: str) -> list[str]:
-    """The data folders a section's ``from`` names: separated by commas, or listed in a ``.txt`` file, one a line."""
-    if not source.endswith(".txt"):
-        return source.split(",")
-    if not (repo / source).is_file():
-        raise UserError(f"{source}: expected the list of a study's data folders, one a line (no such file)")
-    lines = (line.split("#", 1)[0].strip() for line in (repo / source).read_text().splitlines())
-    return [line for line in lines if line]
 
 
 def regenerate(text: str, repo: Path) -> str:
@@ -313,23 +215,17 @@ def regenerate(text: str, repo: Path) -> str:
         opening, name, source, _, closing = match.groups()
         if name not in GENERATORS:
             raise UserError(f"generated section '{name}': no such generator (expected one of {', '.join(GENERATORS)})")
-        folders = _folders_named(repo, source)
-        try:
-            inspect.signature(GENERATORS[name]).bind(*folders)
-        except TypeError:
-            folders = []
-        if not all(folders) or not folders:
-            raise UserError(f"generated section '{name}': {source} is not the folders it reads")
-        return f"{opening}{GENERATORS[name](*(repo / folder for folder in folders))}{closing}"
+        if not (repo / source).exists():
+            raise UserError(f"generated section '{name}': {source}: no such data folder")
+        return f"{opening}{GENERATORS[name](repo / source)}{closing}"
 
     return SECTION.sub(body, text)
 
 
 def regenerated_documents(repo: Path) -> dict[Path, tuple[str, str]]:
     """Each of :data:`DOCUMENTS`: its text, and that text with every generated section made anew, in one pass."""
-    with _pooling_once():
-        texts = {repo / name: (repo / name).read_text() for name in DOCUMENTS}
-        return {path: (text, regenerate(text, repo)) for path, text in texts.items()}
+    texts = {repo / name: (repo / name).read_text() for name in DOCUMENTS}
+    return {path: (text, regenerate(text, repo)) for path, text in texts.items()}
 
 
 def regenerate_documents(repo: Path) -> list[Path]:

@@ -6,8 +6,9 @@ and its goals (see ``studies/round2.yaml``, every key explained). :class:`Plan` 
 call of one top-level script each, with the stages it needs, so a workflow engine (``workflow/Snakefile``)
 runs them in order, here or on a cluster, and skips what is done. The heads and feed-forward widths of each
 family at each budget come from the teacher's shape by :func:`models.cost.width_for_budget`, so one study file
-plans the right models for the offline teacher and for ``bert-base-uncased``. A part of a study (a budget, a
-seed) is a short file that names its ``base`` study and what it changes (``studies/round3_50.yaml``).
+plans the right models for the offline teacher and for ``bert-base-uncased``. Variants of a study's recipe are
+named inside it (``variants``: a longer healing, bf16, other students); a piece that fits a session or a cluster
+allocation is a stage's stamp as a Snakemake target, not another file.
 
 Under the study's root (the workflow's ``storage``)::
 
@@ -216,8 +217,6 @@ class Study:
     comparisons: list[list[str]]  # pairs of families (family or family@variant): the Holm family, with best
     resources: dict = field(default_factory=dict)
     goals: dict = field(default_factory=dict)  # budget -> the share of the teacher's test top-1 to keep
-    # other studies' roots (from_root), e.g. one part per budget: their models of the same names, compared with these
-    baselines: list[str] = field(default_factory=list)
     variants: dict[str, Variant] = field(default_factory=dict)  # "" (the study's own recipe) first, then each named
     compares_best: bool = False  # comparisons has "best": each budget's best of each side, in the Holm family
 
@@ -230,8 +229,6 @@ class Study:
 
         path = Path(path)
         raw, lines = study_file.read(path)
-        if "base" in raw:
-            raw = _derived(path, raw)
         study_file.check(raw, lines, path, schema_enums())
         data = {**DATA_DEFAULTS, **(raw.get("data") or {})}
         budgets, seeds, families = raw["budgets"], raw.get("seeds", [42]), raw["families"]
@@ -249,8 +246,6 @@ class Study:
         goals = {float(budget): goal for budget, goal in (raw.get("goals") or {}).items()}
         _require(set(goals) <= set(budgets), "goals: a share of the teacher's top-1 per budget of the study",
                  study_file.where(path, lines, ["goals"]))  # fmt: skip
-        baselines = raw.get("baseline")  # absent, one root, or a list of them
-        baselines = [] if baselines is None else [baselines] if isinstance(baselines, str) else baselines
         variants = {"": Variant("", data, seeds, budgets, families, healing)}
         for name, changes in (raw.get("variants") or {}).items():
             variants[name] = _variant(
@@ -267,7 +262,7 @@ class Study:
                 _require(family in variants[variant].families, f"comparisons: {pair!r}: no family {family} in "
                          f"{'variant ' + variant if variant else 'the study'}", at)  # fmt: skip
         return cls(path, raw.get("name", path.stem), teacher, data, seeds, budgets, families, healing, comparisons,
-                   raw.get("resources") or {}, goals, baselines, variants, compares_best)  # fmt: skip
+                   raw.get("resources") or {}, goals, variants, compares_best)  # fmt: skip
 
 
 def _variant(name: str, changes: dict, own: Variant, where: str) -> Variant:
@@ -302,69 +297,6 @@ def schema_enums() -> dict[tuple, list]:
         (*family, "rule"): rules,
         (*family, "reconstruct", "oneOf", 1): RECONSTRUCTION.names(),
     }
-
-
-def _derived(path: Path, raw: dict) -> dict:
-    """A study file with ``base: other.yaml`` (read from this file's folder; a whole study, checked as one): the
-    base's keys, each key this file gives replacing the base's whole but ``data``, merged key by key (``name`` and
-    ``description`` are never inherited). A part of a study names its own ``budgets`` and ``seeds`` and may pick
-    the base's families by name beside families of its own (``families: [a, b, {c: {method: ...}}]``: one
-    definition of each family); what it inherits is cut to its budgets: a family's own ``budgets`` to the part's
-    (an inherited family left with none is not planned; a picked one is refused), the comparisons to the families
-    left, the goals to the part's budgets."""
-    where = str(path)
-    base_path = path.parent / str(raw["base"])
-    another = base_path.is_file() and base_path.resolve() != path.resolve()
-    _require(another, f"base: {base_path} is not another study file", where)
-    from utils import study_file
-
-    base, _ = study_file.read(base_path)
-    _require("base" not in base, f"base: {base_path.name} has a base of its own (one level only)", where)
-    Study.load(base_path)  # the base is a study of its own: its errors name it
-    derived = {key: value for key, value in base.items() if key not in ("name", "description", "variants")} | raw
-    del derived["base"]
-    if isinstance(raw.get("data"), dict):  # each data key the part gives replaces the base's; the rest inherited
-        derived["data"] = {**(base.get("data") or {}), **raw["data"]}
-    budgets = derived["budgets"]
-    _require(isinstance(budgets, list), "budgets: expected a list of shares of the teacher's FLOPs", where)
-    if not isinstance(raw.get("families"), dict):  # the base's families, all or those picked, and new ones
-        inherited = base["families"]
-        picked = [_family_entry(item) for item in raw.get("families", list(inherited))]
-        why = f"families: expected a mapping name -> family, or a list of names of {base_path.name}'s and name: family"
-        _require(None not in picked, why, where)
-        names = [name for name, _ in picked]
-        _require(len(set(names)) == len(names), f"families: each name once (got {names})", where)
-        unknown = [name for name, own in picked if own is None and name not in inherited]
-        _require(not unknown, f"families: {unknown} are not families of {base_path.name}", where)
-        families = {}
-        for name, own in picked:
-            family = own if own is not None else inherited[name]
-            if own is None and "budgets" in family:
-                family = {**family, "budgets": [budget for budget in family["budgets"] if budget in budgets]}
-                if not family["budgets"]:
-                    only = ", ".join(f"{budget:.0%}" for budget in inherited[name]["budgets"])
-                    why = f"families: {name} is planned only at {only} in {base_path.name}"
-                    _require("families" not in raw, why, where)
-                    continue
-            families[name] = family
-        derived["families"] = families
-    if "comparisons" not in raw:  # the base's, between the families this study has
-        kept = set(derived["families"])
-        derived["comparisons"] = [pair for pair in base.get("comparisons") or [] if pair == BEST or set(pair) <= kept]
-    if "goals" not in raw:
-        derived["goals"] = {budget: goal for budget, goal in (base.get("goals") or {}).items() if budget in budgets}
-    return derived
-
-
-def _family_entry(item) -> tuple[str, dict | None] | None:
-    """An item of a derived study's ``families`` list: a base family's name -> (name, None); a one-key mapping
-    ``{name: family}`` (a family of this study's own) -> (name, family); anything else -> None."""
-    if isinstance(item, str):
-        return item, None
-    if isinstance(item, dict) and len(item) == 1:
-        ((name, family),) = item.items()
-        return (name, family) if isinstance(name, str) else None
-    return None
 
 
 def _check_family(name: str, family: dict, budgets: list[float], where: str) -> None:
@@ -629,12 +561,6 @@ class Plan:
             return str(Storage(self.root).teacher)
         return from_root(self.root, self.study.teacher["path"])
 
-    @property
-    def baselines(self) -> list[Path]:
-        """The roots of the studies this one's models are compared with, model by model (the study file's baseline:
-        one root, or several, e.g. one part per budget, each model compared where it was evaluated)."""
-        return [Path(from_root(self.root, root)) for root in self.study.baselines]
-
     def stamp(self, key: tuple[str, str, str]) -> Path:
         kind, seed, name = key
         return self.root / "stages" / seed / kind / f"{name}.done"
@@ -848,8 +774,6 @@ class Plan:
             size = ", ".join(f"{key} {value}" for key, value in model.shape.items())
             lines.append(f"{model.name:<28} {model.method:<18} {model.budget:>6.0%} {model.flops_share:>6.1%}  {size}")
         lines += [f"not planned: {line}" for line in self.skipped]
-        lines += [f"warning: baseline {root} is not there: the report will leave its comparisons out"
-                  for root in self.baselines if not root.is_dir()]  # fmt: skip
         return "\n".join(lines + self.bill())
 
     def bill(self) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from utils.checkpoint import kept_epoch
 from utils.errors import UserError
-from utils.evaluation import MASKS_KEY, PER_SENTENCE, TEACHER
+from utils.evaluation import PER_SENTENCE, TEACHER
 from utils.files import atomic_write
 from utils.flops import run_flops, stage_flops
 from utils.report import collect_results, compare_models, per_sentence_values
@@ -221,35 +221,19 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _compared(
-    plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], baseline: bool = False, **row
-) -> list[dict]:
-    """``first`` healed by ``healings[0]`` against ``second`` healed by ``healings[1]`` (``baseline``: the model of
-    that name in the first of the study's baselines that evaluated it) on the test masks: a row per seed under which
-    both are evaluated (a study run in parts compares what it has) and, with several, one of both averaged over
-    them, with the spread of the seeds' differences; that last row is the one the study reports (``reported``)."""
+def _compared(plan: Plan, first: PlannedModel, second: PlannedModel, healings: tuple[str, str], **row) -> list[dict]:
+    """``first`` healed by ``healings[0]`` against ``second`` healed by ``healings[1]`` (each in its variant's seed
+    folders) on the test masks: a row per seed under which both are evaluated (a study run in targets compares what
+    it has) and, with several, one of both averaged over them, with the spread of the seeds' differences; that last
+    row is the one the study reports (``reported``)."""
     names = first.healed(healings[0]), second.healed(healings[1])
     base = {"study": plan.study.name, "budget": first.budget, "first": first.name, "second": second.name,
             "first_family": first.family, "second_family": second.family, **row}  # fmt: skip
     variants = plan.study.variants
     seeds = [seed for seed in variants[first.variant].seeds if seed in variants[second.variant].seeds]
-    seed_storages = [plan.storage(seed, first.variant) for seed in seeds]
-    if baseline:  # the first baseline that evaluated the second model under some seed
-        second_root = next(
-            (
-                root
-                for root in plan.baselines
-                if any(per_sentence_values(Storage(root / at.root.name), names[1], TEST) for at in seed_storages)
-            ),
-            None,
-        )
-        if second_root is None:
-            return []
-        base["second_study"] = second_root.name
-    # per seed, where the first model is and where the second is (the baseline's storage of that seed, or the same)
-    evaluated = []
-    for seed, storage in zip(seeds, seed_storages, strict=True):
-        other = Storage(second_root / storage.root.name) if baseline else plan.storage(seed, second.variant)
+    evaluated = []  # per seed, where the first model is and where the second is
+    for seed in seeds:
+        storage, other = plan.storage(seed, first.variant), plan.storage(seed, second.variant)
         if per_sentence_values(storage, names[0], TEST) and per_sentence_values(other, names[1], TEST):
             evaluated.append((seed, storage, other))
     rows, (storages, against) = seed_by_seed(base, names, evaluated)
@@ -317,21 +301,6 @@ def holm_by_test(rows: list[dict], tests: list, interval_at: IntervalAt) -> list
     return rows
 
 
-def _against_baseline(plan: Plan) -> list[dict]:
-    """Each healed model against the model of the same name and healing in the study's baseline (another study's
-    root: the same teacher, seeds and data, so the same test masks), where the baseline evaluated it; e.g.
-    students trained one epoch against round three's, to measure what the longer training buys."""
-    for root in plan.baselines:
-        if not root.is_dir():  # e.g. a machine without that study's root: say so, the report goes on without it
-            logger.warning("baseline %s: no such study root; its model-by-model comparisons are left out", root)
-    return [
-        row
-        for model in plan.models
-        for healing in plan.study.variants[model.variant].healing
-        for row in _compared(plan, model, model, (healing, healing), baseline=True, kind="baseline", healing=healing)
-    ]
-
-
 def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
     """The study's comparisons on the test masks, at every budget where both models exist, for every healing:
     ``declared``, the study's pairs of families; ``healing``, each model under each later healing against the
@@ -351,7 +320,6 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
                 if None not in pair:
                     compared += _compared(plan, *pair, (healing, healing), kind="declared", healing=healing)
     compared += _best_against_field(plan, rows)
-    compared += _against_baseline(plan)
     for model in plan.models:  # each later healing of a variant against its first, model by model
         healings = list(variants[model.variant].healing)
         for other in healings[1:]:
@@ -379,8 +347,8 @@ def _top1_interval(
 
 
 def best_by_side(rows: list[dict], budget: float) -> dict[str, tuple[tuple[str, str, str], int]]:
-    """Each side's best healed model at ``budget`` among ``rows`` (models.csv's: of one study, or of several parts
-    of one), over every model and healing: the highest validation top-1 averaged over the seeds every candidate at
+    """Each side's best healed model at ``budget`` among ``rows`` (a study's models.csv), over every model, variant
+    and healing: the highest validation top-1 averaged over the seeds every candidate at
     the budget has, so a model evaluated under more seeds is neither favoured nor hurt by them; of equal ones (the
     same stages run again under more seeds) the one with the most seeds, then the first. side -> ((study, model,
     healing), how many distinct candidates); a side without a candidate is absent."""
@@ -438,8 +406,8 @@ def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
 
 def write_study_data(plan: Plan) -> dict[str, Path]:
     """Under the study's ``data/``: ``students.csv`` (the students' validation curves) and its plot, and, once
-    models are evaluated, ``models.csv`` and ``comparisons.csv``; ``report/study.md`` made from them. A part of the
-    study (students only, say) writes what it has."""
+    models are evaluated, ``models.csv`` and ``comparisons.csv``; ``report/study.md`` made from them. A study run in
+    part so far (students only, say) writes what it has."""
     files, written = plan.data_files, {}
     students, models = student_rows(plan), model_rows(plan)
     if not students and not models:
@@ -534,69 +502,6 @@ def copy_raw_results(plan: Plan) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     return raw
-
-
-def restore_seed_results(plan: Plan, seed: int, parts: list[Path]) -> list[Path]:
-    """Seed ``seed``'s evaluations (validation, test) of the study's healed models, written into its root from
-    other parts' committed raw results (each part's data folder: ``raw/seed42/results/test/``), for a study whose
-    stages under that seed are those parts' with the same flags (e.g. a second seed beside the seed the parts ran):
-    each model is taken from the first part that evaluated it, with the teacher's row; every part used must have
-    the same masks and teacher figures. A model no part has, other masks, or results already in the root are an
-    error before anything is written. The files written, back."""
-    storage, names = plan.storage(seed), [model.healed(healing) for healing in plan.study.healing
-                                          for model in plan.models]  # fmt: skip
-    gathered = {}
-    for evaluation in (VALIDATION, TEST):
-        target = storage.results(evaluation)
-        if (target / "metrics.json").exists():
-            raise UserError(f"{target}: already has results (restoring into it would overwrite them)")
-        folders = [Storage(part / "raw" / seed_folder(seed)).results(evaluation) for part in parts]
-        read = {folder: _metrics_or_none(folder) for folder in folders}  # each part's metrics read once
-        merged, sources = None, {}
-        for name in names:
-            found = [folder for folder in folders if name in (read[folder] or {}).get("models", {})]
-            if not found:
-                raise UserError(f"{name}: no {evaluation} results under seed {seed} in " + ", ".join(map(str, parts)))
-            metrics = read[found[0]]
-            if merged is None:
-                merged = {**metrics, "models": {TEACHER: metrics["models"][TEACHER]}}
-            elif _same_masks(metrics) != _same_masks(merged):
-                raise UserError(f"{found[0]}: its {evaluation} masks or teacher differ from the other parts'")
-            merged["models"][name] = metrics["models"][name]
-            sources[name] = found[0] / PER_SENTENCE
-        arrays = {}
-        for name, source in sources.items():
-            with np.load(source) as saved:
-                arrays |= {key: saved[key] for key in saved.files if key.split("/")[0] in (TEACHER, name, MASKS_KEY)}
-        gathered[target] = merged, arrays
-    written = []
-    for target, (merged, arrays) in gathered.items():
-        target.mkdir(parents=True, exist_ok=True)
-        atomic_write(target / PER_SENTENCE, lambda tmp, arrays=arrays: _save_arrays(tmp, arrays))
-        atomic_write(target / "metrics.json", lambda tmp, merged=merged: tmp.write_text(json.dumps(merged, indent=2)))
-        written += [target / "metrics.json", target / PER_SENTENCE]
-    for evaluation in (VALIDATION, TEST):  # its evaluations are done: the workflow opens no other seed's test split
-        stamp = plan.stamp(("evaluate", seed_folder(seed), evaluation))  # on them (they wait for every validation)
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.touch()
-        written.append(stamp)
-    return written
-
-
-def _save_arrays(path: Path, arrays: dict) -> None:
-    with open(path, "wb") as file:  # to the path itself: numpy would add ".npz" to a name without it
-        np.savez_compressed(file, **arrays)
-
-
-def _same_masks(metrics: dict) -> tuple:
-    """What two evaluations on the same masks share: the masks' fingerprint, the sentence count, the teacher's top-1."""
-    return metrics["masks"], metrics["sentences"], metrics["models"][TEACHER]["top1"]
-
-
-def _metrics_or_none(results: Path) -> dict | None:
-    """An evaluation's ``metrics.json`` (under its results folder), or None where there is none."""
-    path = results / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 SEED_LINE_STYLES = ("-", "--", ":", "-.")  # one per seed, in the order of the seeds
@@ -879,104 +784,6 @@ def healed_names(row: dict) -> tuple[str, str]:
     return healed_name(row["first"], first), healed_name(row["second"], second or first)
 
 
-def _raw_storages(raws: tuple[Path, Path], names: tuple[str, str], seed: str) -> tuple[list[Storage], list[Storage]]:
-    """Where committed raw results (a study's ``raw/``, :func:`copy_raw_results`; ``raws``: the first model's and
-    the second's) hold the two healed models ``names``, a storage per seed (``seed``, or every seed that has
-    both)."""
-    every_seed = str(seed) == ALL_SEEDS
-    seeds = [path.name for path in sorted(raws[0].glob("seed*"))] if every_seed else [seed_folder(seed)]
-    pairs = [(Storage(raws[0] / seed), Storage(raws[1] / seed)) for seed in seeds]
-    pairs = [(first, second) for first, second in pairs
-             if per_sentence_values(first, names[0], TEST) and per_sentence_values(second, names[1], TEST)]  # fmt: skip
-    if not pairs:
-        raise UserError(f"no raw test results of both {names[0]} in {raws[0]} and {names[1]} in {raws[1]} under "
-                        f"seed {seed} (make_report.py --study copies them to data/raw/)")  # fmt: skip
-    return [first for first, _ in pairs], [second for _, second in pairs]
-
-
-def _raw_seeds(raws: tuple[Path, Path], names: tuple[str, str], seed: str) -> list[tuple[str, Storage, Storage]]:
-    """:func:`_raw_storages` as :func:`seed_by_seed` takes them: (seed, the first model's storage, the second's)."""
-    storages, against = _raw_storages(raws, names, seed)
-    return [(storage.root.name.removeprefix("seed"), storage, other)
-            for storage, other in zip(storages, against, strict=True)]  # fmt: skip
-
-
-def _part_comparisons(part: Path) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
-    """A part's comparisons, each with where its two models' raw results are (the second of a baseline
-    comparison under its study's data folder, beside the part's), their healed names, and whether the part
-    reported it (the others are its seeds' rows, shown beside)."""
-    found = []
-    for row in read_table(part / "comparisons.csv"):
-        second = part.parent / row["second_study"] if row.get("second_study") else part
-        shown = dict(row, first_study=row["study"])  # among several parts, each row says whose it is
-        found.append((shown, (part / "raw", second / "raw"), healed_names(row), _given(row, "holm_p")))
-    return found
-
-
-def best_across_parts(parts: list[Path]) -> list[tuple[dict, tuple[Path, Path], tuple[str, str], bool]]:
-    """Per budget, each side's best over every healed model of every part (a part may be another recipe at a
-    budget, e.g. a longer healing, or the same recipe under more seeds), against the other's on the test split from
-    the parts' raw results (kind ``best of all``, first - second, 95%), seed by seed and over the seeds
-    (:func:`seed_by_seed`); as :func:`_part_comparisons` gives them, and whether the row is the one a report states
-    (the others are shown beside it).
-
-    The best is chosen by validation top-1 averaged over the seeds every part at the budget has, so a part run
-    under more seeds is not favoured by them; among candidates equal there (the same stages run again under more
-    seeds), the one with the most seeds is tested, then the first part's. ``candidates`` counts distinct models
-    (a model run again in another part is one)."""
-    rows, folder = [], {}
-    for part in parts:
-        for row in read_table(part / "models.csv"):
-            folder[row["study"]] = part
-            rows.append(row)
-    found = []
-    budgets = {float(row["budget"]) for row in rows if row["evaluation"] == VALIDATION and row["healing"]}
-    for budget in sorted(budgets, reverse=True):
-        best = best_by_side(rows, budget)
-        if len(best) < 2:
-            continue
-        (first, first_count), (second, second_count) = best["sitra"], best["field"]
-        raws, names = (
-            (folder[first[0]] / "raw", folder[second[0]] / "raw"),
-            (healed_name(*first[1:]), healed_name(*second[1:])),
-        )
-        base = {"kind": "best of all", "budget": budget, "study": first[0], "first_study": first[0],
-                "first": first[1], "second_study": second[0], "second": second[1],
-                "candidates": f"{first_count} vs {second_count}",
-                "healing": healings_of(first[2], second[2]),
-                "first_healing": first[2]}  # fmt: skip
-        evaluated = _raw_seeds(raws, names, ALL_SEEDS)
-        compared, _ = seed_by_seed(base, names, evaluated)
-        with_teacher_share(compared, names[0], evaluated)
-        found += [(row, raws, names, row is compared[-1]) for row in compared]
-    return found
-
-
-def pooled_comparisons(parts: list[Path]) -> list[dict]:
-    """The comparisons several parts of one study report (each part's data folder: its ``comparisons.csv`` and
-    ``raw/``) and each budget's best across the parts (:func:`best_across_parts`), Holm-corrected again over all
-    of them together, since a part's own correction counts only its comparisons; each one's interval at its new
-    Holm level from the per-sentence values committed under raw/. A part's rows are computed again from its raw
-    results as well, so every row of the table comes from today's statistics (:mod:`utils.statistics`), whatever
-    the code that wrote the part. Each seed's rows are shown beside the row over every seed, not corrected."""
-    found = [found for part in parts for found in _part_comparisons(part)]
-    computed: dict[tuple, dict[str, dict]] = {}  # (raws, names) -> seed -> its row, each pair computed once
-    for row, raws, names, _ in found:  # its seed's, or over its seeds with their spread
-        if (raws, names) not in computed:
-            rows, _ = seed_by_seed({}, names, _raw_seeds(raws, names, ALL_SEEDS))
-            computed[raws, names] = {str(entry["seed"]): entry for entry in rows}
-        row |= {key: value for key, value in computed[raws, names][str(row["seed"])].items() if key != "seed"}
-    found += best_across_parts(parts)
-    reported = [(row, raws, names) for row, raws, names, reported in found if reported]
-
-    def interval_at(row: dict, confidence: float) -> tuple[float, float]:
-        return _top1_interval(row["names"], *_raw_storages(row["raws"], row["names"], row["seed"]), confidence)
-
-    rows = [row | {"raws": raws, "names": names} for row, raws, names in reported]
-    holm_by_test(rows, [(names, raws, str(row["seed"])) for row, raws, names in reported], interval_at)
-    return rows + [row for row, _, _, reported in found if not reported]
-
-
 def _holm_cell(row: dict) -> str:
     """A comparison's Holm-adjusted p, bold where it survives; an exploratory one's p, uncorrected, said so."""
     if not _given(row, "holm_p"):
@@ -1025,7 +832,7 @@ def seeds_markdown(rows: list[dict]) -> str:
     pooled = [row for row in _reported(rows) if row["seed"] == ALL_SEEDS]
     if not pooled:
         return "No comparison over several seeds yet.\n"
-    # a comparison: two parts may run one recipe under other seeds, so whose models they are is part of it
+    # a comparison, whichever study's models it names (a table written before 2026-12-08 may hold several)
     identity = ("kind", "budget", "healing", "study", "first", "second_study", "second")
     per_seed = {}  # comparison -> seed -> row
     for row in rows:
@@ -1058,10 +865,9 @@ def headline_markdown(
     seeds: int = 0,
     kind: str = "best",
 ) -> str:
-    """The first screen: per budget, sitra's best (chosen on validation, over every healing; ``kind``: the
-    comparisons of each side's best, ``best of all`` for a study's parts together) with its share of the
-    teacher's test top-1 and that share's paired interval (a best of all's from the parts' per-sentence results,
-    over its comparison's seeds and resampling them, as its lead), against the field's best (Holm-marked), the goal;
+    """The first screen: per budget, sitra's best (chosen on validation, over every variant and healing; ``kind``:
+    the comparisons of each side's best) with its share of the teacher's test top-1 and that share's paired interval
+    (over its comparison's seeds and resampling them, as its lead), against the field's best (Holm-marked), the goal;
     each of ``budgets`` not measured yet is a row that says so, and a comparison over fewer than the study's
     ``seeds`` says over how many."""
     teacher = _teacher_top1(models)
@@ -1142,7 +948,7 @@ def study_about(data: Path) -> dict:
 def study_markdown(data: Path) -> str:
     """The markdown tables of a study's data folder: the headline (with the goals of its ``study.json``), the
     comparisons and every model (``models.csv``, ``comparisons.csv``), then the students' training
-    (``students.csv``); what a part of the study has not written yet is left out."""
+    (``students.csv``); what the study has not written yet is left out."""
     if not any((data / f"{name}.csv").is_file() for name in ("models", "students")):
         read_table(data / "models.csv")  # the error naming the missing file
     text = ""
@@ -1152,7 +958,7 @@ def study_markdown(data: Path) -> str:
         about = study_about(data)
         if any(row["kind"] == "best" for row in comparisons):
             headline = headline_markdown(models, comparisons, about["goals"], seeds=about["seeds"])
-        else:  # e.g. a part of one family, compared with its baseline only
+        else:  # e.g. a study of one side's families
             headline = "No budget has a model of both sides (sitra's and the field's) here.\n"
         text = f"### Study {study}: each budget's best\n\n{headline}\n"
         if comparisons:
