@@ -785,3 +785,13 @@ def test_only_the_declared_comparisons_are_the_holm_family_and_the_rest_say_they
     page = (tmp_path / "root" / "report" / "study.md").read_text()
     assert "2 comparisons, Holm-corrected together" in page and "2 exploratory (not declared" in page
     assert page.count("exploratory: ") >= 2  # the headline's best rows and the comparisons table's say so
+
+
+def test_a_goal_is_met_only_where_the_lower_bound_of_its_share_reaches_it():
+    """Round three's 50% row: 98.2% [96.9%, 99.5%] of the teacher's top-1 against a goal of 97% is not a goal met."""
+    from utils.study_report import goal_verdict
+
+    assert goal_verdict(0.97, 0.982, 0.969) == "97%: not met (lower bound 96.9%; point estimate above it)"
+    assert goal_verdict(0.92, 0.935, 0.921) == "92%: met (lower bound 92.1%)"
+    assert goal_verdict(0.95, 0.94, 0.93) == "95%: not met (lower bound 93.0%)"
+    assert goal_verdict(0.95, 0.96, None) == "95%: met (point estimate)" and goal_verdict(None, 0.9, 0.8) == "none set"
