@@ -5,7 +5,7 @@ them), checked against the teacher on other validation sentences. What the field
 healing, and why one reconstruction breaks where another does not (each layer's refitted bias and largest weight).
 
 python bench/reconstruction.py --teacher storage/round3/teacher --block_heads 6 --ffn_width 384 --seeds 42 43 44 \
-    --output docs/data/round3_seeds_validated/before_healing.csv
+    --output docs/data/round3/before_healing.csv
 """
 
 import argparse
