@@ -785,6 +785,15 @@ def test_only_the_declared_comparisons_are_the_holm_family_and_the_rest_say_they
     page = (tmp_path / "root" / "report" / "study.md").read_text()
     assert "2 comparisons, Holm-corrected together" in page and "2 exploratory (not declared" in page
     assert page.count("exploratory: ") >= 2  # the headline's best rows and the comparisons table's say so
+    # a declared comparison not run yet (a variant's pair at both budgets) is in the family, with p 1: the others'
+    # correction is what it will be once it has run
+    later = tiny_study(tmp_path, tiny_teacher_dir, comparisons=[["sitra", "field"], ["sitra@later", "field@later"]],
+                       variants={"later": {"data": {"heal_epochs": 2}}})  # fmt: skip
+    write_study_data(Plan(Study.load(later), tmp_path / "root", sys.executable))
+    with open(plan.data_files["comparisons"]) as file:
+        declared = [row for row in csv.DictReader(file) if row["kind"] == "declared"]
+    assert [row["first"] for row in declared] == ["sitra_50", "sitra_25"]
+    assert all(row["holm_tests"] == "4" for row in declared)
 
 
 def test_a_goal_is_met_only_where_the_lower_bound_of_its_share_reaches_it():

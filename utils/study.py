@@ -274,8 +274,18 @@ def _variant(name: str, changes: dict, own: Variant, where: str) -> Variant:
     budgets = changes.get("budgets", own.budgets)
     _require(set(budgets) <= set(own.budgets), f"variants.{name}.budgets: each must be one of the study's", where)
     data = {**own.data, **(changes.get("data") or {})}
+    masks = [key for key in ("mask_seed", "validation_share", "test_share") if data[key] != own.data[key]]
+    _require(
+        not masks,
+        f"variants.{name}.data: {masks} would evaluate it on other masks than the study's (its models "
+        "are compared with the study's, and each side's best chosen among them, on the same masks)",
+        where,
+    )
+    seeds = changes.get("seeds", own.seeds)
+    _require(set(seeds) & set(own.seeds), f"variants.{name}.seeds: {seeds} shares no seed with the study's "
+             f"{own.seeds} (each side's best is chosen on the seeds every candidate has)", where)  # fmt: skip
     apart = any(data[key] != own.data[key] for key in data if key not in HEALING_DATA)
-    return Variant(name, data, changes.get("seeds", own.seeds), budgets,
+    return Variant(name, data, seeds, budgets,
                    {family: own.families[family] for family in families}, changes.get("healing") or own.healing,
                    apart)  # fmt: skip
 

@@ -217,6 +217,11 @@ def _student_of(name: str) -> tuple[str | None, int | None]:
     return None, None
 
 
+def _student_named(row: dict) -> str:
+    """A students.csv row's student, with the variant whose own students it is (one that builds apart) after an @."""
+    return row["student"] + (f"{VARIANT_MARK}{row['variant']}" if row.get("variant") else "")
+
+
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -283,19 +288,22 @@ def with_teacher_share(rows: list[dict], name: str, evaluated: list[tuple]) -> N
 IntervalAt = Callable[[dict, float], tuple[float, float]]  # a comparison row, a confidence -> its top-1 interval
 
 
-def holm_by_test(rows: list[dict], tests: list, interval_at: IntervalAt) -> list[dict]:
+def holm_by_test(rows: list[dict], tests: list, interval_at: IntervalAt, unmeasured: int = 0) -> list[dict]:
     """Holm's correction of ``rows``' top-1 p-values over the distinct tests among them (``tests``: each row's, e.g.
     its two models and where their results are): one pair on the same results, reported under several kinds
     (declared, and each side's best), is one hypothesis and counts once. Each row gets its test's adjusted p, its
     Holm level, how many tests the family has (``holm_tests``) and the test's top-1 interval at that level
-    (``holm_low``, ``holm_high``), which ``interval_at(row, confidence)`` computes once per test; ``rows`` back."""
+    (``holm_low``, ``holm_high``), which ``interval_at(row, confidence)`` computes once per test; ``rows`` back.
+    ``unmeasured``: tests of the family with no result yet, each counted with p 1 (the family is what was declared,
+    not what has run: the others' correction does not loosen as a declared test is left out)."""
     first_row = {}
     for row, test in zip(rows, tests, strict=True):
         first_row.setdefault(test, row)
-    corrections = dict(zip(first_row, holm([float(row["top1_p_value"]) for row in first_row.values()]), strict=True))
+    p_values = [float(row["top1_p_value"]) for row in first_row.values()] + [1.0] * unmeasured
+    corrections = dict(zip(first_row, holm(p_values), strict=False))
     for test, correction in corrections.items():
         low, high = interval_at(first_row[test], correction["holm_confidence"])
-        correction |= {"holm_tests": len(corrections), "holm_low": low, "holm_high": high}
+        correction |= {"holm_tests": len(p_values), "holm_low": low, "holm_high": high}
     for row, test in zip(rows, tests, strict=True):
         row |= corrections[test]
     return rows
@@ -310,7 +318,7 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
     interval at its Holm level."""
     by_family = {(variant_name(model.family, model.variant), model.budget): model for model in plan.models}
     variants = plan.study.variants
-    compared = []
+    compared, declared_tests = [], []  # the declared tests the plan has models for: (kind, budget, healing, first)
     for first_family, second_family in plan.study.comparisons:  # "family", or "family@variant"
         first_healings = variants[first_family.partition(VARIANT_MARK)[2]].healing
         second_healings = variants[second_family.partition(VARIANT_MARK)[2]].healing
@@ -318,7 +326,12 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
             for budget in plan.study.budgets:
                 pair = by_family.get((first_family, budget)), by_family.get((second_family, budget))
                 if None not in pair:
+                    declared_tests.append(("declared", budget, healing, pair[0].name, pair[1].name))
                     compared += _compared(plan, *pair, (healing, healing), kind="declared", healing=healing)
+    if plan.study.compares_best:
+        sides = {(METHODS[model.method].side, model.budget) for model in plan.models}
+        declared_tests += [("best", budget) for budget in plan.study.budgets
+                           if {("sitra", budget), ("field", budget)} <= sides]  # fmt: skip
     compared += _best_against_field(plan, rows)
     for model in plan.models:  # each later healing of a variant against its first, model by model
         healings = list(variants[model.variant].healing)
@@ -333,7 +346,12 @@ def comparison_rows(plan: Plan, rows: list[dict]) -> list[dict]:
         if row.get("reported") and row["kind"] not in declared:
             row["exploratory"] = True
     tests = [(row["names"], *(tuple(s.root for s in row[key]) for key in ("storages", "against"))) for row in family]
-    holm_by_test(family, tests, lambda row, level: _top1_interval(row["names"], row["storages"], row["against"], level))
+    measured = {("best", row["budget"]) if row["kind"] == "best"
+                else (row["kind"], row["budget"], row["healing"], row["first"], row["second"])
+                for row in family}  # fmt: skip
+    unmeasured = len([test for test in declared_tests if test not in measured])
+    holm_by_test(family, tests, lambda row, level: _top1_interval(row["names"], row["storages"], row["against"], level),
+                 unmeasured)  # fmt: skip
     return compared
 
 
@@ -534,7 +552,7 @@ def student_curves_figure(rows: list[dict], sentences: int | None = None):
     runs: dict[str, dict[tuple, list[dict]]] = {}
     for row in rows:
         if int(row["epoch"]) >= 1:  # a student only evaluated before training has no curve yet
-            runs.setdefault(row["student"], {}).setdefault((row["seed"], int(row["block"])), []).append(row)
+            runs.setdefault(_student_named(row), {}).setdefault((row["seed"], int(row["block"])), []).append(row)
     curves = {student: by_block for student, by_block in runs.items()
               if any(len(records) > 1 for records in by_block.values())}  # fmt: skip
     if not curves:
@@ -987,7 +1005,7 @@ def students_markdown(rows: list[dict]) -> str:
     how much lower), the layer-replaced top-1 after epoch 1 and at the kept epoch, and the training minutes."""
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
-        runs.setdefault((row["student"], int(row["block"]), row["seed"]), []).append(row)
+        runs.setdefault((_student_named(row), int(row["block"]), row["seed"]), []).append(row)
     lines = [
         "| student | block | seed | epochs | ended by | kept | validation loss, epoch 1 → kept | lower by | "
         "top-1 with it, epoch 1 → kept | minutes |",
