@@ -687,12 +687,13 @@ def test_a_variant_is_healed_apart_from_the_builds_it_shares_and_builds_apart_wh
     its store, students and models apart, under bf16/seed43/. One (seed folder, name) is one stage, and every healed
     model's name is distinct across the variants."""
     data = {"train_sentences": 96, "heal_sentences": 64, "seq_len": 20}
-    variants = {"longer": {"data": {"heal_epochs": 2}, "families": ["sitra"]},
+    variants = {"longer": {"data": {"heal_epochs": 2}, "families": ["sitra"], "seeds": [42]},
                 "bf16": {"data": {"precision": "bf16"}, "budgets": [0.5], "seeds": [43]}}  # fmt: skip
-    study = tiny_study(tmp_path, tiny_teacher_dir, data=data, variants=variants,
+    study = tiny_study(tmp_path, tiny_teacher_dir, data=data, variants=variants, seeds=[42, 43],
                        comparisons=[["sitra", "field"], ["sitra@longer", "sitra"]])  # fmt: skip
     (tmp_path / "plain").mkdir()
-    plain = Plan(Study.load(tiny_study(tmp_path / "plain", tiny_teacher_dir, data=data)), tmp_path, "python")
+    plain = Plan(Study.load(tiny_study(tmp_path / "plain", tiny_teacher_dir, data=data, seeds=[42, 43])), tmp_path,
+                 "python")  # fmt: skip
     plan = Plan(Study.load(study), tmp_path, "python")
     assert sorted(model.name for model in plan.models) == sorted([*(model.name for model in plain.models),
                                                                   "sitra_50@longer", "sitra_25@longer",
@@ -715,7 +716,7 @@ def test_a_variant_is_healed_apart_from_the_builds_it_shares_and_builds_apart_wh
     assert not [s for s in plan.stages.values() if s.seed.startswith("seed") and "bf16" in " ".join(s.command)]
     healed = [(stage.seed.split("/")[-1], name) for stage in plan.stages.values() if stage.kind == "heal"
               for name in stage.command[stage.command.index("--output_model") + 1 :]]  # fmt: skip
-    assert len({(seed, Path(name).name) for seed, name in healed}) == len(healed) == 4 + 2 + 2
+    assert len({(seed, Path(name).name) for seed, name in healed}) == len(healed) == 2 * 4 + 2 + 2
     # the workflow's rules take a variant's seed folder as their seed: its stages are targets like the study's own
     dry = snakemake(tmp_path, study, tmp_path / "root", tiny_data_dir, "-n", str(tmp_path / "root" / "stages"
                     / "longer" / "seed42" / "evaluate" / "validation.done"))  # fmt: skip
