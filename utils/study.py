@@ -796,13 +796,14 @@ class Plan:
         stores = {}  # seed folder -> the data of the store built there
         for variant in self.study.variants.values():
             stores |= {self._built_in(seed, variant): variant.data for seed in variant.seeds}
-        data = max(
-            stores.values(), key=lambda data: (data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"]
-        )
+
+        def tokens(data: dict) -> int:  # a store holds every training sentence it is built on, seq_len tokens each
+            return (data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"]
+
+        data = max(stores.values(), key=tokens)
         sentences = data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES
-        size = store_bytes(sentences * data["seq_len"], shape.hidden, arrays)
-        total = sum(store_bytes((data["train_sentences"] or WIKITEXT2_TRAIN_SENTENCES) * data["seq_len"], shape.hidden,
-                                arrays) for data in stores.values())  # fmt: skip
+        size = store_bytes(tokens(data), shape.hidden, arrays)
+        total = sum(store_bytes(tokens(data), shape.hidden, arrays) for data in stores.values())
         hours = {}
         for kind, _, _ in (*self.stages, self.report.key):
             resources = self.resources(kind)
